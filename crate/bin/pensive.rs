@@ -1,0 +1,3 @@
+//! The `pensive` command-line tool (native only).
+
+fn main() {}

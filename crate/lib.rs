@@ -1,0 +1,9 @@
+//! Pensive: quantized Llama/Qwen2 language models on WebGPU and the CPU, with an
+//! s1-style thinking budget ("Wait" continuations, forced exits) built into generation.
+//!
+//! Map of the crate, bottom to top:
+//! - [`bytes`]: aligned byte buffers that weights live in.
+//! - [`gguf`]: the GGUF container (header, metadata, tensor infos), read from a byte prefix.
+//! - [`quant`]: GGML block formats, CPU dequantization (the reference) and mat-vec kernels.
+
+pub mod bytes;
