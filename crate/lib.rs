@@ -8,3 +8,4 @@
 
 pub mod bytes;
 pub mod quant;
+pub mod gguf;
