@@ -9,3 +9,5 @@
 pub mod bytes;
 pub mod quant;
 pub mod gguf;
+pub mod config;
+pub mod backend;

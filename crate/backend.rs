@@ -1,0 +1,40 @@
+//! The one interface the generation loop drives: a model with a KV cache.
+//!
+//! The CPU backend and the WebGPU backend both implement it, so generation, scoring and the
+//! thinking-budget controller are written once.
+
+use crate::config::ModelConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("sequence of {needed} tokens exceeds the context of {context} tokens")]
+    ContextFull { needed: usize, context: usize },
+    #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
+    BadToken { id: u32, vocab: usize },
+    #[error("cannot truncate the KV cache to {to}: it holds {len} positions")]
+    BadTruncate { to: usize, len: usize },
+    #[error("GPU: {0}")]
+    Gpu(String),
+}
+
+pub trait Backend {
+    fn config(&self) -> &ModelConfig;
+
+    /// Short human-readable name, e.g. "cpu (2 threads)" or "webgpu (llvmpipe)".
+    fn name(&self) -> String;
+
+    /// Positions currently held in the KV cache (= tokens processed and kept).
+    fn kv_len(&self) -> usize;
+
+    /// Longest sequence the cache can hold.
+    fn max_context(&self) -> usize;
+
+    /// Forget every cached position at or after `len` (`len <= kv_len()`). Used to roll back
+    /// tokens (e.g. a multi-token end-of-thinking marker) before inserting others.
+    fn truncate(&mut self, len: usize) -> Result<(), BackendError>;
+
+    /// Run `tokens` at positions `kv_len()..kv_len()+tokens.len()`, appending their keys and
+    /// values to the cache, and return the logits of the last `n_logits` of them:
+    /// (n_logits, vocab_size) row-major. `n_logits` may be 0 (prefill only).
+    fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError>;
+}
