@@ -11,3 +11,4 @@ pub mod quant;
 pub mod gguf;
 pub mod config;
 pub mod backend;
+pub mod ops;
