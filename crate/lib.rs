@@ -13,4 +13,3 @@ pub mod config;
 pub mod backend;
 pub mod ops;
 pub mod loader;
-pub mod model;
