@@ -238,7 +238,7 @@ impl Backend for CpuModel {
         Ok(())
     }
 
-    fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError> {
+    async fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError> {
         let vocab = self.config.vocab_size;
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(BackendError::BadToken { id, vocab });
