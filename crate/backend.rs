@@ -17,6 +17,11 @@ pub enum BackendError {
     Gpu(String),
 }
 
+/// `forward` is async because in the browser a WebGPU readback can only be awaited (there is
+/// no blocking `map`); the CPU backend simply completes immediately, and native callers block
+/// with [`block_on`]. The trait is used generically (`B: Backend`, or the [`AnyBackend`]-style
+/// enum of the engine), not as `dyn Backend`, since async trait methods are not object safe.
+#[allow(async_fn_in_trait)]
 pub trait Backend {
     fn config(&self) -> &ModelConfig;
 
@@ -36,5 +41,12 @@ pub trait Backend {
     /// Run `tokens` at positions `kv_len()..kv_len()+tokens.len()`, appending their keys and
     /// values to the cache, and return the logits of the last `n_logits` of them:
     /// (n_logits, vocab_size) row-major. `n_logits` may be 0 (prefill only).
-    fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError>;
+    async fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError>;
+}
+
+/// Run a future to completion on the current thread (native callers of the async API: CLI,
+/// tests, benchmarks). Never used in the browser, where futures go to the JS event loop.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    pollster::block_on(f)
 }

@@ -12,3 +12,4 @@ pub mod gguf;
 pub mod config;
 pub mod backend;
 pub mod ops;
+pub mod loader;
