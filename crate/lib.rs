@@ -13,3 +13,4 @@ pub mod config;
 pub mod backend;
 pub mod ops;
 pub mod loader;
+pub mod gpu;
