@@ -257,7 +257,7 @@ impl GpuModel {
     fn step(&mut self, tokens: &[u32], tail: &Tail) {
         let c = &self.config;
         let s = &self.scratch;
-        let (n, dim, q_dim, kv_dim, ffn) = (tokens.len(), c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
+        let (n, dim, q_dim, ffn) = (tokens.len(), c.dim, c.q_dim(), c.ffn_dim);
         let pos0 = self.kv_len;
         self.ctx.queue.write_buffer(&s.ids, 0, bytemuck::cast_slice(tokens));
         let mut rec = self.ctx.recorder();
@@ -285,7 +285,6 @@ impl GpuModel {
         }
         let head = self.output.as_ref().unwrap_or(&self.token_embd);
         let vocab = c.vocab_size;
-        let _ = kv_dim;
         match tail {
             Tail::None => {}
             Tail::Logits { n: n_logits, readback } => {
