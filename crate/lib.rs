@@ -15,3 +15,4 @@ pub mod ops;
 pub mod loader;
 pub mod model;
 pub mod tokenizer;
+pub mod gpu;
