@@ -14,3 +14,4 @@ pub mod backend;
 pub mod ops;
 pub mod loader;
 pub mod tokenizer;
+pub mod chat;
