@@ -16,3 +16,4 @@ pub mod loader;
 pub mod model;
 pub mod tokenizer;
 pub mod gpu;
+pub mod chat;
