@@ -13,5 +13,7 @@ pub mod config;
 pub mod backend;
 pub mod ops;
 pub mod loader;
+pub mod model;
 pub mod tokenizer;
 pub mod chat;
+pub mod gpu;
