@@ -15,5 +15,5 @@ pub mod ops;
 pub mod loader;
 pub mod model;
 pub mod tokenizer;
-pub mod chat;
 pub mod gpu;
+pub mod chat;
