@@ -11,3 +11,6 @@ pub mod quant;
 pub mod gguf;
 pub mod config;
 pub mod backend;
+pub mod sampler;
+pub mod thinking;
+pub mod generate;
