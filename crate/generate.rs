@@ -558,6 +558,9 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
     fn forward_and_choose(&mut self, banned: &[u32]) -> Result<u32, GenerateError> {
         self.feed(true)?;
         if self.recent_capacity > 0 {
+            // Entries at or past this position belong to a rolled-back future.
+            let at = self.sequence.len();
+            self.recent_logits.retain(|(pos, _)| *pos < at);
             if self.recent_logits.len() == self.recent_capacity {
                 self.recent_logits.pop_front();
             }
@@ -640,6 +643,9 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
         if let Some(hit) = hit {
             self.release_held(hit.at);
         }
+        // Announcements go out after the text that is surely plain; tokens that may still
+        // turn out to be (part of) a marker or stop string stay held, or a rollback could
+        // not take them back.
         let marker_floor = hit.map_or(usize::MAX, |h| h.at);
         let mut first_rolled_back = None;
         for action in actions {
@@ -707,15 +713,15 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
                     self.match_floor = self.text.len();
                 }
                 Action::Phase(phase) => {
-                    self.release_held(marker_floor);
+                    self.release_held(marker_floor.min(self.hold_from()));
                     self.events.push_back(Event::Phase { phase });
                 }
                 Action::Continuation { text, round } => {
-                    self.release_held(marker_floor);
+                    self.release_held(marker_floor.min(self.hold_from()));
                     self.events.push_back(Event::Continuation { text, round });
                 }
                 Action::BudgetExhausted { thinking_tokens } => {
-                    self.release_held(marker_floor);
+                    self.release_held(marker_floor.min(self.hold_from()));
                     self.events.push_back(Event::BudgetExhausted { thinking_tokens });
                 }
                 Action::Stop(StopReason::AnswerMaxTokens) => {
