@@ -551,10 +551,15 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
         }
     }
 
-    /// Feed the pending tokens and choose the next one. This is the one place where a
-    /// backend that samples on its own device would take over (see the `Backend::sample`
-    /// proposal in the report): it needs the pending ids, `banned`, the penalty history and
-    /// `self.sampler.next_uniform()`.
+    /// Feed the pending tokens and choose the next one: the one place a backend that
+    /// samples on its own device would take over. Proposed (not yet in `Backend`), a
+    /// default method
+    /// `fn forward_sample(&mut self, tokens: &[u32], options: &SamplerOptions, history: &[u32],
+    /// banned: &[u32], uniform: f64) -> Option<Result<u32, BackendError>> { None }`
+    /// that runs `forward` and `sample_with_uniform` on the GPU and reads back one id;
+    /// the loop would call it with `self.sampler.next_uniform()` and fall back to this
+    /// path on `None`. The logits stay needed on the host only for `ends_suppressed`'s
+    /// argmax (the GPU can return it too) and for a string end marker's resampling.
     fn forward_and_choose(&mut self, banned: &[u32]) -> Result<u32, GenerateError> {
         self.feed(true)?;
         if self.recent_capacity > 0 {
