@@ -17,6 +17,11 @@ pub enum BackendError {
     Gpu(String),
 }
 
+/// `forward` is async because in the browser a WebGPU readback can only be awaited (there is
+/// no blocking `map`); the CPU backend simply completes immediately, and native callers block
+/// with [`block_on`]. The trait is used generically (`B: Backend`, or the [`AnyBackend`]-style
+/// enum of the engine), not as `dyn Backend`, since async trait methods are not object safe.
+#[allow(async_fn_in_trait)]
 pub trait Backend {
     fn config(&self) -> &ModelConfig;
 
@@ -36,5 +41,25 @@ pub trait Backend {
     /// Run `tokens` at positions `kv_len()..kv_len()+tokens.len()`, appending their keys and
     /// values to the cache, and return the logits of the last `n_logits` of them:
     /// (n_logits, vocab_size) row-major. `n_logits` may be 0 (prefill only).
-    fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError>;
+    async fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError>;
+
+    /// Greedy fast path: run `tokens` and return the argmax of the last position's logits
+    /// with `banned` ids excluded (the budget controller's masks). A GPU backend does this on
+    /// the device and reads back 4 bytes instead of the vocabulary's logits.
+    async fn forward_greedy(&mut self, tokens: &[u32], banned: &[u32]) -> Result<u32, BackendError> {
+        let mut logits = self.forward(tokens, 1).await?;
+        for &id in banned {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        Ok(crate::ops::argmax(&logits) as u32)
+    }
+}
+
+/// Run a future to completion on the current thread (native callers of the async API: CLI,
+/// tests, benchmarks). Never used in the browser, where futures go to the JS event loop.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    pollster::block_on(f)
 }

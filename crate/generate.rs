@@ -1,5 +1,7 @@
 //! The generation loop, pull-based: [`Generation::next_event`] does at most one sampling
-//! step per call, so the browser can yield to its event loop (and abort) between steps.
+//! step per call, so the browser can yield to its event loop (and abort) between steps. It
+//! is async because `Backend::forward` is (a WebGPU readback can only be awaited); native
+//! callers use `backend::block_on`.
 //!
 //! As in llama2.c, prompt tokens, forced tokens ("Wait", `</think>`, an answer prefix) and
 //! sampled tokens all travel the same path: every kept token is appended to `sequence`, and
@@ -34,7 +36,7 @@ pub struct CodecError(pub String);
 
 /// The tokenizer as the loop sees it (the real `Tokenizer` implements it; tests use a toy).
 pub trait TextCodec {
-    /// Text to ids: no BOS/EOS added, special-token spellings not parsed as special tokens.
+    /// Text to ids, no BOS/EOS added.
     fn encode(&self, text: &str) -> Result<Vec<u32>, CodecError>;
     /// Ids to text, special tokens rendered as their text (so `</think>` shows). A sequence
     /// that ends inside a multi-byte character ends with U+FFFD; the loop relies on that to
@@ -76,8 +78,8 @@ impl<T: TextCodec + ?Sized> TextCodec for std::rc::Rc<T> {
     }
 }
 
-/// Lets a `Generation` borrow a backend (`&mut cpu`) or own one (`Box<dyn Backend>`, for
-/// the browser, where a generation outlives any borrow).
+/// Lets a `Generation` borrow a backend (`&mut cpu`) as well as own one (the browser,
+/// where a generation outlives any borrow, owns it and gives it back with `into_parts`).
 impl<T: Backend + ?Sized> Backend for &mut T {
     fn config(&self) -> &ModelConfig {
         (**self).config()
@@ -94,29 +96,27 @@ impl<T: Backend + ?Sized> Backend for &mut T {
     fn truncate(&mut self, len: usize) -> Result<(), BackendError> {
         (**self).truncate(len)
     }
-    fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError> {
-        (**self).forward(tokens, n_logits)
+    async fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError> {
+        (**self).forward(tokens, n_logits).await
+    }
+    async fn forward_greedy(&mut self, tokens: &[u32], banned: &[u32]) -> Result<u32, BackendError> {
+        (**self).forward_greedy(tokens, banned).await
     }
 }
 
-impl<T: Backend + ?Sized> Backend for Box<T> {
-    fn config(&self) -> &ModelConfig {
-        (**self).config()
+/// The real tokenizer as the loop sees it.
+impl TextCodec for crate::tokenizer::Tokenizer {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, CodecError> {
+        crate::tokenizer::Tokenizer::encode(self, text, false).map_err(|e| CodecError(e.to_string()))
     }
-    fn name(&self) -> String {
-        (**self).name()
+    fn decode(&self, ids: &[u32]) -> String {
+        crate::tokenizer::Tokenizer::decode(self, ids)
     }
-    fn kv_len(&self) -> usize {
-        (**self).kv_len()
+    fn token_id(&self, text: &str) -> Option<u32> {
+        crate::tokenizer::Tokenizer::token_id(self, text)
     }
-    fn max_context(&self) -> usize {
-        (**self).max_context()
-    }
-    fn truncate(&mut self, len: usize) -> Result<(), BackendError> {
-        (**self).truncate(len)
-    }
-    fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError> {
-        (**self).forward(tokens, n_logits)
+    fn end_of_generation_ids(&self) -> Vec<u32> {
+        crate::tokenizer::Tokenizer::end_of_generation_ids(self).to_vec()
     }
 }
 
@@ -434,7 +434,7 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
 
     /// The next event, running at most one sampling step (one forward) to produce it;
     /// `None` once `done` has been returned. After an error the generation is over.
-    pub fn next_event(&mut self) -> Result<Option<Event>, GenerateError> {
+    pub async fn next_event(&mut self) -> Result<Option<Event>, GenerateError> {
         loop {
             if let Some(event) = self.events.pop_front() {
                 return Ok(Some(event));
@@ -442,7 +442,7 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
             if self.finished {
                 return Ok(None);
             }
-            if let Err(e) = self.step() {
+            if let Err(e) = self.step().await {
                 self.finished = true;
                 self.events.clear();
                 return Err(e);
@@ -451,10 +451,10 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
     }
 
     /// Run to the end and collect everything.
-    pub fn run_to_end(&mut self) -> Result<Completion, GenerateError> {
+    pub async fn run_to_end(&mut self) -> Result<Completion, GenerateError> {
         let mut events = Vec::new();
         let mut text = String::new();
-        while let Some(event) = self.next_event()? {
+        while let Some(event) = self.next_event().await? {
             if let Event::Token { text: piece, .. } = &event {
                 text.push_str(piece);
             }
@@ -497,12 +497,12 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
 
     // --- one step ---
 
-    fn step(&mut self) -> Result<(), GenerateError> {
+    async fn step(&mut self) -> Result<(), GenerateError> {
         if !self.started {
             self.started = true;
             if let Some(thinking) = self.thinking.as_mut() {
                 let actions = thinking.start();
-                self.apply(None, None, actions)?;
+                self.apply(None, None, actions).await?;
                 if self.finished {
                     return Ok(());
                 }
@@ -510,19 +510,19 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
         }
         let mut banned = match self.thinking.as_ref().map(|t| t.before_sample()) {
             Some(BeforeSample::Stop(StopReason::AnswerMaxTokens)) => {
-                return self.finish(FinishReason::AnswerMaxTokens);
+                return self.finish(FinishReason::AnswerMaxTokens).await;
             }
             Some(BeforeSample::Sample { banned }) => banned,
             None => Vec::new(),
         };
         if self.sequence.len() - self.prompt_len >= self.max_tokens {
-            return self.finish(FinishReason::MaxTokens);
+            return self.finish(FinishReason::MaxTokens).await;
         }
         // Every kept token gets fed, so one must fit after the pending ones.
         if self.base_kv + self.sequence.len() >= self.backend.max_context() {
-            return self.finish(FinishReason::ContextFull);
+            return self.finish(FinishReason::ContextFull).await;
         }
-        let mut id = self.forward_and_choose(&banned)?;
+        let mut id = self.forward_and_choose(&banned).await?;
         loop {
             let start = self.text.len();
             let piece = self.stream.push(&self.codec, id);
@@ -539,7 +539,7 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
                 self.text.truncate(start);
                 self.stats.dropped_tokens += 1;
             }
-            match self.apply(Some((id, start)), hit, actions)? {
+            match self.apply(Some((id, start)), hit, actions).await? {
                 Some(first_marker_token) => {
                     // Resample the same position with the marker's first token banned.
                     banned.push(first_marker_token);
@@ -560,9 +560,21 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
     /// the loop would call it with `self.sampler.next_uniform()` and fall back to this
     /// path on `None`. The logits stay needed on the host only for `ends_suppressed`'s
     /// argmax (the GPU can return it too) and for a string end marker's resampling.
-    fn forward_and_choose(&mut self, banned: &[u32]) -> Result<u32, GenerateError> {
-        self.feed(true)?;
-        if self.recent_capacity > 0 {
+    async fn forward_and_choose(&mut self, banned: &[u32]) -> Result<u32, GenerateError> {
+        let keep_recent = self.recent_capacity > 0 && self.thinking.as_ref().is_some_and(|t| t.may_take_back_end());
+        if banned.is_empty() && !keep_recent && self.sampler.is_greedy() && self.fed < self.sequence.len() {
+            // Nothing needs the logits on the host: let the backend pick the argmax (a GPU
+            // reads back 4 bytes instead of the vocabulary). The uniform is still drawn, so
+            // the RNG stream does not depend on which path ran.
+            self.sampler.next_uniform();
+            let t0 = monotonic_seconds();
+            let id = self.backend.forward_greedy(&self.sequence[self.fed..], &[]).await?;
+            self.account_feed(monotonic_seconds() - t0);
+            self.logits_at = None;
+            return Ok(id);
+        }
+        self.feed(true).await?;
+        if keep_recent {
             // Entries at or past this position belong to a rolled-back future.
             let at = self.sequence.len();
             self.recent_logits.retain(|(pos, _)| *pos < at);
@@ -593,6 +605,10 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
     /// After a rollback, sample the current position again from its saved logits.
     fn choose_again(&mut self, banned: &[u32]) -> Result<u32, GenerateError> {
         let at = self.sequence.len();
+        if self.logits_at == Some(at) {
+            // Nothing was rolled back: the current logits are the ones.
+            return self.choose(banned, false);
+        }
         let Some((_, logits)) = self.recent_logits.iter().find(|(pos, _)| *pos == at) else {
             // Unreachable while `recent_capacity` covers the longest marker; kept typed.
             return Err(GenerateError::BadLogits { got: 0, expected: self.backend.config().vocab_size });
@@ -603,7 +619,7 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
     }
 
     /// Feed the pending queue in one forward; `with_logits`: keep the last position's logits.
-    fn feed(&mut self, with_logits: bool) -> Result<(), GenerateError> {
+    async fn feed(&mut self, with_logits: bool) -> Result<(), GenerateError> {
         let pending = &self.sequence[self.fed..];
         if pending.is_empty() {
             if with_logits && self.logits_at != Some(self.sequence.len()) {
@@ -611,24 +627,13 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
             }
             return Ok(());
         }
-        let prefill = self.stats.processed_tokens == 0;
-        if prefill {
-            self.prefill_tokens = pending.len();
-        }
         let t0 = monotonic_seconds();
-        let logits = self.backend.forward(pending, usize::from(with_logits))?;
-        let seconds = monotonic_seconds() - t0;
+        let logits = self.backend.forward(pending, usize::from(with_logits)).await?;
         let vocab = self.backend.config().vocab_size;
         if with_logits && logits.len() != vocab {
             return Err(GenerateError::BadLogits { got: logits.len(), expected: vocab });
         }
-        self.stats.processed_tokens += pending.len();
-        self.fed = self.sequence.len();
-        if prefill {
-            self.stats.prefill_s += seconds;
-        } else {
-            self.stats.decode_s += seconds;
-        }
+        self.account_feed(monotonic_seconds() - t0);
         if with_logits {
             self.logits = logits;
             self.logits_at = Some(self.sequence.len());
@@ -636,9 +641,22 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
         Ok(())
     }
 
+    /// The pending queue went through `forward` in `seconds`.
+    fn account_feed(&mut self, seconds: f64) {
+        let fed_now = self.sequence.len() - self.fed;
+        if self.stats.processed_tokens == 0 {
+            self.prefill_tokens = fed_now;
+            self.stats.prefill_s += seconds;
+        } else {
+            self.stats.decode_s += seconds;
+        }
+        self.stats.processed_tokens += fed_now;
+        self.fed = self.sequence.len();
+    }
+
     /// Carry out the controller's actions for the sampled token `(id, text offset)` (or
     /// for the start, `None`). Returns the id to ban when a resample is asked for.
-    fn apply(
+    async fn apply(
         &mut self,
         sampled: Option<(u32, usize)>,
         hit: Option<MarkerHit>,
@@ -661,7 +679,7 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
                 Action::Keep { phase, marker } => {
                     let Some((id, start)) = sampled else { continue };
                     if self.end_of_generation.contains(&id) {
-                        self.finish(FinishReason::EndOfGeneration)?;
+                        self.finish(FinishReason::EndOfGeneration).await?;
                         break;
                     }
                     self.sequence.push(id);
@@ -677,7 +695,7 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
                             }
                         }
                         self.release_held(usize::MAX);
-                    } else if self.check_stop_strings(start)? {
+                    } else if self.check_stop_strings(start).await? {
                         break;
                     }
                 }
@@ -703,7 +721,7 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
                 Action::Force { ids, phase } => {
                     self.release_held(usize::MAX);
                     if self.base_kv + self.sequence.len() + ids.len() > self.backend.max_context() {
-                        self.finish(FinishReason::ContextFull)?;
+                        self.finish(FinishReason::ContextFull).await?;
                         break;
                     }
                     for id in ids {
@@ -730,7 +748,7 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
                     self.events.push_back(Event::BudgetExhausted { thinking_tokens });
                 }
                 Action::Stop(StopReason::AnswerMaxTokens) => {
-                    self.finish(FinishReason::AnswerMaxTokens)?;
+                    self.finish(FinishReason::AnswerMaxTokens).await?;
                 }
             }
         }
@@ -756,7 +774,7 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
 
     /// Finish on a stop string completed by the token starting at `start`. Its text and
     /// everything after it is not emitted; the text before it in a straddling token is.
-    fn check_stop_strings(&mut self, start: usize) -> Result<bool, GenerateError> {
+    async fn check_stop_strings(&mut self, start: usize) -> Result<bool, GenerateError> {
         if self.stop.is_empty() {
             return Ok(false);
         }
@@ -775,7 +793,7 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
             }
         }
         self.held.clear();
-        self.finish(FinishReason::StopString)?;
+        self.finish(FinishReason::StopString).await?;
         Ok(true)
     }
 
@@ -826,14 +844,14 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
         }
     }
 
-    fn finish(&mut self, reason: FinishReason) -> Result<(), GenerateError> {
+    async fn finish(&mut self, reason: FinishReason) -> Result<(), GenerateError> {
         if self.finished {
             return Ok(());
         }
         self.finished = true;
         self.release_held(usize::MAX);
         // Feed the last kept tokens so that the cache holds the whole transcript.
-        self.feed(false)?;
+        self.feed(false).await?;
         self.sync_counts();
         self.stats.prefill_tok_s = rate(self.prefill_tokens, self.stats.prefill_s);
         self.stats.decode_tok_s = rate(self.stats.processed_tokens - self.prefill_tokens, self.stats.decode_s);
@@ -893,7 +911,7 @@ const SCORE_CHUNK: usize = 64;
 /// Feed `continuation_ids` after `prompt_ids` (teacher forcing, as llama.cpp's perplexity
 /// tool does) and report how the model rates each continuation token. The tokens are
 /// appended to the backend's cache; call `truncate` to reuse it.
-pub fn score<B: Backend + ?Sized>(
+pub async fn score<B: Backend + ?Sized>(
     backend: &mut B,
     prompt_ids: &[u32],
     continuation_ids: &[u32],
@@ -925,11 +943,11 @@ pub fn score<B: Backend + ?Sized>(
         }
         Ok(())
     };
-    let logits = backend.forward(prompt_ids, 1)?;
+    let logits = backend.forward(prompt_ids, 1).await?;
     rate_rows(&logits, &continuation_ids[..1])?;
     let fed = &continuation_ids[..continuation_ids.len() - 1];
     for (chunk_index, chunk) in fed.chunks(SCORE_CHUNK).enumerate() {
-        let logits = backend.forward(chunk, chunk.len())?;
+        let logits = backend.forward(chunk, chunk.len()).await?;
         let first_target = chunk_index * SCORE_CHUNK + 1;
         rate_rows(&logits, &continuation_ids[first_target..first_target + chunk.len()])?;
     }

@@ -136,6 +136,12 @@ impl Sampler {
         &self.options
     }
 
+    /// Whether the choice is the plain argmax of the logits (no temperature, no penalty), so
+    /// a backend may take it without handing the logits over.
+    pub fn is_greedy(&self) -> bool {
+        self.options.temperature == 0.0 && (self.options.repeat_penalty == 1.0 || self.options.repeat_last_n == 0)
+    }
+
     /// Sampling steps taken (uniforms drawn).
     pub fn draws(&self) -> u64 {
         self.draws

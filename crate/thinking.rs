@@ -362,6 +362,14 @@ impl ThinkingController {
         }
     }
 
+    /// Could a string end marker sampled from now on be taken back and resampled (so the
+    /// loop must keep recent logits)? Only under `min_tokens`; the marker's own tokens count
+    /// as thinking until it completes, hence the allowance of its length.
+    pub fn may_take_back_end(&self) -> bool {
+        matches!(self.state, State::Thinking | State::Exiting { .. })
+            && matches!(&self.end, Marker::Text(end) if self.counts.thinking_tokens < self.options.min_tokens + end.len())
+    }
+
     /// Actions at the start of the response: announce thinking opened by the prompt, or
     /// open it with forced tokens when `open` is set.
     pub fn start(&mut self) -> Vec<Action> {

@@ -3,7 +3,7 @@
 
 mod scripted;
 
-use pensive::backend::Backend;
+use pensive::backend::{block_on, Backend};
 use pensive::generate::{score, Completion, Event, FinishReason, GenerateError, GenerateOptions, Generation};
 use pensive::sampler::SamplerOptions;
 use scripted::{ScriptedBackend, ToyCodec, FAVOURED};
@@ -32,7 +32,7 @@ fn greedy(max_tokens: usize, stop: &[&str]) -> GenerateOptions {
 }
 
 fn run(codec: &ToyCodec, backend: &mut ScriptedBackend, prompt: &[u32], options: GenerateOptions) -> Completion {
-    Generation::new(backend, codec, prompt, options).unwrap().run_to_end().unwrap()
+    block_on(Generation::new(backend, codec, prompt, options).unwrap().run_to_end()).unwrap()
 }
 
 fn token_texts(c: &Completion) -> Vec<String> {
@@ -54,6 +54,7 @@ fn prompt_in_one_forward_then_one_token_per_step_and_stats_add_up() {
     assert_eq!(backend.calls[0], (prompt.clone(), 1));
     assert!(backend.calls[1..].iter().all(|(t, n)| t.len() == 1 && *n == 1));
     assert_eq!(backend.calls.len(), 6);
+    assert_eq!(backend.greedy_calls, 6, "greedy with nothing banned takes the backend's argmax path");
     let s = &c.stats;
     assert_eq!((s.prompt_tokens, s.sampled_tokens, s.forced_tokens, s.processed_tokens), (3, 5, 0, 8));
     assert_eq!((s.dropped_tokens, s.answer_tokens, s.thinking_tokens), (1, 5, 0));
@@ -71,13 +72,13 @@ fn next_event_runs_at_most_one_forward() {
     let mut generation = Generation::new(&mut backend, &codec, &prompt, greedy(100, &[])).unwrap();
     let mut calls_before = 0;
     let mut events = 0;
-    while let Some(event) = generation.next_event().unwrap() {
+    while let Some(event) = block_on(generation.next_event()).unwrap() {
         let calls = generation.backend().calls.len();
         assert!(calls - calls_before <= 1, "one pull ran {} forwards", calls - calls_before);
         calls_before = calls;
         events += 1;
         if matches!(event, Event::Done { .. }) {
-            assert!(generation.next_event().unwrap().is_none());
+            assert!(block_on(generation.next_event()).unwrap().is_none());
         }
     }
     assert_eq!(events, 4);
@@ -168,7 +169,7 @@ fn bad_setups_are_typed_errors() {
 fn a_cache_holding_an_earlier_turn_is_appended_to() {
     let codec = codec();
     let mut backend = says(&codec, 5, codec.ids(&["Hel", "lo"]));
-    backend.forward(&codec.ids(&["x", "y", "z"]), 0).unwrap();
+    block_on(backend.forward(&codec.ids(&["x", "y", "z"]), 0)).unwrap();
     let prompt = codec.ids(&["x", "y"]);
     let c = run(&codec, &mut backend, &prompt, greedy(100, &[]));
     assert_eq!(c.text, "Hello");
@@ -205,7 +206,9 @@ fn seeded_sampling_is_reproducible() {
         // Flat logits over the pieces (never EOS): every draw is a real choice.
         let ids: Vec<u32> = (1..codec.vocab_size() as u32).collect();
         let mut backend = ScriptedBackend::new(codec.vocab_size(), Box::new(move |_| ids.iter().map(|&i| (i, FAVOURED)).collect()));
-        run(&codec, &mut backend, &prompt, options(seed)).tokens
+        let tokens = run(&codec, &mut backend, &prompt, options(seed)).tokens;
+        assert_eq!(backend.greedy_calls, 0, "sampling needs the logits");
+        tokens
     };
     assert_eq!(sample(3), sample(3));
     assert_ne!(sample(3), sample(4));
@@ -243,7 +246,7 @@ fn score_rates_each_continuation_token_by_teacher_forcing() {
     let mut backend = ScriptedBackend::favour(vocab, move |_| y);
     let prompt = codec.ids(&["x"]);
     let continuation = codec.ids(&["y", "z", "y"]);
-    let r = score(&mut backend, &prompt, &continuation).unwrap();
+    let r = block_on(score(&mut backend, &prompt, &continuation)).unwrap();
     assert_eq!(r.prompt_ids, prompt);
     assert_eq!(r.positions.len(), 3);
     for (p, &id) in r.positions.iter().zip(&continuation) {
@@ -270,7 +273,7 @@ fn score_in_chunks_matches_one_position_at_a_time() {
     let prompt = codec.ids(&["x", "y"]);
     let continuation: Vec<u32> = (0..150).map(|i| (i * 7 % (vocab - 1) + 1) as u32).collect();
     let mut backend = ScriptedBackend::favour(vocab, next);
-    let r = score(&mut backend, &prompt, &continuation).unwrap();
+    let r = block_on(score(&mut backend, &prompt, &continuation)).unwrap();
     assert!(backend.calls.len() > 2, "150 tokens must be split into chunks");
     let mut seq = prompt.clone();
     for (p, &id) in r.positions.iter().zip(&continuation) {
@@ -285,9 +288,9 @@ fn score_in_chunks_matches_one_position_at_a_time() {
 fn score_rejects_bad_input() {
     let codec = codec();
     let mut backend = ScriptedBackend::favour(codec.vocab_size(), |_| 1);
-    assert!(matches!(score(&mut backend, &[1], &[]), Err(GenerateError::EmptyContinuation)));
-    assert!(matches!(score(&mut backend, &[], &[1]), Err(GenerateError::EmptyPrompt)));
+    assert!(matches!(block_on(score(&mut backend, &[1], &[])), Err(GenerateError::EmptyContinuation)));
+    assert!(matches!(block_on(score(&mut backend, &[], &[1])), Err(GenerateError::EmptyPrompt)));
     backend.max_context = 3;
-    assert!(matches!(score(&mut backend, &[1, 2], &[1, 2, 3]), Err(GenerateError::PromptTooLong { .. })));
-    assert!(matches!(score(&mut backend, &[1, 99], &[1]), Err(GenerateError::Backend(_))));
+    assert!(matches!(block_on(score(&mut backend, &[1, 2], &[1, 2, 3])), Err(GenerateError::PromptTooLong { .. })));
+    assert!(matches!(block_on(score(&mut backend, &[1, 99], &[1])), Err(GenerateError::Backend(_))));
 }

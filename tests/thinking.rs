@@ -5,7 +5,7 @@ mod scripted;
 
 use std::rc::Rc;
 
-use pensive::backend::Backend;
+use pensive::backend::{block_on, Backend};
 use pensive::generate::{Completion, Event, FinishReason, GenerateOptions, Generation, TextCodec};
 use pensive::sampler::{Rng, SamplerOptions};
 use pensive::thinking::{
@@ -131,7 +131,7 @@ fn options(thinking: ThinkingOptions) -> GenerateOptions {
 
 fn run(codec: &Rc<ToyCodec>, backend: &mut ScriptedBackend, prompt: &[u32], options: GenerateOptions) -> Completion {
     let mut generation = Generation::new(&mut *backend, codec.clone(), prompt, options).expect("valid setup");
-    generation.run_to_end().expect("generation runs")
+    block_on(generation.run_to_end()).expect("generation runs")
 }
 
 /// The tokens the stream shows, as text with forced tokens in [brackets].

@@ -92,6 +92,8 @@ pub struct ScriptedBackend {
     pub calls: Vec<(Vec<u32>, usize)>,
     /// Lengths passed to truncate.
     pub truncations: Vec<usize>,
+    /// Calls that took the greedy fast path (also listed in `calls`, with n_logits 1).
+    pub greedy_calls: usize,
 }
 
 pub fn toy_config(vocab_size: usize) -> ModelConfig {
@@ -122,6 +124,7 @@ impl ScriptedBackend {
             script,
             calls: Vec::new(),
             truncations: Vec::new(),
+            greedy_calls: 0,
         }
     }
 
@@ -165,7 +168,7 @@ impl Backend for ScriptedBackend {
         self.cache.truncate(len);
         Ok(())
     }
-    fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError> {
+    async fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError> {
         assert!(n_logits <= tokens.len(), "asked for more logits than tokens");
         if self.cache.len() + tokens.len() > self.max_context {
             return Err(BackendError::ContextFull { needed: self.cache.len() + tokens.len(), context: self.max_context });
@@ -183,5 +186,21 @@ impl Backend for ScriptedBackend {
             out.extend(self.logits_at(&self.cache[..end]));
         }
         Ok(out)
+    }
+
+    async fn forward_greedy(&mut self, tokens: &[u32], banned: &[u32]) -> Result<u32, BackendError> {
+        self.greedy_calls += 1;
+        let mut logits = self.forward(tokens, 1).await?;
+        for &id in banned {
+            logits[id as usize] = f32::NEG_INFINITY;
+        }
+        // Ties to the lowest id, as the sampler's greedy does.
+        let mut best = 0;
+        for (i, &l) in logits.iter().enumerate() {
+            if l > logits[best] {
+                best = i;
+            }
+        }
+        Ok(best as u32)
     }
 }
