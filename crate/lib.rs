@@ -16,6 +16,7 @@ pub mod loader;
 pub mod model;
 pub mod tokenizer;
 pub mod gpu;
+pub mod chat;
 pub mod sampler;
 pub mod thinking;
 pub mod generate;
