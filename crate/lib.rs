@@ -17,3 +17,6 @@ pub mod model;
 pub mod tokenizer;
 pub mod gpu;
 pub mod chat;
+pub mod sampler;
+pub mod thinking;
+pub mod generate;
