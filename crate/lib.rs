@@ -20,3 +20,4 @@ pub mod chat;
 pub mod sampler;
 pub mod thinking;
 pub mod generate;
+pub mod engine;
