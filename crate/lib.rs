@@ -13,3 +13,5 @@ pub mod config;
 pub mod backend;
 pub mod ops;
 pub mod loader;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
