@@ -151,3 +151,33 @@ test('hf: references resolve to the hub download URL', async () => {
   assert.equal(resolveModelUrl('/models/x.gguf'), '/models/x.gguf');
   assert.throws(() => resolveModelUrl('hf:just-a-name'), (e) => e.code === 'invalid_options');
 });
+
+test('the same API runs in a Web Worker: progress, results and typed errors cross postMessage', async (t) => {
+  const page = await browser.newPage();
+  const garbage = await withPensive(page, async (m) => {
+    const w = new m.PensiveWorker();
+    try {
+      return { version: await w.version(), result: await w.inspect({ model: '/fixtures/garbage.gguf', cache: false }) };
+    } catch (e) {
+      return { error: { name: e.name, code: e.code, isPensiveError: e instanceof m.PensiveError } };
+    } finally {
+      w.dispose();
+    }
+  });
+  assert.deepEqual(garbage.error, { name: 'PensiveError', code: 'model_format', isPensiveError: true });
+
+  if (!requireModel(SMOLLM2)) return t.skip('model missing');
+  const smol = await withPensive(page, async (m) => {
+    const w = new m.PensiveWorker();
+    const progress = [];
+    const r = await w.inspect({ model: '/models/smollm2-135m-instruct-q4_1.gguf', cache: false, onProgress: (p) => progress.push(p) });
+    w.dispose();
+    return { ...r, progress };
+  });
+  assert.equal(smol.error, undefined, JSON.stringify(smol.error));
+  assert.equal(smol.config.arch, 'llama');
+  assert.equal(smol.bytes, SMOLLM2_BYTES);
+  assert.ok(smol.progress.length >= 10);
+  assert.equal(smol.progress.at(-1).loaded, SMOLLM2_BYTES);
+  assert.deepEqual(page.errors, []);
+});

@@ -269,7 +269,9 @@ export class Engine {
   dispose() {
     if (!this.#raw) return;
     this.#raw.abort();
+    // dispose() frees the model (now, or when a step in flight returns); free() the handle.
     this.#raw.dispose();
+    this.#raw.free();
     this.#raw = null;
     this.#active = null;
   }
