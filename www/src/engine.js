@@ -5,6 +5,8 @@ import { PensiveError, toPensiveError } from './errors.js';
 import { openModelSource, readWhole } from './source.js';
 
 let wasmReady = null;
+/** The instantiated module's exports (for its linear memory), once initialised. */
+let wasmExports = null;
 
 /**
  * Instantiate the wasm module once per thread. `wasmUrl` overrides where the .wasm file is
@@ -12,11 +14,23 @@ let wasmReady = null;
  */
 export function initWasm(wasmUrl) {
   wasmReady ??= init({ module_or_path: wasmUrl ?? new URL('../pkg/pensive_bg.wasm', import.meta.url) })
+    .then((exports) => {
+      wasmExports = exports;
+      return exports;
+    })
     .catch((e) => {
       wasmReady = null;
       throw new PensiveError('backend', `cannot instantiate the wasm module: ${e?.message ?? e}`, { cause: e });
     });
   return wasmReady;
+}
+
+/**
+ * Size of this thread's wasm linear memory in bytes (it only grows): the high-water mark of
+ * what the engine held in wasm, for benchmarks and memory diagnostics.
+ */
+export function wasmMemoryBytes() {
+  return wasmExports?.memory?.buffer?.byteLength ?? 0;
 }
 
 export async function version() {

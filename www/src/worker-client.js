@@ -44,6 +44,11 @@ export class PensiveWorker {
     return { id, done };
   }
 
+  /** The worker's wasm linear memory in bytes (see `wasmMemoryBytes`). */
+  async wasmMemoryBytes() {
+    return this.#call('memory').done;
+  }
+
   async version() {
     return this.#call('version').done;
   }

@@ -4,10 +4,11 @@
 //   page → worker  {id, op: 'load', options} | {id, op: 'generate', prompt, options}
 //                  {id, op: 'abort'} | {id, op: 'score', prompt, continuation}
 //                  {id, op: 'inspect', options} | {id, op: 'dispose'} | {id, op: 'version'}
+//                  {id, op: 'memory'}
 //   worker → page  {id, type: 'progress', progress} | {id, type: 'event', event}
 //                  {id, type: 'result', value} | {id, type: 'error', error: {code, message}}
 import { toPensiveError } from './errors.js';
-import { inspect, loadInThread, version } from './engine.js';
+import { inspect, loadInThread, version, wasmMemoryBytes } from './engine.js';
 
 let engine = null;
 /** Generation id → its AbortController, so 'abort' stops the right one. */
@@ -18,6 +19,8 @@ const fail = (id, e) => post({ id, type: 'error', error: toPensiveError(e).toJSO
 
 async function handle({ id, op, ...msg }) {
   switch (op) {
+    case 'memory':
+      return post({ id, type: 'result', value: wasmMemoryBytes() });
     case 'version':
       return post({ id, type: 'result', value: await version() });
     case 'load': {
