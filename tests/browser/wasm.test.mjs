@@ -181,3 +181,22 @@ test('the same API runs in a Web Worker: progress, results and typed errors cros
   assert.equal(smol.progress.at(-1).loaded, SMOLLM2_BYTES);
   assert.deepEqual(page.errors, []);
 });
+
+test('a cache quota error degrades to no cache with a warning, not a failure', async (t) => {
+  if (!requireModel(SMOLLM2)) return t.skip('model missing');
+  const page = await browser.newPage();
+  const r = await withPensive(page, async (m) => {
+    // What a full profile does: Cache.put rejects once the body is written.
+    Cache.prototype.put = async function put(_key, response) {
+      await response.arrayBuffer().catch(() => {});
+      throw new DOMException('The quota has been exceeded.', 'QuotaExceededError');
+    };
+    await m.Pensive.clearCache();
+    const first = await m.Pensive.inspect({ model: '/models/smollm2-135m-instruct-q4_1.gguf' });
+    const second = await m.Pensive.inspect({ model: '/models/smollm2-135m-instruct-q4_1.gguf' });
+    return { first: first.origin, second: second.origin, arch: second.config.arch };
+  });
+  assert.deepEqual(r, { first: 'network', second: 'network', arch: 'llama' });
+  assert.ok(page.logs.some((l) => l.startsWith('warning:') && l.includes('QuotaExceededError')), page.logs.join('\n'));
+  assert.deepEqual(page.errors, []);
+});
