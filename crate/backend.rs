@@ -42,6 +42,19 @@ pub trait Backend {
     /// values to the cache, and return the logits of the last `n_logits` of them:
     /// (n_logits, vocab_size) row-major. `n_logits` may be 0 (prefill only).
     async fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError>;
+
+    /// Greedy fast path: run `tokens` and return the argmax of the last position's logits
+    /// with `banned` ids excluded (the budget controller's masks). A GPU backend does this on
+    /// the device and reads back 4 bytes instead of the vocabulary's logits.
+    async fn forward_greedy(&mut self, tokens: &[u32], banned: &[u32]) -> Result<u32, BackendError> {
+        let mut logits = self.forward(tokens, 1).await?;
+        for &id in banned {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        Ok(crate::ops::argmax(&logits) as u32)
+    }
 }
 
 /// Run a future to completion on the current thread (native callers of the async API: CLI,

@@ -13,5 +13,8 @@ pub mod config;
 pub mod backend;
 pub mod ops;
 pub mod loader;
+pub mod model;
+pub mod tokenizer;
+pub mod gpu;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;

@@ -117,7 +117,7 @@ impl CpuModel {
 
     /// The forward pass over `tokens` (n) at positions `kv_len..kv_len+n`; returns the
     /// final hidden states of the last `n_logits` positions projected to logits.
-    fn forward_impl(&mut self, tokens: &[u32], n_logits: usize) -> Vec<f32> {
+    fn forward_impl(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError> {
         let c = &self.config;
         let (n, dim, q_dim, kv_dim, ffn) = (tokens.len(), c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
         let pos0 = self.cache.len;
@@ -125,7 +125,9 @@ impl CpuModel {
         // x: (n, dim), the residual stream.
         let mut x = vec![0.0f32; n * dim];
         for (row, &t) in x.chunks_exact_mut(dim).zip(tokens) {
-            self.token_embd.dequantize_row(t as usize, row);
+            self.token_embd
+                .dequantize_row(t as usize, row)
+                .map_err(|_| BackendError::BadToken { id: t, vocab: c.vocab_size })?;
         }
         let mut h = vec![0.0f32; n * dim];       // (n, dim) normed input of a block
         let mut q = vec![0.0f32; n * q_dim];     // (n, q_dim)
@@ -201,7 +203,7 @@ impl CpuModel {
         let head = self.output.as_ref().unwrap_or(&self.token_embd);
         let mut logits = vec![0.0f32; n_logits * c.vocab_size];
         head.matmul(&normed, &mut logits);
-        logits
+        Ok(logits)
     }
 }
 
@@ -250,6 +252,6 @@ impl Backend for CpuModel {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(self.forward_impl(tokens, n_logits.min(tokens.len())))
+        self.forward_impl(tokens, n_logits.min(tokens.len()))
     }
 }
