@@ -21,3 +21,5 @@ pub mod sampler;
 pub mod thinking;
 pub mod generate;
 pub mod engine;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
