@@ -3,6 +3,7 @@
 //! native and web share every step from bytes to events.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
@@ -11,9 +12,9 @@ use crate::backend::{Backend, BackendError};
 use crate::chat::{ChatError, ChatTemplate, Message};
 use crate::config::ModelConfig;
 use crate::generate::{self, Event, GenerateError, GenerateOptions, Generation, ScoreResult};
-use crate::loader::{GgufStream, LoadError, LoadProgress, LoadedModel};
+use crate::loader::{GgufStream, LoadError, LoadProgress, LoadedModel, RawTensor};
 use crate::gpu::{GpuContext, GpuOptions};
-use crate::gpu::model::GpuModel;
+use crate::gpu::model::{GpuModel, GpuModelBuilder};
 use crate::model::CpuModel;
 use crate::sampler::SamplerOptions;
 use crate::thinking::ThinkingOptions;
@@ -225,6 +226,19 @@ fn log_fallback(why: &str) {
     eprintln!("pensive: WebGPU unavailable ({why}); using the CPU backend");
 }
 
+/// A tokenizer with ids the model has no embedding for would index out of its tables.
+fn check_vocab(tokenizer: &Tokenizer, config: &ModelConfig) -> Result<(), EngineError> {
+    if tokenizer.vocab_size() > config.vocab_size {
+        return Err(LoadError::Other(format!(
+            "tokenizer has {} tokens but the model only {}",
+            tokenizer.vocab_size(),
+            config.vocab_size
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// The engine's backend, shared with the generation in flight. The engine allows one user
 /// at a time (a second `start` or a `score` during a generation is refused with `Busy`), so
 /// the borrow held across `forward`'s await is never contended.
@@ -304,19 +318,30 @@ impl Engine {
                 None => return Err(EngineError::InvalidOptions("a safetensors model needs a tokenizer.json".into())),
             },
         };
-        if tokenizer.vocab_size() > model.config.vocab_size {
-            return Err(LoadError::Other(format!(
-                "tokenizer has {} tokens but the model only {}",
-                tokenizer.vocab_size(),
-                model.config.vocab_size
-            ))
-            .into());
-        }
-        let chat = tokenizer.chat_template().map(ChatTemplate::new).transpose()?;
+        check_vocab(&tokenizer, &model.config)?;
         model.gguf = None; // the metadata is not needed past this point
         let backend = AnyBackend::new(model, options).await?;
+        Self::with_backend(backend, tokenizer)
+    }
+
+    /// Wrap a built backend (the streaming loader builds a GPU model as the bytes arrive).
+    fn with_backend(backend: AnyBackend, tokenizer: Tokenizer) -> Result<Self, EngineError> {
+        let chat = tokenizer.chat_template().map(ChatTemplate::new).transpose()?;
         let backend = SharedBackend { config: backend.config().clone(), inner: Rc::new(RefCell::new(backend)) };
         Ok(Self { backend, active: None, tokenizer: Rc::new(tokenizer), chat, cached_ids: Vec::new(), base: 0 })
+    }
+
+    /// Free the model now. Dropping the engine frees it too, except on the web, where a
+    /// dropped wgpu buffer only becomes garbage for the JS collector (wgpu's WebGPU backend
+    /// does not destroy it): destroying the engine's own device releases every GPU buffer at
+    /// once.
+    pub fn dispose(mut self) {
+        self.abort();
+        if let Ok(backend) = self.backend.inner.try_borrow() {
+            if let AnyBackend::Gpu(m) = &*backend {
+                m.context().device.destroy();
+            }
+        }
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -441,9 +466,25 @@ impl Engine {
 }
 
 /// Incremental loading from a byte stream (the browser's `fetch` body, a file natively).
+///
+/// Where each tensor goes as it completes depends on whether the backend is known before
+/// the bytes arrive. [`EngineLoader::new`] keeps every tensor until `finish` (the CPU decoder
+/// reads them in place, so that is no copy). [`EngineLoader::streaming`] asks for the GPU
+/// first and then uploads each tensor the moment its last byte arrives, so a 1.1 GB model
+/// passes through host memory one tensor at a time instead of being held whole next to
+/// its GPU copy — what lets a 1.5B model load within wasm32's memory.
 pub struct EngineLoader {
     stream: GgufStream,
-    tensors: std::collections::HashMap<String, crate::loader::RawTensor>,
+    sink: TensorSink,
+}
+
+enum TensorSink {
+    /// Tensors by name, for `finish` to build the backend from. `cpu_only` when `streaming`
+    /// already found no usable GPU under `auto`, so `finish` does not ask again.
+    Keep { tensors: HashMap<String, RawTensor>, cpu_only: bool },
+    /// Uploaded at once. The builder needs the model's configuration, so it is created
+    /// when the first tensor arrives (the header is complete by then).
+    Gpu { ctx: Rc<GpuContext>, max_context: Option<usize>, builder: Option<GpuModelBuilder> },
 }
 
 impl Default for EngineLoader {
@@ -453,15 +494,54 @@ impl Default for EngineLoader {
 }
 
 impl EngineLoader {
+    /// Keep the tensors; `finish`'s options choose the backend.
     pub fn new() -> Self {
-        Self { stream: GgufStream::new(), tensors: Default::default() }
+        Self { stream: GgufStream::new(), sink: TensorSink::Keep { tensors: HashMap::new(), cpu_only: false } }
+    }
+
+    /// Settle the backend before any byte arrives: on the GPU (or `auto` with a usable
+    /// adapter), tensors are uploaded as they complete; otherwise kept for the CPU. The
+    /// backend and `max_context` given here are the ones `finish` builds.
+    pub async fn streaming(options: &LoadOptions) -> Result<Self, EngineError> {
+        let keep = |cpu_only| Self { stream: GgufStream::new(), sink: TensorSink::Keep { tensors: HashMap::new(), cpu_only } };
+        if options.backend == BackendChoice::Cpu {
+            return Ok(keep(true));
+        }
+        // The largest tensor is unknown before the header: ask for the adapter's maximum
+        // binding size (larger tensors are split across bindings anyway).
+        let gpu_options = GpuOptions { largest_tensor_bytes: u64::MAX, ..GpuOptions::default() };
+        match GpuContext::new(&gpu_options).await {
+            Ok(ctx) => Ok(Self {
+                stream: GgufStream::new(),
+                sink: TensorSink::Gpu { ctx: Rc::new(ctx), max_context: options.max_context, builder: None },
+            }),
+            Err(e) if options.backend == BackendChoice::Auto => {
+                log_fallback(&e.to_string());
+                Ok(keep(true))
+            }
+            Err(e) => Err(EngineError::BackendUnavailable("gpu".into(), e.to_string())),
+        }
     }
 
     pub fn push(&mut self, chunk: &[u8]) -> Result<LoadProgress, EngineError> {
-        let tensors = &mut self.tensors;
-        self.stream.push(chunk, &mut |_, t| {
-            tensors.insert(t.name.clone(), t);
-            Ok(())
+        let sink = &mut self.sink;
+        self.stream.push(chunk, &mut |header, t| match sink {
+            TensorSink::Keep { tensors, .. } => {
+                tensors.insert(t.name.clone(), t);
+                Ok(())
+            }
+            TensorSink::Gpu { ctx, max_context, builder } => {
+                let gpu_error = |e: crate::gpu::GpuError| LoadError::Other(e.to_string());
+                let b = match builder {
+                    Some(b) => b,
+                    None => builder.insert(
+                        GpuModelBuilder::new(Rc::clone(ctx), crate::loader::config_from_gguf(header)?, *max_context)
+                            .map_err(gpu_error)?,
+                    ),
+                };
+                // `t` is dropped here: only the GPU copy remains.
+                b.add(&t).map_err(gpu_error)
+            }
         })?;
         Ok(self.stream.progress())
     }
@@ -470,10 +550,24 @@ impl EngineLoader {
         self.stream.progress()
     }
 
+    /// End of the file: build the engine. `options` choose the backend of a loader made by
+    /// `new`; a `streaming` loader already settled it.
     pub async fn finish(self, options: &LoadOptions) -> Result<Engine, EngineError> {
         let header = self.stream.finish()?;
         let config = crate::loader::config_from_gguf(&header)?;
-        let model = LoadedModel { config, tensors: self.tensors, gguf: Some(header) };
-        Engine::new(model, None, options).await
+        match self.sink {
+            TensorSink::Keep { tensors, cpu_only } => {
+                let options = if cpu_only { LoadOptions { backend: BackendChoice::Cpu, ..options.clone() } } else { options.clone() };
+                let model = LoadedModel { config, tensors, gguf: Some(header) };
+                Engine::new(model, None, &options).await
+            }
+            TensorSink::Gpu { builder, .. } => {
+                let tokenizer = Tokenizer::from_gguf(&header.metadata)?;
+                check_vocab(&tokenizer, &config)?;
+                let builder = builder.ok_or_else(|| LoadError::Other("the model file has no tensors".into()))?;
+                let model = builder.finish().map_err(|e| EngineError::BackendUnavailable("gpu".into(), e.to_string()))?;
+                Engine::with_backend(AnyBackend::Gpu(model), tokenizer)
+            }
+        }
     }
 }

@@ -242,8 +242,8 @@ pub struct Completion {
 // Clock
 
 /// Monotonic seconds since an arbitrary origin. `std::time::Instant` panics on
-/// wasm32-unknown-unknown: the browser build must read `performance.now()` here (through
-/// js-sys); until it does, wasm timings read 0 and tok/s are reported as 0.
+/// wasm32-unknown-unknown, so the browser build reads `performance.now()` (milliseconds
+/// since the page or worker started), which both a page and a Web Worker have as a global.
 pub fn monotonic_seconds() -> f64 {
     #[cfg(not(target_arch = "wasm32"))]
     {
@@ -252,7 +252,20 @@ pub fn monotonic_seconds() -> f64 {
     }
     #[cfg(target_arch = "wasm32")]
     {
-        0.0
+        js_clock::performance_now() / 1000.0
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+mod js_clock {
+    use wasm_bindgen::prelude::wasm_bindgen;
+
+    #[wasm_bindgen]
+    extern "C" {
+        /// `globalThis.performance.now()`: resolved on the global object, not `window`, so
+        /// it works in workers too.
+        #[wasm_bindgen(js_namespace = performance, js_name = now)]
+        pub fn performance_now() -> f64;
     }
 }
 

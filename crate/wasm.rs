@@ -11,13 +11,13 @@
 //! Nothing here may panic on input a page or a file controls: a panic in wasm leaves the
 //! module unusable ("a dead module"), so every fallible step returns one of those errors.
 //!
-//! Still to come with the engine (`crate/engine.rs`), as `www/src/engine.js` already calls it:
-//! `RawLoader` (`new()`, `push(chunk) -> progress`, `finish(backend) -> Promise<RawEngine>`,
-//! `RawLoader.fromSafetensors(config, weights[], tokenizer?, backend) -> Promise<RawEngine>`)
-//! and `RawEngine` (`info()`, `start(prompt, options)` (sync: option errors and `busy` throw),
-//! `nextEvent() -> Promise<event | undefined>`, `abort()`, `score(prompt, continuation) ->
-//! Promise`, `dispose()`), with the engine in an `Rc<RefCell<..>>` whose borrow during a step
-//! is the lock, and abort/dispose requests honoured when the step in flight returns.
+//! The engine is two classes. `RawLoader` (`RawLoader.create({backend, max_context})`,
+//! `push(chunk) -> progress`, `finish() -> Promise<RawEngine>`, and
+//! `RawLoader.fromSafetensors(config, weights[], tokenizer?, tokenizerConfig?, options)`)
+//! settles the backend *before* the bytes arrive, so that on WebGPU every tensor goes to a
+//! GPU buffer as soon as it is complete. `RawEngine` (`info()`, `start(prompt, options)`
+//! (sync: option errors and `busy` throw), `nextEvent() -> Promise<event | undefined>`,
+//! `abort()`, `score(prompt, continuation) -> Promise`, `dispose()`) drives `Engine`.
 
 use std::fmt::Display;
 
@@ -283,4 +283,258 @@ impl ForwardBench {
 
 fn busy() -> JsValue {
     js_error("busy", "a forward pass is already running")
+}
+
+// ---------------------------------------------------------------------------------------
+// The engine: a push-based loader, then start / next_event / abort / score / dispose.
+//
+// JS drives one engine from one thread, but its calls interleave at every `await`: the page
+// may call `abort()` or `dispose()` while `nextEvent()` waits on a WebGPU readback. So the
+// engine lives in a `RefCell` behind an `Rc` that each call's future clones, and the borrow
+// taken for the duration of a step *is* the engine's lock: a second step or a score finds
+// it taken and reports `busy`; `abort`/`dispose` arriving mid-step leave a request that the
+// step honours as soon as it returns (abort lands within one step). `try_borrow*` only:
+// a failed `borrow_mut` would panic, and a panic kills the module.
+
+use std::cell::Cell;
+
+use crate::engine::{Continuation, Engine, EngineError, EngineLoader, GenerateRequest, LoadOptions, Prompt};
+use crate::tokenizer::Tokenizer;
+
+fn engine_error(e: EngineError) -> JsValue {
+    js_error(e.code(), e)
+}
+
+/// Through JSON text rather than serde-wasm-bindgen: the latter reads only the fields a
+/// struct names, so `deny_unknown_fields` would never see a misspelt option — and JSON is
+/// what the CLI parses too. (`undefined` members vanish in `JSON.stringify`, as they should.)
+fn from_js<T: serde::de::DeserializeOwned>(value: JsValue, what: &str) -> Result<T, JsValue> {
+    let invalid = |msg: &dyn Display| js_error("invalid_options", format_args!("{what}: {msg}"));
+    let text = js_sys::JSON::stringify(&value).map_err(|_| invalid(&"not representable as JSON"))?;
+    let text = text.as_string().ok_or_else(|| invalid(&"missing"))?;
+    serde_json::from_str(&text).map_err(|e| invalid(&e))
+}
+
+/// `undefined`/`null` options mean the defaults.
+fn options_from_js<T: serde::de::DeserializeOwned + Default>(value: JsValue, what: &str) -> Result<T, JsValue> {
+    if value.is_undefined() || value.is_null() {
+        return Ok(T::default());
+    }
+    from_js(value, what)
+}
+
+fn disposed() -> JsValue {
+    js_error("invalid_options", "the engine was disposed")
+}
+
+fn engine_busy() -> JsValue {
+    js_error("busy", "the engine is running a step or a score; wait for it, or abort the generation")
+}
+
+/// Push-based loader: the page hands it the model file's bytes as they arrive.
+#[wasm_bindgen]
+pub struct RawLoader {
+    /// `None` once `finish` took it.
+    loader: Option<EngineLoader>,
+    options: LoadOptions,
+}
+
+#[wasm_bindgen]
+impl RawLoader {
+    /// `options`: `{backend: "auto" | "webgpu" | "gpu" | "cpu", max_context}`. Resolves once
+    /// the backend is settled (the WebGPU device exists, or `auto` fell back to the CPU).
+    pub async fn create(options: JsValue) -> Result<RawLoader, JsValue> {
+        let options: LoadOptions = options_from_js(options, "load options")?;
+        let loader = EngineLoader::streaming(&options).await.map_err(engine_error)?;
+        Ok(RawLoader { loader: Some(loader), options })
+    }
+
+    /// The next bytes of the GGUF; returns `{bytes_seen, bytes_total, tensors_done, tensors_total}`.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<JsValue, JsValue> {
+        let loader = self.loader.as_mut().ok_or_else(|| js_error("invalid_options", "loader already finished"))?;
+        let progress = loader.push(chunk).map_err(engine_error)?;
+        to_js(&progress)
+    }
+
+    /// End of the file: build the engine.
+    pub fn finish(&mut self) -> Result<Promise, JsValue> {
+        let loader = self.loader.take().ok_or_else(|| js_error("invalid_options", "loader already finished"))?;
+        let options = self.options.clone();
+        Ok(future_to_promise(async move {
+            let engine = loader.finish(&options).await.map_err(engine_error)?;
+            Ok(RawEngine::wrap(engine).into())
+        }))
+    }
+
+    /// A Hugging Face folder: config.json, the *.safetensors files, tokenizer.json (and
+    /// tokenizer_config.json, which carries the chat template), all read whole.
+    #[wasm_bindgen(js_name = fromSafetensors)]
+    pub async fn from_safetensors(
+        config: Vec<u8>,
+        weights: Vec<js_sys::Uint8Array>,
+        tokenizer: Option<Vec<u8>>,
+        tokenizer_config: Option<Vec<u8>>,
+        options: JsValue,
+    ) -> Result<RawEngine, JsValue> {
+        let options: LoadOptions = options_from_js(options, "load options")?;
+        let tokenizer = tokenizer
+            .as_deref()
+            .map(|json| Tokenizer::from_json(json, tokenizer_config.as_deref()))
+            .transpose()
+            .map_err(|e| engine_error(e.into()))?;
+        let files: Vec<Vec<u8>> = weights.iter().map(|w| w.to_vec()).collect();
+        let slices: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+        let model = crate::loader::load_safetensors(&config, &slices).map_err(load_error)?;
+        drop(slices);
+        drop(files);
+        let engine = Engine::new(model, tokenizer, &options).await.map_err(engine_error)?;
+        Ok(RawEngine::wrap(engine))
+    }
+}
+
+struct Shared {
+    /// `None` after `dispose`.
+    engine: RefCell<Option<Engine>>,
+    abort_requested: Cell<bool>,
+    dispose_requested: Cell<bool>,
+}
+
+impl Shared {
+    /// Honour an abort or dispose that arrived while a step held the engine.
+    fn settle(&self, slot: &mut Option<Engine>) {
+        if self.abort_requested.take() {
+            if let Some(engine) = slot.as_mut() {
+                engine.abort();
+            }
+        }
+        if self.dispose_requested.take() {
+            if let Some(engine) = slot.take() {
+                engine.dispose();
+            }
+        }
+    }
+}
+
+/// A loaded model; see the section comment for how calls interleave.
+#[wasm_bindgen]
+pub struct RawEngine {
+    shared: Rc<Shared>,
+}
+
+impl RawEngine {
+    fn wrap(engine: Engine) -> RawEngine {
+        RawEngine {
+            shared: Rc::new(Shared {
+                engine: RefCell::new(Some(engine)),
+                abort_requested: Cell::new(false),
+                dispose_requested: Cell::new(false),
+            }),
+        }
+    }
+}
+
+#[wasm_bindgen]
+impl RawEngine {
+    /// `{backend, config, vocab_size, max_context, has_chat_template}`.
+    pub fn info(&self) -> Result<JsValue, JsValue> {
+        let slot = self.shared.engine.try_borrow().map_err(|_| engine_busy())?;
+        let info = slot.as_ref().ok_or_else(disposed)?.info().map_err(engine_error)?;
+        to_js(&info)
+    }
+
+    /// The prompt's token ids (chat template applied to messages), as `generate` feeds them.
+    #[wasm_bindgen(js_name = promptIds)]
+    pub fn prompt_ids(&self, prompt: JsValue) -> Result<Vec<u32>, JsValue> {
+        let prompt: Prompt = from_js(prompt, "prompt")?;
+        let slot = self.shared.engine.try_borrow().map_err(|_| engine_busy())?;
+        slot.as_ref().ok_or_else(disposed)?.prompt_ids(&prompt).map_err(engine_error)
+    }
+
+    /// Begin a generation. `prompt`: a string or `[{role, content}]`; `options`: the
+    /// snake_case request (unknown fields are errors).
+    pub fn start(&self, prompt: JsValue, options: JsValue) -> Result<(), JsValue> {
+        let prompt: Prompt = from_js(prompt, "prompt")?;
+        let request: GenerateRequest = options_from_js(options, "generate options")?;
+        let mut slot = self.shared.engine.try_borrow_mut().map_err(|_| engine_busy())?;
+        let engine = slot.as_mut().ok_or_else(disposed)?;
+        self.shared.abort_requested.set(false);
+        engine.start(&prompt, request).map_err(engine_error)
+    }
+
+    /// The next event of the active generation, or `undefined` once it finished (or was
+    /// aborted).
+    #[wasm_bindgen(js_name = nextEvent)]
+    #[allow(clippy::await_holding_refcell_ref)] // the borrow is the lock, see above
+    pub fn next_event(&self) -> Promise {
+        let shared = Rc::clone(&self.shared);
+        future_to_promise(async move {
+            let mut slot = shared.engine.try_borrow_mut().map_err(|_| engine_busy())?;
+            let event = match slot.as_mut() {
+                Some(engine) if !shared.abort_requested.get() => engine.next_event().await,
+                Some(_) => Ok(None),
+                None => return Err(disposed()),
+            };
+            let aborted = shared.abort_requested.get();
+            shared.settle(&mut slot);
+            match event.map_err(engine_error)? {
+                Some(event) if !aborted => to_js(&event),
+                _ => Ok(JsValue::UNDEFINED),
+            }
+        })
+    }
+
+    /// End the active generation (now, or when the step in flight returns); the engine
+    /// stays usable.
+    pub fn abort(&self) {
+        match self.shared.engine.try_borrow_mut() {
+            Ok(mut slot) => {
+                if let Some(engine) = slot.as_mut() {
+                    engine.abort();
+                }
+            }
+            Err(_) => self.shared.abort_requested.set(true),
+        }
+    }
+
+    /// Whether a generation is active (started and not yet finished or aborted).
+    #[wasm_bindgen(js_name = isBusy)]
+    pub fn is_busy(&self) -> bool {
+        match self.shared.engine.try_borrow() {
+            Ok(slot) => slot.as_ref().is_some_and(Engine::is_busy),
+            Err(_) => true,
+        }
+    }
+
+    /// Teacher-forced scoring; `continuation` is a string or an array of token ids.
+    /// Resolves to the `pensive score --json` object.
+    #[allow(clippy::await_holding_refcell_ref)] // the borrow is the lock, see above
+    pub fn score(&self, prompt: JsValue, continuation: JsValue) -> Promise {
+        let shared = Rc::clone(&self.shared);
+        let args = from_js::<Prompt>(prompt, "prompt").and_then(|p| Ok((p, from_js::<Continuation>(continuation, "continuation")?)));
+        future_to_promise(async move {
+            let (prompt, continuation) = args?;
+            let mut slot = shared.engine.try_borrow_mut().map_err(|_| engine_busy())?;
+            let result = match slot.as_mut() {
+                Some(engine) => engine.score(&prompt, &continuation).await,
+                None => return Err(disposed()),
+            };
+            shared.settle(&mut slot);
+            to_js(&result.map_err(engine_error)?)
+        })
+    }
+
+    /// Free the model (GPU buffers included), now or when the step in flight returns.
+    pub fn dispose(&self) {
+        match self.shared.engine.try_borrow_mut() {
+            Ok(mut slot) => {
+                if let Some(engine) = slot.take() {
+                    engine.dispose();
+                }
+            }
+            Err(_) => {
+                self.shared.abort_requested.set(true);
+                self.shared.dispose_requested.set(true);
+            }
+        }
+    }
 }

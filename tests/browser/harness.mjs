@@ -1,7 +1,9 @@
 // Shared setup of the browser tests: one static server (www/ at /, models/ at /models/, the
 // test pages at /tests/) and headless Debian Chromium driven by playwright-core, with the
 // flags TESTING.md found necessary for WebGPU on SwiftShader in a sandbox without network.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import assert from 'node:assert/strict';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -84,4 +86,35 @@ export async function withPensive(page, fn, arg) {
     },
     [fn.toString(), arg],
   );
+}
+
+/**
+ * Whether `path` (relative to the repository) exists. CI sets PENSIVE_REQUIRE_MODELS=1: a
+ * missing model is then a failure, never a skip; elsewhere the skip is loud.
+ */
+export function requireModel(path) {
+  if (existsSync(join(root, path))) return true;
+  assert.ok(!process.env.PENSIVE_REQUIRE_MODELS, `${path} is missing (run scripts/fetch-models.sh)`);
+  console.error(`SKIPPING: ${path} is missing (run scripts/fetch-models.sh)`);
+  return false;
+}
+
+let nativeExe = null;
+
+/**
+ * Run the native `pensive` CLI (the reference the browser must match) with `args` and parse
+ * its `--json` output. Built once through cargo, release mode, as the rest of the suite.
+ */
+export function nativePensive(args) {
+  if (!nativeExe) {
+    const out = execFileSync('cargo', ['build', '--release', '--quiet', '--bin', 'pensive', '--message-format=json'],
+      { cwd: root, encoding: 'utf8', maxBuffer: 256 << 20, stdio: ['ignore', 'pipe', 'inherit'] });
+    for (const line of out.split('\n')) {
+      if (!line.startsWith('{')) continue;
+      const msg = JSON.parse(line);
+      if (msg.reason === 'compiler-artifact' && msg.target?.name === 'pensive' && msg.target.kind.includes('bin')) nativeExe = msg.executable;
+    }
+    assert.ok(nativeExe, 'cargo built no pensive executable');
+  }
+  return JSON.parse(execFileSync(nativeExe, args, { cwd: root, encoding: 'utf8', maxBuffer: 64 << 20 }));
 }

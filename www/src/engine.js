@@ -39,7 +39,7 @@ export async function version() {
 }
 
 const BACKENDS = ['auto', 'webgpu', 'cpu'];
-export const LOAD_OPTIONS = ['model', 'tokenizer', 'backend', 'onProgress', 'cache', 'worker', 'signal', 'wasmUrl'];
+export const LOAD_OPTIONS = ['model', 'tokenizer', 'backend', 'max_context', 'onProgress', 'cache', 'worker', 'signal', 'wasmUrl'];
 /** Progress is reported at most once per this many bytes (plus the first and last chunk). */
 const PROGRESS_STEP = 1 << 20;
 
@@ -58,6 +58,9 @@ export function checkLoadOptions(options) {
   }
   if (options.onProgress !== undefined && typeof options.onProgress !== 'function') {
     throw new PensiveError('invalid_options', 'onProgress must be a function');
+  }
+  if (options.max_context !== undefined && !(Number.isInteger(options.max_context) && options.max_context > 0)) {
+    throw new PensiveError('invalid_options', 'max_context must be a positive integer');
   }
   if (options.cache !== undefined && typeof options.cache !== 'boolean') {
     throw new PensiveError('invalid_options', 'cache must be true or false');
@@ -134,15 +137,19 @@ export async function loadInThread(options) {
   await initWasm(opts.wasmUrl);
   const report = progressReporter(opts.onProgress);
   const source = await openModelSource(opts.model, { cache: opts.cache, tokenizer: opts.tokenizer, signal: opts.signal });
+  // The Rust side's LoadOptions (snake_case, unknown fields refused).
+  const engineOptions = { backend: opts.backend, ...(opts.max_context ? { max_context: opts.max_context } : {}) };
   let raw;
   try {
     if (source.kind === 'gguf') {
-      const loader = new wasm.RawLoader();
+      // The backend is settled first (the WebGPU device is created, or `auto` falls back to
+      // the CPU), so that each tensor is uploaded to the GPU the moment its bytes are in.
+      const loader = await wasm.RawLoader.create(engineOptions);
       let loaded;
       try {
         loaded = await streamInto(source, loader, report, opts.signal);
         report(loaded, source.total, 'finish', true);
-        raw = await loader.finish(opts.backend);
+        raw = await loader.finish();
       } finally {
         loader.free();
       }
@@ -152,8 +159,9 @@ export async function loadInThread(options) {
       const weights = [];
       for (const w of source.weights) weights.push(await readWhole(w));
       const tokenizer = source.tokenizer ? await readWhole(source.tokenizer) : undefined;
+      const tokenizerConfig = source.tokenizerConfig ? await readWhole(source.tokenizerConfig) : undefined;
       report(0, null, 'finish', true);
-      raw = await wasm.RawLoader.fromSafetensors(config, weights, tokenizer, opts.backend);
+      raw = await wasm.RawLoader.fromSafetensors(config, weights, tokenizer, tokenizerConfig, engineOptions);
     }
   } catch (e) {
     throw toPensiveError(e, 'model_format');
@@ -176,13 +184,22 @@ export class Engine {
 
   constructor(raw) {
     this.#raw = raw;
-    /** `{backend, adapter, model, vocab_size, ...}`: which backend `auto` chose, and why. */
+    /** `{backend, config, vocab_size, max_context, has_chat_template}`: `backend` says what `auto` chose. */
     this.info = raw.info();
   }
 
   #live() {
     if (!this.#raw) throw new PensiveError('invalid_options', 'engine was disposed');
     return this.#raw;
+  }
+
+  /** The token ids `generate` feeds for `prompt` (a string, or messages through the chat template). */
+  promptIds(prompt) {
+    try {
+      return [...this.#live().promptIds(prompt)];
+    } catch (e) {
+      throw toPensiveError(e, 'invalid_options');
+    }
   }
 
   /**

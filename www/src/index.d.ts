@@ -10,6 +10,8 @@ export type ErrorCode =
   | 'busy'
   | 'aborted'
   | 'backend'
+  | 'backend_unavailable'
+  | 'chat_template'
   | 'io';
 
 export declare const ERROR_CODES: readonly ErrorCode[];
@@ -26,6 +28,8 @@ export interface FolderModel {
   config: Blob | string;
   weights: Array<Blob | string>;
   tokenizer?: Blob | string;
+  /** tokenizer_config.json: the chat template. */
+  tokenizer_config?: Blob | string;
 }
 
 /**
@@ -50,6 +54,8 @@ export interface LoadOptions {
   tokenizer?: Blob | string;
   /** `auto` (default) picks WebGPU when a suitable adapter exists, else the wasm CPU backend. */
   backend?: 'auto' | 'webgpu' | 'cpu';
+  /** KV cache capacity in tokens (default: min(model context, 8192)). */
+  max_context?: number;
   onProgress?: (progress: LoadProgress) => void;
   /** Cache downloads (Cache API, keyed by URL + size). Default true; quota errors only warn. */
   cache?: boolean;
@@ -134,27 +140,32 @@ export interface Completion {
 }
 
 export interface ScoredToken {
+  /** The continuation token at this position. */
   id: number;
-  text: string;
+  /** log p(id | everything before). */
   logprob: number;
+  /** The model's own top choice here. */
   argmax: number;
+  /** Top-1 minus top-2 logit. */
   margin: number;
-  [key: string]: unknown;
 }
 
 /** The same object as `pensive score --json`. */
 export interface ScoreResult {
-  tokens: ScoredToken[];
+  prompt_ids: number[];
+  positions: ScoredToken[];
+  /** Mean negative log-likelihood per continuation token (nats). */
   nll: number;
   perplexity: number;
-  [key: string]: unknown;
 }
 
 export interface EngineInfo {
-  /** The backend actually used: what `auto` chose. */
-  backend: 'webgpu' | 'cpu' | string;
-  adapter?: string | null;
-  [key: string]: unknown;
+  /** The backend actually used (what `auto` chose), e.g. "cpu (wasm)" or "webgpu (<adapter>, F32)". */
+  backend: string;
+  config: ModelConfig;
+  vocab_size: number;
+  max_context: number;
+  has_chat_template: boolean;
 }
 
 export interface ModelConfig {
@@ -174,6 +185,8 @@ export interface InspectResult {
  */
 export declare class Engine {
   readonly info: EngineInfo;
+  /** The token ids `generate` feeds for `prompt` (chat template applied). */
+  promptIds(prompt: Prompt): number[];
   generate(prompt: Prompt, options?: GenerateOptions): AsyncIterableIterator<GenerationEvent>;
   complete(prompt: Prompt, options?: GenerateOptions): Promise<Completion>;
   score(prompt: Prompt, continuation: string | number[]): Promise<ScoreResult>;

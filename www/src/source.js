@@ -52,13 +52,18 @@ function asFolder(model, tokenizer) {
     const config = byName((n) => n.endsWith('config.json') && !n.endsWith('tokenizer_config.json'))[0];
     const weights = byName((n) => n.endsWith('.safetensors'));
     const tok = tokenizer ?? byName((n) => n.endsWith('tokenizer.json'))[0];
+    // tokenizer_config.json carries the chat template (and BOS/EOS settings).
+    const tokConfig = byName((n) => n.endsWith('tokenizer_config.json'))[0];
     if (!config || weights.length === 0) {
       throw new PensiveError('invalid_options', 'a folder model needs config.json and at least one .safetensors file');
     }
-    return { config, weights, tokenizer: tok ?? null };
+    return { config, weights, tokenizer: tok ?? null, tokenizerConfig: tokConfig ?? null };
   }
   if (model && typeof model === 'object' && !isFile(model) && 'config' in model && 'weights' in model) {
-    return { config: model.config, weights: [...model.weights], tokenizer: tokenizer ?? model.tokenizer ?? null };
+    return {
+      config: model.config, weights: [...model.weights],
+      tokenizer: tokenizer ?? model.tokenizer ?? null, tokenizerConfig: model.tokenizer_config ?? null,
+    };
   }
   return null;
 }
