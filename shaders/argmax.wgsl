@@ -19,10 +19,15 @@ struct Params {
 @group(0) @binding(5) var<storage, read> parts_in: array<vec2<u32>>;
 @group(0) @binding(6) var<storage, read_write> result: array<u32>; // (1): the winning id
 
+// -inf's bits, read from a private variable: the literal form (a bitcast of the constant)
+// is a const-expression, and a const-expression whose value is infinite is a
+// shader-creation error in WGSL (Chromium's Tint rejects the module; naga lets it pass).
+var<private> NEG_INF_BITS: u32 = 0xff800000u;
+
 @compute @workgroup_size(64)
 fn ban(@builtin(global_invocation_id) gid: vec3<u32>) {
     if gid.x < p.n {
-        logits[p.offset + banned[gid.x]] = bitcast<f32>(0xff800000u);
+        logits[p.offset + banned[gid.x]] = bitcast<f32>(NEG_INF_BITS);
     }
 }
 
@@ -45,7 +50,7 @@ fn reduce_workgroup(lid: u32) {
 
 @compute @workgroup_size(64)
 fn argmax_part(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    var bv = bitcast<f32>(0xff800000u);
+    var bv = bitcast<f32>(NEG_INF_BITS);
     var bi = 0xffffffffu;
     let start = wid.x * p.per_group;
     let end = min(start + p.per_group, p.n);
@@ -67,7 +72,7 @@ fn argmax_part(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 
 @compute @workgroup_size(64)
 fn argmax_final(@builtin(local_invocation_index) lid: u32) {
-    var bv = bitcast<f32>(0xff800000u);
+    var bv = bitcast<f32>(NEG_INF_BITS);
     var bi = 0xffffffffu;
     for (var i = lid; i < p.n_parts; i += 64u) {
         let v = bitcast<f32>(parts_in[i].x);

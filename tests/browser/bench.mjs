@@ -4,9 +4,11 @@
 // 1.5B stand-in of DeepSeek-R1-Distill-Qwen-1.5B.
 //
 //   node tests/browser/bench.mjs [--model models/x.gguf] [--backend cpu,webgpu] [--tokens 32]
+//                                [--max-context 512] [--prompt "..."]
 //                                [--probe]   (stream through the GGUF parser only, no engine)
-//                                [--raw [--prompt-tokens 16]]   (decoder forward passes only)
 //
+// Greedy generation from a chat prompt through the whole engine (tokenizer, template,
+// sampler); the rates are the engine's own stats (`done` event), timed by performance.now().
 // Memory: the renderer's peak RSS (where wasm memory lives) and the GPU process's peak RSS,
 // sampled from /proc every 100 ms, plus the final size of the wasm linear memory.
 import { readFileSync, readdirSync } from 'node:fs';
@@ -20,9 +22,8 @@ const { values: args } = parseArgs({
     tokens: { type: 'string', default: '32' },
     prompt: { type: 'string', default: 'Write a short story about a robot learning to paint.' },
     probe: { type: 'boolean', default: false },
-    // Raw forward passes (no tokenizer/sampler/budget): arbitrary prompt ids, greedy argmax.
-    raw: { type: 'boolean', default: false },
-    'prompt-tokens': { type: 'string', default: '16' },
+    // The KV cache (GPU memory on WebGPU) is sized for this many tokens.
+    'max-context': { type: 'string', default: '512' },
   },
 });
 
@@ -55,41 +56,23 @@ try {
   for (const backend of args.backend.split(',')) {
     const page = await browser.newPage();
     const stop = sampleMemory('pensive-chromium-');
-    const result = await page.evaluate(async ({ model, backend, tokens, prompt, probe, raw, promptTokens }) => {
+    const result = await page.evaluate(async ({ model, backend, tokens, prompt, probe, maxContext }) => {
       const { Pensive } = await import('/src/index.js');
-      const { initWasm, wasmMemoryBytes } = await import('/src/engine.js');
+      const { wasmMemoryBytes } = await import('/src/engine.js');
       const t0 = performance.now();
-      if (raw) {
-        await initWasm();
-        const wasm = await import('/pkg/pensive.js');
-        const { openModelSource } = await import('/src/source.js');
-        const bench = await wasm.ForwardBench.create(backend);
-        const source = await openModelSource(`/${model}`, { cache: false });
-        for await (const chunk of source.chunks) bench.push(chunk);
-        const name = bench.finish();
-        const loadS = (performance.now() - t0) / 1000;
-        // Arbitrary but fixed prompt ids (a benchmark, not a generation).
-        const ids = Array.from({ length: promptTokens }, (_, i) => 100 + 37 * i);
-        // Run twice: the first run includes shader/pipeline compilation (slow on SwiftShader).
-        const runs = [];
-        for (let i = 0; i < 2; i++) {
-          const r = await bench.run(new Uint32Array(ids), tokens);
-          runs.push({ prefill_tok_s: promptTokens / (r.prefill_ms / 1000), decode_tok_s: tokens / (r.decode_ms / 1000), ids: r.ids.join(' ') });
-        }
-        return { loadS, name, runs, wasmBytes: wasmMemoryBytes() };
-      }
       if (probe) {
         const r = await Pensive.inspect({ model: `/${model}`, cache: false });
         return { loadS: (performance.now() - t0) / 1000, bytes: r.bytes, wasmBytes: wasmMemoryBytes() };
       }
-      const engine = await Pensive.load({ model: `/${model}`, backend, cache: false });
+      const engine = await Pensive.load({ model: `/${model}`, backend, cache: false, max_context: maxContext });
       const loadS = (performance.now() - t0) / 1000;
       const done = await engine.complete([{ role: 'user', content: prompt }], { max_tokens: tokens, temperature: 0 });
-      const out = { loadS, info: engine.info, stats: done.stats, text: done.text.slice(0, 200), wasmBytes: wasmMemoryBytes() };
+      const ids = done.events.filter((e) => e.type === 'token').map((e) => e.id);
+      const out = { loadS, info: engine.info.backend, stats: done.stats, ids: ids.join(' '), text: done.text.slice(0, 200), wasmBytes: wasmMemoryBytes() };
       engine.dispose();
       return out;
-    }, { model: args.model, backend, tokens: Number(args.tokens), prompt: args.prompt, probe: args.probe, raw: args.raw,
-      promptTokens: Number(args['prompt-tokens']) });
+    }, { model: args.model, backend, tokens: Number(args.tokens), prompt: args.prompt, probe: args.probe,
+      maxContext: Number(args['max-context']) });
     const peak = stop();
     console.log(JSON.stringify({ model: args.model, backend: args.probe ? 'probe' : backend, ...result,
       peak_rss: Object.fromEntries(Object.entries(peak).map(([k, v]) => [k, mib(v)])), wasm_memory: mib(result.wasmBytes) }, null, 1));

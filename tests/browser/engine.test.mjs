@@ -26,6 +26,13 @@ const RAW = 'The capital of France is';
 const RAW_OPTIONS = { max_tokens: 8, temperature: 0, thinking: { open: true, max_tokens: 2 } };
 const RAW_FLAGS = ['--prompt', RAW, '--max-tokens', '8', '--temperature', '0', '--think-open', '--think-max', '2'];
 
+/** Plain greedy decoding (no budget): the GPU's own argmax picks every token. */
+const PLAIN_OPTIONS = { max_tokens: 3, temperature: 0 };
+const PLAIN_FLAGS = ['--prompt', RAW, '--max-tokens', '3', '--temperature', '0'];
+
+/** What Chromium logs when a WGSL module or pipeline fails validation (it is only a warning). */
+const WEBGPU_ERROR = /WGSL|\[Invalid|GPUValidationError|device lost/i;
+
 const SCORED = 'The capital of France is Paris. It is known for the Eiffel Tower and the Louvre museum.';
 /** Where the model's top-1 leads by more than this, the browser must pick the same token. */
 const DECISIVE_MARGIN = 0.5;
@@ -72,6 +79,7 @@ before(async () => {
     native = {
       chat: nativePensive(['generate', ...model, ...CHAT_FLAGS, '--json']),
       raw: nativePensive(['generate', ...model, ...RAW_FLAGS, '--json']),
+      plain: nativePensive(['generate', ...model, ...PLAIN_FLAGS, '--json']),
       score: nativePensive(['score', ...model, '--chat', CHAT[0].content, '--continuation', SCORED, '--json']),
     };
   }
@@ -308,18 +316,23 @@ test('in a Web Worker: the same events as in the page, and typed errors', async 
 test('WebGPU (SwiftShader): greedy generation with a thinking budget gives the native events', { timeout: 240_000 }, async (t) => {
   if (!hasModel) return t.skip('model missing');
   const page = await browser.newPage();
-  const r = await withPensive(page, async (m, { prompt, options }) => {
+  const r = await withPensive(page, async (m, { prompt, options, plain }) => {
     // A small KV cache: SwiftShader's buffers live in the GPU process's memory.
     const engine = await m.Pensive.load({ model: '/models/smollm2-135m-instruct-q4_1.gguf', backend: 'webgpu', max_context: 256, cache: false });
     const out = await engine.complete(prompt, options);
+    const greedy = await engine.complete(prompt, plain);
     const info = engine.info;
     engine.dispose();
-    return { info, events: out.events };
-  }, { prompt: RAW, options: RAW_OPTIONS });
+    return { info, events: out.events, plain: greedy.events };
+  }, { prompt: RAW, options: RAW_OPTIONS, plain: PLAIN_OPTIONS });
   assert.equal(r.error, undefined, JSON.stringify(r.error));
   assert.match(r.info.backend, /^webgpu/);
   assert.equal(r.info.max_context, 256);
   assert.deepEqual(withoutTimings(r.events), withoutTimings(native.raw.events));
+  // The second generation reuses the cached prompt, so only its stats differ from a fresh run.
+  const notDone = (events) => events.filter((e) => e.type !== 'done');
+  assert.deepEqual(notDone(r.plain), notDone(native.plain.events));
+  assert.deepEqual(page.logs.filter((l) => WEBGPU_ERROR.test(l)), []);
   const stats = r.events.at(-1).stats;
   assert.ok(stats.decode_tok_s > 0, JSON.stringify(stats));
   console.error(`WebGPU (SwiftShader), SmolLM2: prefill ${stats.prefill_tok_s.toFixed(2)} tok/s, decode ${stats.decode_tok_s.toFixed(2)} tok/s`);

@@ -116,5 +116,10 @@ export function nativePensive(args) {
     }
     assert.ok(nativeExe, 'cargo built no pensive executable');
   }
-  return JSON.parse(execFileSync(nativeExe, args, { cwd: root, encoding: 'utf8', maxBuffer: 64 << 20 }));
+  const out = execFileSync(nativeExe, args, { cwd: root, encoding: 'utf8', maxBuffer: 64 << 20 });
+  try {
+    return JSON.parse(out);
+  } catch (e) {
+    throw new Error(`${nativeExe} ${args.join(' ')} printed no JSON: ${JSON.stringify(out.slice(0, 200))}`, { cause: e });
+  }
 }
