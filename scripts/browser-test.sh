@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the npm package (wasm32 + wasm-bindgen + wasm-opt) and run the browser tests in
-# headless Chromium (tests/browser/, node's test runner + playwright-core).
+# Build the npm package (wasm32 + wasm-bindgen + wasm-opt) and the native CLI (the reference
+# the browser's results are compared with), then run the browser tests in headless Chromium
+# (tests/browser/, node's test runner + playwright-core).
 # Installs what is missing: Debian's chromium, the wasm32 target, the pinned wasm-bindgen-cli
 # (~7 min the first time), the npm dev dependencies. Called by scripts/test.sh; runs alone too.
 #
@@ -34,6 +35,7 @@ fi
 
 scripts/fetch-models.sh smollm2
 npm run build --prefix www
+cargo build --release --quiet --bin pensive
 
 files=("$@"); [ ${#files[@]} -gt 0 ] || files=(tests/browser/*.test.mjs)
 node --test --test-concurrency=1 "${files[@]}"

@@ -4,7 +4,7 @@
 // 1.5B stand-in of DeepSeek-R1-Distill-Qwen-1.5B.
 //
 //   node tests/browser/bench.mjs [--model models/x.gguf] [--backend cpu,webgpu] [--tokens 32]
-//                                [--max-context 512] [--prompt "..."]
+//                                [--max-context 512] [--prompt "..."] [--raw-prompt]
 //                                [--probe]   (stream through the GGUF parser only, no engine)
 //
 // Greedy generation from a chat prompt through the whole engine (tokenizer, template,
@@ -22,6 +22,8 @@ const { values: args } = parseArgs({
     tokens: { type: 'string', default: '32' },
     prompt: { type: 'string', default: 'Write a short story about a robot learning to paint.' },
     probe: { type: 'boolean', default: false },
+    // Feed --prompt as raw text instead of a chat message (a few tokens: SwiftShader is slow).
+    'raw-prompt': { type: 'boolean', default: false },
     // The KV cache (GPU memory on WebGPU) is sized for this many tokens.
     'max-context': { type: 'string', default: '512' },
   },
@@ -56,7 +58,7 @@ try {
   for (const backend of args.backend.split(',')) {
     const page = await browser.newPage();
     const stop = sampleMemory('pensive-chromium-');
-    const result = await page.evaluate(async ({ model, backend, tokens, prompt, probe, maxContext }) => {
+    const result = await page.evaluate(async ({ model, backend, tokens, prompt, probe, maxContext, rawPrompt }) => {
       const { Pensive } = await import('/src/index.js');
       const { wasmMemoryBytes } = await import('/src/engine.js');
       const t0 = performance.now();
@@ -66,13 +68,13 @@ try {
       }
       const engine = await Pensive.load({ model: `/${model}`, backend, cache: false, max_context: maxContext });
       const loadS = (performance.now() - t0) / 1000;
-      const done = await engine.complete([{ role: 'user', content: prompt }], { max_tokens: tokens, temperature: 0 });
+      const done = await engine.complete(rawPrompt ? prompt : [{ role: 'user', content: prompt }], { max_tokens: tokens, temperature: 0 });
       const ids = done.events.filter((e) => e.type === 'token').map((e) => e.id);
       const out = { loadS, info: engine.info.backend, stats: done.stats, ids: ids.join(' '), text: done.text.slice(0, 200), wasmBytes: wasmMemoryBytes() };
       engine.dispose();
       return out;
     }, { model: args.model, backend, tokens: Number(args.tokens), prompt: args.prompt, probe: args.probe,
-      maxContext: Number(args['max-context']) });
+      maxContext: Number(args['max-context']), rawPrompt: args['raw-prompt'] });
     const peak = stop();
     console.log(JSON.stringify({ model: args.model, backend: args.probe ? 'probe' : backend, ...result,
       peak_rss: Object.fromEntries(Object.entries(peak).map(([k, v]) => [k, mib(v)])), wasm_memory: mib(result.wasmBytes) }, null, 1));

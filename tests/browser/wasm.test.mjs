@@ -6,7 +6,7 @@ import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { SMOLLM2, root, startBrowser, withPensive } from './harness.mjs';
+import { SMOLLM2, requireModel, root, startBrowser, withPensive } from './harness.mjs';
 import { tinyGguf } from './gguf-writer.mjs';
 
 const SMOLLM2_BYTES = 98_362_432;
@@ -15,14 +15,6 @@ const TRUNCATED_BYTES = 4 << 20;
 
 let browser;
 let fixtures;
-
-function requireModel(path) {
-  if (existsSync(join(root, path))) return true;
-  // CI sets PENSIVE_REQUIRE_MODELS=1: a missing model is then a failure, never a skip.
-  assert.ok(!process.env.PENSIVE_REQUIRE_MODELS, `${path} is missing (run scripts/fetch-models.sh)`);
-  console.error(`SKIPPING: ${path} is missing (run scripts/fetch-models.sh)`);
-  return false;
-}
 
 before(async () => {
   fixtures = mkdtempSync(join(tmpdir(), 'pensive-fixtures-'));
