@@ -8,3 +8,16 @@
 
 pub mod bytes;
 pub mod quant;
+pub mod gguf;
+pub mod config;
+pub mod backend;
+pub mod ops;
+pub mod loader;
+pub mod model;
+pub mod tokenizer;
+pub mod gpu;
+pub mod chat;
+pub mod sampler;
+pub mod thinking;
+pub mod generate;
+pub mod engine;

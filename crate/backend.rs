@@ -1,0 +1,65 @@
+//! The one interface the generation loop drives: a model with a KV cache.
+//!
+//! The CPU backend and the WebGPU backend both implement it, so generation, scoring and the
+//! thinking-budget controller are written once.
+
+use crate::config::ModelConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("sequence of {needed} tokens exceeds the context of {context} tokens")]
+    ContextFull { needed: usize, context: usize },
+    #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
+    BadToken { id: u32, vocab: usize },
+    #[error("cannot truncate the KV cache to {to}: it holds {len} positions")]
+    BadTruncate { to: usize, len: usize },
+    #[error("GPU: {0}")]
+    Gpu(String),
+}
+
+/// `forward` is async because in the browser a WebGPU readback can only be awaited (there is
+/// no blocking `map`); the CPU backend simply completes immediately, and native callers block
+/// with [`block_on`]. The trait is used generically (`B: Backend`, or the [`AnyBackend`]-style
+/// enum of the engine), not as `dyn Backend`, since async trait methods are not object safe.
+#[allow(async_fn_in_trait)]
+pub trait Backend {
+    fn config(&self) -> &ModelConfig;
+
+    /// Short human-readable name, e.g. "cpu (2 threads)" or "webgpu (llvmpipe)".
+    fn name(&self) -> String;
+
+    /// Positions currently held in the KV cache (= tokens processed and kept).
+    fn kv_len(&self) -> usize;
+
+    /// Longest sequence the cache can hold.
+    fn max_context(&self) -> usize;
+
+    /// Forget every cached position at or after `len` (`len <= kv_len()`). Used to roll back
+    /// tokens (e.g. a multi-token end-of-thinking marker) before inserting others.
+    fn truncate(&mut self, len: usize) -> Result<(), BackendError>;
+
+    /// Run `tokens` at positions `kv_len()..kv_len()+tokens.len()`, appending their keys and
+    /// values to the cache, and return the logits of the last `n_logits` of them:
+    /// (n_logits, vocab_size) row-major. `n_logits` may be 0 (prefill only).
+    async fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError>;
+
+    /// Greedy fast path: run `tokens` and return the argmax of the last position's logits
+    /// with `banned` ids excluded (the budget controller's masks). A GPU backend does this on
+    /// the device and reads back 4 bytes instead of the vocabulary's logits.
+    async fn forward_greedy(&mut self, tokens: &[u32], banned: &[u32]) -> Result<u32, BackendError> {
+        let mut logits = self.forward(tokens, 1).await?;
+        for &id in banned {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        Ok(crate::ops::argmax(&logits) as u32)
+    }
+}
+
+/// Run a future to completion on the current thread (native callers of the async API: CLI,
+/// tests, benchmarks). Never used in the browser, where futures go to the JS event loop.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    pollster::block_on(f)
+}

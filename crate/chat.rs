@@ -1,0 +1,263 @@
+//! Chat templates: the Jinja program a model ships (`tokenizer.chat_template`) that turns a
+//! conversation into the prompt text the model was trained on.
+//!
+//! Templates are written for Hugging Face transformers, which renders them with Jinja2 in a
+//! particular environment (transformers `utils/chat_template_utils.py`). We reproduce that
+//! environment with minijinja so that the prompt text is byte-identical:
+//! - `trim_blocks` and `lstrip_blocks` on (a block tag eats its line's leading whitespace and
+//!   the newline after it), trailing newline of the template dropped;
+//! - `raise_exception(msg)` aborts rendering with the template's message;
+//! - `tojson` is Python's `json.dumps` (no HTML escaping, `", "`/`": "` separators,
+//!   non-ASCII kept), not minijinja's HTML-safe one;
+//! - Python string methods (`.strip()`, `.split()`, `.startswith()`, …) via minijinja-contrib's
+//!   pycompat, and `{% break %}`/`{% continue %}` (Jinja2's loopcontrols extension).
+//!
+//! Checked against transformers' own output for the Qwen2.5, Qwen3, SmolLM2 and
+//! DeepSeek-R1-Distill templates (tests/chat.rs).
+
+use minijinja::value::{Kwargs, ValueKind};
+use minijinja::{Environment, ErrorKind, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("chat template does not compile: {0:#}")]
+    Compile(#[source] minijinja::Error),
+    /// The template itself refused the conversation (`raise_exception`), e.g. roles that do not
+    /// alternate.
+    #[error("chat template rejected the conversation: {0}")]
+    Raised(String),
+    #[error("chat template failed to render: {0:#}")]
+    Render(#[source] minijinja::Error),
+}
+
+/// One turn of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Message {
+    /// "system", "user" or "assistant".
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self { role: role.into(), content: content.into() }
+    }
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new("system", content)
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new("user", content)
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new("assistant", content)
+    }
+}
+
+/// The template's own message from `raise_exception`, carried as the source of the
+/// minijinja error so that [`ChatTemplate::render`] can report it as [`ChatError::Raised`].
+#[derive(Debug)]
+struct RaisedByTemplate(String);
+
+impl std::fmt::Display for RaisedByTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RaisedByTemplate {}
+
+const TEMPLATE_NAME: &str = "chat_template";
+
+/// A compiled chat template.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate").finish_non_exhaustive()
+    }
+}
+
+impl ChatTemplate {
+    /// Compile `source` (a Jinja template as found in `tokenizer.chat_template`).
+    pub fn new(source: &str) -> Result<Self, ChatError> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |message: String| -> Result<Value, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, "raise_exception")
+                .with_source(RaisedByTemplate(message)))
+        });
+        env.add_filter("tojson", tojson);
+        env.add_template_owned(TEMPLATE_NAME, source.to_owned()).map_err(ChatError::Compile)?;
+        Ok(Self { env })
+    }
+
+    /// Render `messages` to prompt text. `add_generation_prompt` appends the opening of an
+    /// assistant turn (what the model continues from); `bos_token`/`eos_token` are the token
+    /// texts templates may insert (e.g. DeepSeek starts with `{{ bos_token }}`).
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<String, ChatError> {
+        let template = self.env.get_template(TEMPLATE_NAME).map_err(ChatError::Render)?;
+        let context = minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => bos_token,
+            eos_token => eos_token,
+            // transformers passes these as None when the caller gives none.
+            tools => Value::from(()),
+            documents => Value::from(()),
+        };
+        template.render(context).map_err(|e| match raised_message(&e) {
+            Some(message) => ChatError::Raised(message),
+            None => ChatError::Render(e),
+        })
+    }
+}
+
+fn raised_message(error: &minijinja::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(raised) = e.downcast_ref::<RaisedByTemplate>() {
+            return Some(raised.0.clone());
+        }
+        source = e.source();
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// tojson, as Python's json.dumps
+// ---------------------------------------------------------------------------------------------
+
+/// `value | tojson(indent=None, ensure_ascii=False, sort_keys=False, separators=None)` with
+/// Python's output format: transformers overrides Jinja's HTML-escaping filter with
+/// `json.dumps`, and tool schemas rendered into prompts must match it byte for byte.
+fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    let separators: Option<Vec<String>> = kwargs.get("separators")?;
+    kwargs.assert_all_used()?;
+    let (item_sep, key_sep) = match separators.as_deref() {
+        Some([item, key]) => (item.clone(), key.clone()),
+        Some(_) => {
+            return Err(minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: separators must be (item, key)"))
+        }
+        // Python drops the space after ',' when indenting (the newline replaces it).
+        None if indent.is_some() => (",".to_owned(), ": ".to_owned()),
+        None => (", ".to_owned(), ": ".to_owned()),
+    };
+    let style = JsonStyle { indent, ensure_ascii: ensure_ascii.unwrap_or(false), sort_keys: sort_keys.unwrap_or(false), item_sep, key_sep };
+    let mut out = String::new();
+    write_json(&value, &style, 0, &mut out)?;
+    Ok(Value::from_safe_string(out))
+}
+
+struct JsonStyle {
+    indent: Option<usize>,
+    ensure_ascii: bool,
+    sort_keys: bool,
+    item_sep: String,
+    key_sep: String,
+}
+
+fn write_json(value: &Value, style: &JsonStyle, depth: usize, out: &mut String) -> Result<(), minijinja::Error> {
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(n) = style.indent {
+            out.push('\n');
+            out.extend(std::iter::repeat_n(' ', n * depth));
+        }
+    };
+    match value.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
+        ValueKind::Number => match i64::try_from(value.clone()) {
+            Ok(i) => out.push_str(&i.to_string()),
+            Err(_) => {
+                let f = f64::try_from(value.clone())?;
+                // Python writes floats with a fractional part ("1.0"), as Rust's Debug does.
+                out.push_str(&if f.is_finite() { format!("{f:?}") } else if f.is_nan() { "NaN".into() } else if f > 0.0 { "Infinity".into() } else { "-Infinity".into() });
+            }
+        },
+        ValueKind::String => write_json_string(value.as_str().unwrap_or_default(), style.ensure_ascii, out),
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items: Vec<Value> = value.try_iter()?.collect();
+            if items.is_empty() {
+                out.push_str("[]");
+                return Ok(());
+            }
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&style.item_sep);
+                }
+                newline(out, depth + 1);
+                write_json(item, style, depth + 1, out)?;
+            }
+            newline(out, depth);
+            out.push(']');
+        }
+        ValueKind::Map => {
+            let mut keys: Vec<Value> = value.try_iter()?.collect();
+            if style.sort_keys {
+                keys.sort();
+            }
+            if keys.is_empty() {
+                out.push_str("{}");
+                return Ok(());
+            }
+            out.push('{');
+            for (i, key) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&style.item_sep);
+                }
+                newline(out, depth + 1);
+                match key.as_str() {
+                    Some(k) => write_json_string(k, style.ensure_ascii, out),
+                    // Python turns non-string keys into strings.
+                    None => write_json_string(&key.to_string(), style.ensure_ascii, out),
+                }
+                out.push_str(&style.key_sep);
+                write_json(&value.get_item(key)?, style, depth + 1, out)?;
+            }
+            newline(out, depth);
+            out.push('}');
+        }
+        _ => write_json_string(&value.to_string(), style.ensure_ascii, out),
+    }
+    Ok(())
+}
+
+/// A JSON string literal as Python writes it: `\"`, `\\`, `\n`, `\r`, `\t`, `\b`, `\f`,
+/// other control characters as `\u00XX`; with `ensure_ascii` every non-ASCII character as
+/// `\uXXXX` (UTF-16 surrogate pairs above U+FFFF).
+fn write_json_string(s: &str, ensure_ascii: bool, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 || (ensure_ascii && !c.is_ascii()) => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}

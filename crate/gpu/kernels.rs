@@ -1,0 +1,291 @@
+//! One typed method per kernel, recording a dispatch on a [`Recorder`].
+//!
+//! Buffers are passed whole; their shapes are in each method's comment. Activation buffers
+//! hold [`GpuContext::act`] elements; logits and norm weights are f32.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::repack::{wtype_id, GpuMatrix};
+use super::{grid, Knobs, Recorder, Shader};
+use crate::config::RopeLayout;
+
+/// Tokens per workgroup of the prefill mat-mul: each dequantized weight serves this many.
+pub const MATMUL_TT: u32 = 8;
+/// Attention splits a sequence into at most this many parts (see attention.wgsl).
+pub const MAX_ATTENTION_SPLITS: usize = 32;
+/// Logits per argmax_part workgroup.
+const ARGMAX_PER_GROUP: u32 = 4096;
+/// Largest head_dim the attention kernel holds (4 dims per lane × 64 lanes).
+pub const MAX_HEAD_DIM: usize = 256;
+
+fn b(buf: &wgpu::Buffer) -> Option<wgpu::BindingResource<'_>> {
+    Some(buf.as_entire_binding())
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct NormParams {
+    dim: u32,
+    n_tok: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RopeParams {
+    n_heads: u32,
+    head_dim: u32,
+    pos0: u32,
+    n_tok: u32,
+    neox: u32,
+    _pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct AttnParams {
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    n_tok: u32,
+    pos0: u32,
+    split_len: u32,
+    n_splits: u32,
+    scale: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct CountParams {
+    n: u32,
+    _pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct MatmulParams {
+    rows: u32,
+    cols: u32,
+    row0: u32,
+    n_tok: u32,
+    x_off: u32,
+    x_stride: u32,
+    y_stride: u32,
+    flags: u32,
+    groups_x: u32,
+    _pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct EmbedParams {
+    rows: u32,
+    cols: u32,
+    row0: u32,
+    n_tok: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct ArgmaxParams {
+    n: u32,
+    offset: u32,
+    per_group: u32,
+    n_parts: u32,
+}
+
+/// How attention cuts `len` positions: (split_len, n_splits), split_len a multiple of 64.
+pub fn attention_splits(len: usize) -> (usize, usize) {
+    let split_len = len.div_ceil(MAX_ATTENTION_SPLITS).next_multiple_of(64).max(64);
+    (split_len, len.div_ceil(split_len))
+}
+
+/// f32 elements of the attention scratch for `n_tok` tokens.
+pub fn attention_scratch_len(n_tok: usize, n_heads: usize, head_dim: usize) -> usize {
+    n_tok * n_heads * MAX_ATTENTION_SPLITS * (head_dim + 2)
+}
+
+/// (vec2<u32>) elements of the argmax scratch for a vocabulary of `n`.
+pub fn argmax_scratch_len(n: usize) -> usize {
+    n.div_ceil(ARGMAX_PER_GROUP as usize)
+}
+
+impl Recorder<'_> {
+    fn knobs(&self) -> Knobs {
+        Knobs::new(self.ctx().act())
+    }
+
+    /// out = rms_norm(x) * weight.  x, out: (n_tok, dim) act; weight: (dim) f32.
+    pub fn rms_norm(&mut self, x: &wgpu::Buffer, weight: &wgpu::Buffer, out: &wgpu::Buffer, dim: usize, n_tok: usize, eps: f32) {
+        let p = NormParams { dim: dim as u32, n_tok: n_tok as u32, eps, _pad: 0 };
+        self.dispatch(Shader::Norm, "rms_norm", self.knobs(), &p, &[b(x), b(weight), b(out)], [n_tok as u32, 1, 1]);
+    }
+
+    /// Rotate x in place for positions pos0.. .  x: (n_tok, n_heads, head_dim) act;
+    /// inv_freq: (head_dim / 2) f32.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope(&mut self, x: &wgpu::Buffer, inv_freq: &wgpu::Buffer, n_heads: usize, head_dim: usize, pos0: usize, n_tok: usize, layout: RopeLayout) {
+        let p = rope_params(n_heads, head_dim, pos0, n_tok, layout);
+        let n = (n_tok * n_heads * head_dim / 2) as u32;
+        self.dispatch(Shader::Rope, "rope", self.knobs(), &p, &[b(inv_freq), b(x)], [n.div_ceil(64), 1, 1]);
+    }
+
+    /// Rotate k and store k and v at cache rows pos0..pos0+n_tok.
+    /// k, v: (n_tok, n_kv_heads, head_dim) act; caches: (max_context, n_kv_heads, head_dim) act.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_store_kv(
+        &mut self,
+        k: &wgpu::Buffer,
+        v: &wgpu::Buffer,
+        inv_freq: &wgpu::Buffer,
+        k_cache: &wgpu::Buffer,
+        v_cache: &wgpu::Buffer,
+        n_kv_heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        n_tok: usize,
+        layout: RopeLayout,
+    ) {
+        let p = rope_params(n_kv_heads, head_dim, pos0, n_tok, layout);
+        let n = (n_tok * n_kv_heads * head_dim / 2) as u32;
+        let bufs = [b(inv_freq), None, b(k), b(v), b(k_cache), b(v_cache)];
+        self.dispatch(Shader::Rope, "rope_store_kv", self.knobs(), &p, &bufs, [n.div_ceil(64), 1, 1]);
+    }
+
+    /// Causal GQA attention of n_tok queries at positions pos0.. over the cache (which
+    /// already holds them). q, out: (n_tok, n_heads, head_dim) act; caches: (≥ pos0+n_tok,
+    /// n_kv_heads, head_dim) act; scratch: ≥ attention_scratch_len f32.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &mut self,
+        q: &wgpu::Buffer,
+        k_cache: &wgpu::Buffer,
+        v_cache: &wgpu::Buffer,
+        scratch: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        n_tok: usize,
+    ) {
+        let (split_len, n_splits) = attention_splits(pos0 + n_tok);
+        let p = AttnParams {
+            n_heads: n_heads as u32,
+            n_kv_heads: n_kv_heads as u32,
+            head_dim: head_dim as u32,
+            n_tok: n_tok as u32,
+            pos0: pos0 as u32,
+            split_len: split_len as u32,
+            n_splits: n_splits as u32,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        };
+        let k = self.knobs();
+        let split = [b(q), b(k_cache), b(v_cache), b(scratch)];
+        self.dispatch(Shader::Attention, "attend_split", k, &p, &split, [n_splits as u32, n_heads as u32, n_tok as u32]);
+        let merge = [None, None, None, None, b(scratch), b(out)];
+        self.dispatch(Shader::Attention, "attend_merge", k, &p, &merge, [n_heads as u32, n_tok as u32, 1]);
+    }
+
+    /// gate = silu(gate) * up.  gate, up: (n) act.
+    pub fn silu_mul(&mut self, gate: &wgpu::Buffer, up: &wgpu::Buffer, n: usize) {
+        self.elementwise("silu_mul", gate, up, n);
+    }
+
+    /// x += y.  x, y: (n) act.
+    pub fn add(&mut self, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) {
+        self.elementwise("add", x, y, n);
+    }
+
+    fn elementwise(&mut self, entry: &'static str, a: &wgpu::Buffer, bb: &wgpu::Buffer, n: usize) {
+        let p = CountParams { n: n as u32, _pad: [0; 3] };
+        let [gx, gy] = grid((n as u32).div_ceil(64));
+        // The shader linearizes (x, y) with a fixed row of 65535 workgroups.
+        self.dispatch(Shader::Elementwise, entry, self.knobs(), &p, &[b(a), b(bb)], [gx, gy, 1]);
+    }
+
+    /// out[t] = table row ids[t], dequantized.  ids: (n_tok) u32; out: (n_tok, cols) act.
+    pub fn embed(&mut self, table: &GpuMatrix, ids: &wgpu::Buffer, out: &wgpu::Buffer, n_tok: usize) {
+        let knobs = Knobs { wtype: wtype_id(table.ty), ..self.knobs() };
+        for part in &table.parts {
+            let p = EmbedParams { rows: part.n_rows as u32, cols: table.cols as u32, row0: part.row0 as u32, n_tok: n_tok as u32 };
+            self.dispatch(Shader::Embed, "embed", knobs, &p, &[b(&part.buffer), b(ids), b(out)], [n_tok as u32, 1, 1]);
+        }
+    }
+
+    /// y = W x (+ bias) (+ y), for n_tok tokens.  W: (rows, cols); x: (n_tok, x_stride) act
+    /// from element x_off; y: (n_tok, rows) — f32 when `out_f32` (logits), else act;
+    /// bias: (rows) f32.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        &mut self,
+        w: &GpuMatrix,
+        x: &wgpu::Buffer,
+        x_off: usize,
+        x_stride: usize,
+        y: &wgpu::Buffer,
+        n_tok: usize,
+        bias: Option<&wgpu::Buffer>,
+        accumulate: bool,
+        out_f32: bool,
+    ) {
+        let tt = if n_tok == 1 { 1 } else { MATMUL_TT };
+        let knobs = Knobs { wtype: wtype_id(w.ty), tt, out_f32, ..self.knobs() };
+        let flags = u32::from(bias.is_some()) | (u32::from(accumulate) << 1);
+        for part in &w.parts {
+            let [gx, gy] = grid((part.n_rows as u32).div_ceil(2));
+            let p = MatmulParams {
+                rows: part.n_rows as u32,
+                cols: w.cols as u32,
+                row0: part.row0 as u32,
+                n_tok: n_tok as u32,
+                x_off: x_off as u32,
+                x_stride: x_stride as u32,
+                y_stride: w.rows as u32,
+                flags,
+                groups_x: gx,
+                _pad: [0; 3],
+            };
+            // The bias binding must exist even when unused: any small buffer will do.
+            let bias_buf = bias.unwrap_or(&part.buffer);
+            let bufs = [b(&part.buffer), b(x), b(y), b(bias_buf)];
+            self.dispatch(Shader::Matmul, "matmul", knobs, &p, &bufs, [gx, gy, (n_tok as u32).div_ceil(tt)]);
+        }
+    }
+
+    /// result[0] = argmax of logits[offset..offset+n] after setting banned ids to -inf.
+    /// logits: f32; banned: (n_banned) u32; scratch: ≥ argmax_scratch_len(n) vec2<u32>;
+    /// result: (1) u32.
+    #[allow(clippy::too_many_arguments)]
+    pub fn argmax(
+        &mut self,
+        logits: &wgpu::Buffer,
+        offset: usize,
+        n: usize,
+        banned: &wgpu::Buffer,
+        n_banned: usize,
+        scratch: &wgpu::Buffer,
+        result: &wgpu::Buffer,
+    ) {
+        let k = Knobs::new(self.ctx().act());
+        let n_parts = argmax_scratch_len(n) as u32;
+        let p = ArgmaxParams { n: n_banned as u32, offset: offset as u32, per_group: ARGMAX_PER_GROUP, n_parts };
+        self.dispatch(Shader::Argmax, "ban", k, &p, &[b(logits), b(banned)], [(n_banned as u32).div_ceil(64), 1, 1]);
+        let p = ArgmaxParams { n: n as u32, ..p };
+        self.dispatch(Shader::Argmax, "argmax_part", k, &p, &[None, None, b(logits), b(scratch)], [n_parts, 1, 1]);
+        let bufs = [None, None, None, None, b(scratch), b(result)];
+        self.dispatch(Shader::Argmax, "argmax_final", k, &p, &bufs, [1, 1, 1]);
+    }
+}
+
+fn rope_params(n_heads: usize, head_dim: usize, pos0: usize, n_tok: usize, layout: RopeLayout) -> RopeParams {
+    RopeParams {
+        n_heads: n_heads as u32,
+        head_dim: head_dim as u32,
+        pos0: pos0 as u32,
+        n_tok: n_tok as u32,
+        neox: u32::from(layout == RopeLayout::NeoX),
+        _pad: [0; 3],
+    }
+}

@@ -1,0 +1,561 @@
+//! The WebGPU backend: the whole forward pass in WGSL compute shaders, through wgpu.
+//!
+//! - this file: the device ([`GpuContext`]: adapter choice split from everything else, so
+//!   tests and the browser can inject their own device), shader sources and their knobs, the
+//!   pipeline cache, and [`Recorder`], which batches a step's dispatches into one command
+//!   encoder and one `queue.submit`.
+//! - [`repack`]: GGUF blocks → word-aligned GPU layout; [`GpuMatrix`] (split by rows when a
+//!   tensor exceeds the adapter's binding size).
+//! - [`kernels`]: one typed method per kernel on [`Recorder`].
+//! - [`model`]: [`GpuModel`], the decoder, implementing [`crate::backend::Backend`].
+//!
+//! Activations and the KV cache are f16 where the adapter has `shader-f16` and f32 otherwise
+//! (the `act` knob); accumulations are always f32; logits are always f32.
+
+pub mod kernels;
+pub mod model;
+pub mod repack;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+pub use model::{GpuModel, GpuModelBuilder};
+pub use repack::GpuMatrix;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("no WebGPU adapter: {0}")]
+    NoAdapter(String),
+    #[error("the WebGPU device could not be created: {0}")]
+    Device(String),
+    #[error("the adapter cannot hold this model: {what} needs {needed} bytes, the adapter allows {allowed}")]
+    TooLarge { what: String, needed: u64, allowed: u64 },
+    #[error("tensor '{name}': {msg}")]
+    Tensor { name: String, msg: String },
+    #[error("reading back from the GPU failed: {0}")]
+    Readback(String),
+    #[error("model: {0}")]
+    Model(String),
+}
+
+/// Element type of activations and the KV cache on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dtype {
+    F32,
+    F16,
+}
+
+impl Dtype {
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 => 2,
+        }
+    }
+}
+
+/// One kernel family = one `.wgsl` file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shader {
+    Norm,
+    Rope,
+    Attention,
+    Elementwise,
+    Matmul,
+    Embed,
+    Argmax,
+}
+
+/// Shared by the weight-reading kernels (matmul, embed); see its header for the layout.
+pub const DEQUANT_WGSL: &str = include_str!("../../shaders/dequant.wgsl");
+
+impl Shader {
+    pub const ALL: [Shader; 7] =
+        [Shader::Norm, Shader::Rope, Shader::Attention, Shader::Elementwise, Shader::Matmul, Shader::Embed, Shader::Argmax];
+
+    /// The file's own source (without prelude or library).
+    pub fn source(self) -> &'static str {
+        match self {
+            Shader::Norm => include_str!("../../shaders/norm.wgsl"),
+            Shader::Rope => include_str!("../../shaders/rope.wgsl"),
+            Shader::Attention => include_str!("../../shaders/attention.wgsl"),
+            Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
+            Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
+            Shader::Embed => include_str!("../../shaders/embed.wgsl"),
+            Shader::Argmax => include_str!("../../shaders/argmax.wgsl"),
+        }
+    }
+
+    pub fn uses_dequant(self) -> bool {
+        matches!(self, Shader::Matmul | Shader::Embed)
+    }
+
+    /// Entry points, for tests that validate every one.
+    pub fn entries(self) -> &'static [&'static str] {
+        match self {
+            Shader::Norm => &["rms_norm"],
+            Shader::Rope => &["rope", "rope_store_kv"],
+            Shader::Attention => &["attend_split", "attend_merge"],
+            Shader::Elementwise => &["silu_mul", "add"],
+            Shader::Matmul => &["matmul"],
+            Shader::Embed => &["embed"],
+            Shader::Argmax => &["ban", "argmax_part", "argmax_final"],
+        }
+    }
+}
+
+/// The compile-time knobs of a shader, written as a WGSL prelude. Every knob is always
+/// emitted (unused ones at their defaults), so one prelude fits every file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Knobs {
+    /// `act`: activations and KV cache.
+    pub act: Dtype,
+    /// `WTYPE`: GGUF ggml_type id of the weights read (matmul, embed).
+    pub wtype: u32,
+    /// `TT`: tokens per matmul workgroup (1 for decode).
+    pub tt: u32,
+    /// `out_t`: f32 output from matmul (logits) instead of `act`.
+    pub out_f32: bool,
+}
+
+impl Knobs {
+    pub fn new(act: Dtype) -> Self {
+        Knobs { act, wtype: 0, tt: 1, out_f32: false }
+    }
+
+    pub fn prelude(&self) -> String {
+        let act = match self.act {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+        };
+        let out = if self.out_f32 { "f32" } else { act };
+        let enable = if self.act == Dtype::F16 { "enable f16;\n" } else { "" };
+        format!(
+            "{enable}alias act = {act};\nalias out_t = {out};\nconst WTYPE: u32 = {}u;\nconst TT: u32 = {}u;\n",
+            self.wtype, self.tt
+        )
+    }
+}
+
+/// Full WGSL of `shader` under `knobs`: prelude, then dequant.wgsl if used, then the file.
+pub fn shader_source(shader: Shader, knobs: &Knobs) -> String {
+    let mut s = knobs.prelude();
+    if shader.uses_dequant() {
+        s.push_str(DEQUANT_WGSL);
+    }
+    s.push_str(shader.source());
+    s
+}
+
+/// What a model needs from the adapter. Limits are the WebGPU defaults (which every
+/// adapter has) except the binding/buffer sizes, raised only as far as the largest tensor
+/// asks — tensors beyond the adapter's limit are split, so the adapter's maximum suffices.
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    /// Bytes of the largest single buffer the model would like to bind whole.
+    pub largest_tensor_bytes: u64,
+    /// Use f16 activations/KV when the adapter has `shader-f16`.
+    pub prefer_f16: bool,
+    /// Cap on the bytes of one binding below the adapter's limit (tests prove splitting).
+    pub binding_cap: Option<u64>,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions { largest_tensor_bytes: 0, prefer_f16: true, binding_cap: None }
+    }
+}
+
+/// Pipelines are cached by (shader, entry, knobs).
+type PipelineKey = (Shader, &'static str, Knobs);
+
+/// A device, its queue and the pipeline cache.
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    /// Activation/KV type chosen for this device.
+    act: Dtype,
+    /// Largest binding (and buffer) this context creates, ≤ the device's limits.
+    max_binding: u64,
+    /// Uniform slots must start at multiples of this.
+    uniform_align: u64,
+    pipelines: RefCell<HashMap<PipelineKey, (wgpu::ComputePipeline, wgpu::BindGroupLayout)>>,
+    /// Per-step uniform arena: every dispatch of a step gets one slot.
+    params: wgpu::Buffer,
+    /// Dispatches and submits since creation (for the "per decode step" figures).
+    pub dispatches: Cell<u64>,
+    pub submits: Cell<u64>,
+}
+
+/// Bytes of one dispatch's uniform slot (the largest Params struct is 48 bytes).
+const PARAM_SLOT: u64 = 256;
+/// Slots in the arena: a step with more dispatches is submitted in several parts.
+const PARAM_SLOTS: u64 = 4096;
+
+impl GpuContext {
+    /// Pick an adapter (high performance; `WGPU_BACKEND` etc. from the environment natively)
+    /// and create the device. Adapter choice is split from [`GpuContext::from_device`] so
+    /// that tests and the browser can bring their own device.
+    pub async fn new(options: &GpuOptions) -> Result<Self, GpuError> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| GpuError::NoAdapter(e.to_string()))?;
+        let (device, queue) = adapter
+            .request_device(&Self::device_descriptor(&adapter, options))
+            .await
+            .map_err(|e| GpuError::Device(e.to_string()))?;
+        Self::from_device(device, queue, adapter.get_info(), options)
+    }
+
+    /// The features and limits to request from `adapter` for `options`.
+    pub fn device_descriptor(adapter: &wgpu::Adapter, options: &GpuOptions) -> wgpu::DeviceDescriptor<'static> {
+        let have = adapter.limits();
+        let mut limits = wgpu::Limits::default();
+        let want = options.largest_tensor_bytes.max(limits.max_storage_buffer_binding_size);
+        limits.max_storage_buffer_binding_size = want.min(have.max_storage_buffer_binding_size);
+        limits.max_buffer_size = want.max(limits.max_buffer_size).min(have.max_buffer_size);
+        let mut features = wgpu::Features::empty();
+        if options.prefer_f16 && adapter.features().contains(wgpu::Features::SHADER_F16) {
+            features |= wgpu::Features::SHADER_F16;
+        }
+        wgpu::DeviceDescriptor {
+            label: Some("pensive"),
+            required_features: features,
+            required_limits: limits,
+            ..Default::default()
+        }
+    }
+
+    /// Wrap an existing device. f16 is used when the device has `SHADER_F16` enabled and
+    /// `options.prefer_f16` is set.
+    pub fn from_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        options: &GpuOptions,
+    ) -> Result<Self, GpuError> {
+        let limits = device.limits();
+        let act = if options.prefer_f16 && device.features().contains(wgpu::Features::SHADER_F16) {
+            Dtype::F16
+        } else {
+            Dtype::F32
+        };
+        let mut max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        if let Some(cap) = options.binding_cap {
+            max_binding = max_binding.min(cap);
+        }
+        let params = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params arena"),
+            size: PARAM_SLOT * PARAM_SLOTS,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok(GpuContext {
+            uniform_align: limits.min_uniform_buffer_offset_alignment as u64,
+            device,
+            queue,
+            info,
+            act,
+            max_binding,
+            pipelines: RefCell::new(HashMap::new()),
+            params,
+            dispatches: Cell::new(0),
+            submits: Cell::new(0),
+        })
+    }
+
+    /// Activation / KV cache element type.
+    pub fn act(&self) -> Dtype {
+        self.act
+    }
+
+    /// Bytes one binding (and one weight buffer) may hold here.
+    pub fn max_binding(&self) -> u64 {
+        self.max_binding
+    }
+
+    /// One line about the adapter, its limits and features (for `--verbose` and reports).
+    pub fn describe(&self) -> String {
+        let l = self.device.limits();
+        format!(
+            "{} ({:?}, {:?}); act {:?}; max_storage_buffer_binding_size {}, max_buffer_size {}, binding used {}",
+            self.info.name, self.info.backend, self.info.device_type, self.act,
+            l.max_storage_buffer_binding_size, l.max_buffer_size, self.max_binding
+        )
+    }
+
+    /// The cached pipeline of `entry` in `shader` under `knobs`, compiling it on first use.
+    pub fn pipeline(&self, shader: Shader, entry: &'static str, knobs: Knobs) -> (wgpu::ComputePipeline, wgpu::BindGroupLayout) {
+        let key = (shader, entry, knobs);
+        if let Some(p) = self.pipelines.borrow().get(&key) {
+            return p.clone();
+        }
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(entry),
+            source: wgpu::ShaderSource::Wgsl(shader_source(shader, &knobs).into()),
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let layout = pipeline.get_bind_group_layout(0);
+        self.pipelines.borrow_mut().insert(key, (pipeline.clone(), layout.clone()));
+        (pipeline, layout)
+    }
+
+    /// A storage buffer of `bytes` (rounded up to 4), zeroed.
+    pub fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A storage buffer holding `data` (padded to 4 bytes).
+    pub fn storage_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
+        let buf = self.storage(label, data.len() as u64);
+        if data.len() % 4 == 0 {
+            self.queue.write_buffer(&buf, 0, data);
+        } else {
+            let mut padded = data.to_vec();
+            padded.resize(data.len().next_multiple_of(4), 0);
+            self.queue.write_buffer(&buf, 0, &padded);
+        }
+        buf
+    }
+
+    /// An activation buffer of `n` elements of [`Self::act`], from f32 values.
+    pub fn act_from_f32(&self, label: &str, values: &[f32]) -> wgpu::Buffer {
+        self.storage_init(label, &to_act_bytes(self.act, values))
+    }
+
+    /// Copy `bytes` bytes of `src` back to the host. Natively this blocks in
+    /// `device.poll`; in the browser the future resolves from the JS event loop.
+    pub async fn read_bytes(&self, src: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>, GpuError> {
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes.next_multiple_of(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(src, offset, &staging, 0, bytes.next_multiple_of(4));
+        self.queue.submit([encoder.finish()]);
+        self.submits.set(self.submits.get() + 1);
+        self.map_read(&staging, bytes).await
+    }
+
+    /// Map a MAP_READ buffer whose copy is already submitted and return its first `bytes`.
+    pub async fn map_read(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>, GpuError> {
+        let done = MapDone::default();
+        let state = done.0.clone();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            s.0 = Some(r.map_err(|e| e.to_string()));
+            if let Some(w) = s.1.take() {
+                w.wake();
+            }
+        });
+        // Natively this drives the map to completion; on the web it is a no-op.
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        done.await.map_err(GpuError::Readback)?;
+        let out = {
+            let view = staging.get_mapped_range(..).map_err(|e| GpuError::Readback(e.to_string()))?;
+            view[..bytes as usize].to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Read `n` activations (of [`Self::act`]) as f32.
+    pub async fn read_act(&self, src: &wgpu::Buffer, n: usize) -> Result<Vec<f32>, GpuError> {
+        let bytes = self.read_bytes(src, 0, (n * self.act.size()) as u64).await?;
+        Ok(from_act_bytes(self.act, &bytes))
+    }
+
+    /// Read `n` f32 values.
+    pub async fn read_f32(&self, src: &wgpu::Buffer, offset_elems: usize, n: usize) -> Result<Vec<f32>, GpuError> {
+        let bytes = self.read_bytes(src, (offset_elems * 4) as u64, (n * 4) as u64).await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Start recording one step (one command encoder, one submit at [`Recorder::submit`]).
+    pub fn recorder(&self) -> Recorder<'_> {
+        Recorder {
+            ctx: self,
+            encoder: self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") }),
+            ops: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+}
+
+/// f32 values as bytes of `dtype`.
+pub fn to_act_bytes(dtype: Dtype, values: &[f32]) -> Vec<u8> {
+    match dtype {
+        Dtype::F32 => bytemuck::cast_slice(values).to_vec(),
+        Dtype::F16 => {
+            let h: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
+            bytemuck::cast_slice(&h).to_vec()
+        }
+    }
+}
+
+/// Bytes of `dtype` as f32 values.
+pub fn from_act_bytes(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
+    match dtype {
+        Dtype::F32 => bytemuck::pod_collect_to_vec(bytes),
+        Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(bytes).iter().map(|h| h.to_f32()).collect(),
+    }
+}
+
+/// A one-shot future completed by `map_async`'s callback (Arc/Mutex because wgpu requires
+/// the callback to be Send natively).
+#[derive(Default)]
+struct MapDone(Arc<Mutex<MapState>>);
+type MapState = (Option<Result<(), String>>, Option<std::task::Waker>);
+
+impl std::future::Future for MapDone {
+    type Output = Result<(), String>;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match s.0.take() {
+            Some(r) => std::task::Poll::Ready(r),
+            None => {
+                s.1 = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        }
+    }
+}
+
+struct Op {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    groups: [u32; 3],
+}
+
+/// The dispatches of one step. Each dispatch's parameters go to a slot of the context's
+/// uniform arena, written with one `write_buffer` just before the single `submit` (queue
+/// writes are ordered before the submit that follows them, after earlier submits).
+pub struct Recorder<'c> {
+    ctx: &'c GpuContext,
+    encoder: wgpu::CommandEncoder,
+    ops: Vec<Op>,
+    params: Vec<u8>,
+}
+
+impl<'c> Recorder<'c> {
+    pub fn ctx(&self) -> &'c GpuContext {
+        self.ctx
+    }
+
+    /// Record `entry` of `shader` with uniform `params` at binding 0 and `buffers` at
+    /// bindings 1.. in order (`None` skips a binding number the entry does not use).
+    pub fn dispatch<P: bytemuck::Pod>(
+        &mut self,
+        shader: Shader,
+        entry: &'static str,
+        knobs: Knobs,
+        params: &P,
+        buffers: &[Option<wgpu::BindingResource<'_>>],
+        groups: [u32; 3],
+    ) {
+        if groups.contains(&0) {
+            return;
+        }
+        let slot = PARAM_SLOT.max(self.ctx.uniform_align);
+        if (self.params.len() as u64 + slot) > self.ctx.params.size() {
+            self.flush();
+        }
+        let offset = self.params.len() as u64;
+        let bytes = bytemuck::bytes_of(params);
+        self.params.extend_from_slice(bytes);
+        self.params.resize((offset + slot) as usize, 0);
+        let (pipeline, layout) = self.ctx.pipeline(shader, entry, knobs);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.ctx.params,
+                offset,
+                size: wgpu::BufferSize::new((bytes.len() as u64).next_multiple_of(16)),
+            }),
+        }];
+        for (i, b) in buffers.iter().enumerate() {
+            if let Some(b) = b {
+                entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.clone() });
+            }
+        }
+        let bind_group = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(entry),
+            layout: &layout,
+            entries: &entries,
+        });
+        self.ops.push(Op { pipeline, bind_group, groups });
+    }
+
+    /// Copy between buffers inside the step (recorded after the dispatches so far).
+    pub fn copy(&mut self, src: &wgpu::Buffer, src_off: u64, dst: &wgpu::Buffer, dst_off: u64, bytes: u64) {
+        self.encode_ops();
+        self.encoder.copy_buffer_to_buffer(src, src_off, dst, dst_off, bytes);
+    }
+
+    fn encode_ops(&mut self) {
+        if self.ops.is_empty() {
+            return;
+        }
+        let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("step"), timestamp_writes: None });
+        for op in &self.ops {
+            pass.set_pipeline(&op.pipeline);
+            pass.set_bind_group(0, &op.bind_group, &[]);
+            pass.dispatch_workgroups(op.groups[0], op.groups[1], op.groups[2]);
+        }
+        drop(pass);
+        self.ctx.dispatches.set(self.ctx.dispatches.get() + self.ops.len() as u64);
+        self.ops.clear();
+    }
+
+    /// Submit what is recorded so far and keep recording (only when the arena is full).
+    fn flush(&mut self) {
+        self.encode_ops();
+        let encoder = std::mem::replace(
+            &mut self.encoder,
+            self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") }),
+        );
+        self.ctx.queue.write_buffer(&self.ctx.params, 0, &self.params);
+        self.ctx.queue.submit([encoder.finish()]);
+        self.ctx.submits.set(self.ctx.submits.get() + 1);
+        self.params.clear();
+    }
+
+    /// Write the parameters and submit the step: one `queue.submit`.
+    pub fn submit(mut self) {
+        self.flush();
+    }
+}
+
+/// Workgroup counts for `n` workgroups in a 2-D grid (each dimension ≤ 65535).
+pub fn grid(n: u32) -> [u32; 2] {
+    const MAX: u32 = 65535;
+    if n <= MAX {
+        [n, 1]
+    } else {
+        [MAX, n.div_ceil(MAX)]
+    }
+}

@@ -1,0 +1,402 @@
+//! [`GpuModel`]: the Llama/Qwen2 decoder on the GPU, step for step the CPU decoder
+//! (crate::model) — same ops in the same order, so the two agree to rounding.
+//!
+//! A step (a decode token, or a prefill chunk of up to [`PREFILL_CHUNK`] tokens) is one
+//! command encoder and one `queue.submit`: embedding, the layers, final norm, LM head and,
+//! for greedy decoding, argmax — the KV cache is written in place and the only readback is
+//! the 4-byte token id (or the logits when they are asked for).
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use super::kernels::{argmax_scratch_len, attention_scratch_len, MAX_HEAD_DIM};
+use super::repack::GpuMatrix;
+use super::{GpuContext, GpuError};
+use crate::backend::{Backend, BackendError};
+use crate::config::ModelConfig;
+use crate::loader::{LoadedModel, RawTensor};
+use crate::ops;
+use crate::quant::GgmlType;
+
+/// Tokens per prefill step: bounds the scratch buffers (logits alone are chunk × vocab f32).
+pub const PREFILL_CHUNK: usize = 32;
+/// Most ids a greedy step can ban (the budget controller bans a handful).
+pub const MAX_BANNED: usize = 64;
+/// KV capacity when the caller sets none (as the CPU backend).
+pub const DEFAULT_MAX_CONTEXT: usize = 8192;
+
+struct Layer {
+    attn_norm: wgpu::Buffer,      // (dim) f32
+    wq: GpuMatrix,                // (q_dim, dim)
+    wk: GpuMatrix,                // (kv_dim, dim)
+    wv: GpuMatrix,                // (kv_dim, dim)
+    bq: Option<wgpu::Buffer>,     // (q_dim) f32, Qwen2 only
+    bk: Option<wgpu::Buffer>,     // (kv_dim) f32
+    bv: Option<wgpu::Buffer>,     // (kv_dim) f32
+    wo: GpuMatrix,                // (dim, q_dim)
+    ffn_norm: wgpu::Buffer,       // (dim) f32
+    w_gate: GpuMatrix,            // (ffn_dim, dim)
+    w_up: GpuMatrix,              // (ffn_dim, dim)
+    w_down: GpuMatrix,            // (dim, ffn_dim)
+    k_cache: wgpu::Buffer,        // (max_context, kv_dim) act, keys already rotated
+    v_cache: wgpu::Buffer,        // (max_context, kv_dim) act
+}
+
+/// Per-step working buffers, sized for PREFILL_CHUNK tokens.
+struct Scratch {
+    ids: wgpu::Buffer,         // (chunk) u32
+    x: wgpu::Buffer,           // (chunk, dim) act, the residual stream
+    h: wgpu::Buffer,           // (chunk, dim) act, normed block input
+    q: wgpu::Buffer,           // (chunk, q_dim) act
+    k: wgpu::Buffer,           // (chunk, kv_dim) act
+    v: wgpu::Buffer,           // (chunk, kv_dim) act
+    att: wgpu::Buffer,         // (chunk, q_dim) act, attention output
+    gate: wgpu::Buffer,        // (chunk, ffn_dim) act
+    up: wgpu::Buffer,          // (chunk, ffn_dim) act
+    attn_parts: wgpu::Buffer,  // attention_scratch_len(chunk) f32
+    logits: wgpu::Buffer,      // (chunk, vocab) f32
+    banned: wgpu::Buffer,      // (MAX_BANNED) u32
+    argmax_parts: wgpu::Buffer, // (argmax_scratch_len(vocab)) vec2<u32>
+    next: wgpu::Buffer,        // (1) u32, the greedy token
+    next_readback: wgpu::Buffer, // (1) u32, MAP_READ
+}
+
+pub struct GpuModel {
+    ctx: Rc<GpuContext>,
+    config: ModelConfig,
+    token_embd: GpuMatrix,        // (vocab, dim)
+    layers: Vec<Layer>,
+    output_norm: wgpu::Buffer,    // (dim) f32
+    output: Option<GpuMatrix>,    // (vocab, dim); None = tied to token_embd
+    inv_freq: wgpu::Buffer,       // (head_dim / 2) f32, from ops::rope_inv_freq
+    scratch: Scratch,
+    kv_len: usize,
+    max_context: usize,
+}
+
+enum Uploaded {
+    Matrix(GpuMatrix),
+    Vector(wgpu::Buffer),
+}
+
+/// Receives the model's tensors one by one (a sink for the streaming GGUF loader), uploads
+/// each at once so host memory never holds more than the tensor in flight.
+pub struct GpuModelBuilder {
+    ctx: Rc<GpuContext>,
+    config: ModelConfig,
+    max_context: usize,
+    tensors: HashMap<String, Uploaded>,
+}
+
+impl GpuModelBuilder {
+    pub fn new(ctx: Rc<GpuContext>, config: ModelConfig, max_context: Option<usize>) -> Result<Self, GpuError> {
+        if config.head_dim > MAX_HEAD_DIM {
+            return Err(GpuError::Model(format!("head_dim {} > {MAX_HEAD_DIM} is not supported", config.head_dim)));
+        }
+        let max_context = max_context.unwrap_or(DEFAULT_MAX_CONTEXT).min(config.context_length).max(1);
+        Ok(GpuModelBuilder { ctx, config, max_context, tensors: HashMap::new() })
+    }
+
+    /// Upload one tensor. Matrices (2-D) stay quantized; vectors (norms, biases) become f32.
+    pub fn add(&mut self, t: &RawTensor) -> Result<(), GpuError> {
+        let rows: u64 = t.dims.iter().skip(1).product();
+        let cols = t.dims.first().copied().unwrap_or(0);
+        let uploaded = if rows > 1 {
+            Uploaded::Matrix(GpuMatrix::upload(&self.ctx, &t.name, t.ty, rows as usize, cols as usize, t.data.as_slice())?)
+        } else {
+            let values: Vec<f32> = match t.ty {
+                GgmlType::F32 => bytemuck::pod_collect_to_vec(t.data.as_slice()),
+                GgmlType::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(t.data.as_slice()).iter().map(|h| h.to_f32()).collect(),
+                ty => return Err(GpuError::Tensor { name: t.name.clone(), msg: format!("vector of type {ty:?}") }),
+            };
+            if values.len() as u64 != cols {
+                return Err(GpuError::Tensor { name: t.name.clone(), msg: format!("{} values, expected {cols}", values.len()) });
+            }
+            Uploaded::Vector(self.ctx.storage_init(&t.name, bytemuck::cast_slice(&values)))
+        };
+        self.tensors.insert(t.name.clone(), uploaded);
+        Ok(())
+    }
+
+    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<GpuMatrix, GpuError> {
+        match self.tensors.remove(name) {
+            Some(Uploaded::Matrix(m)) if m.rows == rows && m.cols == cols => Ok(m),
+            Some(Uploaded::Matrix(m)) => Err(GpuError::Tensor {
+                name: name.into(),
+                msg: format!("shape ({}, {}), expected ({rows}, {cols})", m.rows, m.cols),
+            }),
+            Some(Uploaded::Vector(_)) => Err(GpuError::Tensor { name: name.into(), msg: "a vector where a matrix belongs".into() }),
+            None => Err(GpuError::Tensor { name: name.into(), msg: "missing".into() }),
+        }
+    }
+
+    fn vector(&mut self, name: &str) -> Result<wgpu::Buffer, GpuError> {
+        match self.tensors.remove(name) {
+            Some(Uploaded::Vector(v)) => Ok(v),
+            _ => Err(GpuError::Tensor { name: name.into(), msg: "missing or not a vector".into() }),
+        }
+    }
+
+    pub fn finish(mut self) -> Result<GpuModel, GpuError> {
+        let c = self.config.clone();
+        let (dim, q_dim, kv_dim, ffn, vocab) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.vocab_size);
+        let ctx = self.ctx.clone();
+        let act = ctx.act().size() as u64;
+        let cache_bytes = (self.max_context * kv_dim) as u64 * act;
+        if cache_bytes > ctx.max_binding() {
+            return Err(GpuError::TooLarge { what: "one layer's KV cache".into(), needed: cache_bytes, allowed: ctx.max_binding() });
+        }
+        let token_embd = self.matrix("token_embd.weight", vocab, dim)?;
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            let name = |part: &str| format!("blk.{l}.{part}");
+            let bias = |s: &mut Self, part: &str| if c.qkv_bias { s.vector(&name(part)).map(Some) } else { Ok(None) };
+            layers.push(Layer {
+                attn_norm: self.vector(&name("attn_norm.weight"))?,
+                wq: self.matrix(&name("attn_q.weight"), q_dim, dim)?,
+                wk: self.matrix(&name("attn_k.weight"), kv_dim, dim)?,
+                wv: self.matrix(&name("attn_v.weight"), kv_dim, dim)?,
+                bq: bias(&mut self, "attn_q.bias")?,
+                bk: bias(&mut self, "attn_k.bias")?,
+                bv: bias(&mut self, "attn_v.bias")?,
+                wo: self.matrix(&name("attn_output.weight"), dim, q_dim)?,
+                ffn_norm: self.vector(&name("ffn_norm.weight"))?,
+                w_gate: self.matrix(&name("ffn_gate.weight"), ffn, dim)?,
+                w_up: self.matrix(&name("ffn_up.weight"), ffn, dim)?,
+                w_down: self.matrix(&name("ffn_down.weight"), dim, ffn)?,
+                k_cache: ctx.storage("k_cache", cache_bytes),
+                v_cache: ctx.storage("v_cache", cache_bytes),
+            });
+        }
+        let output_norm = self.vector("output_norm.weight")?;
+        let output = if c.tied_embeddings { None } else { Some(self.matrix("output.weight", vocab, dim)?) };
+        let n = PREFILL_CHUNK as u64;
+        let logits_bytes = n * vocab as u64 * 4;
+        if logits_bytes > ctx.max_binding() {
+            return Err(GpuError::TooLarge { what: "a prefill chunk's logits".into(), needed: logits_bytes, allowed: ctx.max_binding() });
+        }
+        let scratch = Scratch {
+            ids: ctx.storage("ids", n * 4),
+            x: ctx.storage("x", n * dim as u64 * act),
+            h: ctx.storage("h", n * dim as u64 * act),
+            q: ctx.storage("q", n * q_dim as u64 * act),
+            k: ctx.storage("k", n * kv_dim as u64 * act),
+            v: ctx.storage("v", n * kv_dim as u64 * act),
+            att: ctx.storage("att", n * q_dim as u64 * act),
+            gate: ctx.storage("gate", n * ffn as u64 * act),
+            up: ctx.storage("up", n * ffn as u64 * act),
+            attn_parts: ctx.storage("attn_parts", attention_scratch_len(PREFILL_CHUNK, c.n_heads, c.head_dim) as u64 * 4),
+            logits: ctx.storage("logits", logits_bytes),
+            banned: ctx.storage("banned", MAX_BANNED as u64 * 4),
+            argmax_parts: ctx.storage("argmax_parts", argmax_scratch_len(vocab) as u64 * 8),
+            next: ctx.storage("next", 4),
+            next_readback: ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("next readback"),
+                size: 4,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+        };
+        if let Some(name) = self.tensors.keys().next() {
+            return Err(GpuError::Tensor { name: name.clone(), msg: "not used by the decoder".into() });
+        }
+        let inv_freq = ops::rope_inv_freq(c.head_dim, c.rope_theta);
+        Ok(GpuModel {
+            inv_freq: ctx.storage_init("inv_freq", bytemuck::cast_slice(&inv_freq)),
+            ctx,
+            config: c,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+            scratch,
+            kv_len: 0,
+            max_context: self.max_context,
+        })
+    }
+}
+
+/// What a step ends with.
+enum Tail {
+    /// No logits (a prefill chunk whose tokens need none).
+    None,
+    /// Logits of the chunk's last `n` tokens, copied into `readback` ((n, vocab) f32).
+    Logits { n: usize, readback: wgpu::Buffer },
+    /// The argmax of the last token's logits (banned ids excluded), into next_readback.
+    Greedy { n_banned: usize },
+}
+
+impl GpuModel {
+    /// Upload a model the loader has already read (the CPU backend's input, so the two are
+    /// built from the same tensors).
+    pub fn from_loaded(ctx: Rc<GpuContext>, mut m: LoadedModel, max_context: Option<usize>) -> Result<Self, GpuError> {
+        let mut builder = GpuModelBuilder::new(ctx, m.config.clone(), max_context)?;
+        for (_, t) in m.tensors.drain() {
+            builder.add(&t)?;
+        }
+        builder.finish()
+    }
+
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    fn check(&self, tokens: &[u32]) -> Result<(), BackendError> {
+        let vocab = self.config.vocab_size;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(BackendError::BadToken { id, vocab });
+        }
+        let needed = self.kv_len + tokens.len();
+        if needed > self.max_context {
+            return Err(BackendError::ContextFull { needed, context: self.max_context });
+        }
+        Ok(())
+    }
+
+    /// Record and submit one step over `tokens` (≤ PREFILL_CHUNK) at positions kv_len.. .
+    fn step(&mut self, tokens: &[u32], tail: &Tail) {
+        let c = &self.config;
+        let s = &self.scratch;
+        let (n, dim, q_dim, ffn) = (tokens.len(), c.dim, c.q_dim(), c.ffn_dim);
+        let pos0 = self.kv_len;
+        self.ctx.queue.write_buffer(&s.ids, 0, bytemuck::cast_slice(tokens));
+        let mut rec = self.ctx.recorder();
+
+        // x = embed(tokens)
+        rec.embed(&self.token_embd, &s.ids, &s.x, n);
+        for layer in &self.layers {
+            // h = rms_norm(x); q, k, v = W h (+ bias)
+            rec.rms_norm(&s.x, &layer.attn_norm, &s.h, dim, n, c.rms_eps);
+            rec.matmul(&layer.wq, &s.h, 0, dim, &s.q, n, layer.bq.as_ref(), false, false);
+            rec.matmul(&layer.wk, &s.h, 0, dim, &s.k, n, layer.bk.as_ref(), false, false);
+            rec.matmul(&layer.wv, &s.h, 0, dim, &s.v, n, layer.bv.as_ref(), false, false);
+            // rope(q), rope(k); append k, v to the cache
+            rec.rope(&s.q, &self.inv_freq, c.n_heads, c.head_dim, pos0, n, c.rope_layout);
+            rec.rope_store_kv(&s.k, &s.v, &self.inv_freq, &layer.k_cache, &layer.v_cache, c.n_kv_heads, c.head_dim, pos0, n, c.rope_layout);
+            // a = attention(q, cache); x += Wo a
+            rec.attention(&s.q, &layer.k_cache, &layer.v_cache, &s.attn_parts, &s.att, c.n_heads, c.n_kv_heads, c.head_dim, pos0, n);
+            rec.matmul(&layer.wo, &s.att, 0, q_dim, &s.x, n, None, true, false);
+            // h = rms_norm(x); x += W_down (silu(W_gate h) * W_up h)
+            rec.rms_norm(&s.x, &layer.ffn_norm, &s.h, dim, n, c.rms_eps);
+            rec.matmul(&layer.w_gate, &s.h, 0, dim, &s.gate, n, None, false, false);
+            rec.matmul(&layer.w_up, &s.h, 0, dim, &s.up, n, None, false, false);
+            rec.silu_mul(&s.gate, &s.up, n * ffn);
+            rec.matmul(&layer.w_down, &s.gate, 0, ffn, &s.x, n, None, true, false);
+        }
+        let head = self.output.as_ref().unwrap_or(&self.token_embd);
+        let vocab = c.vocab_size;
+        match tail {
+            Tail::None => {}
+            Tail::Logits { n: n_logits, readback } => {
+                // logits of the last n_logits tokens = W_out rms_norm(x)
+                rec.rms_norm(&s.x, &self.output_norm, &s.h, dim, n, c.rms_eps);
+                rec.matmul(head, &s.h, (n - n_logits) * dim, dim, &s.logits, *n_logits, None, false, true);
+                rec.copy(&s.logits, 0, readback, 0, (n_logits * vocab * 4) as u64);
+            }
+            Tail::Greedy { n_banned } => {
+                rec.rms_norm(&s.x, &self.output_norm, &s.h, dim, n, c.rms_eps);
+                rec.matmul(head, &s.h, (n - 1) * dim, dim, &s.logits, 1, None, false, true);
+                rec.argmax(&s.logits, 0, vocab, &s.banned, *n_banned, &s.argmax_parts, &s.next);
+                rec.copy(&s.next, 0, &s.next_readback, 0, 4);
+            }
+        }
+        rec.submit();
+        self.kv_len += n;
+    }
+
+    /// Run `tokens`, returning the logits of the last `n_logits`: (n_logits, vocab) f32.
+    pub async fn forward_logits(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError> {
+        self.check(tokens)?;
+        let n_logits = n_logits.min(tokens.len());
+        let vocab = self.config.vocab_size;
+        let first_logit = tokens.len() - n_logits;
+        let mut out = Vec::with_capacity(n_logits * vocab);
+        let mut start = 0;
+        while start < tokens.len() {
+            let chunk = &tokens[start..(start + PREFILL_CHUNK).min(tokens.len())];
+            let end = start + chunk.len();
+            let wanted = end.saturating_sub(first_logit.max(start));
+            if wanted == 0 {
+                self.step(chunk, &Tail::None);
+            } else {
+                let readback = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("logits readback"),
+                    size: (wanted * vocab * 4) as u64,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                self.step(chunk, &Tail::Logits { n: wanted, readback: readback.clone() });
+                let bytes = self.ctx.map_read(&readback, (wanted * vocab * 4) as u64).await.map_err(gpu)?;
+                out.extend(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes));
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+
+    /// Run `tokens` and return the greedy next token (argmax of the last logits, `banned`
+    /// ids excluded), computed on the GPU: the step reads back 4 bytes.
+    pub async fn forward_greedy_gpu(&mut self, tokens: &[u32], banned: &[u32]) -> Result<u32, BackendError> {
+        self.check(tokens)?;
+        if tokens.is_empty() {
+            return Err(BackendError::Gpu("greedy step over no tokens".into()));
+        }
+        if banned.len() > MAX_BANNED {
+            return Err(BackendError::Gpu(format!("{} banned ids > {MAX_BANNED}", banned.len())));
+        }
+        let vocab = self.config.vocab_size;
+        if let Some(&id) = banned.iter().find(|&&t| t as usize >= vocab) {
+            return Err(BackendError::BadToken { id, vocab });
+        }
+        if !banned.is_empty() {
+            self.ctx.queue.write_buffer(&self.scratch.banned, 0, bytemuck::cast_slice(banned));
+        }
+        let (body, last) = tokens.split_at(tokens.len() - tokens.len() % PREFILL_CHUNK.max(1));
+        let (body, last) = if last.is_empty() { body.split_at(body.len() - PREFILL_CHUNK) } else { (body, last) };
+        for chunk in body.chunks(PREFILL_CHUNK) {
+            self.step(chunk, &Tail::None);
+        }
+        self.step(last, &Tail::Greedy { n_banned: banned.len() });
+        let bytes = self.ctx.map_read(&self.scratch.next_readback, 4).await.map_err(gpu)?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+}
+
+fn gpu(e: GpuError) -> BackendError {
+    BackendError::Gpu(e.to_string())
+}
+
+impl Backend for GpuModel {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn name(&self) -> String {
+        format!("webgpu ({}, {:?})", self.ctx.info.name, self.ctx.act())
+    }
+
+    fn kv_len(&self) -> usize {
+        self.kv_len
+    }
+
+    fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<(), BackendError> {
+        if len > self.kv_len {
+            return Err(BackendError::BadTruncate { to: len, len: self.kv_len });
+        }
+        // Rows past `len` are simply overwritten by the next tokens.
+        self.kv_len = len;
+        Ok(())
+    }
+
+    async fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError> {
+        self.forward_logits(tokens, n_logits).await
+    }
+
+    async fn forward_greedy(&mut self, tokens: &[u32], banned: &[u32]) -> Result<u32, BackendError> {
+        self.forward_greedy_gpu(tokens, banned).await
+    }
+}

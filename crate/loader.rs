@@ -1,0 +1,376 @@
+//! Turning model files into tensors, one code path for every source.
+//!
+//! GGUF is read as a *stream*: [`GgufStream::push`] takes the file's bytes in order, in chunks
+//! of any size, parses the header as soon as the prefix holds it, then hands each tensor to a
+//! sink the moment its last byte arrives. Natively the chunks come from a file; in the browser
+//! from a `fetch` body. A sink that uploads to the GPU and drops the bytes means the whole file
+//! is never held in memory (at most one tensor is, twice).
+//!
+//! Hugging Face folders (config.json + *.safetensors) are mapped onto the same GGUF tensor
+//! names, so the decoder only ever sees one naming scheme.
+
+use std::collections::HashMap;
+
+use crate::bytes::AlignedBytes;
+use crate::config::{ConfigError, ModelConfig};
+use crate::gguf::{GgufError, GgufHeader, TensorInfo};
+use crate::quant::GgmlType;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("model file truncated: got {got} bytes, expected {expected}")]
+    Truncated { got: u64, expected: u64 },
+    #[error("model lacks tensor '{0}'")]
+    MissingTensor(String),
+    #[error("tensor '{name}' has shape {got:?}, expected {expected:?}")]
+    BadShape { name: String, got: Vec<u64>, expected: Vec<u64> },
+    #[error("tensor '{name}' has type {ty:?}, which is not supported there")]
+    BadType { name: String, ty: GgmlType },
+    #[error("safetensors: {0}")]
+    Safetensors(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// One tensor's bytes as stored in the file, under its GGUF name.
+#[derive(Clone, Debug)]
+pub struct RawTensor {
+    /// GGUF naming: "token_embd.weight", "blk.3.attn_q.weight", "output_norm.weight", …
+    pub name: String,
+    pub ty: GgmlType,
+    /// GGUF order: dims[0] is contiguous, so a matrix is [cols, rows].
+    pub dims: Vec<u64>,
+    pub data: AlignedBytes,
+}
+
+/// Progress of a streaming load, for progress bars.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct LoadProgress {
+    pub bytes_seen: u64,
+    /// Known once the header is parsed.
+    pub bytes_total: Option<u64>,
+    pub tensors_done: usize,
+    pub tensors_total: Option<usize>,
+}
+
+enum StreamState {
+    /// Accumulating the header; re-parse once `buf.len() >= need`.
+    Header { buf: Vec<u8>, need: u64 },
+    Tensors(TensorsState),
+    Failed,
+}
+
+struct TensorsState {
+    header: GgufHeader,
+    /// Tensor indices in ascending offset order.
+    order: Vec<usize>,
+    next: usize,
+    /// The tensor being filled and how many of its bytes have arrived.
+    current: Option<(usize, AlignedBytes, usize)>,
+    /// Absolute file position of the next byte to arrive.
+    pos: u64,
+}
+
+/// Push-based GGUF reader; see the module docs.
+pub struct GgufStream {
+    state: StreamState,
+    progress: LoadProgress,
+}
+
+impl Default for GgufStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GgufStream {
+    pub fn new() -> Self {
+        Self { state: StreamState::Header { buf: Vec::new(), need: 0 }, progress: LoadProgress::default() }
+    }
+
+    pub fn header(&self) -> Option<&GgufHeader> {
+        match &self.state {
+            StreamState::Tensors(t) => Some(&t.header),
+            _ => None,
+        }
+    }
+
+    pub fn progress(&self) -> LoadProgress {
+        self.progress
+    }
+
+    /// Feed the next bytes of the file. Each tensor completed by them goes to `sink`.
+    pub fn push(
+        &mut self,
+        mut chunk: &[u8],
+        sink: &mut dyn FnMut(&GgufHeader, RawTensor) -> Result<(), LoadError>,
+    ) -> Result<(), LoadError> {
+        self.progress.bytes_seen += chunk.len() as u64;
+        if let StreamState::Header { buf, need } = &mut self.state {
+            buf.extend_from_slice(chunk);
+            if (buf.len() as u64) < *need {
+                return Ok(());
+            }
+            match GgufHeader::parse(buf) {
+                Err(GgufError::Truncated { needed, .. }) => {
+                    // Wait for at least `needed` bytes, and grow geometrically so a large
+                    // header delivered in tiny chunks is not re-parsed once per chunk.
+                    *need = needed.max(buf.len() as u64 * 3 / 2);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.state = StreamState::Failed;
+                    return Err(e.into());
+                }
+                Ok(header) => {
+                    let buf = std::mem::take(buf);
+                    let mut order: Vec<usize> = (0..header.tensors.len()).collect();
+                    order.sort_by_key(|&i| header.tensors[i].offset);
+                    self.progress.bytes_total = Some(header.implied_file_len());
+                    self.progress.tensors_total = Some(header.tensors.len());
+                    self.state = StreamState::Tensors(TensorsState { header, order, next: 0, current: None, pos: 0 });
+                    // Replay the bytes already buffered as tensor data.
+                    self.progress.bytes_seen -= buf.len() as u64;
+                    return self.push(&buf, sink);
+                }
+            }
+        }
+        let StreamState::Tensors(st) = &mut self.state else {
+            return Err(LoadError::Other("model stream already failed".into()));
+        };
+        while !chunk.is_empty() {
+            if st.current.is_none() {
+                let Some(&idx) = st.order.get(st.next) else { return Ok(()) }; // trailing bytes
+                st.current = Some((idx, AlignedBytes::zeroed(st.header.tensors[idx].n_bytes as usize), 0));
+            }
+            let Some((idx, data, filled)) = st.current.as_mut() else { break };
+            let info = &st.header.tensors[*idx];
+            let start = st.header.data_offset + info.offset;
+            if st.pos < start {
+                // Skip padding (or unused gaps) before this tensor.
+                let skip = ((start - st.pos) as usize).min(chunk.len());
+                chunk = &chunk[skip..];
+                st.pos += skip as u64;
+                continue;
+            }
+            let n = (data.len() - *filled).min(chunk.len());
+            data.as_mut_slice()[*filled..*filled + n].copy_from_slice(&chunk[..n]);
+            *filled += n;
+            chunk = &chunk[n..];
+            st.pos += n as u64;
+            if *filled < data.len() {
+                continue;
+            }
+            if let Some((idx, data, _)) = st.current.take() {
+                let info = st.header.tensors[idx].clone();
+                st.next += 1;
+                self.progress.tensors_done += 1;
+                sink(&st.header, RawTensor { name: info.name, ty: info.ty, dims: info.dims, data })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// End of input: every tensor must have arrived.
+    pub fn finish(self) -> Result<GgufHeader, LoadError> {
+        match self.state {
+            StreamState::Tensors(st) if st.next == st.order.len() => Ok(st.header),
+            StreamState::Tensors(st) => {
+                Err(LoadError::Truncated { got: self.progress.bytes_seen, expected: st.header.implied_file_len() })
+            }
+            // The header never completed: report why (usually Truncated).
+            StreamState::Header { buf, .. } => Err(match GgufHeader::parse(&buf) {
+                Err(e) => e.into(),
+                Ok(h) => LoadError::Truncated { got: buf.len() as u64, expected: h.implied_file_len() },
+            }),
+            StreamState::Failed => Err(LoadError::Other("model stream failed earlier".into())),
+        }
+    }
+}
+
+/// A model's tensors by GGUF name, plus what the file says about it.
+pub struct LoadedModel {
+    pub config: ModelConfig,
+    pub tensors: HashMap<String, RawTensor>,
+    /// GGUF metadata (tokenizer, chat template) when the source was GGUF.
+    pub gguf: Option<GgufHeader>,
+}
+
+/// The model config implied by a GGUF header (tied embeddings and vocab from its tensors).
+pub fn config_from_gguf(header: &GgufHeader) -> Result<ModelConfig, LoadError> {
+    let embd = header
+        .tensor("token_embd.weight")
+        .ok_or_else(|| LoadError::MissingTensor("token_embd.weight".into()))?;
+    let vocab = embd.dims.get(1).copied().unwrap_or(0) as usize;
+    Ok(ModelConfig::from_gguf(&header.metadata, header.tensor("output.weight").is_some(), vocab)?)
+}
+
+/// Load a whole GGUF through the stream, keeping every tensor (the CPU backend's sink).
+pub fn load_gguf_chunks<'a>(chunks: impl IntoIterator<Item = Result<&'a [u8], LoadError>>) -> Result<LoadedModel, LoadError> {
+    let mut stream = GgufStream::new();
+    let mut tensors = HashMap::new();
+    let mut config = None;
+    for chunk in chunks {
+        stream.push(chunk?, &mut |header, t| {
+            if config.is_none() {
+                config = Some(config_from_gguf(header)?);
+            }
+            tensors.insert(t.name.clone(), t);
+            Ok(())
+        })?;
+    }
+    let header = stream.finish()?;
+    let config = match config {
+        Some(c) => c,
+        None => config_from_gguf(&header)?,
+    };
+    Ok(LoadedModel { config, tensors, gguf: Some(header) })
+}
+
+/// Load a GGUF held in memory.
+pub fn load_gguf_bytes(bytes: &[u8]) -> Result<LoadedModel, LoadError> {
+    const CHUNK: usize = 16 << 20;
+    load_gguf_chunks(bytes.chunks(CHUNK).map(Ok))
+}
+
+/// Load a GGUF file, reading it in chunks (never the whole file at once on top of the tensors).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_gguf_file(path: &std::path::Path) -> Result<LoadedModel, LoadError> {
+    use std::io::Read;
+    let io = |e: std::io::Error| LoadError::Io(format!("{}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut stream = GgufStream::new();
+    let mut tensors = HashMap::new();
+    let mut buf = vec![0u8; 8 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        stream.push(&buf[..n], &mut |_, t| {
+            tensors.insert(t.name.clone(), t);
+            Ok(())
+        })?;
+    }
+    let header = stream.finish()?;
+    let config = config_from_gguf(&header)?;
+    Ok(LoadedModel { config, tensors, gguf: Some(header) })
+}
+
+/// HF tensor name → GGUF tensor name (None for tensors the decoder does not use, such as
+/// `rotary_emb.inv_freq`).
+pub fn hf_to_gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let part = match rest {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "self_attn.q_proj.bias" => "attn_q.bias",
+        "self_attn.k_proj.bias" => "attn_k.bias",
+        "self_attn.v_proj.bias" => "attn_v.bias",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{part}"))
+}
+
+/// Load a Hugging Face model from `config.json` and its safetensors files' bytes.
+pub fn load_safetensors(config_json: &[u8], files: &[&[u8]]) -> Result<LoadedModel, LoadError> {
+    use safetensors::{Dtype, SafeTensors};
+    let config = ModelConfig::from_hf_json(config_json)?;
+    let mut tensors = HashMap::new();
+    for bytes in files {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| LoadError::Safetensors(e.to_string()))?;
+        for (hf_name, view) in st.tensors() {
+            let Some(name) = hf_to_gguf_name(&hf_name) else { continue };
+            let ty = match view.dtype() {
+                Dtype::F32 => GgmlType::F32,
+                Dtype::F16 => GgmlType::F16,
+                Dtype::BF16 => GgmlType::BF16,
+                other => {
+                    return Err(LoadError::Safetensors(format!("tensor '{hf_name}' has unsupported dtype {other:?}")))
+                }
+            };
+            // safetensors shapes are row-major outermost-first; GGUF lists innermost first.
+            let dims: Vec<u64> = view.shape().iter().rev().map(|&d| d as u64).collect();
+            tensors.insert(name.clone(), RawTensor { name, ty, dims, data: AlignedBytes::copy_from(view.data()) });
+        }
+    }
+    Ok(LoadedModel { config, tensors, gguf: None })
+}
+
+/// Load a folder holding `config.json` and `*.safetensors`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_safetensors_dir(dir: &std::path::Path) -> Result<LoadedModel, LoadError> {
+    let io = |p: &std::path::Path, e: std::io::Error| LoadError::Io(format!("{}: {e}", p.display()));
+    let config_path = dir.join("config.json");
+    let config = std::fs::read(&config_path).map_err(|e| io(&config_path, e))?;
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(LoadError::Io(format!("{}: no .safetensors files", dir.display())));
+    }
+    let files = paths
+        .iter()
+        .map(|p| std::fs::read(p).map_err(|e| io(p, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+    load_safetensors(&config, &refs)
+}
+
+impl LoadedModel {
+    /// Take a tensor, checking its GGUF dims.
+    pub fn take(&mut self, name: &str, dims: &[usize]) -> Result<RawTensor, LoadError> {
+        let t = self.tensors.remove(name).ok_or_else(|| LoadError::MissingTensor(name.into()))?;
+        let expected: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+        // GGUF drops trailing 1-sized dims; compare ignoring them.
+        let trim = |d: &[u64]| d.iter().rposition(|&x| x != 1).map_or(0, |i| i + 1);
+        if t.dims[..trim(&t.dims)] != expected[..trim(&expected)] {
+            return Err(LoadError::BadShape { name: name.into(), got: t.dims, expected });
+        }
+        Ok(t)
+    }
+
+    /// Shape info for every tensor, for diagnostics.
+    pub fn tensor_infos(&self) -> Vec<TensorInfo> {
+        let mut v: Vec<_> = self
+            .tensors
+            .values()
+            .map(|t| TensorInfo {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: t.ty,
+                offset: 0,
+                n_bytes: t.data.len() as u64,
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}

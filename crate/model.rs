@@ -1,0 +1,257 @@
+//! The CPU backend: one decoder for Llama and Qwen2, on quantized weights.
+//!
+//! Weights stay in their file format ([`QMatrix`]); each mat-vec dequantizes blocks on the
+//! fly. The forward pass below reads top to bottom, one step per line of transformers'
+//! `LlamaDecoderLayer.forward` / `Qwen2DecoderLayer.forward`.
+
+use crate::backend::{Backend, BackendError};
+use crate::config::ModelConfig;
+use crate::loader::{LoadError, LoadedModel, RawTensor};
+use crate::ops;
+use crate::quant::{self, QMatrix};
+
+/// Default KV capacity when the caller sets none: long enough for reasoning traces, small
+/// enough that a 32k-context model does not reserve gigabytes up front.
+pub const DEFAULT_MAX_CONTEXT: usize = 8192;
+
+struct Layer {
+    attn_norm: Vec<f32>,     // (dim)
+    wq: QMatrix,             // (q_dim, dim)
+    wk: QMatrix,             // (kv_dim, dim)
+    wv: QMatrix,             // (kv_dim, dim)
+    bq: Option<Vec<f32>>,    // (q_dim), Qwen2 only
+    bk: Option<Vec<f32>>,    // (kv_dim)
+    bv: Option<Vec<f32>>,    // (kv_dim)
+    wo: QMatrix,             // (dim, q_dim)
+    ffn_norm: Vec<f32>,      // (dim)
+    w_gate: QMatrix,         // (ffn_dim, dim)
+    w_up: QMatrix,           // (ffn_dim, dim)
+    w_down: QMatrix,         // (dim, ffn_dim)
+}
+
+/// Keys and values of every processed position, per layer.
+struct KvCache {
+    keys: Vec<Vec<f32>>,   // n_layers × (len, kv_dim)
+    values: Vec<Vec<f32>>, // n_layers × (len, kv_dim)
+    len: usize,
+}
+
+pub struct CpuModel {
+    config: ModelConfig,
+    token_embd: QMatrix,        // (vocab, dim)
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>,      // (dim)
+    output: Option<QMatrix>,    // (vocab, dim); None = tied to token_embd
+    inv_freq: Vec<f32>,         // (head_dim / 2)
+    cache: KvCache,
+    max_context: usize,
+}
+
+/// A 1-D tensor (norm weight, bias) as f32.
+fn vector(t: RawTensor) -> Result<Vec<f32>, LoadError> {
+    let n = t.dims.iter().product::<u64>() as usize;
+    let mut out = vec![0.0; n];
+    quant::dequantize(t.ty, t.data.as_slice(), &mut out)
+        .map_err(|e| LoadError::Other(format!("{}: {e}", t.name)))?;
+    Ok(out)
+}
+
+/// A 2-D weight kept quantized. `dims` = [cols, rows] as GGUF stores them.
+fn matrix(t: RawTensor) -> Result<QMatrix, LoadError> {
+    let (cols, rows) = (t.dims[0] as usize, t.dims.get(1).copied().unwrap_or(1) as usize);
+    let name = t.name.clone();
+    QMatrix::new(t.ty, rows, cols, t.data).map_err(|e| LoadError::Other(format!("{name}: {e}")))
+}
+
+impl CpuModel {
+    /// Build the decoder from loaded tensors. `max_context` caps the KV cache (default:
+    /// the smaller of the model's context and [`DEFAULT_MAX_CONTEXT`]).
+    pub fn new(mut m: LoadedModel, max_context: Option<usize>) -> Result<Self, LoadError> {
+        let c = m.config.clone();
+        let (dim, q_dim, kv_dim, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
+        let token_embd = matrix(m.take("token_embd.weight", &[dim, c.vocab_size])?)?;
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            let name = |part: &str| format!("blk.{l}.{part}");
+            let mut bias = |part: &str, n: usize| -> Result<Option<Vec<f32>>, LoadError> {
+                if c.qkv_bias {
+                    Ok(Some(vector(m.take(&name(part), &[n])?)?))
+                } else {
+                    Ok(None)
+                }
+            };
+            let (bq, bk, bv) = (bias("attn_q.bias", q_dim)?, bias("attn_k.bias", kv_dim)?, bias("attn_v.bias", kv_dim)?);
+            layers.push(Layer {
+                attn_norm: vector(m.take(&name("attn_norm.weight"), &[dim])?)?,
+                wq: matrix(m.take(&name("attn_q.weight"), &[dim, q_dim])?)?,
+                wk: matrix(m.take(&name("attn_k.weight"), &[dim, kv_dim])?)?,
+                wv: matrix(m.take(&name("attn_v.weight"), &[dim, kv_dim])?)?,
+                bq,
+                bk,
+                bv,
+                wo: matrix(m.take(&name("attn_output.weight"), &[q_dim, dim])?)?,
+                ffn_norm: vector(m.take(&name("ffn_norm.weight"), &[dim])?)?,
+                w_gate: matrix(m.take(&name("ffn_gate.weight"), &[dim, ffn])?)?,
+                w_up: matrix(m.take(&name("ffn_up.weight"), &[dim, ffn])?)?,
+                w_down: matrix(m.take(&name("ffn_down.weight"), &[ffn, dim])?)?,
+            });
+        }
+        let output_norm = vector(m.take("output_norm.weight", &[dim])?)?;
+        let output = if c.tied_embeddings {
+            None
+        } else {
+            Some(matrix(m.take("output.weight", &[dim, c.vocab_size])?)?)
+        };
+        let max_context = max_context.unwrap_or(DEFAULT_MAX_CONTEXT).min(c.context_length).max(1);
+        Ok(Self {
+            inv_freq: ops::rope_inv_freq(c.head_dim, c.rope_theta),
+            cache: KvCache { keys: vec![Vec::new(); c.n_layers], values: vec![Vec::new(); c.n_layers], len: 0 },
+            config: c,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+            max_context,
+        })
+    }
+
+    /// The forward pass over `tokens` (n) at positions `kv_len..kv_len+n`; returns the
+    /// final hidden states of the last `n_logits` positions projected to logits.
+    fn forward_impl(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError> {
+        let c = &self.config;
+        let (n, dim, q_dim, kv_dim, ffn) = (tokens.len(), c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
+        let pos0 = self.cache.len;
+
+        // x: (n, dim), the residual stream.
+        let mut x = vec![0.0f32; n * dim];
+        for (row, &t) in x.chunks_exact_mut(dim).zip(tokens) {
+            self.token_embd
+                .dequantize_row(t as usize, row)
+                .map_err(|_| BackendError::BadToken { id: t, vocab: c.vocab_size })?;
+        }
+        let mut h = vec![0.0f32; n * dim];       // (n, dim) normed input of a block
+        let mut q = vec![0.0f32; n * q_dim];     // (n, q_dim)
+        let mut k = vec![0.0f32; n * kv_dim];    // (n, kv_dim)
+        let mut v = vec![0.0f32; n * kv_dim];    // (n, kv_dim)
+        let mut att = vec![0.0f32; n * q_dim];   // (n, q_dim) attention output
+        let mut o = vec![0.0f32; n * dim];       // (n, dim) block output
+        let mut gate = vec![0.0f32; n * ffn];    // (n, ffn)
+        let mut up = vec![0.0f32; n * ffn];      // (n, ffn)
+        let mut scores = vec![0.0f32; pos0 + n]; // (n_pos) scratch
+
+        for (layer, (keys, values)) in
+            self.layers.iter().zip(self.cache.keys.iter_mut().zip(self.cache.values.iter_mut()))
+        {
+            // h = input_layernorm(x)
+            for (hr, xr) in h.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+                ops::rms_norm(hr, xr, &layer.attn_norm, c.rms_eps);
+            }
+            // q, k, v = q_proj(h), k_proj(h), v_proj(h)  (+ bias on Qwen2)
+            layer.wq.matmul(&h, &mut q);
+            layer.wk.matmul(&h, &mut k);
+            layer.wv.matmul(&h, &mut v);
+            for (out, bias) in [(&mut q, &layer.bq), (&mut k, &layer.bk), (&mut v, &layer.bv)] {
+                if let Some(b) = bias {
+                    for row in out.chunks_exact_mut(b.len()) {
+                        ops::add_assign(row, b);
+                    }
+                }
+            }
+            // apply_rotary_pos_emb(q, k, cos, sin)
+            for i in 0..n {
+                ops::rope(&mut q[i * q_dim..(i + 1) * q_dim], c.head_dim, pos0 + i, &self.inv_freq, c.rope_layout);
+                ops::rope(&mut k[i * kv_dim..(i + 1) * kv_dim], c.head_dim, pos0 + i, &self.inv_freq, c.rope_layout);
+            }
+            // past_key_value.update(k, v)
+            keys.extend_from_slice(&k);
+            values.extend_from_slice(&v);
+            // attn = softmax(q kᵀ / √d + causal mask) v, query i sees positions 0..=pos0+i
+            for i in 0..n {
+                ops::attention(
+                    &mut att[i * q_dim..(i + 1) * q_dim],
+                    &q[i * q_dim..(i + 1) * q_dim],
+                    keys,
+                    values,
+                    pos0 + i + 1,
+                    c.n_heads,
+                    c.n_kv_heads,
+                    c.head_dim,
+                    &mut scores,
+                );
+            }
+            // x = x + o_proj(attn)
+            layer.wo.matmul(&att, &mut o);
+            ops::add_assign(&mut x, &o);
+            // x = x + down_proj(silu(gate_proj(h)) * up_proj(h)), h = post_attention_layernorm(x)
+            for (hr, xr) in h.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+                ops::rms_norm(hr, xr, &layer.ffn_norm, c.rms_eps);
+            }
+            layer.w_gate.matmul(&h, &mut gate);
+            layer.w_up.matmul(&h, &mut up);
+            ops::silu_mul(&mut gate, &up);
+            layer.w_down.matmul(&gate, &mut o);
+            ops::add_assign(&mut x, &o);
+        }
+        self.cache.len += n;
+
+        // logits = lm_head(norm(x)) for the last n_logits positions only.
+        let first = n - n_logits;
+        let mut normed = vec![0.0f32; n_logits * dim];
+        for (hr, xr) in normed.chunks_exact_mut(dim).zip(x[first * dim..].chunks_exact(dim)) {
+            ops::rms_norm(hr, xr, &self.output_norm, c.rms_eps);
+        }
+        let head = self.output.as_ref().unwrap_or(&self.token_embd);
+        let mut logits = vec![0.0f32; n_logits * c.vocab_size];
+        head.matmul(&normed, &mut logits);
+        Ok(logits)
+    }
+}
+
+impl Backend for CpuModel {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn name(&self) -> String {
+        #[cfg(not(target_arch = "wasm32"))]
+        return format!("cpu ({} threads)", rayon::current_num_threads());
+        #[cfg(target_arch = "wasm32")]
+        return "cpu (wasm)".to_string();
+    }
+
+    fn kv_len(&self) -> usize {
+        self.cache.len
+    }
+
+    fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<(), BackendError> {
+        if len > self.cache.len {
+            return Err(BackendError::BadTruncate { to: len, len: self.cache.len });
+        }
+        let kv_dim = self.config.kv_dim();
+        for (k, v) in self.cache.keys.iter_mut().zip(&mut self.cache.values) {
+            k.truncate(len * kv_dim);
+            v.truncate(len * kv_dim);
+        }
+        self.cache.len = len;
+        Ok(())
+    }
+
+    async fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError> {
+        let vocab = self.config.vocab_size;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(BackendError::BadToken { id, vocab });
+        }
+        let needed = self.cache.len + tokens.len();
+        if needed > self.max_context {
+            return Err(BackendError::ContextFull { needed, context: self.max_context });
+        }
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.forward_impl(tokens, n_logits.min(tokens.len()))
+    }
+}

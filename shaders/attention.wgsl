@@ -1,0 +1,129 @@
+// Causal grouped-query attention over the KV cache, split over the sequence
+// ("flash-decoding"): decode has one query per head, far too little parallelism for a long
+// cache, so positions are cut into splits that run in parallel and are merged afterwards.
+//
+// attend_split: one workgroup per (split, head, token). It walks its positions 64 at a time
+//   with an online softmax and writes (max score m, sum of exp l, unnormalized output acc).
+// attend_merge: one workgroup per (head, token) rescales the splits by exp(m_s - M) and
+//   normalizes. Token t sees positions < pos0 + t + 1, so prefill (many tokens) and decode
+//   (one) are the same kernels. Query head h reads kv head h / (n_heads / n_kv_heads).
+
+struct Params {
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,    // ≤ 256 (4 dims per lane)
+    n_tok: u32,
+    pos0: u32,        // cached positions before token 0
+    split_len: u32,   // positions per split, a multiple of 64
+    n_splits: u32,
+    scale: f32,       // 1 / sqrt(head_dim)
+}
+
+const NEG_BIG: f32 = -3.0e38; // "no score yet": exp(NEG_BIG - m) is 0 without inf - inf = NaN
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<act>;              // (n_tok, n_heads, head_dim)
+@group(0) @binding(2) var<storage, read> k_cache: array<act>;        // (max_context, n_kv_heads, head_dim)
+@group(0) @binding(3) var<storage, read> v_cache: array<act>;        // (max_context, n_kv_heads, head_dim)
+@group(0) @binding(4) var<storage, read_write> parts: array<f32>;    // (n_tok, n_heads, n_splits, head_dim + 2)
+@group(0) @binding(5) var<storage, read> parts_in: array<f32>;       // attend_merge: the same buffer
+@group(0) @binding(6) var<storage, read_write> out: array<act>;      // (n_tok, n_heads, head_dim)
+
+var<workgroup> q_sh: array<f32, 256>;   // (head_dim)
+var<workgroup> probs: array<f32, 64>;   // scores, then exp(score - m) of the current 64 positions
+
+@compute @workgroup_size(64)
+fn attend_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let s = wid.x;
+    let h = wid.y;
+    let t = wid.z;
+    let hd = p.head_dim;
+    let kv_dim = p.n_kv_heads * hd;
+    let kv_off = (h / (p.n_heads / p.n_kv_heads)) * hd;
+    let len = p.pos0 + t + 1u;
+    let start = s * p.split_len;
+    let end = min(start + p.split_len, len);
+    for (var d = lid; d < hd; d += 64u) {
+        q_sh[d] = f32(q[(t * p.n_heads + h) * hd + d]);
+    }
+    workgroupBarrier();
+    var m = NEG_BIG;
+    var l = 0.0;
+    var acc = vec4<f32>(0.0); // dims lid, lid + 64, lid + 128, lid + 192
+    for (var c0 = start; c0 < end; c0 += 64u) {
+        let pos = c0 + lid;
+        var score = NEG_BIG;
+        if pos < end {
+            var dot_qk = 0.0;
+            let kb = pos * kv_dim + kv_off;
+            for (var d = 0u; d < hd; d++) {
+                dot_qk += q_sh[d] * f32(k_cache[kb + d]);
+            }
+            score = dot_qk * p.scale;
+        }
+        probs[lid] = score;
+        workgroupBarrier();
+        var m_chunk = NEG_BIG;
+        for (var j = 0u; j < 64u; j++) {
+            m_chunk = max(m_chunk, probs[j]);
+        }
+        let m_new = max(m, m_chunk);
+        workgroupBarrier();
+        probs[lid] = select(0.0, exp(score - m_new), pos < end);
+        workgroupBarrier();
+        let n = min(64u, end - c0);
+        var sum = 0.0;
+        let corr = exp(m - m_new);
+        acc *= corr;
+        for (var j = 0u; j < n; j++) {
+            let pj = probs[j];
+            sum += pj;
+            let vb = (c0 + j) * kv_dim + kv_off;
+            for (var r = 0u; r < 4u; r++) {
+                let d = lid + 64u * r;
+                if d < hd {
+                    acc[r] += pj * f32(v_cache[vb + d]);
+                }
+            }
+        }
+        l = l * corr + sum;
+        m = m_new;
+        workgroupBarrier();
+    }
+    let base = ((t * p.n_heads + h) * p.n_splits + s) * (hd + 2u);
+    if lid == 0u {
+        parts[base] = m;
+        parts[base + 1u] = l;
+    }
+    for (var r = 0u; r < 4u; r++) {
+        let d = lid + 64u * r;
+        if d < hd {
+            parts[base + 2u + d] = acc[r];
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn attend_merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = wid.x;
+    let t = wid.y;
+    let hd = p.head_dim;
+    let row = (t * p.n_heads + h) * p.n_splits;
+    var m_max = NEG_BIG;
+    for (var s = 0u; s < p.n_splits; s++) {
+        m_max = max(m_max, parts_in[(row + s) * (hd + 2u)]);
+    }
+    var l_sum = 0.0;
+    for (var s = 0u; s < p.n_splits; s++) {
+        let b = (row + s) * (hd + 2u);
+        l_sum += exp(parts_in[b] - m_max) * parts_in[b + 1u];
+    }
+    for (var d = lid; d < hd; d += 64u) {
+        var o = 0.0;
+        for (var s = 0u; s < p.n_splits; s++) {
+            let b = (row + s) * (hd + 2u);
+            o += exp(parts_in[b] - m_max) * parts_in[b + 2u + d];
+        }
+        out[(t * p.n_heads + h) * hd + d] = act(o / l_sum);
+    }
+}

@@ -1,0 +1,223 @@
+// Dequantization of repacked GGUF blocks: the library that matmul.wgsl and embed.wgsl share.
+//
+// It reads the module-scope binding `w: array<u32>` that the including kernel declares, and
+// the knob `WTYPE` (a GGUF ggml_type id) from the prelude; `switch WTYPE` on a constant folds
+// away, so each pipeline carries the code of one format only.
+//
+// Repacked layout (crate/gpu/repack.rs): every GGUF block is kept byte for byte except that
+// a lone leading f16 scale is padded to a whole word (Q4_0, Q5_0, Q8_0) and Q6_K gets two
+// trailing pad bytes, so every block is a whole number of u32 words and a block index maps to
+// a word offset with one multiply. F16/F32 rows are cut into "blocks" of 8 elements.
+//
+// A *unit* is 8 weights of one block: two runs of 4 consecutive elements at element offsets
+// `lo_off` and `hi_off` inside the block. Every format splits this way (a quant word holds 4
+// low nibbles and the 4 high nibbles of elements 16 or 32 further on), so kernels loop over
+// units and never over formats.
+
+struct Unit {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+    lo_off: u32,
+    hi_off: u32,
+}
+
+const T_F32: u32 = 0u;
+const T_F16: u32 = 1u;
+const T_Q4_0: u32 = 2u;
+const T_Q4_1: u32 = 3u;
+const T_Q5_0: u32 = 6u;
+const T_Q5_1: u32 = 7u;
+const T_Q8_0: u32 = 8u;
+const T_Q4_K: u32 = 12u;
+const T_Q5_K: u32 = 13u;
+const T_Q6_K: u32 = 14u;
+
+fn words_per_block() -> u32 {
+    switch WTYPE {
+        case T_F32: { return 8u; }
+        case T_F16: { return 4u; }
+        case T_Q4_0, T_Q4_1: { return 5u; }
+        case T_Q5_0, T_Q5_1: { return 6u; }
+        case T_Q8_0: { return 9u; }
+        case T_Q4_K: { return 36u; }
+        case T_Q5_K: { return 44u; }
+        default: { return 53u; } // Q6_K
+    }
+}
+
+fn elems_per_block() -> u32 {
+    switch WTYPE {
+        case T_F32, T_F16: { return 8u; }
+        case T_Q4_K, T_Q5_K, T_Q6_K: { return 256u; }
+        default: { return 32u; }
+    }
+}
+
+fn units_per_block() -> u32 {
+    return elems_per_block() / 8u;
+}
+
+// F16/F32 rows may end inside a block (zero padded at repack); quantized rows never do.
+fn has_ragged_rows() -> bool {
+    return WTYPE == T_F32 || WTYPE == T_F16;
+}
+
+fn f16_at(word: u32) -> f32 {
+    return unpack2x16float(word).x;
+}
+
+// The four bytes of `q`, masked, as floats: byte i of the word is element i.
+fn bytes4(q: u32, mask: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(q) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(mask));
+}
+
+// The four bytes of `q` as signed int8.
+fn i8x4(q: u32) -> vec4<f32> {
+    let s = bitcast<vec4<i32>>(vec4<u32>(q) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u);
+    return vec4<f32>(s);
+}
+
+// Bit `bit` of each byte of `q`, times 16 (the fifth bit of a 5-bit quant).
+fn bit_of_bytes(q: u32, bit: u32) -> vec4<f32> {
+    return bytes4(q >> bit, 1u) * 16.0;
+}
+
+// Four consecutive bits of `q` starting at `first`, times 16 (Q5_0/Q5_1 keep one bit per element).
+fn bits4(q: u32, first: u32) -> vec4<f32> {
+    let b = (vec4<u32>(q) >> (vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u))) & vec4<u32>(1u);
+    return vec4<f32>(b) * 16.0;
+}
+
+// Byte `k` of the block starting at word `base`, with the bytes counted from word `first`.
+fn byte_at(base: u32, first: u32, k: u32) -> u32 {
+    return (w[base + first + k / 4u] >> (8u * (k % 4u))) & 0xffu;
+}
+
+// K-quant 6-bit scale and min of sub-block `j` (0..8), from the 12 packed scale bytes at
+// words 1..4 (ggml's get_scale_min_k4).
+fn scale_min_k4(base: u32, j: u32) -> vec2<f32> {
+    if j < 4u {
+        return vec2<f32>(f32(byte_at(base, 1u, j) & 63u), f32(byte_at(base, 1u, j + 4u) & 63u));
+    }
+    let sc = (byte_at(base, 1u, j + 4u) & 0xfu) | ((byte_at(base, 1u, j - 4u) >> 6u) << 4u);
+    let m = (byte_at(base, 1u, j + 4u) >> 4u) | ((byte_at(base, 1u, j) >> 6u) << 4u);
+    return vec2<f32>(f32(sc), f32(m));
+}
+
+// Unit `u` (0..units_per_block) of block `b` (counted from the start of the binding).
+fn dequant_unit(b: u32, u: u32) -> Unit {
+    let base = b * words_per_block();
+    var r: Unit;
+    switch WTYPE {
+        case T_F32: {
+            r.lo = bitcast<vec4<f32>>(vec4<u32>(w[base], w[base + 1u], w[base + 2u], w[base + 3u]));
+            r.hi = bitcast<vec4<f32>>(vec4<u32>(w[base + 4u], w[base + 5u], w[base + 6u], w[base + 7u]));
+            r.lo_off = 0u;
+            r.hi_off = 4u;
+        }
+        case T_F16: {
+            r.lo = vec4<f32>(unpack2x16float(w[base]), unpack2x16float(w[base + 1u]));
+            r.hi = vec4<f32>(unpack2x16float(w[base + 2u]), unpack2x16float(w[base + 3u]));
+            r.lo_off = 0u;
+            r.hi_off = 4u;
+        }
+        // [d | pad][qs: 4 words]: element i = (nibble - 8) * d, low nibbles 0..16, high 16..32.
+        case T_Q4_0: {
+            let d = f16_at(w[base]);
+            let q = w[base + 1u + u];
+            r.lo = (bytes4(q, 0xfu) - 8.0) * d;
+            r.hi = (bytes4(q >> 4u, 0xfu) - 8.0) * d;
+            r.lo_off = 4u * u;
+            r.hi_off = 16u + 4u * u;
+        }
+        // [d | m][qs: 4 words]: element = nibble * d + m.
+        case T_Q4_1: {
+            let dm = unpack2x16float(w[base]);
+            let q = w[base + 1u + u];
+            r.lo = bytes4(q, 0xfu) * dm.x + dm.y;
+            r.hi = bytes4(q >> 4u, 0xfu) * dm.x + dm.y;
+            r.lo_off = 4u * u;
+            r.hi_off = 16u + 4u * u;
+        }
+        // [d | pad][qh][qs: 4 words]: bit i of qh is the fifth bit of element i.
+        case T_Q5_0: {
+            let d = f16_at(w[base]);
+            let qh = w[base + 1u];
+            let q = w[base + 2u + u];
+            r.lo = (bytes4(q, 0xfu) + bits4(qh, 4u * u) - 16.0) * d;
+            r.hi = (bytes4(q >> 4u, 0xfu) + bits4(qh, 16u + 4u * u) - 16.0) * d;
+            r.lo_off = 4u * u;
+            r.hi_off = 16u + 4u * u;
+        }
+        case T_Q5_1: {
+            let dm = unpack2x16float(w[base]);
+            let qh = w[base + 1u];
+            let q = w[base + 2u + u];
+            r.lo = (bytes4(q, 0xfu) + bits4(qh, 4u * u)) * dm.x + dm.y;
+            r.hi = (bytes4(q >> 4u, 0xfu) + bits4(qh, 16u + 4u * u)) * dm.x + dm.y;
+            r.lo_off = 4u * u;
+            r.hi_off = 16u + 4u * u;
+        }
+        // [d | pad][qs: 8 words of int8].
+        case T_Q8_0: {
+            let d = f16_at(w[base]);
+            r.lo = i8x4(w[base + 1u + 2u * u]) * d;
+            r.hi = i8x4(w[base + 2u + 2u * u]) * d;
+            r.lo_off = 8u * u;
+            r.hi_off = 8u * u + 4u;
+        }
+        // [d | dmin][scales: 3 words][qs: 32 words]. Chunk j = u/8 of 64 elements: low nibbles
+        // of qs words 8j..8j+8 are sub-block 2j, high nibbles sub-block 2j+1.
+        case T_Q4_K: {
+            let dm = unpack2x16float(w[base]);
+            let j = u / 8u;
+            let l = 4u * (u % 8u);
+            let q = w[base + 4u + u];
+            let s_lo = scale_min_k4(base, 2u * j);
+            let s_hi = scale_min_k4(base, 2u * j + 1u);
+            r.lo = bytes4(q, 0xfu) * (dm.x * s_lo.x) - dm.y * s_lo.y;
+            r.hi = bytes4(q >> 4u, 0xfu) * (dm.x * s_hi.x) - dm.y * s_hi.y;
+            r.lo_off = 64u * j + l;
+            r.hi_off = 64u * j + 32u + l;
+        }
+        // Q4_K plus [qh: 8 words] before qs: bit 2j / 2j+1 of qh byte l is the fifth bit of
+        // element l of sub-block 2j / 2j+1.
+        case T_Q5_K: {
+            let dm = unpack2x16float(w[base]);
+            let j = u / 8u;
+            let l = 4u * (u % 8u);
+            let q = w[base + 12u + u];
+            let qh = w[base + 4u + u % 8u];
+            let s_lo = scale_min_k4(base, 2u * j);
+            let s_hi = scale_min_k4(base, 2u * j + 1u);
+            r.lo = (bytes4(q, 0xfu) + bit_of_bytes(qh, 2u * j)) * (dm.x * s_lo.x) - dm.y * s_lo.y;
+            r.hi = (bytes4(q >> 4u, 0xfu) + bit_of_bytes(qh, 2u * j + 1u)) * (dm.x * s_hi.x) - dm.y * s_hi.y;
+            r.lo_off = 64u * j + l;
+            r.hi_off = 64u * j + 32u + l;
+        }
+        // [ql: 32 words][qh: 16 words][scales: 4 words of int8][d | pad]. Half n = u/16 of
+        // 128 elements; its ql word k (0..16) holds, for l = 4(k%8): if k < 8 elements l (low
+        // nibbles, qh bits 0-1) and l+64 (high nibbles, qh bits 4-5); else l+32 (bits 2-3)
+        // and l+96 (bits 6-7). Scale index = 8n + l/16 + {0, 2, 4, 6} for the four groups.
+        default: {
+            let d = f16_at(w[base + 52u]);
+            let n = u / 16u;
+            let k = u % 16u;
+            let l = 4u * (k % 8u);
+            let second = select(0u, 1u, k >= 8u);
+            let q = w[base + u];
+            let qh = w[base + 32u + 8u * n + k % 8u];
+            let sh = 2u * second;
+            let is_lo = 8u * n + l / 16u + sh;
+            let sc_lo = f32(bitcast<i32>(byte_at(base, 48u, is_lo) << 24u) >> 24u);
+            let sc_hi = f32(bitcast<i32>(byte_at(base, 48u, is_lo + 4u) << 24u) >> 24u);
+            let q_lo = bytes4(q, 0xfu) + bytes4(qh >> sh, 3u) * 16.0 - 32.0;
+            let q_hi = bytes4(q >> 4u, 0xfu) + bytes4(qh >> (sh + 4u), 3u) * 16.0 - 32.0;
+            r.lo = q_lo * (d * sc_lo);
+            r.hi = q_hi * (d * sc_hi);
+            r.lo_off = 128u * n + l + 32u * second;
+            r.hi_off = r.lo_off + 64u;
+        }
+    }
+    return r;
+}

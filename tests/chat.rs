@@ -1,0 +1,159 @@
+//! Chat templates rendered exactly as transformers renders them
+//! (fixtures from tests/fixtures/gen/chat_reference.py).
+
+use pensive::chat::{ChatError, ChatTemplate, Message};
+use pensive::gguf::GgufHeader;
+use pensive::tokenizer::Tokenizer;
+
+mod common;
+
+#[derive(serde::Deserialize)]
+struct Fixture {
+    template: String,
+    bos_token: String,
+    eos_token: String,
+    cases: Vec<Case>,
+}
+
+#[derive(serde::Deserialize)]
+struct Case {
+    name: String,
+    messages: Vec<Message>,
+    add_generation_prompt: bool,
+    expected: String,
+}
+
+fn fixture(name: &str) -> Fixture {
+    let path = common::root_path("tests/fixtures/chat").join(format!("{name}.json"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Render every case of a fixture and compare with transformers' text.
+fn check_fixture(name: &str) -> Fixture {
+    let fx = fixture(name);
+    let template = ChatTemplate::new(&fx.template).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut failures = Vec::new();
+    for case in &fx.cases {
+        let label = format!("{name}/{} (add_generation_prompt={})", case.name, case.add_generation_prompt);
+        match template.render(&case.messages, case.add_generation_prompt, &fx.bos_token, &fx.eos_token) {
+            Ok(got) if got == case.expected => {}
+            Ok(got) => failures.push(format!("{label}:\n--- want\n{}\n--- got\n{got}", case.expected)),
+            Err(e) => failures.push(format!("{label}: {e}")),
+        }
+    }
+    eprintln!("{name}: {}/{} renderings match transformers", fx.cases.len() - failures.len(), fx.cases.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(!fx.cases.is_empty());
+    fx
+}
+
+/// The template a GGUF carries, read through the tokenizer.
+fn gguf_template(file: &str) -> Option<String> {
+    let path = common::model_path(file)?;
+    let bytes = std::fs::read(&path).expect("read GGUF");
+    let header = GgufHeader::parse(&bytes).expect("GGUF header");
+    let tok = Tokenizer::from_gguf(&header.metadata).expect("tokenizer");
+    Some(tok.chat_template().expect("the GGUF has a chat template").to_owned())
+}
+
+#[test]
+fn qwen25_template_matches_transformers() {
+    let fx = check_fixture("qwen2.5");
+    if let Some(t) = gguf_template("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") {
+        assert_eq!(t, fx.template, "the fixture holds the GGUF's template");
+    }
+}
+
+#[test]
+fn smollm2_template_matches_transformers() {
+    let fx = check_fixture("smollm2");
+    if let Some(t) = gguf_template("smollm2-135m-instruct-q4_1.gguf") {
+        assert_eq!(t, fx.template, "the fixture holds the GGUF's template");
+    }
+}
+
+#[test]
+fn deepseek_r1_distill_template_matches_transformers() {
+    let fx = check_fixture("deepseek-r1-distill");
+    // The template drops the reasoning of earlier assistant turns.
+    let multi = fx.cases.iter().find(|c| c.name == "multi_turn").expect("case");
+    assert!(!multi.expected.contains("The user greets me."));
+    if let Some(t) = gguf_template("testdata/deepseek-r1-distill-qwen-7b.header.gguf") {
+        assert_eq!(t, fx.template, "the fixture holds the GGUF's template");
+    }
+}
+
+#[test]
+fn qwen3_template_matches_transformers() {
+    let fx = check_fixture("qwen3");
+    if let (Some(json), Some(config)) = (
+        common::model_path("testdata/qwen3/tokenizer.json"),
+        common::model_path("testdata/qwen3/tokenizer_config.json"),
+    ) {
+        let tok = Tokenizer::from_json(&std::fs::read(json).unwrap(), Some(&std::fs::read(config).unwrap()))
+            .expect("tokenizer");
+        assert_eq!(tok.chat_template(), Some(fx.template.as_str()), "the fixture holds the config's template");
+    }
+}
+
+#[test]
+fn tojson_is_pythons_json_dumps() {
+    check_fixture("tojson");
+}
+
+#[test]
+fn raise_exception_reports_the_templates_message() {
+    let template = ChatTemplate::new(
+        "{% for m in messages %}{% if m.role == 'tool' %}{{ raise_exception('tools are not supported: ' ~ m.content) }}{% endif %}{{ m.content }}{% endfor %}",
+    )
+    .expect("compiles");
+    assert_eq!(template.render(&[Message::user("hi")], false, "", "").unwrap(), "hi");
+    match template.render(&[Message::new("tool", "calc")], false, "", "") {
+        Err(ChatError::Raised(message)) => assert_eq!(message, "tools are not supported: calc"),
+        other => panic!("expected Raised, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_templates_are_errors_not_panics() {
+    assert!(matches!(ChatTemplate::new("{% for m in messages %}"), Err(ChatError::Compile(_))));
+    let t = ChatTemplate::new("{{ messages[0].content.no_such_method() }}").expect("compiles");
+    assert!(matches!(t.render(&[Message::user("x")], false, "", ""), Err(ChatError::Render(_))));
+}
+
+#[test]
+fn whitespace_control_follows_transformers() {
+    // trim_blocks + lstrip_blocks: block tags on their own lines leave no blank lines.
+    let t = ChatTemplate::new(
+        "{% for m in messages %}\n    {% if m.role == 'user' %}\n[{{ m.content | trim }}]\n    {% endif %}\n{% endfor %}\n",
+    )
+    .expect("compiles");
+    let out = t.render(&[Message::user("  a "), Message::assistant("b"), Message::user("c")], false, "", "").unwrap();
+    assert_eq!(out, "[a]\n[c]\n");
+}
+
+/// llama.cpp's reference copies of the same templates (other revisions), from the
+/// llama-cpp-python sdist that scripts/fetch-test-data.sh unpacks.
+fn check_sdist_fixture(name: &str, file: &str) {
+    let fx = check_fixture(name);
+    if let Some(path) = common::model_path(&format!("testdata/templates/{file}")) {
+        let source = std::fs::read_to_string(path).expect("read template");
+        assert_eq!(source, fx.template, "the fixture holds the sdist's template");
+    }
+}
+
+#[test]
+fn sdist_qwen25_template_matches_transformers() {
+    check_sdist_fixture("sdist-qwen2.5-7b-instruct", "Qwen-Qwen2.5-7B-Instruct.jinja");
+}
+
+#[test]
+fn sdist_qwen3_template_matches_transformers() {
+    check_sdist_fixture("sdist-qwen3-0.6b", "Qwen-Qwen3-0.6B.jinja");
+}
+
+#[test]
+fn sdist_deepseek_r1_distill_template_matches_transformers() {
+    check_sdist_fixture("sdist-deepseek-r1-distill-qwen-32b", "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja");
+}

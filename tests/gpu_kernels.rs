@@ -1,0 +1,348 @@
+//! Every kernel vs the CPU reference (crate::ops, quant::dequantize) on seeded random
+//! inputs with odd shapes, on both activation paths (f32 and f16).
+//!
+//! Run with a Vulkan adapter (e.g. Mesa lavapipe): `WGPU_BACKEND=vulkan cargo test --release
+//! --test gpu_kernels`. Without one the tests skip loudly, or fail under PENSIVE_REQUIRE_GPU=1.
+
+mod gpu_common;
+
+use gpu_common::{as_act, assert_close, context, contexts, tol, Rng, TOL_F32};
+use pensive::config::RopeLayout;
+use pensive::gpu::kernels::{argmax_scratch_len, attention_scratch_len};
+use pensive::gpu::{GpuContext, GpuMatrix};
+use pensive::ops;
+use pensive::quant::{self, GgmlType};
+
+use pollster::block_on;
+
+const ALL_TYPES: [GgmlType; 10] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+fn read_act(ctx: &GpuContext, buf: &wgpu::Buffer, n: usize) -> Vec<f32> {
+    block_on(ctx.read_act(buf, n)).expect("readback")
+}
+
+fn f16_bytes(v: f32) -> [u8; 2] {
+    half::f16::from_f32(v).to_le_bytes()
+}
+
+/// Random bytes of `rows × cols` elements of `ty`, with sane f16 scales (random bytes there
+/// could be inf or NaN) so that dequantized weights are O(1).
+fn random_weights(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+    let n_blocks = rows * cols / ty.block_len();
+    let bb = ty.block_bytes();
+    let mut bytes: Vec<u8> = (0..n_blocks * bb).map(|_| rng.next_u64() as u8).collect();
+    for block in bytes.chunks_exact_mut(bb) {
+        let mut scale = |at: usize, v: f32| block[at..at + 2].copy_from_slice(&f16_bytes(v));
+        match ty {
+            GgmlType::F32 => block.copy_from_slice(&rng.f32().to_le_bytes()),
+            GgmlType::F16 => scale(0, rng.f32()),
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => scale(0, rng.f32() * 0.1),
+            GgmlType::Q4_1 | GgmlType::Q5_1 => {
+                scale(0, rng.f32() * 0.1);
+                scale(2, rng.f32() * 0.5);
+            }
+            GgmlType::Q4_K | GgmlType::Q5_K => {
+                scale(0, rng.f32() * 0.01);
+                scale(2, rng.f32() * 0.01);
+            }
+            GgmlType::Q6_K => scale(208, rng.f32() * 0.01),
+            GgmlType::BF16 => unreachable!(),
+        }
+    }
+    bytes
+}
+
+fn dequant(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
+    let mut out = vec![0.0; n];
+    quant::dequantize(ty, bytes, &mut out).expect("reference dequantize");
+    out
+}
+
+/// Columns for `ty`: an odd number of blocks, and not a multiple of the 8-element unit or
+/// the 32 lanes for the float types.
+fn odd_cols(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::F32 | GgmlType::F16 => 157,
+        t if t.block_len() == 256 => 3 * 256,
+        _ => 7 * 32,
+    }
+}
+
+#[test]
+fn rms_norm_matches_cpu() {
+    for ctx in contexts() {
+        let mut rng = Rng::new(1);
+        for (dim, n_tok) in [(7, 1), (576, 3), (897, 2)] {
+            let x = as_act(&ctx, &rng.vec(dim * n_tok));
+            let w = rng.vec(dim);
+            let xb = ctx.act_from_f32("x", &x);
+            let wb = ctx.storage_init("w", bytemuck::cast_slice(&w));
+            let out = ctx.storage("out", (dim * n_tok * 4) as u64);
+            let mut rec = ctx.recorder();
+            rec.rms_norm(&xb, &wb, &out, dim, n_tok, 1e-5);
+            rec.submit();
+            let mut want = vec![0.0; dim * n_tok];
+            for (o, xi) in want.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+                ops::rms_norm(o, xi, &w, 1e-5);
+            }
+            let got = read_act(&ctx, &out, dim * n_tok);
+            assert_close(&format!("rms_norm {:?} dim {dim}", ctx.act()), &got, &want, tol(&ctx), 1.0);
+        }
+    }
+}
+
+#[test]
+fn rope_matches_cpu_both_layouts() {
+    for ctx in contexts() {
+        let mut rng = Rng::new(2);
+        for layout in [RopeLayout::Interleaved, RopeLayout::NeoX] {
+            for (n_heads, head_dim, pos0, n_tok) in [(3, 10, 0, 2), (5, 64, 1000, 3), (2, 128, 4095, 1)] {
+                let inv_freq = ops::rope_inv_freq(head_dim, 1e6);
+                let x = as_act(&ctx, &rng.vec(n_tok * n_heads * head_dim));
+                let xb = ctx.act_from_f32("x", &x);
+                let fb = ctx.storage_init("inv_freq", bytemuck::cast_slice(&inv_freq));
+                let mut rec = ctx.recorder();
+                rec.rope(&xb, &fb, n_heads, head_dim, pos0, n_tok, layout);
+                rec.submit();
+                let mut want = x.clone();
+                for (t, row) in want.chunks_exact_mut(n_heads * head_dim).enumerate() {
+                    ops::rope(row, head_dim, pos0 + t, &inv_freq, layout);
+                }
+                let got = read_act(&ctx, &xb, x.len());
+                assert_close(&format!("rope {:?} {layout:?} hd {head_dim} pos {pos0}", ctx.act()), &got, &want, tol(&ctx), 1.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn rope_store_kv_writes_rotated_keys_and_values_into_the_cache() {
+    for ctx in contexts() {
+        let mut rng = Rng::new(3);
+        let (n_kv, hd, pos0, n_tok, max_ctx) = (3, 18, 5, 4, 12);
+        let kv_dim = n_kv * hd;
+        let inv_freq = ops::rope_inv_freq(hd, 1e4);
+        let k = as_act(&ctx, &rng.vec(n_tok * kv_dim));
+        let v = as_act(&ctx, &rng.vec(n_tok * kv_dim));
+        let cache0 = as_act(&ctx, &rng.vec(max_ctx * kv_dim));
+        let (kb, vb) = (ctx.act_from_f32("k", &k), ctx.act_from_f32("v", &v));
+        let (kc, vc) = (ctx.act_from_f32("kc", &cache0), ctx.act_from_f32("vc", &cache0));
+        let fb = ctx.storage_init("inv_freq", bytemuck::cast_slice(&inv_freq));
+        for layout in [RopeLayout::Interleaved, RopeLayout::NeoX] {
+            let mut rec = ctx.recorder();
+            rec.rope_store_kv(&kb, &vb, &fb, &kc, &vc, n_kv, hd, pos0, n_tok, layout);
+            rec.submit();
+            let mut want_k = cache0.clone();
+            let mut want_v = cache0.clone();
+            for t in 0..n_tok {
+                let row = &mut want_k[(pos0 + t) * kv_dim..(pos0 + t + 1) * kv_dim];
+                row.copy_from_slice(&k[t * kv_dim..(t + 1) * kv_dim]);
+                ops::rope(row, hd, pos0 + t, &inv_freq, layout);
+                want_v[(pos0 + t) * kv_dim..(pos0 + t + 1) * kv_dim].copy_from_slice(&v[t * kv_dim..(t + 1) * kv_dim]);
+            }
+            let what = format!("rope_store_kv {:?} {layout:?}", ctx.act());
+            assert_close(&format!("{what} keys"), &read_act(&ctx, &kc, want_k.len()), &want_k, tol(&ctx), 1.0);
+            assert_close(&format!("{what} values"), &read_act(&ctx, &vc, want_v.len()), &want_v, (0.0, 0.0), 1.0);
+        }
+    }
+}
+
+/// Decode (one query, many splits, several 64-position chunks per split) and causal prefill.
+#[test]
+fn attention_matches_cpu_decode_and_prefill() {
+    for ctx in contexts() {
+        let mut rng = Rng::new(4);
+        // (n_heads, n_kv_heads, head_dim, pos0, n_tok)
+        for (nh, nkv, hd, pos0, n_tok) in [(6, 2, 64, 0, 1), (6, 2, 64, 299, 1), (14, 2, 64, 2999, 1), (4, 4, 250, 40, 1), (9, 3, 64, 37, 5), (2, 1, 16, 0, 13)] {
+            let len = pos0 + n_tok;
+            let (q_dim, kv_dim) = (nh * hd, nkv * hd);
+            let q = as_act(&ctx, &rng.vec(n_tok * q_dim));
+            let keys = as_act(&ctx, &rng.vec(len * kv_dim));
+            let values = as_act(&ctx, &rng.vec(len * kv_dim));
+            let qb = ctx.act_from_f32("q", &q);
+            let (kc, vc) = (ctx.act_from_f32("kc", &keys), ctx.act_from_f32("vc", &values));
+            let parts = ctx.storage("parts", (attention_scratch_len(n_tok, nh, hd) * 4) as u64);
+            let out = ctx.storage("out", (n_tok * q_dim * 4) as u64);
+            let mut rec = ctx.recorder();
+            rec.attention(&qb, &kc, &vc, &parts, &out, nh, nkv, hd, pos0, n_tok);
+            rec.submit();
+            let mut want = vec![0.0; n_tok * q_dim];
+            let mut scores = vec![0.0; len];
+            for t in 0..n_tok {
+                let o = &mut want[t * q_dim..(t + 1) * q_dim];
+                ops::attention(o, &q[t * q_dim..(t + 1) * q_dim], &keys, &values, pos0 + t + 1, nh, nkv, hd, &mut scores);
+            }
+            let got = read_act(&ctx, &out, want.len());
+            assert_close(&format!("attention {:?} heads {nh}/{nkv} hd {hd} len {len} tokens {n_tok}", ctx.act()), &got, &want, tol(&ctx), 1.0);
+        }
+    }
+}
+
+#[test]
+fn silu_mul_and_add_match_cpu() {
+    for ctx in contexts() {
+        let mut rng = Rng::new(5);
+        let n = 1001;
+        let a: Vec<f32> = as_act(&ctx, &rng.vec(n).iter().map(|v| v * 6.0).collect::<Vec<_>>());
+        let bv = as_act(&ctx, &rng.vec(n));
+        let (ab, bb) = (ctx.act_from_f32("a", &a), ctx.act_from_f32("b", &bv));
+        let mut rec = ctx.recorder();
+        rec.silu_mul(&ab, &bb, n);
+        rec.submit();
+        let mut want = a.clone();
+        ops::silu_mul(&mut want, &bv);
+        assert_close(&format!("silu_mul {:?}", ctx.act()), &read_act(&ctx, &ab, n), &want, tol(&ctx), 1.0);
+
+        let ab = ctx.act_from_f32("a", &a);
+        let mut rec = ctx.recorder();
+        rec.add(&ab, &bb, n);
+        rec.submit();
+        let mut want = a.clone();
+        ops::add_assign(&mut want, &bv);
+        assert_close(&format!("add {:?}", ctx.act()), &read_act(&ctx, &ab, n), &want, tol(&ctx), 1.0);
+    }
+}
+
+#[test]
+fn embedding_lookup_matches_dequantized_rows_for_every_type() {
+    for ctx in contexts() {
+        let mut rng = Rng::new(6);
+        for ty in ALL_TYPES {
+            let (rows, cols) = (11, odd_cols(ty));
+            let bytes = random_weights(&mut rng, ty, rows, cols);
+            let table = dequant(ty, &bytes, rows * cols);
+            let m = GpuMatrix::upload(&ctx, "embd", ty, rows, cols, &bytes).expect("upload");
+            let ids = [4u32, 0, 10, 4];
+            let idb = ctx.storage_init("ids", bytemuck::cast_slice(&ids));
+            let out = ctx.storage("out", (ids.len() * cols * 4) as u64);
+            let mut rec = ctx.recorder();
+            rec.embed(&m, &idb, &out, ids.len());
+            rec.submit();
+            let want: Vec<f32> = ids.iter().flat_map(|&i| table[i as usize * cols..(i as usize + 1) * cols].to_vec()).collect();
+            let want = as_act(&ctx, &want);
+            // Dequantization is exact in f32; the f16 path rounds once on store (already in `want`).
+            assert_close(&format!("embed {ty:?} {:?}", ctx.act()), &read_act(&ctx, &out, want.len()), &want, TOL_F32, 1.0);
+        }
+    }
+}
+
+/// CPU reference of y = W x (+ bias) (+ y0) for n_tok tokens.
+fn matmul_ref(w: &[f32], rows: usize, cols: usize, x: &[f32], n_tok: usize, bias: Option<&[f32]>, y0: Option<&[f32]>) -> Vec<f32> {
+    let mut y = vec![0.0; n_tok * rows];
+    for t in 0..n_tok {
+        for r in 0..rows {
+            let dot: f32 = w[r * cols..(r + 1) * cols].iter().zip(&x[t * cols..(t + 1) * cols]).map(|(a, b)| a * b).sum();
+            y[t * rows + r] = dot + bias.map_or(0.0, |b| b[r]) + y0.map_or(0.0, |y0| y0[t * rows + r]);
+        }
+    }
+    y
+}
+
+/// Mat-vec (decode, 1 token) and tiled mat-mul (prefill: 11 tokens = a full tile of 8 and a
+/// ragged one) for every type, 67 rows (not a multiple of the 2 rows per workgroup... nor of
+/// anything else), with and without the bias/residual epilogue and f32 output (logits).
+#[test]
+fn quantized_matmul_matches_cpu_for_every_type() {
+    for ctx in contexts() {
+        let mut rng = Rng::new(7);
+        for ty in ALL_TYPES {
+            let (rows, cols) = (67, odd_cols(ty));
+            let bytes = random_weights(&mut rng, ty, rows, cols);
+            let w = dequant(ty, &bytes, rows * cols);
+            let m = GpuMatrix::upload(&ctx, "w", ty, rows, cols, &bytes).expect("upload");
+            for n_tok in [1, 11] {
+                for (with_bias, accumulate, out_f32) in [(false, false, false), (true, true, false), (false, false, true)] {
+                    let x = as_act(&ctx, &rng.vec(n_tok * cols));
+                    let bias = rng.vec(rows);
+                    let y0 = as_act(&ctx, &rng.vec(n_tok * rows));
+                    let xb = ctx.act_from_f32("x", &x);
+                    let bb = ctx.storage_init("bias", bytemuck::cast_slice(&bias));
+                    let yb = if out_f32 { ctx.storage_init("y", bytemuck::cast_slice(&y0)) } else { ctx.act_from_f32("y", &y0) };
+                    let mut rec = ctx.recorder();
+                    rec.matmul(&m, &xb, 0, cols, &yb, n_tok, with_bias.then_some(&bb), accumulate, out_f32);
+                    rec.submit();
+                    let want = matmul_ref(&w, rows, cols, &x, n_tok, with_bias.then_some(&bias[..]), accumulate.then_some(&y0[..]));
+                    let got = if out_f32 { block_on(ctx.read_f32(&yb, 0, want.len())).expect("read") } else { read_act(&ctx, &yb, want.len()) };
+                    // Dot products of `cols` terms: scale the tolerance by the typical |y|.
+                    let scale = (cols as f32).sqrt() * w.iter().fold(0.0f32, |a, v| a.max(v.abs())).max(1.0) * 0.1;
+                    let t = if out_f32 { TOL_F32 } else { tol(&ctx) };
+                    let what = format!("matmul {ty:?} {:?} tokens {n_tok} bias {with_bias} acc {accumulate} f32-out {out_f32}", ctx.act());
+                    assert_close(&what, &got, &want, t, scale);
+                }
+            }
+        }
+    }
+}
+
+/// A matrix larger than a (deliberately lowered) binding limit is split by rows across
+/// buffers; mat-vec and embedding lookup still give the unsplit answer.
+#[test]
+fn tensors_larger_than_the_binding_limit_are_split() {
+    let Some(ctx) = context(false, Some(4096)) else { return };
+    let mut rng = Rng::new(8);
+    let ty = GgmlType::Q8_0;
+    let (rows, cols) = (301, 7 * 32); // 7 blocks × 36 B = 252 B per row → 16 rows per 4 KiB part
+    let bytes = random_weights(&mut rng, ty, rows, cols);
+    let w = dequant(ty, &bytes, rows * cols);
+    let m = GpuMatrix::upload(&ctx, "big", ty, rows, cols, &bytes).expect("upload");
+    assert_eq!(m.parts.len(), rows.div_ceil(4096 / 252), "parts");
+    let x = rng.vec(cols);
+    let xb = ctx.act_from_f32("x", &x);
+    let yb = ctx.storage("y", (rows * 4) as u64);
+    let ids = [300u32, 0, 17, 16];
+    let idb = ctx.storage_init("ids", bytemuck::cast_slice(&ids));
+    let eb = ctx.storage("e", (ids.len() * cols * 4) as u64);
+    let mut rec = ctx.recorder();
+    rec.matmul(&m, &xb, 0, cols, &yb, 1, None, false, true);
+    rec.embed(&m, &idb, &eb, ids.len());
+    rec.submit();
+    let want = matmul_ref(&w, rows, cols, &x, 1, None, None);
+    let got = block_on(ctx.read_f32(&yb, 0, rows)).expect("read");
+    assert_close("split matmul", &got, &want, TOL_F32, (cols as f32).sqrt());
+    let want: Vec<f32> = ids.iter().flat_map(|&i| w[i as usize * cols..(i as usize + 1) * cols].to_vec()).collect();
+    assert_close("split embed", &read_act(&ctx, &eb, want.len()), &want, TOL_F32, 1.0);
+
+    // A row that cannot fit any binding is a clear error, not a panic.
+    let err = GpuMatrix::upload(&ctx, "wide", GgmlType::F32, 2, 2048, &vec![0u8; 2 * 2048 * 4]).err().expect("must fail");
+    assert!(err.to_string().contains("cannot hold"), "{err}");
+}
+
+#[test]
+fn argmax_with_banned_ids_matches_cpu() {
+    let Some(ctx) = context(false, None) else { return };
+    let mut rng = Rng::new(9);
+    let vocab = 10007;
+    let rows = 2;
+    let mut logits = rng.vec(rows * vocab);
+    // A tie on the second row: the lower index must win.
+    let row1 = &mut logits[vocab..];
+    row1[5000] = 3.0;
+    row1[9000] = 3.0;
+    row1[7] = f32::NAN;
+    let lb = ctx.storage_init("logits", bytemuck::cast_slice(&logits));
+    let parts = ctx.storage("parts", (argmax_scratch_len(vocab) * 8) as u64);
+    let result = ctx.storage("result", 4);
+    for banned in [vec![], vec![5000u32], vec![5000, 9000, 1, 2]] {
+        let banned_buf = ctx.storage_init("banned", bytemuck::cast_slice(&banned));
+        let mut rec = ctx.recorder();
+        rec.argmax(&lb, vocab, vocab, &banned_buf, banned.len(), &parts, &result);
+        rec.submit();
+        let got = u32::from_le_bytes(block_on(ctx.read_bytes(&result, 0, 4)).expect("read")[..4].try_into().expect("4 bytes"));
+        let mut row = logits[vocab..].to_vec();
+        for &b in &banned {
+            row[b as usize] = f32::NEG_INFINITY;
+        }
+        assert_eq!(got as usize, ops::argmax(&row), "argmax with banned {banned:?}");
+    }
+}

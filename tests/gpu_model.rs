@@ -1,0 +1,225 @@
+//! GpuModel vs the CPU decoder (crate::model::CpuModel) built from the same tensors:
+//! tiny synthetic Llama- and Qwen2-shaped models (every code path: chunked prefill, decode,
+//! truncate, bias, tied/untied heads, greedy on the GPU with banned ids), then the real models.
+
+mod common;
+mod gpu_common;
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use gpu_common::{context, Rng};
+use pensive::backend::Backend;
+use pensive::bytes::AlignedBytes;
+use pensive::config::{Arch, ModelConfig, RopeLayout};
+use pensive::gpu::{GpuContext, GpuModel};
+use pensive::loader::{LoadedModel, RawTensor};
+use pensive::model::CpuModel;
+use pensive::ops;
+use pensive::quant::GgmlType;
+use pollster::block_on;
+
+/// Logits of a tiny model: f32 path vs CPU (both f32 math, different summation order).
+const TINY_LOGIT_TOL_F32: f32 = 1e-3;
+/// f16 activations/KV: ~3 decimal digits per stored value, compounded over 2 layers.
+const TINY_LOGIT_TOL_F16: f32 = 3e-2;
+
+fn tiny_config(arch: Arch) -> ModelConfig {
+    ModelConfig {
+        arch,
+        n_layers: 2,
+        dim: 64,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 16,
+        ffn_dim: 96,
+        vocab_size: 301,
+        rope_theta: 10_000.0,
+        rope_layout: if arch == Arch::Llama { RopeLayout::Interleaved } else { RopeLayout::NeoX },
+        rms_eps: 1e-5,
+        qkv_bias: arch == Arch::Qwen2,
+        tied_embeddings: arch == Arch::Llama,
+        context_length: 128,
+    }
+}
+
+/// Random tensors for `c`: Q8_0 attention/FFN matrices (a real quantized path), F32 others.
+fn tiny_model(c: &ModelConfig, seed: u64) -> LoadedModel {
+    let mut rng = Rng::new(seed);
+    let mut tensors = HashMap::new();
+    let mut add = |name: String, ty: GgmlType, dims: Vec<u64>, rng: &mut Rng| {
+        let n: u64 = dims.iter().product();
+        let data = match ty {
+            GgmlType::F32 => {
+                let v: Vec<f32> = (0..n).map(|_| rng.f32() * 0.5).collect();
+                bytemuck::cast_slice(&v).to_vec()
+            }
+            GgmlType::Q8_0 => {
+                let mut b = Vec::new();
+                for _ in 0..n / 32 {
+                    b.extend_from_slice(&half::f16::from_f32(0.004 + rng.f32().abs() * 0.004).to_le_bytes());
+                    b.extend((0..32).map(|_| rng.next_u64() as u8));
+                }
+                b
+            }
+            _ => unreachable!(),
+        };
+        let name_key = name.clone();
+        tensors.insert(name_key, RawTensor { name, ty, dims, data: AlignedBytes::copy_from(&data) });
+    };
+    let (dim, q, kv, ffn, vocab) = (c.dim as u64, c.q_dim() as u64, c.kv_dim() as u64, c.ffn_dim as u64, c.vocab_size as u64);
+    add("token_embd.weight".into(), GgmlType::F32, vec![dim, vocab], &mut rng);
+    add("output_norm.weight".into(), GgmlType::F32, vec![dim], &mut rng);
+    if !c.tied_embeddings {
+        add("output.weight".into(), GgmlType::Q8_0, vec![dim, vocab], &mut rng);
+    }
+    for l in 0..c.n_layers {
+        let n = |p: &str| format!("blk.{l}.{p}");
+        add(n("attn_norm.weight"), GgmlType::F32, vec![dim], &mut rng);
+        add(n("ffn_norm.weight"), GgmlType::F32, vec![dim], &mut rng);
+        add(n("attn_q.weight"), GgmlType::Q8_0, vec![dim, q], &mut rng);
+        add(n("attn_k.weight"), GgmlType::Q8_0, vec![dim, kv], &mut rng);
+        add(n("attn_v.weight"), GgmlType::F32, vec![dim, kv], &mut rng);
+        add(n("attn_output.weight"), GgmlType::Q8_0, vec![q, dim], &mut rng);
+        add(n("ffn_gate.weight"), GgmlType::Q8_0, vec![dim, ffn], &mut rng);
+        add(n("ffn_up.weight"), GgmlType::Q8_0, vec![dim, ffn], &mut rng);
+        add(n("ffn_down.weight"), GgmlType::Q8_0, vec![ffn, dim], &mut rng);
+        if c.qkv_bias {
+            add(n("attn_q.bias"), GgmlType::F32, vec![q], &mut rng);
+            add(n("attn_k.bias"), GgmlType::F32, vec![kv], &mut rng);
+            add(n("attn_v.bias"), GgmlType::F32, vec![kv], &mut rng);
+        }
+    }
+    LoadedModel { config: c.clone(), tensors, gguf: None }
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn check_tiny(ctx: Rc<GpuContext>, arch: Arch) {
+    let c = tiny_config(arch);
+    let tol = match ctx.act() {
+        pensive::gpu::Dtype::F32 => TINY_LOGIT_TOL_F32,
+        pensive::gpu::Dtype::F16 => TINY_LOGIT_TOL_F16,
+    };
+    let what = format!("{arch:?} {:?}", ctx.act());
+    let mut cpu = CpuModel::new(tiny_model(&c, 11), None).expect("cpu model");
+    let mut gpu = GpuModel::from_loaded(ctx.clone(), tiny_model(&c, 11), None).expect("gpu model");
+    let mut rng = Rng::new(12);
+    // 45 tokens: one full prefill chunk of 32 and a ragged one; logits of the last 40.
+    let prompt: Vec<u32> = (0..45).map(|_| rng.below(c.vocab_size) as u32).collect();
+    let want = block_on(cpu.forward(&prompt, 40)).expect("cpu forward");
+    let got = block_on(gpu.forward(&prompt, 40)).expect("gpu forward");
+    let d = max_diff(&got, &want);
+    eprintln!("{what}: prefill logits max |diff| {d:.3e}");
+    assert!(d < tol, "{what}: prefill logits differ by {d}");
+    assert_eq!(gpu.kv_len(), 45);
+
+    // Decode steps: logits, then the GPU greedy path against the CPU argmax.
+    for step in 0..4 {
+        let tok = [rng.below(c.vocab_size) as u32];
+        let want = block_on(cpu.forward(&tok, 1)).expect("cpu");
+        let got = block_on(gpu.forward(&tok, 1)).expect("gpu");
+        let d = max_diff(&got, &want);
+        assert!(d < tol, "{what}: decode step {step} logits differ by {d}");
+    }
+    // Roll back 3 positions on both and continue: truncate must forget them.
+    cpu.truncate(46).expect("truncate");
+    gpu.truncate(46).expect("truncate");
+    let tok = [7u32];
+    let want = block_on(cpu.forward(&tok, 1)).expect("cpu");
+    let top = ops::argmax(&want) as u32;
+    cpu.truncate(46).expect("truncate");
+    let greedy = block_on(gpu.forward_greedy(&tok, &[])).expect("greedy");
+    assert_eq!(greedy, top, "{what}: greedy after truncate");
+    // Banning the winner picks the runner-up, as the CPU default method does.
+    gpu.truncate(46).expect("truncate");
+    let banned = [top, 0];
+    let want_banned = block_on(cpu.forward_greedy(&tok, &banned)).expect("cpu greedy");
+    let got_banned = block_on(gpu.forward_greedy(&tok, &banned)).expect("gpu greedy");
+    assert_eq!(got_banned, want_banned, "{what}: greedy with banned ids");
+    assert_ne!(got_banned, top);
+    assert_eq!(gpu.kv_len(), 47);
+}
+
+#[test]
+fn tiny_models_match_the_cpu_decoder() {
+    for f16 in [false, true] {
+        let Some(ctx) = context(f16, None) else { continue };
+        let ctx = Rc::new(ctx);
+        check_tiny(ctx.clone(), Arch::Llama);
+        check_tiny(ctx, Arch::Qwen2);
+    }
+}
+
+#[test]
+fn decode_step_is_one_submit() {
+    let Some(ctx) = context(true, None) else { return };
+    let ctx = Rc::new(ctx);
+    let c = tiny_config(Arch::Qwen2);
+    let mut gpu = GpuModel::from_loaded(ctx.clone(), tiny_model(&c, 3), None).expect("gpu model");
+    block_on(gpu.forward_greedy(&[1, 2, 3], &[])).expect("prefill");
+    let (d0, s0) = (ctx.dispatches.get(), ctx.submits.get());
+    block_on(gpu.forward_greedy(&[4], &[5])).expect("decode");
+    let (dispatches, submits) = (ctx.dispatches.get() - d0, ctx.submits.get() - s0);
+    eprintln!("greedy decode step: {dispatches} dispatches, {submits} submits");
+    assert_eq!(submits, 1);
+    // embed + 14 per layer + final norm + LM head + ban + 2 argmax
+    assert_eq!(dispatches, 1 + 14 * c.n_layers as u64 + 2 + 3);
+}
+
+#[test]
+fn too_long_sequences_and_bad_tokens_are_errors() {
+    let Some(ctx) = context(false, None) else { return };
+    let c = tiny_config(Arch::Llama);
+    let mut gpu = GpuModel::from_loaded(Rc::new(ctx), tiny_model(&c, 4), Some(16)).expect("gpu model");
+    assert!(block_on(gpu.forward(&[c.vocab_size as u32], 1)).is_err());
+    assert!(block_on(gpu.forward(&[1; 17], 1)).is_err());
+    assert_eq!(gpu.kv_len(), 0);
+}
+
+/// Real models: GPU logits vs CPU logits on one prompt, then greedy continuations.
+fn check_real(file: &str, n_greedy: usize) {
+    let Some(path) = common::model_path(file) else { return };
+    let Some(ctx) = context(true, None) else { return };
+    let ctx = Rc::new(ctx);
+    eprintln!("{file}: {}", ctx.describe());
+    let t = std::time::Instant::now();
+    let mut cpu = CpuModel::new(pensive::loader::load_gguf_file(&path).expect("load"), Some(512)).expect("cpu");
+    let mut gpu = GpuModel::from_loaded(ctx.clone(), pensive::loader::load_gguf_file(&path).expect("load"), Some(512)).expect("gpu");
+    eprintln!("{file}: loaded both in {:.1}s", t.elapsed().as_secs_f32());
+    // Token ids of plain text are tokenizer-specific; a fixed id sequence is enough to
+    // compare two backends on the same inputs.
+    let prompt: Vec<u32> = (0..40u32).map(|i| 200 + i * 37).collect();
+    let want = block_on(cpu.forward(&prompt, 1)).expect("cpu");
+    let t = std::time::Instant::now();
+    let got = block_on(gpu.forward(&prompt, 1)).expect("gpu");
+    eprintln!("{file}: gpu prefill of {} tokens {:.2}s", prompt.len(), t.elapsed().as_secs_f32());
+    let d = max_diff(&got, &want);
+    eprintln!("{file}: first-step logits max |diff| {d:.3e}, top-1 cpu {} gpu {}", ops::argmax(&want), ops::argmax(&got));
+    assert_eq!(ops::argmax(&got), ops::argmax(&want), "{file}: top-1");
+    let (mut c_tok, mut g_tok) = (ops::argmax(&want) as u32, ops::argmax(&got) as u32);
+    let mut cpu_seq = vec![];
+    let mut gpu_seq = vec![];
+    let t = std::time::Instant::now();
+    for _ in 0..n_greedy {
+        cpu_seq.push(c_tok);
+        gpu_seq.push(g_tok);
+        c_tok = block_on(cpu.forward_greedy(&[c_tok], &[])).expect("cpu");
+        g_tok = block_on(gpu.forward_greedy(&[g_tok], &[])).expect("gpu");
+    }
+    eprintln!("{file}: greedy cpu {cpu_seq:?}\n{file}: greedy gpu {gpu_seq:?} ({:.2}s incl. cpu)", t.elapsed().as_secs_f32());
+    assert_eq!(gpu_seq, cpu_seq, "{file}: greedy continuation");
+}
+
+#[test]
+fn smollm2_gpu_matches_cpu() {
+    check_real("smollm2-135m-instruct-q4_1.gguf", 16);
+}
+
+#[test]
+fn qwen25_05b_gpu_matches_cpu() {
+    check_real("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", 8);
+}

@@ -1,0 +1,56 @@
+//! Every shader, under every knob value the backend uses, parses and validates with naga —
+//! no GPU needed (the first rung of the test ladder).
+
+use pensive::gpu::{repack::wtype_id, shader_source, Dtype, Knobs, Shader};
+use pensive::quant::GgmlType;
+
+const WEIGHT_TYPES: [GgmlType; 10] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+fn validate(shader: Shader, knobs: &Knobs) {
+    let src = shader_source(shader, knobs);
+    let module = naga::front::wgsl::parse_str(&src)
+        .unwrap_or_else(|e| panic!("{shader:?} {knobs:?} does not parse:\n{}", e.emit_to_string(&src)));
+    let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
+    let info = validator
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{shader:?} {knobs:?} does not validate:\n{}", e.emit_to_string(&src)));
+    let _ = info;
+    for entry in shader.entries() {
+        assert!(
+            module.entry_points.iter().any(|e| e.name == *entry),
+            "{shader:?} lacks entry point {entry}"
+        );
+    }
+}
+
+#[test]
+fn every_shader_validates_under_every_knob() {
+    let mut checked = 0;
+    for act in [Dtype::F32, Dtype::F16] {
+        for shader in Shader::ALL {
+            if shader.uses_dequant() {
+                for ty in WEIGHT_TYPES {
+                    for (tt, out_f32) in [(1, false), (8, false), (1, true), (8, true)] {
+                        validate(shader, &Knobs { act, wtype: wtype_id(ty), tt, out_f32 });
+                        checked += 1;
+                    }
+                }
+            } else {
+                validate(shader, &Knobs::new(act));
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 2 * (5 + 2 * 10 * 4));
+}
