@@ -164,10 +164,21 @@ fn qwen3_tokenizer_json() {
 }
 
 fn engine(file: &str) -> Option<Engine> {
+    engine_on(file, BackendChoice::Cpu)
+}
+
+fn engine_on(file: &str, backend: BackendChoice) -> Option<Engine> {
     let path = common::model_path(file)?;
     let model = loader::load_gguf_file(&path).unwrap();
-    let options = LoadOptions { backend: BackendChoice::Cpu, max_context: None };
-    Some(block_on(Engine::new(model, None, &options)).unwrap())
+    let options = LoadOptions { backend, max_context: Some(512) };
+    match block_on(Engine::new(model, None, &options)) {
+        Ok(e) => Some(e),
+        Err(e) if std::env::var("PENSIVE_REQUIRE_GPU").as_deref() != Ok("1") => {
+            eprintln!("SKIPPED: {e}");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// Run one generation; events with the timings zeroed so runs compare equal.
@@ -248,4 +259,35 @@ fn smollm2_budget_forcing_with_string_markers() {
 #[test]
 fn qwen25_coder_budget_forcing_with_string_markers() {
     check_real_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+}
+
+/// The same budget-forced generation on the CPU and on WebGPU (f16 on lavapipe) gives the
+/// same event stream, for a prompt whose greedy path has no near-ties.
+#[test]
+fn budget_forced_stream_is_identical_on_cpu_and_gpu() {
+    let file = "smollm2-135m-instruct-q4_1.gguf";
+    let Some(mut cpu) = engine_on(file, BackendChoice::Cpu) else { return };
+    let Some(mut gpu) = engine_on(file, BackendChoice::Gpu) else { return };
+    let request = || GenerateRequest {
+        temperature: Some(0.0),
+        max_tokens: Some(40),
+        thinking: Some(ThinkingOptions {
+            min_tokens: 8,
+            max_tokens: Some(16),
+            open: true,
+            answer_prefix: Some(" Answer:".into()),
+            answer_max_tokens: Some(6),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let prompt = Prompt::Text("The capital of France is".into());
+    let on_cpu = run(&mut cpu, &prompt, request());
+    let on_gpu = run(&mut gpu, &prompt, request());
+    let ids = |events: &[Event]| -> Vec<(u32, bool)> {
+        events.iter().filter_map(|e| if let Event::Token { id, forced, .. } = e { Some((*id, *forced)) } else { None }).collect()
+    };
+    eprintln!("cpu {:?}\ngpu {:?}", ids(&on_cpu), ids(&on_gpu));
+    assert!(stats(&on_cpu).forced_exit || stats(&on_cpu).continuations > 0, "the budget must act: {:?}", stats(&on_cpu));
+    assert_eq!(on_cpu, on_gpu);
 }
