@@ -17,3 +17,9 @@ pub mod model;
 pub mod tokenizer;
 pub mod gpu;
 pub mod chat;
+pub mod sampler;
+pub mod thinking;
+pub mod generate;
+pub mod engine;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;

@@ -17,6 +17,10 @@
 //! kernel's result differs from `dequantize` + a naive f32 dot only in summation order
 //! (and in fused multiply-adds rounding once instead of twice).
 
+// The kernels index fixed-size arrays in counted loops on purpose: that is the shape
+// LLVM's vectorizers handle best (see the comments at `sum_lanes` and `dot_tile`).
+#![allow(clippy::needless_range_loop)]
+
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
@@ -732,9 +736,11 @@ impl QMatrix {
 // Threads
 // ======================================================================================
 
-/// Below this many multiply-adds a task costs more to schedule than it saves (a rayon
-/// task costs a few microseconds; 32K multiply-adds take about ten).
-const MIN_WORK_PER_TASK: usize = 1 << 15;
+/// Below this many multiply-adds a task costs more to schedule than it saves: a rayon
+/// task costs a few microseconds, 64K multiply-adds take 7-15 us at 5-9 G/s. (So decode
+/// runs SmolLM2's 192x576 k/v projections on one thread and splits everything larger.)
+#[cfg(not(target_arch = "wasm32"))]
+const MIN_WORK_PER_TASK: usize = 1 << 16;
 
 /// Tasks per thread: a few, so a thread that is descheduled (2 cores shared with the OS)
 /// does not hold up the whole matrix, but not so many that scheduling shows.
@@ -798,7 +804,9 @@ pub mod kernels {
         fn mul_add(a: f32, b: f32, acc: f32) -> f32;
     }
 
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     pub(super) struct Fused;
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     impl MulAdd for Fused {
         #[inline(always)]
         fn mul_add(a: f32, b: f32, acc: f32) -> f32 {
@@ -806,7 +814,9 @@ pub mod kernels {
         }
     }
 
+    #[cfg(not(target_arch = "aarch64"))]
     pub(super) struct Unfused;
+    #[cfg(not(target_arch = "aarch64"))]
     impl MulAdd for Unfused {
         #[inline(always)]
         fn mul_add(a: f32, b: f32, acc: f32) -> f32 {
@@ -993,36 +1003,44 @@ pub mod kernels {
     /// Lanes per accumulator in the matmul tile: (PANEL_ROWS x 2) accumulators of 8.
     const TILE_LANES: usize = 8;
 
-    /// Accumulators of one matmul tile: (PANEL_ROWS, 2 activation rows, TILE_LANES).
-    type TileAcc = [[[f32; TILE_LANES]; 2]; PANEL_ROWS];
-
     /// The (PANEL_ROWS, 2) dot products of four weight rows with two activation rows, all
     /// of length cols; each loaded vector feeds 2 or 4 multiply-adds.
+    ///
+    /// Written the way LLVM reliably vectorizes: rows pre-cut to a common length, one
+    /// named [f32; 8] accumulator per output, fixed-size arrays per step. (A 3-D
+    /// accumulator array or a six-way zip of chunk iterators came out scalar.)
     #[inline(always)]
     fn dot_tile<M: MulAdd>(w: &[&[f32]; PANEL_ROWS], xa: &[f32], xb: &[f32]) -> [[f32; 2]; PANEL_ROWS] {
-        let mut acc: TileAcc = [[[0.0; TILE_LANES]; 2]; PANEL_ROWS];
         let len = xa.len();
         let body = len - len % TILE_LANES;
-        let ws = [&w[0][..len], &w[1][..len], &w[2][..len], &w[3][..len]];
-        // Indexed fixed-size arrays: LLVM turns this into 8-lane vectors without bounds
-        // checks (a six-way zip of chunk iterators came out scalar).
-        for k in (0..body).step_by(TILE_LANES) {
-            let at = k..k + TILE_LANES;
-            let (xa, xb) = (lanes(&xa[at.clone()]), lanes(&xb[at.clone()]));
-            let w = [
-                lanes(&ws[0][at.clone()]),
-                lanes(&ws[1][at.clone()]),
-                lanes(&ws[2][at.clone()]),
-                lanes(&ws[3][at.clone()]),
-            ];
-            for r in 0..PANEL_ROWS {
-                for l in 0..TILE_LANES {
-                    acc[r][0][l] = M::mul_add(w[r][l], xa[l], acc[r][0][l]);
-                    acc[r][1][l] = M::mul_add(w[r][l], xb[l], acc[r][1][l]);
-                }
-            }
+        let (xa_body, xb_body) = (&xa[..body], &xb[..body]);
+        let (w0, w1, w2, w3) = (&w[0][..body], &w[1][..body], &w[2][..body], &w[3][..body]);
+        let zero = [0.0f32; TILE_LANES];
+        let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
+        let (mut b0, mut b1, mut b2, mut b3) = (zero, zero, zero, zero);
+        for k in 0..body / TILE_LANES {
+            let at = TILE_LANES * k..TILE_LANES * (k + 1);
+            let (xa, xb) = (lanes(&xa_body[at.clone()]), lanes(&xb_body[at.clone()]));
+            let (w0, w1) = (lanes(&w0[at.clone()]), lanes(&w1[at.clone()]));
+            let (w2, w3) = (lanes(&w2[at.clone()]), lanes(&w3[at]));
+            mul_add_lanes::<M>(&mut a0, w0, xa);
+            mul_add_lanes::<M>(&mut b0, w0, xb);
+            mul_add_lanes::<M>(&mut a1, w1, xa);
+            mul_add_lanes::<M>(&mut b1, w1, xb);
+            mul_add_lanes::<M>(&mut a2, w2, xa);
+            mul_add_lanes::<M>(&mut b2, w2, xb);
+            mul_add_lanes::<M>(&mut a3, w3, xa);
+            mul_add_lanes::<M>(&mut b3, w3, xb);
         }
-        sum_tile(&acc, &ws, [&xa[body..], &xb[body..]], body)
+        let ws = [&w[0][..len], &w[1][..len], &w[2][..len], &w[3][..len]];
+        sum_tile([[a0, b0], [a1, b1], [a2, b2], [a3, b3]], &ws, [&xa[body..], &xb[body..len]], body)
+    }
+
+    #[inline(always)]
+    fn mul_add_lanes<M: MulAdd>(acc: &mut [f32; TILE_LANES], w: &[f32; TILE_LANES], x: &[f32; TILE_LANES]) {
+        for l in 0..TILE_LANES {
+            acc[l] = M::mul_add(w[l], x[l], acc[l]);
+        }
     }
 
     /// A TILE_LANES-long slice as an array (the fallback is never taken).
@@ -1031,12 +1049,18 @@ pub mod kernels {
         s.try_into().unwrap_or(&[0.0; TILE_LANES])
     }
 
-    /// Reduce a tile's accumulators and add the columns past the last full vector (only
-    /// F32/F16/BF16 rows can have them). Out of line for the reason given at [`sum_lanes`].
+    /// Reduce a tile's (PANEL_ROWS, 2, TILE_LANES) accumulators and add the columns past
+    /// the last full vector (only F32/F16/BF16 rows can have them). Out of line for the
+    /// reason given at [`sum_lanes`].
     #[inline(never)]
-    fn sum_tile(acc: &TileAcc, w: &[&[f32]; PANEL_ROWS], x_tails: [&[f32]; 2], body: usize) -> [[f32; 2]; PANEL_ROWS] {
+    fn sum_tile(
+        acc: [[[f32; TILE_LANES]; 2]; PANEL_ROWS],
+        w: &[&[f32]; PANEL_ROWS],
+        x_tails: [&[f32]; 2],
+        body: usize,
+    ) -> [[f32; 2]; PANEL_ROWS] {
         let mut out = [[0.0f32; 2]; PANEL_ROWS];
-        for ((out, acc), w) in out.iter_mut().zip(acc).zip(w) {
+        for ((out, acc), w) in out.iter_mut().zip(&acc).zip(w) {
             for ((out, acc), x_tail) in out.iter_mut().zip(acc).zip(x_tails) {
                 let tail: f32 = w[body..].iter().zip(x_tail).map(|(w, x)| w * x).sum();
                 *out = acc.iter().sum::<f32>() + tail;

@@ -166,7 +166,10 @@ fn byte_level_decode(text: &str) -> Vec<u8> {
 // Special tokens found by their text (llama-vocab.cpp, "auto-detect special tokens by text")
 // ---------------------------------------------------------------------------------------------
 
-/// Token texts llama.cpp treats as ending generation (its `special_eog_ids` list).
+/// Token texts llama.cpp treats as ending generation (its `special_eog_ids` list). Kept
+/// verbatim for parity, quirks included: Qwen2's vocabulary has an ordinary BPE token "</s>"
+/// (id 128247) that this list makes an end-of-generation *and* control token, exactly as in
+/// llama.cpp (so "</s>" in a prompt is one token there and here, three in transformers).
 const EOG_TEXTS: &[&str] = &[
     "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
     "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",

@@ -132,3 +132,28 @@ fn whitespace_control_follows_transformers() {
     let out = t.render(&[Message::user("  a "), Message::assistant("b"), Message::user("c")], false, "", "").unwrap();
     assert_eq!(out, "[a]\n[c]\n");
 }
+
+/// llama.cpp's reference copies of the same templates (other revisions), from the
+/// llama-cpp-python sdist that scripts/fetch-test-data.sh unpacks.
+fn check_sdist_fixture(name: &str, file: &str) {
+    let fx = check_fixture(name);
+    if let Some(path) = common::model_path(&format!("testdata/templates/{file}")) {
+        let source = std::fs::read_to_string(path).expect("read template");
+        assert_eq!(source, fx.template, "the fixture holds the sdist's template");
+    }
+}
+
+#[test]
+fn sdist_qwen25_template_matches_transformers() {
+    check_sdist_fixture("sdist-qwen2.5-7b-instruct", "Qwen-Qwen2.5-7B-Instruct.jinja");
+}
+
+#[test]
+fn sdist_qwen3_template_matches_transformers() {
+    check_sdist_fixture("sdist-qwen3-0.6b", "Qwen-Qwen3-0.6B.jinja");
+}
+
+#[test]
+fn sdist_deepseek_r1_distill_template_matches_transformers() {
+    check_sdist_fixture("sdist-deepseek-r1-distill-qwen-32b", "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja");
+}

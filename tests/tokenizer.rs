@@ -10,6 +10,9 @@ use pensive::tokenizer::{Tokenizer, TokenizerError};
 
 mod common;
 
+/// (input text, expected ids) pairs.
+type Vectors = Vec<(String, Vec<u32>)>;
+
 /// Metadata of a GGUF file, reading only as much of it as the header needs.
 fn gguf_metadata(path: &Path) -> Metadata {
     use std::io::Read;
@@ -35,7 +38,7 @@ fn tokenizer_from_gguf(path: &Path) -> Tokenizer {
 
 /// llama.cpp's test-tokenizer-0 format: inputs separated by "\n__ggml_vocab_test__\n", one
 /// line of space-separated expected ids per input.
-fn read_vectors(inp: &Path, out: &Path) -> Vec<(String, Vec<u32>)> {
+fn read_vectors(inp: &Path, out: &Path) -> Vectors {
     let raw = std::fs::read_to_string(inp).expect("read .inp");
     let expected = std::fs::read_to_string(out).expect("read .out");
     const SEP: &str = "\n__ggml_vocab_test__\n";
@@ -74,7 +77,7 @@ fn check_vectors(name: &str, tok: &Tokenizer, vectors: &[(String, Vec<u32>)]) {
     assert!(failures.is_empty(), "{name}: {} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
 
-fn llama_cpp_vocab(vocab: &str) -> Option<(Tokenizer, Vec<(String, Vec<u32>)>)> {
+fn llama_cpp_vocab(vocab: &str) -> Option<(Tokenizer, Vectors)> {
     let file = format!("testdata/ggml-vocab-{vocab}.gguf");
     let path = common::model_path(&file)?;
     let tok = tokenizer_from_gguf(&path);
@@ -135,7 +138,7 @@ struct FixtureCase {
     ids: Vec<u32>,
 }
 
-fn fixture_vectors(file: &str) -> Vec<(String, Vec<u32>)> {
+fn fixture_vectors(file: &str) -> Vectors {
     let path = common::root_path("tests/fixtures/tokenizer").join(file);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let fixture: Fixture = serde_json::from_slice(&bytes).expect("fixture JSON");
@@ -350,4 +353,16 @@ fn tiny_vocabulary_from_metadata() {
     assert_eq!(tok.token_id("<x>"), Some(6));
     assert_eq!(tok.token_id("hi hi"), None, "two tokens");
     assert_eq!(tok.decode(&[1000]), "\u{FFFD}");
+}
+
+#[test]
+fn from_json_refuses_what_it_cannot_decode_byte_exactly() {
+    // A word-level tokenizer has no byte alphabet to undo.
+    let word_level = br#"{"version":"1.0","added_tokens":[],"normalizer":null,"pre_tokenizer":null,
+        "post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{"a":0,"[UNK]":1},"unk_token":"[UNK]"}}"#;
+    match Tokenizer::from_json(word_level, None) {
+        Err(e @ TokenizerError::UnsupportedJson(_)) => assert!(e.to_string().contains("WordLevel")),
+        other => panic!("expected UnsupportedJson, got {other:?}"),
+    }
+    assert!(matches!(Tokenizer::from_json(b"{not json", None), Err(TokenizerError::Json(_))));
 }

@@ -1,0 +1,296 @@
+//! The generation loop without a thinking budget, and teacher-forced scoring, on a
+//! scripted model.
+
+mod scripted;
+
+use pensive::backend::{block_on, Backend};
+use pensive::generate::{score, Completion, Event, FinishReason, GenerateError, GenerateOptions, Generation};
+use pensive::sampler::SamplerOptions;
+use scripted::{ScriptedBackend, ToyCodec, FAVOURED};
+
+/// log-probabilities are computed in f64 from f32 logits: agreement to 1e-9 is exact enough.
+const LOGPROB_TOLERANCE: f64 = 1e-9;
+
+const PIECES: &[&str] = &["Hel", "lo", " wo", "rld", "!", "x", "y", "z"];
+
+fn codec() -> ToyCodec {
+    ToyCodec::new(&["<eos>"], PIECES)
+}
+
+/// A model that says `reply` (ids, one per position after the prompt), then EOS.
+fn says(codec: &ToyCodec, prompt_len: usize, reply: Vec<u32>) -> ScriptedBackend {
+    ScriptedBackend::favour(codec.vocab_size(), move |seq| reply.get(seq.len() - prompt_len).copied().unwrap_or(0))
+}
+
+fn greedy(max_tokens: usize, stop: &[&str]) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens,
+        stop: stop.iter().map(|s| s.to_string()).collect(),
+        sampler: SamplerOptions::greedy(),
+        thinking: None,
+    }
+}
+
+fn run(codec: &ToyCodec, backend: &mut ScriptedBackend, prompt: &[u32], options: GenerateOptions) -> Completion {
+    block_on(Generation::new(backend, codec, prompt, options).unwrap().run_to_end()).unwrap()
+}
+
+fn token_texts(c: &Completion) -> Vec<String> {
+    c.events.iter().filter_map(|e| if let Event::Token { text, .. } = e { Some(text.clone()) } else { None }).collect()
+}
+
+#[test]
+fn prompt_in_one_forward_then_one_token_per_step_and_stats_add_up() {
+    let codec = codec();
+    let prompt = codec.ids(&["x", "y", "z"]);
+    let reply = codec.ids(&["Hel", "lo", " wo", "rld", "!"]);
+    let mut backend = says(&codec, prompt.len(), reply.clone());
+    let c = run(&codec, &mut backend, &prompt, greedy(100, &[]));
+    assert_eq!(c.tokens, reply);
+    assert_eq!(c.text, "Hello world!");
+    assert_eq!(c.prompt_ids, prompt);
+    // Prompt: one call, logits of its last position only; then one token per call (the
+    // last one's logits drew the EOS, which is dropped).
+    assert_eq!(backend.calls[0], (prompt.clone(), 1));
+    assert!(backend.calls[1..].iter().all(|(t, n)| t.len() == 1 && *n == 1));
+    assert_eq!(backend.calls.len(), 6);
+    assert_eq!(backend.greedy_calls, 6, "greedy with nothing banned takes the backend's argmax path");
+    let s = &c.stats;
+    assert_eq!((s.prompt_tokens, s.sampled_tokens, s.forced_tokens, s.processed_tokens), (3, 5, 0, 8));
+    assert_eq!((s.dropped_tokens, s.answer_tokens, s.thinking_tokens), (1, 5, 0));
+    assert_eq!(s.finish_reason, Some(FinishReason::EndOfGeneration));
+    assert_eq!(backend.cache.len(), 8, "the cache holds the whole transcript");
+    assert!(s.prefill_s >= 0.0 && s.decode_s >= 0.0);
+    assert!(!c.events.iter().any(|e| matches!(e, Event::Phase { .. })), "no thinking, no phase events");
+}
+
+#[test]
+fn next_event_runs_at_most_one_forward() {
+    let codec = codec();
+    let prompt = codec.ids(&["x"]);
+    let mut backend = says(&codec, 1, codec.ids(&["Hel", "lo", " wo"]));
+    let mut generation = Generation::new(&mut backend, &codec, &prompt, greedy(100, &[])).unwrap();
+    let mut calls_before = 0;
+    let mut events = 0;
+    while let Some(event) = block_on(generation.next_event()).unwrap() {
+        let calls = generation.backend().calls.len();
+        assert!(calls - calls_before <= 1, "one pull ran {} forwards", calls - calls_before);
+        calls_before = calls;
+        events += 1;
+        if matches!(event, Event::Done { .. }) {
+            assert!(block_on(generation.next_event()).unwrap().is_none());
+        }
+    }
+    assert_eq!(events, 4);
+    assert!(generation.is_finished());
+}
+
+#[test]
+fn max_tokens_stops_and_feeds_the_last_token() {
+    let codec = codec();
+    let prompt = codec.ids(&["x"]);
+    let mut backend = ScriptedBackend::favour(codec.vocab_size(), {
+        let y = codec.id("y");
+        move |_| y
+    });
+    let c = run(&codec, &mut backend, &prompt, greedy(4, &[]));
+    assert_eq!(c.tokens.len(), 4);
+    assert_eq!(c.stats.finish_reason, Some(FinishReason::MaxTokens));
+    assert_eq!(c.stats.dropped_tokens, 0, "nothing drawn beyond the cap");
+    // The last token goes in without logits, so that the cache holds the transcript.
+    assert_eq!(backend.calls.last(), Some(&(vec![codec.id("y")], 0)));
+    assert_eq!(backend.kv_len(), 5);
+}
+
+#[test]
+fn stop_string_is_not_emitted() {
+    let codec = codec();
+    let prompt = codec.ids(&["x"]);
+    let reply = codec.ids(&["Hel", "lo", " wo", "rld", "!"]);
+    // The stop string starts on a token boundary: the tokens before it come out whole.
+    let mut backend = says(&codec, 1, reply.clone());
+    let c = run(&codec, &mut backend, &prompt, greedy(100, &["lo wo"]));
+    assert_eq!(c.text, "Hel");
+    assert_eq!(token_texts(&c), ["Hel"]);
+    assert_eq!(c.stats.finish_reason, Some(FinishReason::StopString));
+    // The stop string's tokens were sampled and are in the cache; nothing after them.
+    assert_eq!(c.tokens, reply[..3]);
+    assert_eq!(backend.kv_len(), 4);
+    // It starts inside a token: that token's text before it is emitted.
+    let mut backend = says(&codec, 1, reply.clone());
+    let c = run(&codec, &mut backend, &prompt, greedy(100, &["llo", "zzz"]));
+    assert_eq!(token_texts(&c), ["He"]);
+    // A stop string the model never writes changes nothing.
+    let mut backend = says(&codec, 1, reply);
+    let c = run(&codec, &mut backend, &prompt, greedy(100, &["Hello!"]));
+    assert_eq!(c.text, "Hello world!");
+}
+
+#[test]
+fn a_full_context_ends_with_a_reason_not_an_error() {
+    let codec = codec();
+    let prompt = codec.ids(&["x", "y"]);
+    let mut backend = ScriptedBackend::favour(codec.vocab_size(), {
+        let z = codec.id("z");
+        move |_| z
+    });
+    backend.max_context = 6;
+    let c = run(&codec, &mut backend, &prompt, greedy(100, &[]));
+    assert_eq!(c.stats.finish_reason, Some(FinishReason::ContextFull));
+    assert_eq!(c.tokens.len(), 4);
+    assert_eq!(backend.kv_len(), 6);
+}
+
+#[test]
+fn bad_setups_are_typed_errors() {
+    let codec = codec();
+    let mut backend = says(&codec, 1, vec![]);
+    backend.max_context = 4;
+    let too_long = codec.ids(&["x", "y", "z", "x"]);
+    assert!(matches!(
+        Generation::new(&mut backend, &codec, &too_long, greedy(8, &[])),
+        Err(GenerateError::PromptTooLong { prompt: 4, cached: 0, context: 4 })
+    ));
+    assert!(matches!(Generation::new(&mut backend, &codec, &[], greedy(8, &[])), Err(GenerateError::EmptyPrompt)));
+    assert!(matches!(
+        Generation::new(&mut backend, &codec, &[1], greedy(8, &[""])),
+        Err(GenerateError::InvalidOption { option: "stop", .. })
+    ));
+    let bad_sampler = GenerateOptions { sampler: SamplerOptions { top_p: 0.0, ..SamplerOptions::default() }, ..greedy(8, &[]) };
+    assert!(matches!(Generation::new(&mut backend, &codec, &[1], bad_sampler), Err(GenerateError::Sampler(_))));
+    assert!(serde_json::from_str::<GenerateOptions>(r#"{"max_token": 3}"#).is_err());
+    let parsed: GenerateOptions =
+        serde_json::from_str(r#"{"max_tokens": 3, "sampler": {"temperature": 0}, "thinking": {"min_tokens": 2}}"#).unwrap();
+    assert_eq!(parsed.max_tokens, 3);
+    assert_eq!(parsed.thinking.map(|t| t.min_tokens), Some(2));
+}
+
+#[test]
+fn a_cache_holding_an_earlier_turn_is_appended_to() {
+    let codec = codec();
+    let mut backend = says(&codec, 5, codec.ids(&["Hel", "lo"]));
+    block_on(backend.forward(&codec.ids(&["x", "y", "z"]), 0)).unwrap();
+    let prompt = codec.ids(&["x", "y"]);
+    let c = run(&codec, &mut backend, &prompt, greedy(100, &[]));
+    assert_eq!(c.text, "Hello");
+    assert_eq!(backend.kv_len(), 3 + c.stats.processed_tokens);
+    assert_eq!(c.stats.processed_tokens, 4);
+}
+
+#[test]
+fn multi_byte_characters_are_never_split_in_the_stream() {
+    let mut codec = codec();
+    // "é" = C3 A9 as two byte tokens, as byte-level BPE vocabularies have them.
+    codec.vocab.push(vec![0xC3]);
+    codec.vocab.push(vec![0xA9]);
+    let (lead, tail) = (codec.vocab_size() as u32 - 2, codec.vocab_size() as u32 - 1);
+    let prompt = codec.ids(&["x"]);
+    let reply = vec![codec.id("Hel"), lead, tail, lead, tail, codec.id("!")];
+    let mut backend = says(&codec, 1, reply);
+    let c = run(&codec, &mut backend, &prompt, greedy(100, &[]));
+    assert_eq!(token_texts(&c), ["Hel", "", "é", "", "é", "!"]);
+    assert_eq!(c.text, "Heléé!");
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let codec = codec();
+    let prompt = codec.ids(&["x"]);
+    let options = |seed| GenerateOptions {
+        max_tokens: 30,
+        stop: vec![],
+        sampler: SamplerOptions { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed, ..SamplerOptions::default() },
+        thinking: None,
+    };
+    let sample = |seed| {
+        // Flat logits over the pieces (never EOS): every draw is a real choice.
+        let ids: Vec<u32> = (1..codec.vocab_size() as u32).collect();
+        let mut backend = ScriptedBackend::new(codec.vocab_size(), Box::new(move |_| ids.iter().map(|&i| (i, FAVOURED)).collect()));
+        let tokens = run(&codec, &mut backend, &prompt, options(seed)).tokens;
+        assert_eq!(backend.greedy_calls, 0, "sampling needs the logits");
+        tokens
+    };
+    assert_eq!(sample(3), sample(3));
+    assert_ne!(sample(3), sample(4));
+}
+
+#[test]
+fn completion_serializes_for_the_cli() {
+    let codec = codec();
+    let prompt = codec.ids(&["x"]);
+    let mut backend = says(&codec, 1, codec.ids(&["Hel", "lo"]));
+    let c = run(&codec, &mut backend, &prompt, greedy(100, &[]));
+    let json = serde_json::to_value(&c).unwrap();
+    assert_eq!(json["prompt_ids"], serde_json::json!(prompt));
+    assert_eq!(json["tokens"], serde_json::json!(c.tokens));
+    assert_eq!(json["text"], "Hello");
+    assert_eq!(json["events"][0], serde_json::json!({"type": "token", "id": c.tokens[0], "text": "Hel", "phase": "answer", "forced": false}));
+    assert_eq!(json["stats"]["finish_reason"], "end_of_generation");
+}
+
+// ----------------------------------------------------------------------------
+// score
+
+/// log p(id) for a scripted row: FAVOURED on one id, 0 on the other vocab − 1 ids.
+fn scripted_logprob(vocab: usize, favoured: bool) -> f64 {
+    let logit = if favoured { FAVOURED as f64 } else { 0.0 };
+    logit - ((FAVOURED as f64).exp() + (vocab - 1) as f64).ln()
+}
+
+#[test]
+fn score_rates_each_continuation_token_by_teacher_forcing() {
+    let codec = codec();
+    let vocab = codec.vocab_size();
+    // The model always predicts "y".
+    let y = codec.id("y");
+    let mut backend = ScriptedBackend::favour(vocab, move |_| y);
+    let prompt = codec.ids(&["x"]);
+    let continuation = codec.ids(&["y", "z", "y"]);
+    let r = block_on(score(&mut backend, &prompt, &continuation)).unwrap();
+    assert_eq!(r.prompt_ids, prompt);
+    assert_eq!(r.positions.len(), 3);
+    for (p, &id) in r.positions.iter().zip(&continuation) {
+        assert_eq!(p.id, id);
+        assert_eq!(p.argmax, y);
+        assert_eq!(p.margin, FAVOURED);
+        assert!((p.logprob - scripted_logprob(vocab, id == y)).abs() < LOGPROB_TOLERANCE);
+    }
+    let nll = -(2.0 * scripted_logprob(vocab, true) + scripted_logprob(vocab, false)) / 3.0;
+    assert!((r.nll - nll).abs() < LOGPROB_TOLERANCE);
+    assert!((r.perplexity - nll.exp()).abs() < LOGPROB_TOLERANCE);
+    // The last continuation token is predicted, never fed.
+    assert_eq!(backend.calls, [(prompt.clone(), 1), (continuation[..2].to_vec(), 2)]);
+    let json = serde_json::to_value(&r).unwrap();
+    assert!(json["positions"][0].get("logprob").is_some() && json.get("perplexity").is_some());
+}
+
+#[test]
+fn score_in_chunks_matches_one_position_at_a_time() {
+    let codec = codec();
+    let vocab = codec.vocab_size();
+    // The prediction depends on the whole history, so chunk boundaries would show.
+    let next = move |seq: &[u32]| (seq.iter().map(|&t| t as usize).sum::<usize>() % (vocab - 1) + 1) as u32;
+    let prompt = codec.ids(&["x", "y"]);
+    let continuation: Vec<u32> = (0..150).map(|i| (i * 7 % (vocab - 1) + 1) as u32).collect();
+    let mut backend = ScriptedBackend::favour(vocab, next);
+    let r = block_on(score(&mut backend, &prompt, &continuation)).unwrap();
+    assert!(backend.calls.len() > 2, "150 tokens must be split into chunks");
+    let mut seq = prompt.clone();
+    for (p, &id) in r.positions.iter().zip(&continuation) {
+        assert_eq!(p.argmax, next(&seq));
+        assert!((p.logprob - scripted_logprob(vocab, id == next(&seq))).abs() < LOGPROB_TOLERANCE);
+        seq.push(id);
+    }
+    assert_eq!(backend.kv_len(), prompt.len() + continuation.len() - 1);
+}
+
+#[test]
+fn score_rejects_bad_input() {
+    let codec = codec();
+    let mut backend = ScriptedBackend::favour(codec.vocab_size(), |_| 1);
+    assert!(matches!(block_on(score(&mut backend, &[1], &[])), Err(GenerateError::EmptyContinuation)));
+    assert!(matches!(block_on(score(&mut backend, &[], &[1])), Err(GenerateError::EmptyPrompt)));
+    backend.max_context = 3;
+    assert!(matches!(block_on(score(&mut backend, &[1, 2], &[1, 2, 3])), Err(GenerateError::PromptTooLong { .. })));
+    assert!(matches!(block_on(score(&mut backend, &[1, 99], &[1])), Err(GenerateError::Backend(_))));
+}

@@ -1,0 +1,626 @@
+//! The thinking budget on a scripted model: every path of issue 3, then a property test
+//! over random scripted models and random options.
+
+mod scripted;
+
+use std::rc::Rc;
+
+use pensive::backend::{block_on, Backend};
+use pensive::generate::{Completion, Event, FinishReason, GenerateOptions, Generation, TextCodec};
+use pensive::sampler::{Rng, SamplerOptions};
+use pensive::thinking::{
+    ContinuationOrder, EarlyEnd, Marker, Phase, ThinkingController, ThinkingError, ThinkingOptions,
+};
+use scripted::{ScriptedBackend, ToyCodec, FAVOURED};
+
+/// Logit of the script's runner-up: what greedy picks when the favourite is masked.
+const RUNNER_UP: f32 = 5.0;
+
+const PIECES: &[&str] =
+    &["a", " b", ".", "\n", "Wait", "Hmm", " So", "Final", " Answer:", "<", "</", "think", ">", "x"];
+
+/// `<think>`/`</think>` as single special tokens (DeepSeek-R1, Qwen3).
+fn token_codec() -> Rc<ToyCodec> {
+    Rc::new(ToyCodec::new(&["<eos>", "<think>", "</think>"], PIECES))
+}
+
+/// No marker tokens: `<think>` is "<" "think" ">" and `</think>` is "</" "think" ">".
+fn text_codec() -> Rc<ToyCodec> {
+    Rc::new(ToyCodec::new(&["<eos>"], PIECES))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum EndWith {
+    /// The end marker (token or text).
+    Marker,
+    Eos,
+    /// Never ends thinking on its own.
+    Never,
+}
+
+#[derive(Clone, Copy)]
+struct Model {
+    /// Thinking: this many "a"s in a row, then an attempt to end.
+    run: usize,
+    end_with: EndWith,
+    /// Opens thinking itself when the sequence has no start marker.
+    opens: bool,
+    /// With `EndWith::Never`: every `sentence`-th thinking token is "." (for grace).
+    sentence: usize,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Self { run: 3, end_with: EndWith::Marker, opens: false, sentence: 0 }
+    }
+}
+
+fn last_occurrence(seq: &[u32], pattern: &[u32]) -> Option<usize> {
+    (0..=seq.len().checked_sub(pattern.len())?).rev().find(|&i| &seq[i..i + pattern.len()] == pattern)
+}
+
+/// The scripted model: reads the sequence to know its phase, then favours one token (and
+/// gives "a" a runner-up logit, so masking an end makes it keep thinking).
+fn script(codec: &Rc<ToyCodec>, model: Model) -> ScriptedBackend {
+    let c = codec.clone();
+    let (start, end): (Vec<u32>, Vec<u32>) = match c.token_id("<think>") {
+        Some(s) => (vec![s], vec![c.id("</think>")]),
+        None => (c.ids(&["<", "think", ">"]), c.ids(&["</", "think", ">"])),
+    };
+    let [a, b, dot, lt, slash, think, gt] = ["a", " b", ".", "<", "</", "think", ">"].map(|p| c.id(p));
+    let eos = 0;
+    let vocab = c.vocab_size();
+    ScriptedBackend::new(
+        vocab,
+        Box::new(move |seq: &[u32]| {
+            let last = seq.last().copied();
+            let last2 = (seq.len() >= 2).then(|| [seq[seq.len() - 2], seq[seq.len() - 1]]);
+            let opened = last_occurrence(seq, &start);
+            let next = match opened {
+                None if model.opens => {
+                    // Spell the start marker.
+                    if start.len() == 1 {
+                        start[0]
+                    } else if last == Some(lt) {
+                        think
+                    } else if last2 == Some([lt, think]) {
+                        gt
+                    } else {
+                        lt
+                    }
+                }
+                Some(s) if last_occurrence(&seq[s..], &end).is_none() => {
+                    // Thinking.
+                    if end.len() > 1 && last == Some(slash) {
+                        think
+                    } else if end.len() > 1 && last2 == Some([slash, think]) {
+                        gt
+                    } else if model.end_with == EndWith::Never {
+                        let n = seq[s..].iter().filter(|&&t| t == a || t == dot).count();
+                        if model.sentence > 0 && n % model.sentence == model.sentence - 1 { dot } else { a }
+                    } else {
+                        let run = seq.iter().rev().take_while(|&&t| t == a).count();
+                        match (run >= model.run, model.end_with) {
+                            (false, _) => a,
+                            (true, EndWith::Eos) => eos,
+                            (true, _) => end[0],
+                        }
+                    }
+                }
+                // Answer (or never thinking): " b" then end of generation.
+                _ => {
+                    if last == Some(b) {
+                        eos
+                    } else {
+                        b
+                    }
+                }
+            };
+            let mut logits = vec![(next, FAVOURED)];
+            if next != a {
+                logits.push((a, RUNNER_UP));
+            }
+            logits
+        }),
+    )
+}
+
+fn options(thinking: ThinkingOptions) -> GenerateOptions {
+    GenerateOptions { max_tokens: 200, stop: Vec::new(), sampler: SamplerOptions::greedy(), thinking: Some(thinking) }
+}
+
+fn run(codec: &Rc<ToyCodec>, backend: &mut ScriptedBackend, prompt: &[u32], options: GenerateOptions) -> Completion {
+    let mut generation = Generation::new(&mut *backend, codec.clone(), prompt, options).expect("valid setup");
+    block_on(generation.run_to_end()).expect("generation runs")
+}
+
+/// The tokens the stream shows, as text with forced tokens in [brackets].
+fn transcript(c: &Completion) -> String {
+    c.events
+        .iter()
+        .map(|e| match e {
+            Event::Token { text, forced: true, .. } => format!("[{text}]"),
+            Event::Token { text, .. } => text.clone(),
+            Event::Continuation { .. } => "{cont}".into(),
+            Event::BudgetExhausted { .. } => "{budget}".into(),
+            Event::Phase { phase: Phase::Thinking } => "{think}".into(),
+            Event::Phase { phase: Phase::Answer } => "{answer}".into(),
+            Event::Done { .. } => "{done}".into(),
+        })
+        .collect()
+}
+
+/// The accounting every generation must satisfy.
+fn check_accounting(c: &Completion, backend: &ScriptedBackend) {
+    let s = &c.stats;
+    assert_eq!(s.processed_tokens, backend.fed_tokens(), "processed counts what forward saw");
+    assert_eq!(s.processed_tokens, s.prompt_tokens + s.sampled_tokens + s.forced_tokens);
+    assert_eq!(backend.kv_len(), s.processed_tokens - s.rolled_back_tokens);
+    // The cache holds exactly the transcript: prompt then every kept response token.
+    let mut transcript = c.prompt_ids.clone();
+    transcript.extend(&c.tokens);
+    assert_eq!(backend.cache, transcript);
+    assert_eq!(s.response_tokens, c.tokens.len());
+    // Events carry exactly the kept tokens unless a stop string cut the tail.
+    if s.finish_reason != Some(FinishReason::StopString) {
+        let event_ids: Vec<u32> =
+            c.events.iter().filter_map(|e| if let Event::Token { id, .. } = e { Some(*id) } else { None }).collect();
+        assert_eq!(event_ids, c.tokens, "token events = kept response tokens");
+    }
+    assert!(matches!(c.events.last(), Some(Event::Done { .. })));
+}
+
+fn continuation_texts(c: &Completion) -> Vec<(String, usize)> {
+    c.events
+        .iter()
+        .filter_map(|e| if let Event::Continuation { text, round } = e { Some((text.clone(), *round)) } else { None })
+        .collect()
+}
+
+fn opened_prompt(codec: &Rc<ToyCodec>) -> Vec<u32> {
+    match codec.token_id("<think>") {
+        Some(t) => vec![codec.id("x"), t, codec.id("\n")],
+        None => codec.ids(&["x", "<", "think", ">", "\n"]),
+    }
+}
+
+#[test]
+fn early_end_becomes_cycled_continuations() {
+    let codec = token_codec();
+    let mut backend = script(&codec, Model::default());
+    let opts = ThinkingOptions {
+        min_tokens: 10,
+        continuations: vec!["Wait".into(), "Hmm".into()],
+        ..ThinkingOptions::default()
+    };
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    assert_eq!(transcript(&c), "{think}aaa{cont}[Wait]aaa{cont}[Hmm]aaa</think>{answer} b{done}");
+    assert_eq!(continuation_texts(&c), [("Wait".to_string(), 1), ("Hmm".to_string(), 2)]);
+    let s = &c.stats;
+    assert_eq!((s.thinking_tokens, s.answer_tokens, s.continuations), (11, 1, 2));
+    // Two replaced ends and the EOS that stopped: drawn, never fed.
+    assert_eq!((s.sampled_tokens, s.forced_tokens, s.dropped_tokens), (11, 2, 3));
+    assert_eq!(s.finish_reason, Some(FinishReason::EndOfGeneration));
+    assert!(!s.forced_exit);
+    check_accounting(&c, &backend);
+    // No recomputation: each continuation is fed alone, in one call, after the kept tokens.
+    let wait = codec.id("Wait");
+    assert!(backend.calls.iter().any(|(t, n)| t == &[wait] && *n == 1));
+    // The end marker carries the thinking phase; the answer the answer phase.
+    let phases: Vec<(u32, Phase)> = c
+        .events
+        .iter()
+        .filter_map(|e| if let Event::Token { id, phase, .. } = e { Some((*id, *phase)) } else { None })
+        .collect();
+    assert_eq!(phases[phases.len() - 2], (codec.id("</think>"), Phase::Thinking));
+    assert_eq!(phases[phases.len() - 1], (codec.id(" b"), Phase::Answer));
+}
+
+#[test]
+fn random_order_is_seeded() {
+    let codec = token_codec();
+    let opts = |seed| ThinkingOptions {
+        min_tokens: 40,
+        continuations: vec!["Wait".into(), "Hmm".into(), " So".into()],
+        continuation_order: ContinuationOrder::Random,
+        seed: Some(seed),
+        ..ThinkingOptions::default()
+    };
+    let texts = |seed| {
+        let mut backend = script(&codec, Model::default());
+        let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts(seed)));
+        check_accounting(&c, &backend);
+        assert!(c.stats.thinking_tokens >= 40);
+        continuation_texts(&c).into_iter().map(|(t, _)| t).collect::<Vec<_>>()
+    };
+    let first = texts(1);
+    assert_eq!(first.len(), 10, "40 tokens at 3 + 1 per round");
+    assert_eq!(first, texts(1), "same seed, same order");
+    let others: Vec<Vec<String>> = (2..6).map(texts).collect();
+    assert!(others.iter().any(|o| *o != first), "different seeds should give different orders");
+    assert!(first.iter().any(|t| t != &first[0]), "a random order that never changes: {first:?}");
+}
+
+#[test]
+fn max_continuations_then_masking() {
+    let codec = token_codec();
+    let mut backend = script(&codec, Model::default());
+    let opts = ThinkingOptions { min_tokens: 10, max_continuations: Some(1), ..ThinkingOptions::default() };
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    // One "Wait" at 3, then the end (the model's favourite) is masked at 7, 8 and 9.
+    assert_eq!(transcript(&c), "{think}aaa{cont}[Wait]aaaaaa</think>{answer} b{done}");
+    assert_eq!((c.stats.thinking_tokens, c.stats.continuations, c.stats.ends_suppressed), (10, 1, 3));
+    check_accounting(&c, &backend);
+}
+
+#[test]
+fn suppress_masks_without_inserting() {
+    let codec = token_codec();
+    let mut backend = script(&codec, Model::default());
+    let opts = ThinkingOptions { min_tokens: 5, on_early_end: EarlyEnd::Suppress, ..ThinkingOptions::default() };
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    assert_eq!(transcript(&c), "{think}aaaaa</think>{answer} b{done}");
+    assert_eq!((c.stats.thinking_tokens, c.stats.continuations, c.stats.ends_suppressed), (5, 0, 2));
+    check_accounting(&c, &backend);
+}
+
+#[test]
+fn ignore_ends_replaces_ends_past_the_minimum() {
+    let codec = token_codec();
+    let mut backend = script(&codec, Model::default());
+    let opts = ThinkingOptions { ignore_ends: 2, ..ThinkingOptions::default() };
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    assert_eq!(transcript(&c), "{think}aaa{cont}[Wait]aaa{cont}[Wait]aaa</think>{answer} b{done}");
+    assert_eq!(c.stats.continuations, 2);
+    check_accounting(&c, &backend);
+}
+
+#[test]
+fn max_budget_cuts_at_once_without_grace() {
+    let codec = token_codec();
+    let mut backend = script(&codec, Model { end_with: EndWith::Never, ..Model::default() });
+    let opts = ThinkingOptions { max_tokens: Some(6), ..ThinkingOptions::default() };
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    assert_eq!(transcript(&c), "{think}aaaaaa{budget}[</think>]{answer} b{done}");
+    assert!(c.events.contains(&Event::BudgetExhausted { thinking_tokens: 6 }));
+    assert!(c.stats.forced_exit);
+    assert_eq!((c.stats.thinking_tokens, c.stats.forced_tokens), (6, 1));
+    check_accounting(&c, &backend);
+}
+
+#[test]
+fn grace_tokens_run_to_a_sentence_end_or_their_limit() {
+    let codec = token_codec();
+    let model = Model { end_with: EndWith::Never, sentence: 4, ..Model::default() };
+    // Thinking reads "aaa.aaa.": the cap at 5 waits for the "." at 8 with a grace of 5 ...
+    let mut backend = script(&codec, model);
+    let opts = ThinkingOptions { max_tokens: Some(5), grace_tokens: 5, ..ThinkingOptions::default() };
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    assert_eq!(transcript(&c), "{think}aaa.a{budget}aa.[</think>]{answer} b{done}");
+    assert_eq!(c.stats.thinking_tokens, 8);
+    check_accounting(&c, &backend);
+    // ... and cuts at 5 + 2 with a grace of 2.
+    let mut backend = script(&codec, model);
+    let opts = ThinkingOptions { max_tokens: Some(5), grace_tokens: 2, ..ThinkingOptions::default() };
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    assert_eq!(transcript(&c), "{think}aaa.a{budget}aa[</think>]{answer} b{done}");
+    assert_eq!(c.stats.thinking_tokens, 7);
+    check_accounting(&c, &backend);
+}
+
+#[test]
+fn forced_exit_with_wrap_up_and_answer_prefix() {
+    let codec = token_codec();
+    let mut backend = script(&codec, Model { end_with: EndWith::Never, ..Model::default() });
+    let opts = ThinkingOptions {
+        max_tokens: Some(4),
+        wrap_up: Some("\n So".into()),
+        answer_prefix: Some("Final Answer:".into()),
+        ..ThinkingOptions::default()
+    };
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    assert_eq!(transcript(&c), "{think}aaaa{budget}[\n][ So][</think>]{answer}[Final][ Answer:] b{done}");
+    let s = &c.stats;
+    // The wrap-up is inside thinking; the prefix is answer.
+    assert_eq!((s.thinking_tokens, s.answer_tokens, s.forced_tokens), (6, 3, 5));
+    // The whole forced exit went to the model in one forward.
+    let exit = codec.ids(&["\n", " So", "</think>", "Final", " Answer:"]);
+    assert!(backend.calls.iter().any(|(t, n)| t.ends_with(&exit) && *n == 1), "{:?}", backend.calls);
+    check_accounting(&c, &backend);
+}
+
+#[test]
+fn eos_inside_thinking_is_an_end_attempt() {
+    let codec = token_codec();
+    let model = Model { end_with: EndWith::Eos, ..Model::default() };
+    // Early: replaced by a continuation like an end marker.
+    let mut backend = script(&codec, model);
+    let opts = ThinkingOptions { min_tokens: 5, answer_prefix: Some("Final".into()), ..ThinkingOptions::default() };
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    // Accepted: the engine closes thinking itself and the model answers.
+    assert_eq!(transcript(&c), "{think}aaa{cont}[Wait]aaa[</think>]{answer}[Final] b{done}");
+    assert!(!c.stats.forced_exit);
+    assert_eq!(c.stats.thinking_tokens, 7);
+    assert_eq!(c.stats.finish_reason, Some(FinishReason::EndOfGeneration));
+    check_accounting(&c, &backend);
+    // Under min with no continuation allowed: EOS is masked.
+    let mut backend = script(&codec, model);
+    let opts = ThinkingOptions { min_tokens: 5, on_early_end: EarlyEnd::Suppress, ..ThinkingOptions::default() };
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    assert_eq!(transcript(&c), "{think}aaaaa[</think>]{answer} b{done}");
+    check_accounting(&c, &backend);
+}
+
+#[test]
+fn string_end_marker_is_rolled_back_before_a_continuation() {
+    let codec = text_codec();
+    let mut backend = script(&codec, Model::default());
+    let opts = ThinkingOptions { min_tokens: 8, ..ThinkingOptions::default() };
+    let prompt = opened_prompt(&codec);
+    let controller = ThinkingController::new(opts.clone(), &*codec, &prompt, 0).unwrap();
+    assert_eq!(controller.end_marker(), &Marker::Text("</think>".into()));
+    assert!(controller.opened_by_prompt());
+
+    let c = run(&codec, &mut backend, &prompt, options(opts));
+    // "</" "think" were fed, then taken back when ">" completed the marker early: the
+    // stream never showed them.
+    assert_eq!(transcript(&c), "{think}aaa{cont}[Wait]aaa{cont}[Wait]aaa</think>{answer} b{done}");
+    let s = &c.stats;
+    assert_eq!(s.rolled_back_tokens, 4);
+    assert_eq!(s.thinking_tokens, 11, "marker tokens are not thinking tokens");
+    assert_eq!(backend.truncations.len(), 2);
+    check_accounting(&c, &backend);
+    // The accepted marker's three tokens are tagged thinking, then the phase changes.
+    let tail: Vec<&Event> = c.events.iter().rev().take(6).collect();
+    assert!(matches!(tail[2], Event::Phase { phase: Phase::Answer }));
+    for e in &tail[3..6] {
+        assert!(matches!(e, Event::Token { phase: Phase::Thinking, forced: false, .. }), "{e:?}");
+    }
+}
+
+#[test]
+fn string_end_marker_under_min_without_continuation_is_resampled() {
+    let codec = text_codec();
+    let mut backend = script(&codec, Model::default());
+    let opts = ThinkingOptions { min_tokens: 5, on_early_end: EarlyEnd::Suppress, ..ThinkingOptions::default() };
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    // Early markers at 3 and 4 are taken back and their "</" banned at that position; no
+    // logits are recomputed (the saved ones are reused).
+    assert_eq!(transcript(&c), "{think}aaaaa</think>{answer} b{done}");
+    let s = &c.stats;
+    assert_eq!((s.thinking_tokens, s.continuations, s.ends_suppressed, s.rolled_back_tokens), (5, 0, 2, 4));
+    check_accounting(&c, &backend);
+}
+
+#[test]
+fn string_markers_for_forced_exit_and_model_opened_thinking() {
+    let codec = text_codec();
+    let mut backend = script(&codec, Model { end_with: EndWith::Never, opens: true, ..Model::default() });
+    let opts = ThinkingOptions { max_tokens: Some(3), ..ThinkingOptions::default() };
+    let prompt = codec.ids(&["x"]);
+    let c = run(&codec, &mut backend, &prompt, options(opts));
+    // The model spells "<think>": the phase event precedes the marker, tagged thinking.
+    assert_eq!(transcript(&c), "{think}<think>aaa{budget}[</][think][>]{answer} b{done}");
+    let first_token = c.events.iter().find(|e| matches!(e, Event::Token { .. })).unwrap();
+    assert!(matches!(first_token, Event::Token { phase: Phase::Thinking, .. }));
+    assert_eq!((c.stats.thinking_tokens, c.stats.answer_tokens), (3, 1));
+    check_accounting(&c, &backend);
+}
+
+#[test]
+fn model_opens_thinking_with_a_token_marker() {
+    let codec = token_codec();
+    let mut backend = script(&codec, Model { opens: true, ..Model::default() });
+    let opts = ThinkingOptions { min_tokens: 4, ..ThinkingOptions::default() };
+    let c = run(&codec, &mut backend, &codec.ids(&["x"]), options(opts));
+    assert_eq!(transcript(&c), "{think}<think>aaa{cont}[Wait]aaa</think>{answer} b{done}");
+    check_accounting(&c, &backend);
+}
+
+#[test]
+fn open_forces_the_start_marker_with_the_prompt() {
+    let codec = token_codec();
+    let mut backend = script(&codec, Model::default());
+    let opts = ThinkingOptions { open: true, ..ThinkingOptions::default() };
+    let prompt = codec.ids(&["x"]);
+    let c = run(&codec, &mut backend, &prompt, options(opts));
+    assert_eq!(transcript(&c), "{think}[<think>]aaa</think>{answer} b{done}");
+    // Prompt and forced start marker are one prefill call.
+    assert_eq!(backend.calls[0], (vec![codec.id("x"), codec.id("<think>")], 1));
+    check_accounting(&c, &backend);
+}
+
+#[test]
+fn a_model_that_never_opens_thinking_just_answers() {
+    let codec = token_codec();
+    let mut backend = script(&codec, Model::default());
+    let opts = ThinkingOptions { min_tokens: 10, max_tokens: Some(20), answer_max_tokens: Some(5), ..ThinkingOptions::default() };
+    let c = run(&codec, &mut backend, &codec.ids(&["x"]), options(opts));
+    assert_eq!(transcript(&c), " b{done}");
+    assert_eq!((c.stats.thinking_tokens, c.stats.answer_tokens), (0, 1));
+    check_accounting(&c, &backend);
+}
+
+#[test]
+fn answer_max_tokens_stops_the_answer() {
+    let codec = token_codec();
+    // After thinking the script answers " b" then EOS; a cap of 2 (prefix included) stops before the EOS draw.
+    let mut backend = script(&codec, Model::default());
+    let opts = ThinkingOptions { answer_prefix: Some("Final".into()), answer_max_tokens: Some(2), ..ThinkingOptions::default() };
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    assert_eq!(transcript(&c), "{think}aaa</think>{answer}[Final] b{done}");
+    assert_eq!(c.stats.finish_reason, Some(FinishReason::AnswerMaxTokens));
+    check_accounting(&c, &backend);
+}
+
+#[test]
+fn options_validation_and_serde() {
+    let bad = [
+        ("min_tokens", ThinkingOptions { min_tokens: 5, max_tokens: Some(4), ..ThinkingOptions::default() }),
+        ("continuations", ThinkingOptions { continuations: vec!["".into()], ..ThinkingOptions::default() }),
+        ("ignore_ends", ThinkingOptions { ignore_ends: 3, max_continuations: Some(2), ..ThinkingOptions::default() }),
+        ("ignore_ends", ThinkingOptions { ignore_ends: 1, continuations: vec![], ..ThinkingOptions::default() }),
+        ("wrap_up", ThinkingOptions { wrap_up: Some("".into()), ..ThinkingOptions::default() }),
+        ("end", ThinkingOptions { end: Some(" ".into()), ..ThinkingOptions::default() }),
+        ("end", ThinkingOptions { start: Some("T".into()), end: Some("T".into()), ..ThinkingOptions::default() }),
+    ];
+    for (name, options) in bad {
+        match options.validate() {
+            Err(ThinkingError::InvalidOption { option, .. }) => assert_eq!(option, name),
+            other => panic!("{name}: expected InvalidOption, got {other:?}"),
+        }
+    }
+    let parsed: ThinkingOptions = serde_json::from_str(
+        r#"{"min_tokens": 3, "max_tokens": 9, "continuation_order": "random", "on_early_end": "suppress"}"#,
+    )
+    .unwrap();
+    assert_eq!(parsed.continuation_order, ContinuationOrder::Random);
+    assert_eq!(parsed.on_early_end, EarlyEnd::Suppress);
+    assert_eq!(parsed.continuations, ["Wait"]);
+    assert!(serde_json::from_str::<ThinkingOptions>(r#"{"min": 3}"#).is_err());
+    // A continuation the vocabulary cannot spell is a typed error at setup.
+    let codec = token_codec();
+    let opts = ThinkingOptions { continuations: vec!["¿".into()], ..ThinkingOptions::default() };
+    assert!(matches!(ThinkingController::new(opts, &*codec, &[1], 0), Err(ThinkingError::Encode { .. })));
+}
+
+#[test]
+fn events_serialize_as_the_issue_specifies() {
+    let json = |e: &Event| serde_json::to_string(e).unwrap();
+    assert_eq!(
+        json(&Event::Token { id: 7, text: "Wait".into(), phase: Phase::Thinking, forced: true }),
+        r#"{"type":"token","id":7,"text":"Wait","phase":"thinking","forced":true}"#
+    );
+    assert_eq!(json(&Event::Continuation { text: "Wait".into(), round: 2 }), r#"{"type":"continuation","text":"Wait","round":2}"#);
+    assert_eq!(json(&Event::BudgetExhausted { thinking_tokens: 9 }), r#"{"type":"budget_exhausted","thinking_tokens":9}"#);
+    assert_eq!(json(&Event::Phase { phase: Phase::Answer }), r#"{"type":"phase","phase":"answer"}"#);
+    let done = serde_json::to_value(Event::Done { stats: Default::default() }).unwrap();
+    assert_eq!(done["type"], "done");
+    for key in [
+        "prompt_tokens", "sampled_tokens", "forced_tokens", "processed_tokens", "thinking_tokens", "answer_tokens",
+        "continuations", "ends_suppressed", "forced_exit", "prefill_tok_s", "decode_tok_s",
+    ] {
+        assert!(done["stats"].get(key).is_some(), "done.stats lacks {key}");
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Property test: random scripted models, random options.
+
+/// A model whose logits are a hash of the sequence: deterministic (so resampling and reruns
+/// agree), varied, and it tries to end thinking or generation now and then. A started
+/// string marker is always completed, so string ends really happen.
+fn random_model(codec: &Rc<ToyCodec>, salt: u64) -> ScriptedBackend {
+    let c = codec.clone();
+    let candidates: Vec<u32> = ["a", " b", ".", "\n", "x", "<", "</", "think"].iter().map(|p| c.id(p)).collect();
+    let specials: Vec<u32> = (0..c.special.len() as u32).collect();
+    let (slash, think, gt, lt) = (c.id("</"), c.id("think"), c.id(">"), c.id("<"));
+    ScriptedBackend::new(
+        c.vocab_size(),
+        Box::new(move |seq: &[u32]| {
+            let mut h = salt;
+            for &t in seq {
+                h = (h ^ t as u64).wrapping_mul(0x100_0000_01B3).rotate_left(17);
+            }
+            let mut rng = Rng::new(h);
+            let last = seq.last().copied();
+            if last == Some(slash) || last == Some(lt) {
+                return vec![(think, FAVOURED)];
+            }
+            if last == Some(think) {
+                return vec![(gt, FAVOURED)];
+            }
+            let mut logits: Vec<(u32, f32)> = candidates.iter().map(|&id| (id, (rng.uniform() * 6.0) as f32)).collect();
+            for &id in &specials {
+                logits.push((id, (rng.uniform() * 7.0) as f32));
+            }
+            logits
+        }),
+    )
+}
+
+fn random_options(rng: &mut Rng) -> ThinkingOptions {
+    let min = rng.below(15);
+    let pick = |rng: &mut Rng, p: f64| rng.uniform() < p;
+    let all = ["Wait", "Hmm", "\n So"];
+    let n = 1 + rng.below(3);
+    ThinkingOptions {
+        min_tokens: min,
+        max_tokens: pick(rng, 0.7).then(|| min + rng.below(20)),
+        continuations: all[..n].iter().map(|s| s.to_string()).collect(),
+        continuation_order: if pick(rng, 0.5) { ContinuationOrder::Random } else { ContinuationOrder::Cycle },
+        ignore_ends: rng.below(3),
+        max_continuations: pick(rng, 0.5).then(|| 2 + rng.below(4)),
+        on_early_end: if pick(rng, 0.3) { EarlyEnd::Suppress } else { EarlyEnd::Continue },
+        grace_tokens: if pick(rng, 0.5) { rng.below(6) } else { 0 },
+        wrap_up: pick(rng, 0.3).then(|| "\n So".to_string()),
+        answer_prefix: pick(rng, 0.3).then(|| "Final Answer:".to_string()),
+        answer_max_tokens: pick(rng, 0.3).then(|| 1 + rng.below(10)),
+        open: pick(rng, 0.5),
+        seed: Some(rng.next_u64()),
+        ..ThinkingOptions::default()
+    }
+}
+
+#[test]
+fn property_budget_control_accounting_and_determinism() {
+    const CASES: u64 = 300;
+    let mut rng = Rng::new(2025);
+    let mut stats_seen = [0usize; 4]; // forced exits, continuations, rollbacks, suppressed
+    for case in 0..CASES {
+        let codec = if rng.uniform() < 0.5 { token_codec() } else { text_codec() };
+        let thinking = random_options(&mut rng);
+        let prompt = if rng.uniform() < 0.5 { opened_prompt(&codec) } else { codec.ids(&["x"]) };
+        let sampler = if rng.uniform() < 0.5 {
+            SamplerOptions::greedy()
+        } else {
+            SamplerOptions { temperature: 0.9, top_k: 0, top_p: 1.0, min_p: 0.0, seed: rng.next_u64(), ..SamplerOptions::default() }
+        };
+        let salt = rng.next_u64();
+        let opts = GenerateOptions { max_tokens: 400, stop: Vec::new(), sampler, thinking: Some(thinking.clone()) };
+        eprintln!("case {case}: {thinking:?} prompt {prompt:?} sampler {:?}", opts.sampler);
+        let once = || {
+            let mut backend = random_model(&codec, salt);
+            let c = run(&codec, &mut backend, &prompt, opts.clone());
+            check_accounting(&c, &backend);
+            c
+        };
+        let c = once();
+        let ctx = format!("case {case}: {thinking:?}\n{}", transcript(&c));
+        assert_eq!(strip_timing(c.clone()), strip_timing(once()), "{ctx}: not deterministic");
+        let s = &c.stats;
+        let closed = c.events.iter().any(|e| matches!(e, Event::Phase { phase: Phase::Answer }));
+        let opened = c.events.iter().any(|e| matches!(e, Event::Phase { phase: Phase::Thinking }));
+        if opened && closed {
+            assert!(s.thinking_tokens >= thinking.min_tokens, "{ctx}: thinking below min");
+        }
+        if let Some(max) = thinking.max_tokens {
+            let exit_text = thinking.wrap_up.as_deref().map_or(0, |w| codec.encode(w).unwrap().len());
+            assert!(s.thinking_tokens <= max + thinking.grace_tokens + exit_text, "{ctx}: thinking above max");
+        }
+        if let Some(cap) = thinking.max_continuations {
+            assert!(s.continuations <= cap, "{ctx}");
+        }
+        stats_seen[0] += s.forced_exit as usize;
+        stats_seen[1] += (s.continuations > 0) as usize;
+        stats_seen[2] += (s.rolled_back_tokens > 0) as usize;
+        stats_seen[3] += (s.ends_suppressed > 0) as usize;
+    }
+    // The random cases must exercise every mechanism, or the property says little.
+    eprintln!("paths exercised (forced exits, continuations, rollbacks, masked ends): {stats_seen:?}");
+    assert!(stats_seen.iter().all(|&n| n >= 5), "paths exercised: {stats_seen:?}");
+}
+
+/// Timings differ between runs; everything else must not.
+fn strip_timing(mut c: Completion) -> Completion {
+    let zero = |s: &mut pensive::generate::Stats| {
+        (s.prefill_s, s.decode_s, s.prefill_tok_s, s.decode_tok_s) = (0.0, 0.0, 0.0, 0.0);
+    };
+    zero(&mut c.stats);
+    for e in &mut c.events {
+        if let Event::Done { stats } = e {
+            zero(stats);
+        }
+    }
+    c
+}

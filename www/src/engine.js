@@ -1,0 +1,310 @@
+// The engine in the current thread (page or worker): wasm initialisation, streamed loading
+// with progress, and the async-iterator generation surface over the Rust engine.
+import init, * as wasm from '../pkg/pensive.js';
+import { PensiveError, toPensiveError } from './errors.js';
+import { openModelSource, readWhole } from './source.js';
+
+let wasmReady = null;
+/** The instantiated module's exports (for its linear memory), once initialised. */
+let wasmExports = null;
+
+/**
+ * Instantiate the wasm module once per thread. `wasmUrl` overrides where the .wasm file is
+ * fetched from (bundlers that move assets); by default it sits next to pkg/pensive.js.
+ */
+export function initWasm(wasmUrl) {
+  wasmReady ??= init({ module_or_path: wasmUrl ?? new URL('../pkg/pensive_bg.wasm', import.meta.url) })
+    .then((exports) => {
+      wasmExports = exports;
+      return exports;
+    })
+    .catch((e) => {
+      wasmReady = null;
+      throw new PensiveError('backend', `cannot instantiate the wasm module: ${e?.message ?? e}`, { cause: e });
+    });
+  return wasmReady;
+}
+
+/**
+ * Size of this thread's wasm linear memory in bytes (it only grows): the high-water mark of
+ * what the engine held in wasm, for benchmarks and memory diagnostics.
+ */
+export function wasmMemoryBytes() {
+  return wasmExports?.memory?.buffer?.byteLength ?? 0;
+}
+
+export async function version() {
+  await initWasm();
+  return wasm.version();
+}
+
+const BACKENDS = ['auto', 'webgpu', 'cpu'];
+export const LOAD_OPTIONS = ['model', 'tokenizer', 'backend', 'onProgress', 'cache', 'worker', 'signal', 'wasmUrl'];
+/** Progress is reported at most once per this many bytes (plus the first and last chunk). */
+const PROGRESS_STEP = 1 << 20;
+
+/** Flat options object, web-llm style: unknown keys and wrong types are errors, not ignored. */
+export function checkLoadOptions(options) {
+  if (!options || typeof options !== 'object') throw new PensiveError('invalid_options', 'load() takes an options object');
+  for (const key of Object.keys(options)) {
+    if (!LOAD_OPTIONS.includes(key)) {
+      throw new PensiveError('invalid_options', `unknown load option '${key}' (known: ${LOAD_OPTIONS.join(', ')})`);
+    }
+  }
+  if (options.model === undefined || options.model === null) throw new PensiveError('invalid_options', 'load() needs a model');
+  const backend = options.backend ?? 'auto';
+  if (!BACKENDS.includes(backend)) {
+    throw new PensiveError('invalid_options', `backend must be one of ${BACKENDS.join(', ')}, not '${backend}'`);
+  }
+  if (options.onProgress !== undefined && typeof options.onProgress !== 'function') {
+    throw new PensiveError('invalid_options', 'onProgress must be a function');
+  }
+  if (options.cache !== undefined && typeof options.cache !== 'boolean') {
+    throw new PensiveError('invalid_options', 'cache must be true or false');
+  }
+  return { ...options, backend, cache: options.cache ?? true };
+}
+
+function progressReporter(onProgress) {
+  let lastReported = -Infinity;
+  return (loaded, total, phase, force = false) => {
+    if (!onProgress || (!force && loaded - lastReported < PROGRESS_STEP)) return;
+    lastReported = loaded;
+    try {
+      onProgress({ loaded, total, phase });
+    } catch (e) {
+      // A throwing callback is the caller's bug; it must not abort a 1 GB download.
+      console.error('pensive: onProgress threw', e);
+    }
+  };
+}
+
+function checkAborted(signal) {
+  if (signal?.aborted) throw new PensiveError('aborted', 'load aborted', { cause: signal.reason });
+}
+
+/**
+ * Run a whole model source through `sink.push(chunk)`, reporting progress. Used by the
+ * engine loader and by `inspect` (which streams through the GGUF parser only).
+ */
+async function streamInto(source, sink, report, signal) {
+  const phase = source.origin === 'network' ? 'download' : source.origin === 'cache' ? 'cache' : 'read';
+  let loaded = 0;
+  report(0, source.total, phase, true);
+  try {
+    for await (const chunk of source.chunks) {
+      checkAborted(signal);
+      sink.push(chunk);
+      loaded += chunk.byteLength;
+      report(loaded, source.total, phase);
+    }
+  } catch (e) {
+    throw toPensiveError(e, 'io');
+  }
+  report(loaded, source.total, phase, true);
+  await source.settled;
+  return loaded;
+}
+
+/**
+ * Stream a GGUF through the parser without building an engine: validates it and returns its
+ * model configuration (architecture, sizes). Accepts the same `model` forms as `load`.
+ */
+export async function inspect(options) {
+  const opts = checkLoadOptions(options);
+  await initWasm(opts.wasmUrl);
+  const report = progressReporter(opts.onProgress);
+  const source = await openModelSource(opts.model, { cache: opts.cache, signal: opts.signal });
+  if (source.kind !== 'gguf') throw new PensiveError('invalid_options', 'inspect() reads GGUF files only');
+  const probe = new wasm.GgufProbe();
+  try {
+    const loaded = await streamInto(source, probe, report, opts.signal);
+    const config = probe.finish();
+    return { config, bytes: loaded, origin: source.origin };
+  } catch (e) {
+    throw toPensiveError(e, 'model_format');
+  } finally {
+    probe.free();
+  }
+}
+
+/** Load a model in this thread. `options` as `Pensive.load` (without `worker`). */
+export async function loadInThread(options) {
+  const opts = checkLoadOptions(options);
+  await initWasm(opts.wasmUrl);
+  const report = progressReporter(opts.onProgress);
+  const source = await openModelSource(opts.model, { cache: opts.cache, tokenizer: opts.tokenizer, signal: opts.signal });
+  let raw;
+  try {
+    if (source.kind === 'gguf') {
+      const loader = new wasm.RawLoader();
+      let loaded;
+      try {
+        loaded = await streamInto(source, loader, report, opts.signal);
+        report(loaded, source.total, 'finish', true);
+        raw = await loader.finish(opts.backend);
+      } finally {
+        loader.free();
+      }
+    } else {
+      report(0, null, 'read', true);
+      const config = await readWhole(source.config);
+      const weights = [];
+      for (const w of source.weights) weights.push(await readWhole(w));
+      const tokenizer = source.tokenizer ? await readWhole(source.tokenizer) : undefined;
+      report(0, null, 'finish', true);
+      raw = await wasm.RawLoader.fromSafetensors(config, weights, tokenizer, opts.backend);
+    }
+  } catch (e) {
+    throw toPensiveError(e, 'model_format');
+  }
+  const engine = new Engine(raw);
+  report(1, 1, 'ready', true);
+  return engine;
+}
+
+const GENERATE_ONLY_JS = ['signal'];
+
+/**
+ * A loaded model. One generation (or score) runs at a time: `generate` while another
+ * generation is active rejects with code 'busy' rather than queueing, so a UI never streams
+ * two answers into one view by accident. Finish, `break` out of, or abort the first one.
+ */
+export class Engine {
+  #raw;
+  #active = null;
+
+  constructor(raw) {
+    this.#raw = raw;
+    /** `{backend, adapter, model, vocab_size, ...}`: which backend `auto` chose, and why. */
+    this.info = raw.info();
+  }
+
+  #live() {
+    if (!this.#raw) throw new PensiveError('invalid_options', 'engine was disposed');
+    return this.#raw;
+  }
+
+  /**
+   * Stream a generation. `prompt` is a raw string or an array of `{role, content}` (chat
+   * template). Yields the engine's event objects (`token`, `continuation`,
+   * `budget_exhausted`, `phase`, `done`). Option errors and 'busy' reject the first `next()`.
+   * @returns {AsyncIterableIterator<object>}
+   */
+  generate(prompt, options = {}) {
+    const engine = this;
+    const signal = options?.signal;
+    let pending = null; // an error to throw from the first next()
+    let finished = false;
+    const onAbort = () => {
+      if (engine.#active === iterator) engine.#raw?.abort();
+    };
+    const finish = () => {
+      finished = true;
+      signal?.removeEventListener('abort', onAbort);
+      if (engine.#active === iterator) engine.#active = null;
+    };
+    const iterator = {
+      [Symbol.asyncIterator]() {
+        return this;
+      },
+      async next() {
+        if (pending) {
+          const e = pending;
+          pending = null;
+          finish();
+          throw e;
+        }
+        if (finished) return { done: true, value: undefined };
+        if (signal?.aborted) {
+          engine.#raw?.abort();
+          finish();
+          throw new PensiveError('aborted', 'generation aborted', { cause: signal.reason });
+        }
+        let event;
+        try {
+          event = await engine.#live().nextEvent();
+        } catch (e) {
+          finish();
+          throw toPensiveError(e);
+        }
+        // The step that was running when the signal fired is dropped: abort lands within one step.
+        if (signal?.aborted) {
+          finish();
+          throw new PensiveError('aborted', 'generation aborted', { cause: signal.reason });
+        }
+        if (event === undefined) {
+          finish();
+          return { done: true, value: undefined };
+        }
+        return { done: false, value: event };
+      },
+      async return() {
+        if (!finished) {
+          if (engine.#active === iterator) engine.#raw?.abort();
+          finish();
+        }
+        return { done: true, value: undefined };
+      },
+    };
+    try {
+      if (this.#active) throw new PensiveError('busy', 'a generation is already running on this engine; finish, break out of or abort it first');
+      const request = { ...(options ?? {}) };
+      for (const key of GENERATE_ONLY_JS) delete request[key];
+      if (signal !== undefined && !(signal instanceof AbortSignal)) throw new PensiveError('invalid_options', 'signal must be an AbortSignal');
+      this.#live().start(prompt, request);
+      this.#active = iterator;
+      signal?.addEventListener('abort', onAbort, { once: true });
+    } catch (e) {
+      pending = toPensiveError(e, 'invalid_options');
+    }
+    return iterator;
+  }
+
+  /**
+   * Generate to the end and return `{text, thinking, stats, events}`: the answer, the
+   * thinking (forced insertions included), and the `done` event's stats.
+   */
+  async complete(prompt, options = {}) {
+    return collect(this.generate(prompt, options));
+  }
+
+  /** Teacher-forced scoring of `continuation` (string or token ids) after `prompt`. */
+  async score(prompt, continuation) {
+    if (this.#active) throw new PensiveError('busy', 'a generation is running on this engine');
+    try {
+      return await this.#live().score(prompt, continuation);
+    } catch (e) {
+      throw toPensiveError(e);
+    }
+  }
+
+  /** Free the model's memory (GPU buffers included). The engine is unusable afterwards. */
+  dispose() {
+    if (!this.#raw) return;
+    this.#raw.abort();
+    // dispose() frees the model (now, or when a step in flight returns); free() the handle.
+    this.#raw.dispose();
+    this.#raw.free();
+    this.#raw = null;
+    this.#active = null;
+  }
+}
+
+/** Fold a stream of events into the `complete()` result. */
+export async function collect(events) {
+  let text = '';
+  let thinking = '';
+  let stats = null;
+  const all = [];
+  for await (const event of events) {
+    all.push(event);
+    if (event.type === 'token') {
+      if (event.phase === 'thinking') thinking += event.text;
+      else text += event.text;
+    } else if (event.type === 'done') {
+      stats = event.stats ?? null;
+    }
+  }
+  return { text, thinking, stats, events: all };
+}

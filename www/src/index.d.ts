@@ -1,0 +1,208 @@
+// Types of the `pensive` package. Field names are snake_case where they are the engine's
+// (options, events, stats: the same names as the CLI's JSON), camelCase where they are
+// JavaScript's (onProgress, signal).
+
+export type ErrorCode =
+  | 'invalid_options'
+  | 'model_format'
+  | 'unsupported_model'
+  | 'context_overflow'
+  | 'busy'
+  | 'aborted'
+  | 'backend'
+  | 'io';
+
+export declare const ERROR_CODES: readonly ErrorCode[];
+
+export declare class PensiveError extends Error {
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown });
+  readonly name: 'PensiveError';
+  readonly code: ErrorCode;
+  toJSON(): { code: ErrorCode; message: string };
+}
+
+/** A folder-like model: Hugging Face config.json + safetensors (+ tokenizer.json). */
+export interface FolderModel {
+  config: Blob | string;
+  weights: Array<Blob | string>;
+  tokenizer?: Blob | string;
+}
+
+/**
+ * A URL, `hf:owner/repo[@revision]/file.gguf`, a File/Blob of a GGUF, a FileList or array of
+ * Files from a folder, or a {@link FolderModel}.
+ */
+export type ModelSource = string | URL | Blob | FileList | File[] | FolderModel;
+
+export type LoadPhase = 'download' | 'cache' | 'read' | 'finish' | 'ready';
+
+export interface LoadProgress {
+  /** Bytes handed to the loader so far. */
+  loaded: number;
+  /** Total bytes when known (Content-Length, file size), else null. */
+  total: number | null;
+  phase: LoadPhase;
+}
+
+export interface LoadOptions {
+  model: ModelSource;
+  /** tokenizer.json for a folder model that lacks one. */
+  tokenizer?: Blob | string;
+  /** `auto` (default) picks WebGPU when a suitable adapter exists, else the wasm CPU backend. */
+  backend?: 'auto' | 'webgpu' | 'cpu';
+  onProgress?: (progress: LoadProgress) => void;
+  /** Cache downloads (Cache API, keyed by URL + size). Default true; quota errors only warn. */
+  cache?: boolean;
+  /** Run the engine in a Web Worker; `load` then resolves to a {@link PensiveWorker}. */
+  worker?: boolean;
+  /** Abort the download/load. */
+  signal?: AbortSignal;
+  /** Where to fetch pensive_bg.wasm from when a bundler moved it. */
+  wasmUrl?: string | URL;
+}
+
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant' | string;
+  content: string;
+}
+
+/** A raw prompt string, or messages that go through the model's chat template. */
+export type Prompt = string | ChatMessage[];
+
+export interface ThinkingOptions {
+  min_tokens?: number;
+  max_tokens?: number;
+  continuations?: string[];
+  continuation_order?: 'cycle' | 'random';
+  ignore_ends?: number;
+  max_continuations?: number;
+  on_early_end?: 'continue' | 'suppress';
+  grace_tokens?: number;
+  wrap_up?: string;
+  answer_prefix?: string;
+  answer_max_tokens?: number;
+  start?: string;
+  end?: string;
+  open?: boolean;
+}
+
+export interface GenerateOptions {
+  temperature?: number;
+  top_k?: number;
+  top_p?: number;
+  min_p?: number;
+  repeat_penalty?: number;
+  seed?: number;
+  max_tokens?: number;
+  stop?: string[];
+  thinking?: ThinkingOptions;
+  /** Aborting ends the generation within one step; the engine stays usable. */
+  signal?: AbortSignal;
+}
+
+export type Phase = 'thinking' | 'answer';
+
+export interface GenerationStats {
+  prompt_tokens: number;
+  sampled_tokens: number;
+  forced_tokens: number;
+  processed_tokens: number;
+  thinking_tokens: number;
+  answer_tokens: number;
+  continuations: number;
+  ends_suppressed: number;
+  forced_exit: boolean;
+  prefill_tok_s: number;
+  decode_tok_s: number;
+  [key: string]: unknown;
+}
+
+export type GenerationEvent =
+  | { type: 'token'; id: number; text: string; phase: Phase; forced: boolean }
+  | { type: 'continuation'; text: string; round: number }
+  | { type: 'budget_exhausted'; thinking_tokens: number }
+  | { type: 'phase'; phase: Phase }
+  | { type: 'done'; stats: GenerationStats };
+
+export interface Completion {
+  /** The answer (tokens in the answer phase). */
+  text: string;
+  /** The thinking, forced insertions included. */
+  thinking: string;
+  stats: GenerationStats | null;
+  events: GenerationEvent[];
+}
+
+export interface ScoredToken {
+  id: number;
+  text: string;
+  logprob: number;
+  argmax: number;
+  margin: number;
+  [key: string]: unknown;
+}
+
+/** The same object as `pensive score --json`. */
+export interface ScoreResult {
+  tokens: ScoredToken[];
+  nll: number;
+  perplexity: number;
+  [key: string]: unknown;
+}
+
+export interface EngineInfo {
+  /** The backend actually used: what `auto` chose. */
+  backend: 'webgpu' | 'cpu' | string;
+  adapter?: string | null;
+  [key: string]: unknown;
+}
+
+export interface ModelConfig {
+  arch: string;
+  [key: string]: unknown;
+}
+
+export interface InspectResult {
+  config: ModelConfig;
+  bytes: number;
+  origin: 'network' | 'cache' | 'file';
+}
+
+/**
+ * A loaded model. One generation or score runs at a time: `generate` while another is active
+ * rejects (its iterator's first `next()`) with code `busy`; nothing is queued.
+ */
+export declare class Engine {
+  readonly info: EngineInfo;
+  generate(prompt: Prompt, options?: GenerateOptions): AsyncIterableIterator<GenerationEvent>;
+  complete(prompt: Prompt, options?: GenerateOptions): Promise<Completion>;
+  score(prompt: Prompt, continuation: string | number[]): Promise<ScoreResult>;
+  /** Frees the model (GPU buffers included); the engine is unusable afterwards. */
+  dispose(): void;
+}
+
+/** The same API with the engine in a Web Worker. */
+export declare class PensiveWorker {
+  constructor(options?: { worker?: Worker; workerUrl?: string | URL });
+  info: EngineInfo | null;
+  version(): Promise<string>;
+  load(options: LoadOptions): Promise<PensiveWorker>;
+  inspect(options: LoadOptions): Promise<InspectResult>;
+  generate(prompt: Prompt, options?: GenerateOptions): AsyncIterableIterator<GenerationEvent>;
+  complete(prompt: Prompt, options?: GenerateOptions): Promise<Completion>;
+  score(prompt: Prompt, continuation: string | number[]): Promise<ScoreResult>;
+  dispose(): void;
+}
+
+export declare function resolveModelUrl(ref: string): string;
+
+export declare const Pensive: {
+  load(options: LoadOptions & { worker: true }): Promise<PensiveWorker>;
+  load(options: LoadOptions): Promise<Engine>;
+  inspect(options: LoadOptions): Promise<InspectResult>;
+  version(): Promise<string>;
+  init(wasmUrl?: string | URL): Promise<unknown>;
+  clearCache(): Promise<void>;
+};
+
+export default Pensive;
