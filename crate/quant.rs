@@ -1022,20 +1022,22 @@ pub mod kernels {
         #[inline(always)]
         pub(super) unsafe fn dot_q5_0(row: &[BlockQ5_0], x: &[f32]) -> f32 {
             let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            // Byte i of a 16-byte half takes byte i / 8 of the (broadcast) u32 qh ...
-            let spread_lo = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-            let spread_hi = _mm_setr_epi8(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-            // ... and is all ones iff its bit i % 8 is set: OR in every other bit, compare.
-            let others = _mm_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
-            let ones = _mm_set1_epi8(-1);
-            let high = _mm_set1_epi8(0xf0u8 as i8);
+            // Byte i (of 32) takes byte i / 8 of the broadcast u32 qh (vpshufb indexes
+            // within each 16-byte lane; both lanes hold the same 4 bytes) ...
+            let spread = _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+                2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+            );
+            // ... and keeps only its bit i % 8; a zero byte marks a clear fifth bit.
+            let select = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+            let high = _mm256_set1_epi8(0xf0u8 as i8);
             for (b, x) in row.iter().zip(x.chunks_exact(32)) {
                 let (lo, hi) = nibbles(&b.qs);
-                let qh = _mm_set1_epi32(i32::from_le_bytes(b.qh));
-                let bit_lo = _mm_cmpeq_epi8(_mm_or_si128(_mm_shuffle_epi8(qh, spread_lo), others), ones);
-                let bit_hi = _mm_cmpeq_epi8(_mm_or_si128(_mm_shuffle_epi8(qh, spread_hi), others), ones);
-                let lo = _mm_or_si128(lo, _mm_andnot_si128(bit_lo, high));
-                let hi = _mm_or_si128(hi, _mm_andnot_si128(bit_hi, high));
+                let qh = _mm256_set1_epi32(i32::from_le_bytes(b.qh));
+                let bits = _mm256_and_si256(_mm256_shuffle_epi8(qh, spread), select);
+                let minus16 = _mm256_and_si256(_mm256_cmpeq_epi8(bits, _mm256_setzero_si256()), high);
+                let lo = _mm_or_si128(lo, _mm256_castsi256_si128(minus16));
+                let hi = _mm_or_si128(hi, _mm256_extracti128_si256::<1>(minus16));
                 let (s0, s1) = dot_i8x16x2(lo, hi, x.as_ptr());
                 let d = splat_f16(b.d);
                 acc0 = _mm256_fmadd_ps(s0, d, acc0);
