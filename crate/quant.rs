@@ -17,6 +17,10 @@
 //! kernel's result differs from `dequantize` + a naive f32 dot only in summation order
 //! (and in fused multiply-adds rounding once instead of twice).
 
+// The kernels index fixed-size arrays in counted loops on purpose: that is the shape
+// LLVM's vectorizers handle best (see the comments at `sum_lanes` and `dot_tile`).
+#![allow(clippy::needless_range_loop)]
+
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
@@ -732,9 +736,11 @@ impl QMatrix {
 // Threads
 // ======================================================================================
 
-/// Below this many multiply-adds a task costs more to schedule than it saves (a rayon
-/// task costs a few microseconds; 32K multiply-adds take about ten).
-const MIN_WORK_PER_TASK: usize = 1 << 15;
+/// Below this many multiply-adds a task costs more to schedule than it saves: a rayon
+/// task costs a few microseconds, 64K multiply-adds take 7-15 us at 5-9 G/s. (So decode
+/// runs SmolLM2's 192x576 k/v projections on one thread and splits everything larger.)
+#[cfg(not(target_arch = "wasm32"))]
+const MIN_WORK_PER_TASK: usize = 1 << 16;
 
 /// Tasks per thread: a few, so a thread that is descheduled (2 cores shared with the OS)
 /// does not hold up the whole matrix, but not so many that scheduling shows.
@@ -798,7 +804,9 @@ pub mod kernels {
         fn mul_add(a: f32, b: f32, acc: f32) -> f32;
     }
 
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     pub(super) struct Fused;
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     impl MulAdd for Fused {
         #[inline(always)]
         fn mul_add(a: f32, b: f32, acc: f32) -> f32 {
@@ -806,7 +814,9 @@ pub mod kernels {
         }
     }
 
+    #[cfg(not(target_arch = "aarch64"))]
     pub(super) struct Unfused;
+    #[cfg(not(target_arch = "aarch64"))]
     impl MulAdd for Unfused {
         #[inline(always)]
         fn mul_add(a: f32, b: f32, acc: f32) -> f32 {
@@ -825,7 +835,9 @@ pub mod kernels {
     fn has_avx2_fma() -> bool {
         use std::sync::OnceLock;
         static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+        })
     }
 
     /// `y[i] = W[row0 + i, :] . x` for the rows `y` covers.
@@ -853,14 +865,243 @@ pub mod kernels {
         use super::*;
 
         // `unsafe fn`: safe `#[target_feature]` functions need Rust 1.86 (MSRV is 1.85).
-        #[target_feature(enable = "avx2,fma")]
+        #[target_feature(enable = "avx2,fma,f16c")]
         pub(super) unsafe fn matvec_rows(w: &QMatrix, row0: usize, x: &[f32], y: &mut [f32]) {
-            matvec_rows_impl::<Fused>(w, row0, x, y)
+            // The formats real models use get hand-written kernels (`fused`); the rest
+            // take the auto-vectorized generic path.
+            match w.ty {
+                GgmlType::Q8_0 => fused::rows::<BlockQ8_0>(w, row0, x, y, |row, x, _| fused::dot_q8_0(row, x)),
+                GgmlType::Q5_0 => fused::rows::<BlockQ5_0>(w, row0, x, y, |row, x, _| fused::dot_q5_0(row, x)),
+                GgmlType::Q4_0 => fused::rows::<BlockQ4_0>(w, row0, x, y, |row, x, _| fused::dot_q4_0(row, x)),
+                GgmlType::Q4_1 => fused::rows::<BlockQ4_1>(w, row0, x, y, |row, x, s| fused::dot_q4_1(row, x, s)),
+                GgmlType::Q4_K => fused::rows::<BlockQ4_K>(w, row0, x, y, |row, x, s| fused::dot_q4_k(row, x, s)),
+                GgmlType::Q6_K => fused::rows::<BlockQ6_K>(w, row0, x, y, |row, x, _| fused::dot_q6_k(row, x)),
+                _ => matvec_rows_impl::<Fused>(w, row0, x, y),
+            }
         }
 
-        #[target_feature(enable = "avx2,fma")]
+        #[target_feature(enable = "avx2,fma,f16c")]
         pub(super) unsafe fn matmul_rows(w: &QMatrix, row0: usize, x: &[f32], n: usize, yt: &mut [f32]) {
             matmul_rows_impl::<Fused>(w, row0, x, n, yt)
+        }
+    }
+
+    /// Decode kernels for AVX2 + FMA + F16C, one per block format: each unpacks a block's
+    /// quants into integer lanes in registers, converts them to f32 and multiplies them
+    /// with x, never writing dequantized weights to memory.
+    ///
+    /// Numerics: a block's scale is applied to the block's partial dot product instead of
+    /// to each weight, `d * sum(q x)` for `sum((d q) x)` (and `m * sum(x)` for an offset
+    /// `m`, with the per-block sums of x computed once per call). `d * q` is exact in f32
+    /// for Q4_0/Q5_0/Q8_0/Q6_K's integer q (at most 8 significant bits times an f16's 11),
+    /// so this is the reference's sum in another order; for the formats with an offset
+    /// it is the same sum before rounding each weight, well inside the kernel tolerance.
+    #[cfg(target_arch = "x86_64")]
+    mod fused {
+        use super::*;
+        use std::arch::x86_64::*;
+
+        /// `y[i] = dot(row row0 + i, x, xsums)` over `B` rows; `xsums` (cols / 32,) holds the
+        /// sums of x over each 32-value chunk, for the formats whose weights have an offset.
+        #[inline(always)]
+        pub(super) unsafe fn rows<B: QuantBlock>(
+            w: &QMatrix,
+            row0: usize,
+            x: &[f32],
+            y: &mut [f32],
+            dot: impl Fn(&[B], &[f32], &[f32]) -> f32,
+        ) {
+            let Some(blocks) = w.blocks::<B>() else { return };
+            let per_row = w.cols / B::LEN;
+            let needs_sums = matches!(B::TYPE, GgmlType::Q4_1 | GgmlType::Q4_K);
+            // (cols / 32,) f32; empty for formats without offsets.
+            let xsums: Vec<f32> = if needs_sums { x.chunks_exact(CHUNK).map(|c| c.iter().sum()).collect() } else { Vec::new() };
+            let blocks = &blocks[row0 * per_row..(row0 + y.len()) * per_row];
+            for (row, y) in blocks.chunks_exact(per_row).zip(y) {
+                *y = dot(row, &x[..per_row * B::LEN], &xsums);
+            }
+        }
+
+        /// An f16 scale, broadcast to 8 lanes.
+        #[inline(always)]
+        unsafe fn splat_f16(h: f16) -> __m256 {
+            _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32))))
+        }
+
+        /// f16 → f32 with F16C (one instruction; the same value as `f16_to_f32`).
+        #[inline(always)]
+        unsafe fn f16c(h: f16) -> f32 {
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+        }
+
+        /// Sum of 8 lanes.
+        #[inline(always)]
+        unsafe fn hsum(v: __m256) -> f32 {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
+        }
+
+        /// Dot products of 16 + 16 signed 8-bit quants (`lo`: weights 0..16, `hi`: 16..32)
+        /// with x[0..16] and x[16..32], as two 8-lane partial sums.
+        #[inline(always)]
+        unsafe fn dot_i8x16x2(lo: __m128i, hi: __m128i, x: *const f32) -> (__m256, __m256) {
+            let w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+            let w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo)));
+            let w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+            let w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi)));
+            let a = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.add(8)), _mm256_mul_ps(w0, _mm256_loadu_ps(x)));
+            let b = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x.add(24)), _mm256_mul_ps(w2, _mm256_loadu_ps(x.add(16))));
+            (a, b)
+        }
+
+        /// [`dot_i8x16x2`] of 32 quants held in one register.
+        #[inline(always)]
+        unsafe fn dot_i8x32(q: __m256i, x: *const f32) -> (__m256, __m256) {
+            dot_i8x16x2(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q), x)
+        }
+
+        /// (low nibbles, high nibbles) of 16 bytes: Q4/Q5's weights 0..16 and 16..32.
+        #[inline(always)]
+        unsafe fn nibbles(qs: &[u8; 16]) -> (__m128i, __m128i) {
+            let v = _mm_loadu_si128(qs.as_ptr().cast());
+            let m = _mm_set1_epi8(0x0f);
+            (_mm_and_si128(v, m), _mm_and_si128(_mm_srli_epi16::<4>(v), m))
+        }
+
+        #[inline(always)]
+        pub(super) unsafe fn dot_q8_0(row: &[BlockQ8_0], x: &[f32]) -> f32 {
+            let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for (b, x) in row.iter().zip(x.chunks_exact(32)) {
+                let q = b.qs.as_ptr().cast::<u8>();
+                let x = x.as_ptr();
+                // Each 8-byte load folds into the sign-extending vpmovsxbd.
+                let w = |o: usize| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(o).cast())));
+                let s0 = _mm256_fmadd_ps(w(8), _mm256_loadu_ps(x.add(8)), _mm256_mul_ps(w(0), _mm256_loadu_ps(x)));
+                let s1 = _mm256_fmadd_ps(w(24), _mm256_loadu_ps(x.add(24)), _mm256_mul_ps(w(16), _mm256_loadu_ps(x.add(16))));
+                let d = splat_f16(b.d);
+                acc0 = _mm256_fmadd_ps(s0, d, acc0);
+                acc1 = _mm256_fmadd_ps(s1, d, acc1);
+            }
+            hsum(_mm256_add_ps(acc0, acc1))
+        }
+
+        #[inline(always)]
+        pub(super) unsafe fn dot_q4_0(row: &[BlockQ4_0], x: &[f32]) -> f32 {
+            let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let eight = _mm_set1_epi8(8);
+            for (b, x) in row.iter().zip(x.chunks_exact(32)) {
+                let (lo, hi) = nibbles(&b.qs);
+                let (s0, s1) = dot_i8x16x2(_mm_sub_epi8(lo, eight), _mm_sub_epi8(hi, eight), x.as_ptr());
+                let d = splat_f16(b.d);
+                acc0 = _mm256_fmadd_ps(s0, d, acc0);
+                acc1 = _mm256_fmadd_ps(s1, d, acc1);
+            }
+            hsum(_mm256_add_ps(acc0, acc1))
+        }
+
+        /// Q4_1: `sum((d q + m) x) = d sum(q x) + m sum(x)`.
+        #[inline(always)]
+        pub(super) unsafe fn dot_q4_1(row: &[BlockQ4_1], x: &[f32], xsums: &[f32]) -> f32 {
+            let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut offsets = 0.0f32;
+            for ((b, x), &xsum) in row.iter().zip(x.chunks_exact(32)).zip(xsums) {
+                let (lo, hi) = nibbles(&b.qs);
+                let (s0, s1) = dot_i8x16x2(lo, hi, x.as_ptr());
+                let d = splat_f16(b.d);
+                acc0 = _mm256_fmadd_ps(s0, d, acc0);
+                acc1 = _mm256_fmadd_ps(s1, d, acc1);
+                offsets = f16c(b.m).mul_add(xsum, offsets);
+            }
+            hsum(_mm256_add_ps(acc0, acc1)) + offsets
+        }
+
+        /// Q5_0: the fifth bits of `qh` spread to bytes, then `q - 16` as a signed byte:
+        /// `n` where the bit is set, `n - 16 = n | 0xf0` where it is not.
+        #[inline(always)]
+        pub(super) unsafe fn dot_q5_0(row: &[BlockQ5_0], x: &[f32]) -> f32 {
+            let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            // Byte i (of 32) takes byte i / 8 of the broadcast u32 qh (vpshufb indexes
+            // within each 16-byte lane; both lanes hold the same 4 bytes) ...
+            let spread = _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+                2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+            );
+            // ... and keeps only its bit i % 8; a zero byte marks a clear fifth bit.
+            let select = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+            let high = _mm256_set1_epi8(0xf0u8 as i8);
+            for (b, x) in row.iter().zip(x.chunks_exact(32)) {
+                let (lo, hi) = nibbles(&b.qs);
+                let qh = _mm256_set1_epi32(i32::from_le_bytes(b.qh));
+                let bits = _mm256_and_si256(_mm256_shuffle_epi8(qh, spread), select);
+                let minus16 = _mm256_and_si256(_mm256_cmpeq_epi8(bits, _mm256_setzero_si256()), high);
+                let lo = _mm_or_si128(lo, _mm256_castsi256_si128(minus16));
+                let hi = _mm_or_si128(hi, _mm256_extracti128_si256::<1>(minus16));
+                let (s0, s1) = dot_i8x16x2(lo, hi, x.as_ptr());
+                let d = splat_f16(b.d);
+                acc0 = _mm256_fmadd_ps(s0, d, acc0);
+                acc1 = _mm256_fmadd_ps(s1, d, acc1);
+            }
+            hsum(_mm256_add_ps(acc0, acc1))
+        }
+
+        /// Q4_K: sub-block s contributes `(d scale_s) sum(q x) - (dmin min_s) sum(x)`.
+        #[inline(always)]
+        pub(super) unsafe fn dot_q4_k(row: &[BlockQ4_K], x: &[f32], xsums: &[f32]) -> f32 {
+            let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut offsets = 0.0f32;
+            let m = _mm256_set1_epi8(0x0f);
+            for ((b, x), xsums) in row.iter().zip(x.chunks_exact(256)).zip(xsums.chunks_exact(8)) {
+                let (d, dmin) = (f16c(b.d), f16c(b.dmin));
+                for p in 0..4 {
+                    let v = _mm256_loadu_si256(b.qs.as_ptr().add(32 * p).cast());
+                    let halves = [_mm256_and_si256(v, m), _mm256_and_si256(_mm256_srli_epi16::<4>(v), m)];
+                    for (h, q) in halves.into_iter().enumerate() {
+                        let s = 2 * p + h;
+                        let (scale, min) = k_scale_min(s, &b.scales);
+                        let (s0, s1) = dot_i8x32(q, x.as_ptr().add(32 * s));
+                        let ds = _mm256_set1_ps(d * scale as f32);
+                        acc0 = _mm256_fmadd_ps(s0, ds, acc0);
+                        acc1 = _mm256_fmadd_ps(s1, ds, acc1);
+                        offsets = (dmin * min as f32).mul_add(xsums[s], offsets);
+                    }
+                }
+            }
+            hsum(_mm256_add_ps(acc0, acc1)) - offsets
+        }
+
+        /// Q6_K: per 128-weight half, 64 bytes of low nibbles and 32 of 2-bit highs make
+        /// four 32-weight chunks; each chunk is two 16-weight groups with their own scale.
+        #[inline(always)]
+        pub(super) unsafe fn dot_q6_k(row: &[BlockQ6_K], x: &[f32]) -> f32 {
+            let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let m4 = _mm256_set1_epi8(0x0f);
+            let m2 = _mm256_set1_epi8(0x30);
+            let bias = _mm256_set1_epi8(32);
+            for (b, x) in row.iter().zip(x.chunks_exact(256)) {
+                let d = f16c(b.d);
+                for h in 0..2 {
+                    let ql0 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * h).cast());
+                    let ql1 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * h + 32).cast());
+                    let qh = _mm256_loadu_si256(b.qh.as_ptr().add(32 * h).cast());
+                    // Chunk k: low 4 bits from ql(k % 2) (nibble k / 2), top 2 from bits 2k, 2k+1 of qh,
+                    // moved to bits 4, 5 (16-bit shifts: bits crossing into the next byte are masked off).
+                    let chunks = [
+                        _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m2)),
+                        _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m2)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4), _mm256_and_si256(qh, m2)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4), _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2)),
+                    ];
+                    for (k, q) in chunks.into_iter().enumerate() {
+                        let i = 4 * h + k;
+                        let (s0, s1) = dot_i8x32(_mm256_sub_epi8(q, bias), x.as_ptr().add(32 * i));
+                        acc0 = _mm256_fmadd_ps(s0, _mm256_set1_ps(d * b.scales[2 * i] as f32), acc0);
+                        acc1 = _mm256_fmadd_ps(s1, _mm256_set1_ps(d * b.scales[2 * i + 1] as f32), acc1);
+                    }
+                }
+            }
+            hsum(_mm256_add_ps(acc0, acc1))
         }
     }
 

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Run every test: installs what is missing, fetches the real models, then the Rust suite
-# (CPU reference, tokenizer, chat templates, thinking budget, WebGPU kernels on lavapipe).
+# Run every test: installs what is missing, fetches the real models, then
+#  1. the Rust suite: CPU reference vs transformers/llama.cpp, tokenizer, chat templates,
+#     sampler, thinking budget, WebGPU kernels and models on Mesa lavapipe;
+#  2. the browser suite: the npm package in headless Chromium (WebGPU on SwiftShader, wasm CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/fetch-models.sh smollm2 qwen0.5b
-[ -x scripts/fetch-test-data.sh ] && scripts/fetch-test-data.sh
+scripts/fetch-test-data.sh
 # Missing models or GPU adapter are failures here, never silent skips.
 export PENSIVE_REQUIRE_MODELS=1 PENSIVE_REQUIRE_GPU=1
+export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
-cargo test --release --all-targets "$@"
+cargo test --release --all-targets
+scripts/browser-test.sh

@@ -93,15 +93,29 @@ fn byte_at(base: u32, first: u32, k: u32) -> u32 {
     return (w[base + first + k / 4u] >> (8u * (k % 4u))) & 0xffu;
 }
 
-// K-quant 6-bit scale and min of sub-block `j` (0..8), from the 12 packed scale bytes at
-// words 1..4 (ggml's get_scale_min_k4).
-fn scale_min_k4(base: u32, j: u32) -> vec2<f32> {
-    if j < 4u {
-        return vec2<f32>(f32(byte_at(base, 1u, j) & 63u), f32(byte_at(base, 1u, j + 4u) & 63u));
+// K-quant 6-bit (scale, min) of sub-blocks 2j and 2j+1 (j in 0..4), from the 12 packed scale
+// bytes at words 1..4 (ggml's get_scale_min_k4). Sub-block s < 4: scale = byte s & 63, min =
+// byte s+4 & 63; s ≥ 4: the low nibble (scale) / high nibble (min) of byte s+4, topped by the
+// two high bits of byte s-4 / s. Bytes s, s+4, s+8 share one position in words 1, 2, 3, so the
+// three words are read once and the result selected without branches.
+fn k_scales(base: u32, j: u32) -> vec4<f32> {
+    let s0 = w[base + 1u];
+    let s1 = w[base + 2u];
+    let s2 = w[base + 3u];
+    var r: vec4<u32>;
+    for (var h = 0u; h < 2u; h++) {
+        let s = 2u * j + h;
+        let sh = 8u * (s % 4u);
+        let b0 = (s0 >> sh) & 0xffu;
+        let b1 = (s1 >> sh) & 0xffu;
+        let b2 = (s2 >> sh) & 0xffu;
+        let low = vec2<u32>(b0 & 63u, b1 & 63u);
+        let high = vec2<u32>((b2 & 0xfu) | ((b0 >> 6u) << 4u), (b2 >> 4u) | ((b1 >> 6u) << 4u));
+        let sm = select(high, low, s < 4u);
+        r[2u * h] = sm.x;
+        r[2u * h + 1u] = sm.y;
     }
-    let sc = (byte_at(base, 1u, j + 4u) & 0xfu) | ((byte_at(base, 1u, j - 4u) >> 6u) << 4u);
-    let m = (byte_at(base, 1u, j + 4u) >> 4u) | ((byte_at(base, 1u, j) >> 6u) << 4u);
-    return vec2<f32>(f32(sc), f32(m));
+    return vec4<f32>(r);
 }
 
 // Unit `u` (0..units_per_block) of block `b` (counted from the start of the binding).
@@ -173,10 +187,9 @@ fn dequant_unit(b: u32, u: u32) -> Unit {
             let j = u / 8u;
             let l = 4u * (u % 8u);
             let q = w[base + 4u + u];
-            let s_lo = scale_min_k4(base, 2u * j);
-            let s_hi = scale_min_k4(base, 2u * j + 1u);
-            r.lo = bytes4(q, 0xfu) * (dm.x * s_lo.x) - dm.y * s_lo.y;
-            r.hi = bytes4(q >> 4u, 0xfu) * (dm.x * s_hi.x) - dm.y * s_hi.y;
+            let sm = k_scales(base, j);
+            r.lo = bytes4(q, 0xfu) * (dm.x * sm.x) - dm.y * sm.y;
+            r.hi = bytes4(q >> 4u, 0xfu) * (dm.x * sm.z) - dm.y * sm.w;
             r.lo_off = 64u * j + l;
             r.hi_off = 64u * j + 32u + l;
         }
@@ -188,10 +201,9 @@ fn dequant_unit(b: u32, u: u32) -> Unit {
             let l = 4u * (u % 8u);
             let q = w[base + 12u + u];
             let qh = w[base + 4u + u % 8u];
-            let s_lo = scale_min_k4(base, 2u * j);
-            let s_hi = scale_min_k4(base, 2u * j + 1u);
-            r.lo = (bytes4(q, 0xfu) + bit_of_bytes(qh, 2u * j)) * (dm.x * s_lo.x) - dm.y * s_lo.y;
-            r.hi = (bytes4(q >> 4u, 0xfu) + bit_of_bytes(qh, 2u * j + 1u)) * (dm.x * s_hi.x) - dm.y * s_hi.y;
+            let sm = k_scales(base, j);
+            r.lo = (bytes4(q, 0xfu) + bit_of_bytes(qh, 2u * j)) * (dm.x * sm.x) - dm.y * sm.y;
+            r.hi = (bytes4(q >> 4u, 0xfu) + bit_of_bytes(qh, 2u * j + 1u)) * (dm.x * sm.z) - dm.y * sm.w;
             r.lo_off = 64u * j + l;
             r.hi_off = 64u * j + 32u + l;
         }

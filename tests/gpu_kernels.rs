@@ -6,7 +6,7 @@
 
 mod gpu_common;
 
-use gpu_common::{as_act, assert_close, context, contexts, tol, Rng, TOL_F32};
+use gpu_common::{as_act, assert_close, context, contexts, contexts_both_matmul_shapes, tol, Rng, TOL_F32};
 use pensive::config::RopeLayout;
 use pensive::gpu::kernels::{argmax_scratch_len, attention_scratch_len};
 use pensive::gpu::{GpuContext, GpuMatrix};
@@ -250,11 +250,12 @@ fn matmul_ref(w: &[f32], rows: usize, cols: usize, x: &[f32], n_tok: usize, bias
 }
 
 /// Mat-vec (decode, 1 token) and tiled mat-mul (prefill: 11 tokens = a full tile of 8 and a
-/// ragged one) for every type, 67 rows (not a multiple of the 2 rows per workgroup... nor of
-/// anything else), with and without the bias/residual epilogue and f32 output (logits).
+/// ragged one) for every type, 67 rows (not a multiple of the rows per workgroup... nor of
+/// anything else), both matmul shapes (8 and 32 lanes per row), with and without the
+/// bias/residual epilogue and f32 output (logits).
 #[test]
 fn quantized_matmul_matches_cpu_for_every_type() {
-    for ctx in contexts() {
+    for ctx in contexts_both_matmul_shapes() {
         let mut rng = Rng::new(7);
         for ty in ALL_TYPES {
             let (rows, cols) = (67, odd_cols(ty));
@@ -277,7 +278,7 @@ fn quantized_matmul_matches_cpu_for_every_type() {
                     // Dot products of `cols` terms: scale the tolerance by the typical |y|.
                     let scale = (cols as f32).sqrt() * w.iter().fold(0.0f32, |a, v| a.max(v.abs())).max(1.0) * 0.1;
                     let t = if out_f32 { TOL_F32 } else { tol(&ctx) };
-                    let what = format!("matmul {ty:?} {:?} tokens {n_tok} bias {with_bias} acc {accumulate} f32-out {out_f32}", ctx.act());
+                    let what = format!("matmul {ty:?} {:?} lanes {} tokens {n_tok} bias {with_bias} acc {accumulate} f32-out {out_f32}", ctx.act(), ctx.matmul_lanes());
                     assert_close(&what, &got, &want, t, scale);
                 }
             }

@@ -41,8 +41,9 @@ fn every_shader_validates_under_every_knob() {
         for shader in Shader::ALL {
             if shader.uses_dequant() {
                 for ty in WEIGHT_TYPES {
-                    for (tt, out_f32) in [(1, false), (8, false), (1, true), (8, true)] {
-                        validate(shader, &Knobs { act, wtype: wtype_id(ty), tt, out_f32 });
+                    // Every flag and both matmul shapes, in four combinations.
+                    for (tt, out_f32, x_even, lanes) in [(1, false, true, 32), (8, false, true, 8), (1, true, false, 8), (8, true, false, 32)] {
+                        validate(shader, &Knobs { act, wtype: wtype_id(ty), tt, out_f32, x_even, lanes });
                         checked += 1;
                     }
                 }

@@ -1,4 +1,5 @@
-//! The CPU backend on real quantized models vs llama.cpp (llama-cpp-python 0.3.36).
+//! Both backends on real quantized models vs llama.cpp (llama-cpp-python 0.3.36) and
+//! transformers, and the WebGPU backend vs the CPU backend on the same prompts.
 //!
 //! llama.cpp multiplies 8-bit-quantized activations; we multiply f32 activations by the
 //! dequantized weights. Both are correct, so they can only disagree where the model itself
@@ -13,14 +14,17 @@
 //! logit of every teacher-forced position.
 
 use pensive::backend::{block_on, Backend};
+use pensive::engine::{AnyBackend, BackendChoice, LoadOptions};
 use pensive::loader;
-use pensive::model::CpuModel;
 
 mod common;
 
 const DECISIVE_MARGIN: f32 = 0.5;
 const TOP20_TOLERANCE: f32 = 0.6;
 const TRANSFORMERS_TOLERANCE: f32 = 1e-3;
+/// The GPU backend with f16 activations and KV cache (lavapipe has shader-f16): about three
+/// significant digits per stored value, compounded over 24-30 layers.
+const GPU_F16_TOLERANCE: f32 = 0.15;
 
 #[derive(serde::Deserialize)]
 struct Step {
@@ -61,15 +65,30 @@ fn max_diff(row: &[f32], top: &[(u32, f32)]) -> f32 {
     top.iter().map(|&(id, l)| (row[id as usize] - l).abs()).fold(0f32, f32::max)
 }
 
-fn check_model(file: &str, fixture: &str) {
-    let Some(path) = common::model_path(file) else { return };
+fn backend(file: &str, choice: BackendChoice) -> Option<AnyBackend> {
+    let path = common::model_path(file)?;
+    let model = loader::load_gguf_file(&path).unwrap();
+    let options = LoadOptions { backend: choice, max_context: Some(1024) };
+    match block_on(AnyBackend::new(model, &options)) {
+        Ok(b) => Some(b),
+        Err(e) if std::env::var("PENSIVE_REQUIRE_GPU").as_deref() != Ok("1") => {
+            eprintln!("SKIPPED: no GPU backend ({e})");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Teacher-force every reference case (the first `max_cases`) through `model`; returns
+/// each case's first-step logits.
+fn check_model(model: &mut AnyBackend, file: &str, fixture: &str, max_cases: usize, hf_tolerance: f32) -> Vec<Vec<f32>> {
     let read = |f: String| std::fs::read(common::root_path(&f)).unwrap();
     let reference: Reference = serde_json::from_slice(&read(format!("{fixture}.llamacpp.json"))).unwrap();
     let hf: HfReference = serde_json::from_slice(&read(format!("{fixture}.transformers.json"))).unwrap();
-    let mut model = CpuModel::new(loader::load_gguf_file(&path).unwrap(), None).unwrap();
     let vocab = model.config().vocab_size;
+    let mut firsts = Vec::new();
     let (mut decisive, mut agreed, mut worst_top20, mut worst_hf) = (0, 0, 0f32, 0f32);
-    for (case, hf_case) in reference.cases.iter().zip(&hf.cases) {
+    for (case, hf_case) in reference.cases.iter().zip(&hf.cases).take(max_cases) {
         assert_eq!(case.name, hf_case.name);
         model.truncate(0).unwrap();
         let mut ids = case.prompt_ids.clone();
@@ -85,7 +104,7 @@ fn check_model(file: &str, fixture: &str) {
             .iter()
             .filter_map(|&(id, l)| hf_case.positions[0].top20.iter().find(|t| t.0 == id).map(|t| (t.1 - l).abs()))
             .fold(0f32, f32::max);
-        let bar = TOP20_TOLERANCE.max(hf_vs_llama + TRANSFORMERS_TOLERANCE);
+        let bar = TOP20_TOLERANCE.max(hf_vs_llama + hf_tolerance);
         assert!(top20 <= bar, "{file} {}: first-step top-20 differ from llama.cpp by {top20} > {bar}", case.name);
         let mut hf_diff = 0f32;
         for (j, pos) in hf_case.positions.iter().enumerate() {
@@ -111,21 +130,94 @@ fn check_model(file: &str, fixture: &str) {
             case.name
         );
         assert!(flips.is_empty(), "{file} {}: top-1 differs from llama.cpp at decisive steps {flips:?}", case.name);
+        firsts.push(first.to_vec());
     }
     eprintln!(
         "{file}: {agreed}/{decisive} decisive positions agree with llama.cpp; first-step top-20 max |diff| \
          {worst_top20:.3} vs llama.cpp, {worst_hf:.2e} vs transformers"
     );
-    assert!(worst_hf <= TRANSFORMERS_TOLERANCE, "{file}: logits differ from transformers by {worst_hf}");
+    assert!(worst_hf <= hf_tolerance, "{file}: logits differ from transformers by {worst_hf}");
     assert!(decisive > 0);
+    firsts
+}
+
+const SMOLLM2: (&str, &str) = ("smollm2-135m-instruct-q4_1.gguf", "tests/fixtures/real/smollm2");
+const QWEN05: (&str, &str) = ("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "tests/fixtures/real/qwen05");
+
+fn cpu((file, fixture): (&str, &str)) {
+    let Some(mut cpu) = backend(file, BackendChoice::Cpu) else { return };
+    check_model(&mut cpu, file, fixture, usize::MAX, TRANSFORMERS_TOLERANCE);
+}
+
+/// The GPU backend against the same references (on a subset of the cases: software
+/// rasterizers are slow), and against the CPU backend: first-step logits and greedy
+/// continuations.
+fn gpu((file, fixture): (&str, &str), cases: usize, greedy_steps: usize) {
+    let Some(mut gpu) = backend(file, BackendChoice::Gpu) else { return };
+    let Some(mut cpu) = backend(file, BackendChoice::Cpu) else { return };
+    eprintln!("{file}: {}", gpu.name());
+    let gpu_firsts = check_model(&mut gpu, file, fixture, cases, GPU_F16_TOLERANCE);
+    let reference: Reference =
+        serde_json::from_slice(&std::fs::read(common::root_path(&format!("{fixture}.llamacpp.json"))).unwrap()).unwrap();
+    let mut worst = 0f32;
+    for (case, gpu_first) in reference.cases.iter().zip(&gpu_firsts) {
+        cpu.truncate(0).unwrap();
+        gpu.truncate(0).unwrap();
+        let cpu_first = block_on(cpu.forward(&case.prompt_ids, 1)).unwrap();
+        let diff = max_diff(&cpu_first, &case.top20.iter().map(|&(id, _)| (id, gpu_first[id as usize])).collect::<Vec<_>>());
+        worst = worst.max(diff);
+        // Greedy continuations on both backends; report where they part and how close the
+        // CPU's choice was there.
+        let (mut c_next, mut g_next) = (pensive::ops::argmax(&cpu_first) as u32, pensive::ops::argmax(gpu_first) as u32);
+        block_on(gpu.forward(&case.prompt_ids, 0)).unwrap();
+        let mut margin = margin_of(&cpu_first);
+        let mut diverged = None;
+        for step in 0..greedy_steps {
+            if c_next != g_next {
+                diverged = Some((step, c_next, g_next, margin));
+                break;
+            }
+            let c = block_on(cpu.forward(&[c_next], 1)).unwrap();
+            margin = margin_of(&c);
+            c_next = pensive::ops::argmax(&c) as u32;
+            g_next = block_on(gpu.forward_greedy(&[g_next], &[])).unwrap();
+        }
+        eprintln!("{file} {}: GPU vs CPU first-step top-20 max |diff| {diff:.3}; greedy {greedy_steps} steps: {}",
+            case.name,
+            match diverged {
+                None => "identical".to_string(),
+                Some((s, c, g, m)) => format!("diverge at step {s} (cpu {c}, gpu {g}, cpu margin {m:.3})"),
+            });
+        if let Some((_, _, _, m)) = diverged {
+            assert!(m < DECISIVE_MARGIN, "{file} {}: GPU and CPU diverge at a decisive step", case.name);
+        }
+    }
+    eprintln!("{file}: GPU vs CPU first-step top-20 max |diff| {worst:.3}");
+    assert!(worst <= GPU_F16_TOLERANCE);
+}
+
+fn margin_of(row: &[f32]) -> f32 {
+    let mut v = row.to_vec();
+    v.sort_by(|a, b| b.total_cmp(a));
+    v[0] - v[1]
 }
 
 #[test]
-fn smollm2_agrees_with_llama_cpp() {
-    check_model("smollm2-135m-instruct-q4_1.gguf", "tests/fixtures/real/smollm2");
+fn smollm2_cpu_agrees_with_llama_cpp_and_transformers() {
+    cpu(SMOLLM2);
 }
 
 #[test]
-fn qwen05_agrees_with_llama_cpp() {
-    check_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "tests/fixtures/real/qwen05");
+fn qwen05_cpu_agrees_with_llama_cpp_and_transformers() {
+    cpu(QWEN05);
+}
+
+#[test]
+fn smollm2_gpu_agrees_with_references_and_cpu() {
+    gpu(SMOLLM2, 2, 8);
+}
+
+#[test]
+fn qwen05_gpu_agrees_with_references_and_cpu() {
+    gpu(QWEN05, 2, 8);
 }

@@ -11,6 +11,15 @@ use crate::config::RopeLayout;
 
 /// Tokens per workgroup of the prefill mat-mul: each dequantized weight serves this many.
 pub const MATMUL_TT: u32 = 8;
+/// Rows per lane of the matmul (matmul.wgsl RPL): each x value loaded serves this many rows.
+const MATMUL_ROWS_PER_LANE: u32 = 4;
+/// Invocations per matmul workgroup.
+const MATMUL_WORKGROUP: u32 = 64;
+
+/// Rows one matmul workgroup computes: (64 / lanes) row groups × 4 rows per lane.
+fn matmul_rows_per_group(lanes: u32) -> u32 {
+    MATMUL_WORKGROUP / lanes * MATMUL_ROWS_PER_LANE
+}
 /// Attention splits a sequence into at most this many parts (see attention.wgsl).
 pub const MAX_ATTENTION_SPLITS: usize = 32;
 /// Logits per argmax_part workgroup.
@@ -113,7 +122,7 @@ pub fn argmax_scratch_len(n: usize) -> usize {
 
 impl Recorder<'_> {
     fn knobs(&self) -> Knobs {
-        Knobs::new(self.ctx().act())
+        self.ctx().knobs()
     }
 
     /// out = rms_norm(x) * weight.  x, out: (n_tok, dim) act; weight: (dim) f32.
@@ -231,10 +240,11 @@ impl Recorder<'_> {
         out_f32: bool,
     ) {
         let tt = if n_tok == 1 { 1 } else { MATMUL_TT };
-        let knobs = Knobs { wtype: wtype_id(w.ty), tt, out_f32, ..self.knobs() };
+        let x_even = x_off % 2 == 0 && x_stride % 2 == 0;
+        let knobs = Knobs { wtype: wtype_id(w.ty), tt, out_f32, x_even, ..self.knobs() };
         let flags = u32::from(bias.is_some()) | (u32::from(accumulate) << 1);
         for part in &w.parts {
-            let [gx, gy] = grid((part.n_rows as u32).div_ceil(2));
+            let [gx, gy] = grid((part.n_rows as u32).div_ceil(matmul_rows_per_group(knobs.lanes)));
             let p = MatmulParams {
                 rows: part.n_rows as u32,
                 cols: w.cols as u32,
@@ -268,7 +278,7 @@ impl Recorder<'_> {
         scratch: &wgpu::Buffer,
         result: &wgpu::Buffer,
     ) {
-        let k = Knobs::new(self.ctx().act());
+        let k = self.knobs();
         let n_parts = argmax_scratch_len(n) as u32;
         let p = ArgmaxParams { n: n_banned as u32, offset: offset as u32, per_group: ARGMAX_PER_GROUP, n_parts };
         self.dispatch(Shader::Argmax, "ban", k, &p, &[b(logits), b(banned)], [(n_banned as u32).div_ceil(64), 1, 1]);

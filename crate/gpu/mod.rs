@@ -37,6 +37,8 @@ pub enum GpuError {
     Readback(String),
     #[error("model: {0}")]
     Model(String),
+    #[error("invalid GPU option: {0}")]
+    Option(String),
 }
 
 /// Element type of activations and the KV cache on the GPU.
@@ -117,11 +119,16 @@ pub struct Knobs {
     pub tt: u32,
     /// `out_t`: f32 output from matmul (logits) instead of `act`.
     pub out_f32: bool,
+    /// `X_EVEN`: matmul's x offset and stride are even, so with f16 activations every run of
+    /// 4 elements starts on a word and is read as 2 words instead of 4 half-words.
+    pub x_even: bool,
+    /// `LANES`: matmul lanes per row group (see matmul.wgsl); [`GpuContext::matmul_lanes`].
+    pub lanes: u32,
 }
 
 impl Knobs {
     pub fn new(act: Dtype) -> Self {
-        Knobs { act, wtype: 0, tt: 1, out_f32: false }
+        Knobs { act, wtype: 0, tt: 1, out_f32: false, x_even: true, lanes: 32 }
     }
 
     pub fn prelude(&self) -> String {
@@ -132,8 +139,8 @@ impl Knobs {
         let out = if self.out_f32 { "f32" } else { act };
         let enable = if self.act == Dtype::F16 { "enable f16;\n" } else { "" };
         format!(
-            "{enable}alias act = {act};\nalias out_t = {out};\nconst WTYPE: u32 = {}u;\nconst TT: u32 = {}u;\n",
-            self.wtype, self.tt
+            "{enable}alias act = {act};\nalias out_t = {out};\nconst ACT_F16: bool = {};\nconst WTYPE: u32 = {}u;\nconst TT: u32 = {}u;\nconst X_EVEN: bool = {};\nconst LANES: u32 = {}u;\n",
+            self.act == Dtype::F16, self.wtype, self.tt, self.x_even, self.lanes
         )
     }
 }
@@ -159,16 +166,35 @@ pub struct GpuOptions {
     pub prefer_f16: bool,
     /// Cap on the bytes of one binding below the adapter's limit (tests prove splitting).
     pub binding_cap: Option<u64>,
+    /// Matmul lanes per row (a power of two ≤ 64) instead of the adapter's default
+    /// ([`GpuContext::matmul_lanes`]); tests use it to run both shapes on one adapter.
+    pub matmul_lanes: Option<u32>,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { largest_tensor_bytes: 0, prefer_f16: true, binding_cap: None }
+        GpuOptions { largest_tensor_bytes: 0, prefer_f16: true, binding_cap: None, matmul_lanes: None }
     }
 }
 
 /// Pipelines are cached by (shader, entry, knobs).
 type PipelineKey = (Shader, &'static str, Knobs);
+
+/// A bind group is cached by its pipeline, its uniform slot and its buffer ranges. A model's
+/// steps record the same dispatches in the same order, so dispatch i of every decode step
+/// lands on the same arena slot with the same buffers: after the first step (or the warm-up
+/// at load) a step creates no bind groups. The slot's *contents* (the parameters) are
+/// rewritten every step; the bind group only names the range.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct BindKey {
+    pipeline: PipelineKey,
+    slot: u64,
+    buffers: Vec<Option<(wgpu::Buffer, u64, Option<wgpu::BufferSize>)>>,
+}
+
+/// Bind groups kept alive at most (they hold their buffers): far above a model's few
+/// thousand, a bound for callers that keep creating buffers (tests).
+const MAX_CACHED_BIND_GROUPS: usize = 16384;
 
 /// A device, its queue and the pipeline cache.
 pub struct GpuContext {
@@ -181,12 +207,17 @@ pub struct GpuContext {
     max_binding: u64,
     /// Uniform slots must start at multiples of this.
     uniform_align: u64,
+    /// Matmul lanes per row (matmul.wgsl LANES).
+    matmul_lanes: u32,
     pipelines: RefCell<HashMap<PipelineKey, (wgpu::ComputePipeline, wgpu::BindGroupLayout)>>,
+    bind_groups: RefCell<HashMap<BindKey, wgpu::BindGroup>>,
     /// Per-step uniform arena: every dispatch of a step gets one slot.
     params: wgpu::Buffer,
-    /// Dispatches and submits since creation (for the "per decode step" figures).
+    /// Dispatches, submits and bind groups created since creation (for the "per decode
+    /// step" figures).
     pub dispatches: Cell<u64>,
     pub submits: Cell<u64>,
+    pub bind_groups_created: Cell<u64>,
 }
 
 /// Bytes of one dispatch's uniform slot (the largest Params struct is 48 bytes).
@@ -251,6 +282,14 @@ impl GpuContext {
         if let Some(cap) = options.binding_cap {
             max_binding = max_binding.min(cap);
         }
+        // A CPU "GPU" (lavapipe, SwiftShader) runs a workgroup as SIMD loops, where few lanes
+        // per row and long loops win; a real GPU wants a wide, coalesced row read.
+        let matmul_lanes = match options.matmul_lanes {
+            Some(n) if n.is_power_of_two() && n <= 64 => n,
+            Some(n) => return Err(GpuError::Option(format!("matmul_lanes {n} is not a power of two ≤ 64"))),
+            None if info.device_type == wgpu::DeviceType::Cpu => 8,
+            None => 32,
+        };
         let params = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params arena"),
             size: PARAM_SLOT * PARAM_SLOTS,
@@ -259,21 +298,34 @@ impl GpuContext {
         });
         Ok(GpuContext {
             uniform_align: limits.min_uniform_buffer_offset_alignment as u64,
+            matmul_lanes,
             device,
             queue,
             info,
             act,
             max_binding,
             pipelines: RefCell::new(HashMap::new()),
+            bind_groups: RefCell::new(HashMap::new()),
             params,
             dispatches: Cell::new(0),
             submits: Cell::new(0),
+            bind_groups_created: Cell::new(0),
         })
     }
 
     /// Activation / KV cache element type.
     pub fn act(&self) -> Dtype {
         self.act
+    }
+
+    /// Matmul lanes per row (matmul.wgsl LANES): 8 on CPU adapters, 32 on GPUs.
+    pub fn matmul_lanes(&self) -> u32 {
+        self.matmul_lanes
+    }
+
+    /// The knobs every pipeline of this context starts from.
+    pub fn knobs(&self) -> Knobs {
+        Knobs { lanes: self.matmul_lanes, ..Knobs::new(self.act) }
     }
 
     /// Bytes one binding (and one weight buffer) may hold here.
@@ -285,8 +337,8 @@ impl GpuContext {
     pub fn describe(&self) -> String {
         let l = self.device.limits();
         format!(
-            "{} ({:?}, {:?}); act {:?}; max_storage_buffer_binding_size {}, max_buffer_size {}, binding used {}",
-            self.info.name, self.info.backend, self.info.device_type, self.act,
+            "{} ({:?}, {:?}); act {:?}; matmul lanes {}; max_storage_buffer_binding_size {}, max_buffer_size {}, binding used {}",
+            self.info.name, self.info.backend, self.info.device_type, self.act, self.matmul_lanes,
             l.max_storage_buffer_binding_size, l.max_buffer_size, self.max_binding
         )
     }
@@ -489,24 +541,47 @@ impl<'c> Recorder<'c> {
         self.params.extend_from_slice(bytes);
         self.params.resize((offset + slot) as usize, 0);
         let (pipeline, layout) = self.ctx.pipeline(shader, entry, knobs);
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &self.ctx.params,
-                offset,
-                size: wgpu::BufferSize::new((bytes.len() as u64).next_multiple_of(16)),
-            }),
-        }];
-        for (i, b) in buffers.iter().enumerate() {
-            if let Some(b) = b {
-                entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.clone() });
+        let param_size = wgpu::BufferSize::new((bytes.len() as u64).next_multiple_of(16));
+        // Only whole-buffer ranges are cached (every kernel binds those); anything else is
+        // built afresh.
+        let ranges: Option<Vec<_>> = buffers
+            .iter()
+            .map(|b| match b {
+                None => Some(None),
+                Some(wgpu::BindingResource::Buffer(r)) => Some(Some((r.buffer.clone(), r.offset, r.size))),
+                Some(_) => None,
+            })
+            .collect();
+        let key = ranges.map(|buffers| BindKey { pipeline: (shader, entry, knobs), slot: offset, buffers });
+        let cached = key.as_ref().and_then(|k| self.ctx.bind_groups.borrow().get(k).cloned());
+        let bind_group = match cached {
+            Some(bg) => bg,
+            None => {
+                let mut entries = vec![wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &self.ctx.params, offset, size: param_size }),
+                }];
+                for (i, b) in buffers.iter().enumerate() {
+                    if let Some(b) = b {
+                        entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.clone() });
+                    }
+                }
+                let bg = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(entry),
+                    layout: &layout,
+                    entries: &entries,
+                });
+                self.ctx.bind_groups_created.set(self.ctx.bind_groups_created.get() + 1);
+                if let Some(k) = key {
+                    let mut cache = self.ctx.bind_groups.borrow_mut();
+                    if cache.len() >= MAX_CACHED_BIND_GROUPS {
+                        cache.clear();
+                    }
+                    cache.insert(k, bg.clone());
+                }
+                bg
             }
-        }
-        let bind_group = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(entry),
-            layout: &layout,
-            entries: &entries,
-        });
+        };
         self.ops.push(Op { pipeline, bind_group, groups });
     }
 

@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use super::kernels::{argmax_scratch_len, attention_scratch_len, MAX_HEAD_DIM};
 use super::repack::GpuMatrix;
-use super::{GpuContext, GpuError};
+use super::{GpuContext, GpuError, Recorder};
 use crate::backend::{Backend, BackendError};
 use crate::config::ModelConfig;
 use crate::loader::{LoadedModel, RawTensor};
@@ -201,7 +201,7 @@ impl GpuModelBuilder {
             return Err(GpuError::Tensor { name: name.clone(), msg: "not used by the decoder".into() });
         }
         let inv_freq = ops::rope_inv_freq(c.head_dim, c.rope_theta);
-        Ok(GpuModel {
+        let model = GpuModel {
             inv_freq: ctx.storage_init("inv_freq", bytemuck::cast_slice(&inv_freq)),
             ctx,
             config: c,
@@ -212,7 +212,9 @@ impl GpuModelBuilder {
             scratch,
             kv_len: 0,
             max_context: self.max_context,
-        })
+        };
+        model.warm_up();
+        Ok(model)
     }
 }
 
@@ -253,14 +255,31 @@ impl GpuModel {
         Ok(())
     }
 
+    /// Record a decode step and a full prefill chunk without submitting them, so that their
+    /// pipelines (shader compilation) and bind groups are created at load, not on the first
+    /// token.
+    fn warm_up(&self) {
+        for (n, tail) in [(1, Tail::Greedy { n_banned: 0 }), (PREFILL_CHUNK, Tail::None)] {
+            let mut rec = self.ctx.recorder();
+            self.record(&mut rec, n, 0, &tail);
+            // Dropped unsubmitted: nothing runs.
+        }
+    }
+
     /// Record and submit one step over `tokens` (≤ PREFILL_CHUNK) at positions kv_len.. .
     fn step(&mut self, tokens: &[u32], tail: &Tail) {
+        self.ctx.queue.write_buffer(&self.scratch.ids, 0, bytemuck::cast_slice(tokens));
+        let mut rec = self.ctx.recorder();
+        self.record(&mut rec, tokens.len(), self.kv_len, tail);
+        rec.submit();
+        self.kv_len += tokens.len();
+    }
+
+    /// Record one step of `n` tokens (ids already in scratch.ids) at positions pos0.. .
+    fn record(&self, rec: &mut Recorder<'_>, n: usize, pos0: usize, tail: &Tail) {
         let c = &self.config;
         let s = &self.scratch;
-        let (n, dim, q_dim, ffn) = (tokens.len(), c.dim, c.q_dim(), c.ffn_dim);
-        let pos0 = self.kv_len;
-        self.ctx.queue.write_buffer(&s.ids, 0, bytemuck::cast_slice(tokens));
-        let mut rec = self.ctx.recorder();
+        let (dim, q_dim, ffn) = (c.dim, c.q_dim(), c.ffn_dim);
 
         // x = embed(tokens)
         rec.embed(&self.token_embd, &s.ids, &s.x, n);
@@ -300,8 +319,6 @@ impl GpuModel {
                 rec.copy(&s.next, 0, &s.next_readback, 0, 4);
             }
         }
-        rec.submit();
-        self.kv_len += n;
     }
 
     /// Run `tokens`, returning the logits of the last `n_logits`: (n_logits, vocab) f32.

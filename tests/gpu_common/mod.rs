@@ -7,7 +7,12 @@ use pensive::gpu::{GpuContext, GpuOptions};
 /// when PENSIVE_REQUIRE_GPU=1 (CI), otherwise a loud skip (None). An adapter without
 /// shader-f16 asked for f16 also skips loudly (the f32 path still runs).
 pub fn context(f16: bool, binding_cap: Option<u64>) -> Option<GpuContext> {
-    let options = GpuOptions { prefer_f16: f16, binding_cap, ..Default::default() };
+    context_with(GpuOptions { prefer_f16: f16, binding_cap, ..Default::default() })
+}
+
+/// [`context`] with any options.
+pub fn context_with(options: GpuOptions) -> Option<GpuContext> {
+    let f16 = options.prefer_f16;
     match pollster::block_on(GpuContext::new(&options)) {
         Ok(ctx) => {
             if f16 && ctx.act() != pensive::gpu::Dtype::F16 {
@@ -29,6 +34,18 @@ pub fn context(f16: bool, binding_cap: Option<u64>) -> Option<GpuContext> {
 /// Both activation paths: f32 and f16.
 pub fn contexts() -> Vec<GpuContext> {
     [false, true].into_iter().filter_map(|f16| context(f16, None)).collect()
+}
+
+/// Both activation paths, then f16 again with the matmul lanes per row that this adapter
+/// does not use by default (8 on CPU adapters, 32 on GPUs), so both matmul shapes are tested
+/// on any machine.
+pub fn contexts_both_matmul_shapes() -> Vec<GpuContext> {
+    let mut all = contexts();
+    if let Some(default) = all.first().map(|c| c.matmul_lanes()) {
+        let other = if default == 8 { 32 } else { 8 };
+        all.extend(context_with(GpuOptions { matmul_lanes: Some(other), ..Default::default() }));
+    }
+    all
 }
 
 /// SplitMix64: a tiny seeded generator so every run sees the same inputs.
