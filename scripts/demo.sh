@@ -11,21 +11,7 @@ port=8080
 
 scripts/setup.sh
 scripts/fetch-models.sh smollm2
-command -v node >/dev/null && command -v npm >/dev/null || {
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
-}
-# Toolchain for the browser build: the wasm32 target, wasm-bindgen-cli of exactly the crate's
-# version (minutes, once), and the npm dev dependencies (wasm-opt).
-rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
-want=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"$/\1/p')
-have=$(wasm-bindgen --version 2>/dev/null | cut -d' ' -f2 || true)
-if [ "$have" != "$want" ]; then
-  echo "demo: installing wasm-bindgen-cli $want (once; takes minutes)" >&2
-  cargo install --quiet wasm-bindgen-cli --version "=$want"
-fi
-[ -d www/node_modules/binaryen ] || npm ci --prefix www --no-audit --no-fund
+scripts/wasm-toolchain.sh
 npm run build --prefix www
 
 cat <<MSG

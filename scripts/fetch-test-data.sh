@@ -19,19 +19,9 @@ CACHE=models/.download
 mkdir -p "$OUT" "$CACHE"
 PIP="${PIP:-python3 -m pip}"
 
-sha_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
-
-verify() { # file sha
-  local got
-  got=$(sha256sum "$1" | cut -d' ' -f1)
-  if [ "$got" != "$2" ]; then
-    rm -f "$1"
-    echo "fetch-test-data: sha256 mismatch for $1" >&2
-    echo "  expected $2" >&2
-    echo "  got      $got (file deleted)" >&2
-    exit 1
-  fi
-}
+FETCH_TAG=fetch-test-data
+# shellcheck source=scripts/fetch-lib.sh
+source scripts/fetch-lib.sh
 
 # "name sha256" of every kept file.
 SDIST_SHA=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
