@@ -15,18 +15,10 @@ use pensive::quant::{self, GgmlType};
 
 use pollster::block_on;
 
-const ALL_TYPES: [GgmlType; 10] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-];
+/// Every weight type the GPU runs (all of GGUF's but BF16, which only safetensors use).
+fn all_types() -> impl Iterator<Item = GgmlType> {
+    GgmlType::ALL.into_iter().filter(|&t| t != GgmlType::BF16)
+}
 
 fn read_act(ctx: &GpuContext, buf: &wgpu::Buffer, n: usize) -> Vec<f32> {
     block_on(ctx.read_act(buf, n)).expect("readback")
@@ -218,7 +210,7 @@ fn silu_mul_and_add_match_cpu() {
 fn embedding_lookup_matches_dequantized_rows_for_every_type() {
     for ctx in contexts() {
         let mut rng = Rng::new(6);
-        for ty in ALL_TYPES {
+        for ty in all_types() {
             let (rows, cols) = (11, odd_cols(ty));
             let bytes = random_weights(&mut rng, ty, rows, cols);
             let table = dequant(ty, &bytes, rows * cols);
@@ -257,7 +249,7 @@ fn matmul_ref(w: &[f32], rows: usize, cols: usize, x: &[f32], n_tok: usize, bias
 fn quantized_matmul_matches_cpu_for_every_type() {
     for ctx in contexts_both_matmul_shapes() {
         let mut rng = Rng::new(7);
-        for ty in ALL_TYPES {
+        for ty in all_types() {
             let (rows, cols) = (67, odd_cols(ty));
             let bytes = random_weights(&mut rng, ty, rows, cols);
             let w = dequant(ty, &bytes, rows * cols);

@@ -4,18 +4,10 @@
 use pensive::gpu::{repack::wtype_id, shader_source, Dtype, Knobs, Shader};
 use pensive::quant::GgmlType;
 
-const WEIGHT_TYPES: [GgmlType; 10] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-];
+/// Every weight type the GPU runs (all of GGUF's but BF16).
+fn weight_types() -> impl Iterator<Item = GgmlType> {
+    GgmlType::ALL.into_iter().filter(|&t| t != GgmlType::BF16)
+}
 
 fn validate(shader: Shader, knobs: &Knobs) {
     let src = shader_source(shader, knobs);
@@ -40,7 +32,7 @@ fn every_shader_validates_under_every_knob() {
     for act in [Dtype::F32, Dtype::F16] {
         for shader in Shader::ALL {
             if shader.uses_dequant() {
-                for ty in WEIGHT_TYPES {
+                for ty in weight_types() {
                     // Every flag and both matmul shapes, in four combinations.
                     for (tt, out_f32, x_even, lanes) in [(1, false, true, 32), (8, false, true, 8), (1, true, false, 8), (8, true, false, 32)] {
                         validate(shader, &Knobs { act, wtype: wtype_id(ty), tt, out_f32, x_even, lanes });

@@ -21,16 +21,6 @@ const MAX_ULPS_VS_GGUF: u64 = 1;
 /// term, relative to the sum of |w * x| (not to the result, which can cancel to ~0).
 const KERNEL_REL_TOLERANCE: f64 = 1e-5;
 
-const QUANTIZED: [GgmlType; 8] = [
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-];
 
 // --------------------------------------------------------------------------------------
 // helpers
@@ -355,7 +345,7 @@ fn matvec_with_a_wrong_x_length_panics() {
 
 #[test]
 fn every_quantized_type_is_listed() {
-    for ty in QUANTIZED {
+    for ty in GgmlType::ALL.into_iter().filter(|t| t.is_quantized()) {
         assert!(ty.is_quantized() && GgmlType::ALL.contains(&ty), "{ty:?}");
     }
     assert_eq!(GgmlType::ALL.iter().filter(|t| !t.is_quantized()).count(), 3);
