@@ -12,6 +12,8 @@ if [ "${1:-}" = "--prepare" ]; then
   cargo build --release --example synthetic_bench --example gpu_bench
   mkdir -p target/device
   for b in synthetic_bench gpu_bench; do strip -o "target/device/$b" "target/release/examples/$b"; done
+  # The Vulkan loader, in case the device image lacks it (the NVIDIA ICD comes with the driver).
+  cp -L /usr/lib/x86_64-linux-gnu/libvulkan.so.1 target/device/ 2>/dev/null || true
   cp "$0" target/device/device-bench.sh
   exit 0
 fi
@@ -19,6 +21,7 @@ cd "$(dirname "$0")"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tail -1 || true
 # Vulkan needs the driver's graphics capability in the container.
 echo "NVIDIA_DRIVER_CAPABILITIES=${NVIDIA_DRIVER_CAPABILITIES:-unset}"
+export LD_LIBRARY_PATH=$PWD:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
 export XDG_RUNTIME_DIR=$(mktemp -d) WGPU_BACKEND=vulkan
 for shape in r1-1.5b qwen-0.5b; do
   timeout 150 ./synthetic_bench --shape "$shape" --backend gpu --prompt-tokens 128 --gen-tokens 64 || echo "gpu $shape failed"
