@@ -3,7 +3,6 @@
 //! native and web share every step from bytes to events.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
@@ -12,7 +11,7 @@ use crate::backend::{Backend, BackendError};
 use crate::chat::{ChatError, ChatTemplate, Message};
 use crate::config::ModelConfig;
 use crate::generate::{self, Event, GenerateError, GenerateOptions, Generation, ScoreResult};
-use crate::loader::{GgufStream, LoadError, LoadProgress, LoadedModel, RawTensor};
+use crate::loader::{GgufCollector, GgufStream, LoadError, LoadProgress, LoadedModel};
 use crate::gpu::{GpuContext, GpuOptions};
 use crate::gpu::model::{GpuModel, GpuModelBuilder};
 use crate::model::CpuModel;
@@ -473,18 +472,13 @@ impl Engine {
 /// first and then uploads each tensor the moment its last byte arrives, so a 1.1 GB model
 /// passes through host memory one tensor at a time instead of being held whole next to
 /// its GPU copy — what lets a 1.5B model load within wasm32's memory.
-pub struct EngineLoader {
-    stream: GgufStream,
-    sink: TensorSink,
-}
-
-enum TensorSink {
+pub enum EngineLoader {
     /// Tensors by name, for `finish` to build the backend from. `cpu_only` when `streaming`
     /// already found no usable GPU under `auto`, so `finish` does not ask again.
-    Keep { tensors: HashMap<String, RawTensor>, cpu_only: bool },
+    Keep { collector: GgufCollector, cpu_only: bool },
     /// Uploaded at once. The builder needs the model's configuration, so it is created
     /// when the first tensor arrives (the header is complete by then).
-    Gpu { ctx: Rc<GpuContext>, max_context: Option<usize>, builder: Option<GpuModelBuilder> },
+    Gpu { stream: GgufStream, ctx: Rc<GpuContext>, max_context: Option<usize>, builder: Option<GpuModelBuilder> },
 }
 
 impl Default for EngineLoader {
@@ -496,72 +490,67 @@ impl Default for EngineLoader {
 impl EngineLoader {
     /// Keep the tensors; `finish`'s options choose the backend.
     pub fn new() -> Self {
-        Self { stream: GgufStream::new(), sink: TensorSink::Keep { tensors: HashMap::new(), cpu_only: false } }
+        Self::Keep { collector: GgufCollector::default(), cpu_only: false }
     }
 
     /// Settle the backend before any byte arrives: on the GPU (or `auto` with a usable
     /// adapter), tensors are uploaded as they complete; otherwise kept for the CPU. The
     /// backend and `max_context` given here are the ones `finish` builds.
     pub async fn streaming(options: &LoadOptions) -> Result<Self, EngineError> {
-        let keep = |cpu_only| Self { stream: GgufStream::new(), sink: TensorSink::Keep { tensors: HashMap::new(), cpu_only } };
+        let cpu_only = || Self::Keep { collector: GgufCollector::default(), cpu_only: true };
         if options.backend == BackendChoice::Cpu {
-            return Ok(keep(true));
+            return Ok(cpu_only());
         }
         // The largest tensor is unknown before the header: ask for the adapter's maximum
         // binding size (larger tensors are split across bindings anyway).
         let gpu_options = GpuOptions { largest_tensor_bytes: u64::MAX, ..GpuOptions::default() };
         match GpuContext::new(&gpu_options).await {
-            Ok(ctx) => Ok(Self {
+            Ok(ctx) => Ok(Self::Gpu {
                 stream: GgufStream::new(),
-                sink: TensorSink::Gpu { ctx: Rc::new(ctx), max_context: options.max_context, builder: None },
+                ctx: Rc::new(ctx),
+                max_context: options.max_context,
+                builder: None,
             }),
             Err(e) if options.backend == BackendChoice::Auto => {
                 log_fallback(&e.to_string());
-                Ok(keep(true))
+                Ok(cpu_only())
             }
             Err(e) => Err(EngineError::BackendUnavailable("gpu".into(), e.to_string())),
         }
     }
 
     pub fn push(&mut self, chunk: &[u8]) -> Result<LoadProgress, EngineError> {
-        let sink = &mut self.sink;
-        self.stream.push(chunk, &mut |header, t| match sink {
-            TensorSink::Keep { tensors, .. } => {
-                tensors.insert(t.name.clone(), t);
-                Ok(())
+        match self {
+            Self::Keep { collector, .. } => Ok(collector.push(chunk)?),
+            Self::Gpu { stream, ctx, max_context, builder } => {
+                stream.push(chunk, &mut |header, t| {
+                    let gpu_error = |e: crate::gpu::GpuError| LoadError::Other(e.to_string());
+                    let b = match builder {
+                        Some(b) => b,
+                        None => builder.insert(
+                            GpuModelBuilder::new(Rc::clone(ctx), crate::loader::config_from_gguf(header)?, *max_context)
+                                .map_err(gpu_error)?,
+                        ),
+                    };
+                    // `t` is dropped here: only the GPU copy remains.
+                    b.add(&t).map_err(gpu_error)
+                })?;
+                Ok(stream.progress())
             }
-            TensorSink::Gpu { ctx, max_context, builder } => {
-                let gpu_error = |e: crate::gpu::GpuError| LoadError::Other(e.to_string());
-                let b = match builder {
-                    Some(b) => b,
-                    None => builder.insert(
-                        GpuModelBuilder::new(Rc::clone(ctx), crate::loader::config_from_gguf(header)?, *max_context)
-                            .map_err(gpu_error)?,
-                    ),
-                };
-                // `t` is dropped here: only the GPU copy remains.
-                b.add(&t).map_err(gpu_error)
-            }
-        })?;
-        Ok(self.stream.progress())
-    }
-
-    pub fn progress(&self) -> LoadProgress {
-        self.stream.progress()
+        }
     }
 
     /// End of the file: build the engine. `options` choose the backend of a loader made by
     /// `new`; a `streaming` loader already settled it.
     pub async fn finish(self, options: &LoadOptions) -> Result<Engine, EngineError> {
-        let header = self.stream.finish()?;
-        let config = crate::loader::config_from_gguf(&header)?;
-        match self.sink {
-            TensorSink::Keep { tensors, cpu_only } => {
+        match self {
+            Self::Keep { collector, cpu_only } => {
                 let options = if cpu_only { LoadOptions { backend: BackendChoice::Cpu, ..options.clone() } } else { options.clone() };
-                let model = LoadedModel { config, tensors, gguf: Some(header) };
-                Engine::new(model, None, &options).await
+                Engine::new(collector.finish()?, None, &options).await
             }
-            TensorSink::Gpu { builder, .. } => {
+            Self::Gpu { stream, builder, .. } => {
+                let header = stream.finish()?;
+                let config = crate::loader::config_from_gguf(&header)?;
                 let tokenizer = Tokenizer::from_gguf(&header.metadata)?;
                 check_vocab(&tokenizer, &config)?;
                 let builder = builder.ok_or_else(|| LoadError::Other("the model file has no tensors".into()))?;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use crate::bytes::AlignedBytes;
 use crate::config::{ConfigError, ModelConfig};
-use crate::gguf::{GgufError, GgufHeader, TensorInfo};
+use crate::gguf::{GgufError, GgufHeader};
 use crate::quant::GgmlType;
 
 #[derive(Debug, thiserror::Error)]
@@ -211,32 +211,39 @@ pub fn config_from_gguf(header: &GgufHeader) -> Result<ModelConfig, LoadError> {
     Ok(ModelConfig::from_gguf(&header.metadata, header.tensor("output.weight").is_some(), vocab)?)
 }
 
-/// Load a whole GGUF through the stream, keeping every tensor (the CPU backend's sink).
-pub fn load_gguf_chunks<'a>(chunks: impl IntoIterator<Item = Result<&'a [u8], LoadError>>) -> Result<LoadedModel, LoadError> {
-    let mut stream = GgufStream::new();
-    let mut tensors = HashMap::new();
-    let mut config = None;
-    for chunk in chunks {
-        stream.push(chunk?, &mut |header, t| {
-            if config.is_none() {
-                config = Some(config_from_gguf(header)?);
-            }
+/// A whole GGUF read through the stream, keeping every tensor (the CPU backend's sink).
+#[derive(Default)]
+pub struct GgufCollector {
+    stream: GgufStream,
+    tensors: HashMap<String, RawTensor>,
+}
+
+impl GgufCollector {
+    pub fn push(&mut self, chunk: &[u8]) -> Result<LoadProgress, LoadError> {
+        let tensors = &mut self.tensors;
+        self.stream.push(chunk, &mut |_, t| {
             tensors.insert(t.name.clone(), t);
             Ok(())
         })?;
+        Ok(self.stream.progress())
     }
-    let header = stream.finish()?;
-    let config = match config {
-        Some(c) => c,
-        None => config_from_gguf(&header)?,
-    };
-    Ok(LoadedModel { config, tensors, gguf: Some(header) })
+
+    /// End of input: every tensor must have arrived.
+    pub fn finish(self) -> Result<LoadedModel, LoadError> {
+        let header = self.stream.finish()?;
+        let config = config_from_gguf(&header)?;
+        Ok(LoadedModel { config, tensors: self.tensors, gguf: Some(header) })
+    }
 }
 
 /// Load a GGUF held in memory.
 pub fn load_gguf_bytes(bytes: &[u8]) -> Result<LoadedModel, LoadError> {
     const CHUNK: usize = 16 << 20;
-    load_gguf_chunks(bytes.chunks(CHUNK).map(Ok))
+    let mut collector = GgufCollector::default();
+    for chunk in bytes.chunks(CHUNK) {
+        collector.push(chunk)?;
+    }
+    collector.finish()
 }
 
 /// Load a GGUF file, reading it in chunks (never the whole file at once on top of the tensors).
@@ -245,22 +252,15 @@ pub fn load_gguf_file(path: &std::path::Path) -> Result<LoadedModel, LoadError> 
     use std::io::Read;
     let io = |e: std::io::Error| LoadError::Io(format!("{}: {e}", path.display()));
     let mut file = std::fs::File::open(path).map_err(io)?;
-    let mut stream = GgufStream::new();
-    let mut tensors = HashMap::new();
+    let mut collector = GgufCollector::default();
     let mut buf = vec![0u8; 8 << 20];
     loop {
         let n = file.read(&mut buf).map_err(io)?;
         if n == 0 {
-            break;
+            return collector.finish();
         }
-        stream.push(&buf[..n], &mut |_, t| {
-            tensors.insert(t.name.clone(), t);
-            Ok(())
-        })?;
+        collector.push(&buf[..n])?;
     }
-    let header = stream.finish()?;
-    let config = config_from_gguf(&header)?;
-    Ok(LoadedModel { config, tensors, gguf: Some(header) })
 }
 
 /// HF tensor name → GGUF tensor name (None for tensors the decoder does not use, such as
@@ -355,22 +355,5 @@ impl LoadedModel {
             return Err(LoadError::BadShape { name: name.into(), got: t.dims, expected });
         }
         Ok(t)
-    }
-
-    /// Shape info for every tensor, for diagnostics.
-    pub fn tensor_infos(&self) -> Vec<TensorInfo> {
-        let mut v: Vec<_> = self
-            .tensors
-            .values()
-            .map(|t| TensorInfo {
-                name: t.name.clone(),
-                dims: t.dims.clone(),
-                ty: t.ty,
-                offset: 0,
-                n_bytes: t.data.len() as u64,
-            })
-            .collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
     }
 }
