@@ -3,8 +3,8 @@
 //! `cargo run --release --example gpu_bench -- models/smollm2-135m-instruct-q4_1.gguf
 //!  --prompt-tokens 40 --gen-tokens 16 [--f32] [--lanes N]`
 //!
-//! Instead of a file, `--synthetic smollm2|qwen0.5b|qwen1.5b` builds zero weights of that
-//! model's shapes and GGUF types (for machines without the model files: GPU time does not
+//! Instead of a file, `--synthetic smollm2|qwen0.5b|qwen1.5b` builds random weights of that
+//! model's shapes and GGUF types (examples/common/synthetic.rs) (for machines without the model files: GPU time does not
 //! depend on the values).
 //!
 //! The prompt is a fixed id sequence (timing does not depend on the text). Prefill runs
@@ -14,14 +14,11 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use std::collections::HashMap;
+#[path = "common/synthetic.rs"]
+mod synthetic;
 
 use pensive::backend::{block_on, Backend};
-use pensive::bytes::AlignedBytes;
-use pensive::config::{Arch, ModelConfig, RopeLayout};
 use pensive::gpu::{GpuContext, GpuModel, GpuOptions};
-use pensive::loader::{LoadedModel, RawTensor};
-use pensive::quant::GgmlType;
 
 struct Args {
     model: String,
@@ -30,65 +27,6 @@ struct Args {
     gen_tokens: usize,
     f16: bool,
     lanes: Option<u32>,
-}
-
-/// Zero weights with the shapes and types of a real model (the types of its Q4 GGUF).
-fn synthetic(name: &str) -> Result<LoadedModel, String> {
-    use GgmlType::*;
-    // (config, attention type, ffn gate/up type, ffn down type, embedding type, output type)
-    let (arch, n_layers, dim, n_heads, n_kv_heads, ffn_dim, vocab, [attn, gate_up, down, embd, out]) = match name {
-        "smollm2" => (Arch::Llama, 30, 576, 9, 3, 1536, 49152, [Q4_1, Q4_1, Q4_1, Q8_0, Q8_0]),
-        "qwen0.5b" => (Arch::Qwen2, 24, 896, 14, 2, 4864, 151936, [Q5_0, Q5_0, Q6_K, Q5_0, Q8_0]),
-        "qwen1.5b" => (Arch::Qwen2, 28, 1536, 12, 2, 8960, 151936, [Q4_K, Q4_K, Q6_K, Q4_K, Q6_K]),
-        _ => return Err(format!("unknown synthetic model {name} (smollm2, qwen0.5b, qwen1.5b)")),
-    };
-    let llama = arch == Arch::Llama;
-    let c = ModelConfig {
-        arch,
-        n_layers,
-        dim,
-        n_heads,
-        n_kv_heads,
-        head_dim: dim / n_heads,
-        ffn_dim,
-        vocab_size: vocab,
-        rope_theta: 1e6,
-        rope_layout: if llama { RopeLayout::Interleaved } else { RopeLayout::NeoX },
-        rms_eps: 1e-6,
-        qkv_bias: !llama,
-        tied_embeddings: llama,
-        context_length: 32768,
-    };
-    let mut tensors = HashMap::new();
-    let mut add = |name: String, ty: GgmlType, dims: Vec<u64>| {
-        let n: u64 = dims.iter().product();
-        let bytes = n as usize / ty.block_len() * ty.block_bytes();
-        tensors.insert(name.clone(), RawTensor { name, ty, dims, data: AlignedBytes::zeroed(bytes) });
-    };
-    let (d, q, kv, f, v) = (dim as u64, c.q_dim() as u64, c.kv_dim() as u64, ffn_dim as u64, vocab as u64);
-    add("token_embd.weight".into(), embd, vec![d, v]);
-    add("output_norm.weight".into(), F32, vec![d]);
-    if !llama {
-        add("output.weight".into(), out, vec![d, v]);
-    }
-    for l in 0..n_layers {
-        let n = |p: &str| format!("blk.{l}.{p}");
-        add(n("attn_norm.weight"), F32, vec![d]);
-        add(n("ffn_norm.weight"), F32, vec![d]);
-        add(n("attn_q.weight"), attn, vec![d, q]);
-        add(n("attn_k.weight"), attn, vec![d, kv]);
-        add(n("attn_v.weight"), attn, vec![d, kv]);
-        add(n("attn_output.weight"), attn, vec![q, d]);
-        add(n("ffn_gate.weight"), gate_up, vec![d, f]);
-        add(n("ffn_up.weight"), gate_up, vec![d, f]);
-        add(n("ffn_down.weight"), down, vec![f, d]);
-        if !llama {
-            add(n("attn_q.bias"), F32, vec![q]);
-            add(n("attn_k.bias"), F32, vec![kv]);
-            add(n("attn_v.bias"), F32, vec![kv]);
-        }
-    }
-    Ok(LoadedModel { config: c, tensors, gguf: None })
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -129,7 +67,7 @@ fn cpu_seconds() -> Option<f64> {
 fn run(args: &Args) -> Result<String, Box<dyn std::error::Error>> {
     let t = Instant::now();
     let loaded = match &args.synthetic {
-        Some(name) => synthetic(name)?,
+        Some(name) => synthetic::model(name).ok_or_else(|| format!("unknown synthetic model {name} ({})", synthetic::NAMES))?,
         None => pensive::loader::load_gguf_file(std::path::Path::new(&args.model))?,
     };
     let read_s = t.elapsed().as_secs_f64();

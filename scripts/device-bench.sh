@@ -23,7 +23,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 echo "NVIDIA_DRIVER_CAPABILITIES=${NVIDIA_DRIVER_CAPABILITIES:-unset}"
 export LD_LIBRARY_PATH=$PWD:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
 export XDG_RUNTIME_DIR=$(mktemp -d) WGPU_BACKEND=vulkan
-for shape in r1-1.5b qwen-0.5b; do
+for shape in r1-1.5b qwen0.5b; do
   timeout 150 ./synthetic_bench --shape "$shape" --backend gpu --prompt-tokens 128 --gen-tokens 64 || echo "gpu $shape failed"
 done
 timeout 60 ./gpu_bench --synthetic qwen1.5b --prompt-tokens 128 --gen-tokens 64 || echo "gpu_bench failed"
