@@ -48,22 +48,11 @@ pub trait TextCodec {
     fn end_of_generation_ids(&self) -> Vec<u32>;
 }
 
-impl<T: TextCodec + ?Sized> TextCodec for &T {
-    fn encode(&self, text: &str) -> Result<Vec<u32>, CodecError> {
-        (**self).encode(text)
-    }
-    fn decode(&self, ids: &[u32]) -> String {
-        (**self).decode(ids)
-    }
-    fn token_id(&self, text: &str) -> Option<u32> {
-        (**self).token_id(text)
-    }
-    fn end_of_generation_ids(&self) -> Vec<u32> {
-        (**self).end_of_generation_ids()
-    }
-}
-
-impl<T: TextCodec + ?Sized> TextCodec for std::rc::Rc<T> {
+/// A codec behind any pointer (`&T`, `Rc<T>`, `Box<T>`) is a codec.
+impl<P: std::ops::Deref> TextCodec for P
+where
+    P::Target: TextCodec,
+{
     fn encode(&self, text: &str) -> Result<Vec<u32>, CodecError> {
         (**self).encode(text)
     }
