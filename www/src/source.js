@@ -9,8 +9,10 @@ const HF_HOST = 'https://huggingface.co';
 export const CACHE_NAME = 'pensive-models-v1';
 /** Cache keys are synthetic URLs (the Cache API wants http(s)); nothing is fetched from them. */
 const CACHE_KEY_BASE = 'https://pensive-cache.invalid/model';
-/** Bytes the cache writer may lag behind the loader before caching is given up. */
+/** Bytes the cache writer may lag behind the loader before the download waits for it. */
 const CACHE_BACKLOG = 64 * 2 ** 20;
+/** Milliseconds without progress after which a cache write is abandoned. */
+const CACHE_STALL_MS = 30_000;
 
 /**
  * `hf:owner/repo/path/file.gguf` or `hf:owner/repo@revision/path/file.gguf` → the hub's
@@ -182,19 +184,27 @@ export async function openModelSource(model, { cache = true, tokenizer, signal, 
   }
   // Each chunk goes to the loader and to a second stream that the Cache API writes to disk:
   // the file is downloaded once and never assembled in memory. Cache.put only commits a
-  // complete body, so an interrupted download leaves no entry. If the cache side falls
-  // behind by more than CACHE_BACKLOG bytes or fails (QuotaExceededError with a big model in
-  // a small profile), caching is dropped with a warning and loading goes on.
+  // complete body, so an interrupted download leaves no entry. When the cache side is
+  // CACHE_BACKLOG bytes behind, the download waits for it (memory stays bounded and the
+  // model is still cached on a busy machine); if the write fails (QuotaExceededError with a
+  // big model in a small profile), caching is dropped with a warning and loading goes on.
   let cacheSide = null;
   let caching = true;
+  let wake = null; // resolves the download's wait for room in the cache queue
+  const wakeDownload = () => { wake?.(); wake = null; };
   const stopCaching = (why) => {
     if (!caching) return;
     caching = false;
     console.warn(`pensive: not caching ${name}: ${why}`);
     try { cacheSide.error(new Error(why)); } catch { /* already closed or errored */ }
+    wakeDownload();
   };
   const forCache = new ReadableStream(
-    { start(controller) { cacheSide = controller; }, cancel() { caching = false; } },
+    {
+      start(controller) { cacheSide = controller; },
+      pull() { wakeDownload(); },
+      cancel() { caching = false; wakeDownload(); },
+    },
     { highWaterMark: CACHE_BACKLOG, size: (chunk) => chunk.byteLength },
   );
   const settled = (async () => {
@@ -208,10 +218,15 @@ export async function openModelSource(model, { cache = true, tokenizer, signal, 
     let complete = false;
     try {
       for await (const chunk of chunksOf(res.body)) {
-        if (caching) {
-          if (cacheSide.desiredSize <= 0) stopCaching('the cache write fell behind the download');
-          else cacheSide.enqueue(chunk);
+        while (caching && cacheSide.desiredSize <= 0) {
+          // A writer that makes no progress for CACHE_STALL_MS is given up on, never waited for forever.
+          let timer;
+          const room = new Promise((resolve) => { wake = resolve; });
+          const stalled = new Promise((resolve) => { timer = setTimeout(() => resolve(true), CACHE_STALL_MS); });
+          if (await Promise.race([room, stalled])) stopCaching('the cache write stalled');
+          clearTimeout(timer);
         }
+        if (caching) cacheSide.enqueue(chunk);
         yield chunk;
       }
       complete = true;
