@@ -20,6 +20,7 @@ pub mod chat;
 pub mod sampler;
 pub mod thinking;
 pub mod generate;
+pub mod builder;
 pub mod engine;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
