@@ -272,6 +272,13 @@ impl Engine {
         self.active.is_some()
     }
 
+    /// Replace the model's chat template (a Jinja source, as in `tokenizer_config.json`), for
+    /// files whose template is missing or wrong.
+    pub fn set_chat_template(&mut self, source: &str) -> Result<(), EngineError> {
+        self.chat = Some(ChatTemplate::new(source)?);
+        Ok(())
+    }
+
     /// Empty the KV cache (the next request computes its whole prompt).
     pub fn clear_cache(&mut self) -> Result<(), EngineError> {
         if self.active.is_some() {

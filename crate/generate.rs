@@ -308,6 +308,18 @@ struct MarkerHit {
     tokens_before: usize,
 }
 
+/// Where a request is. Feeds before the first choice are prefill time, later ones decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Nothing ran yet; the controller's start actions (a forced `<think>`) come first.
+    New,
+    /// The prompt (and forced start) still to run before the first token is chosen.
+    Prefill,
+    Decode,
+    /// `done` is queued (or the request failed).
+    Done,
+}
+
 /// The state of one request. The KV cache and the ids in it belong to the [`Transcript`]
 /// that every method takes: pass the same one from `new` to the end.
 pub struct Generation<C: TextCodec> {
@@ -330,10 +342,7 @@ pub struct Generation<C: TextCodec> {
     /// Tokens fed before the first token was chosen (the prompt's uncached part, a forced
     /// start marker).
     prefill_tokens: usize,
-    /// A token has been chosen: later feeds are decode time.
-    chosen: bool,
-    started: bool,
-    finished: bool,
+    stage: Stage,
 }
 
 impl<C: TextCodec> Generation<C> {
@@ -407,9 +416,7 @@ impl<C: TextCodec> Generation<C> {
             events: VecDeque::new(),
             stats: Stats { prompt_tokens: prompt_ids.len(), cached_tokens: cached, ..Stats::default() },
             prefill_tokens: 0,
-            chosen: false,
-            started: false,
-            finished: false,
+            stage: Stage::New,
         })
     }
 
@@ -421,11 +428,11 @@ impl<C: TextCodec> Generation<C> {
             if let Some(event) = self.events.pop_front() {
                 return Ok(Some(event));
             }
-            if self.finished {
+            if self.stage == Stage::Done {
                 return Ok(None);
             }
             if let Err(e) = self.step(t).await {
-                self.finished = true;
+                self.stage = Stage::Done;
                 self.events.clear();
                 return Err(e);
             }
@@ -458,18 +465,18 @@ impl<C: TextCodec> Generation<C> {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.finished && self.events.is_empty()
+        self.stage == Stage::Done && self.events.is_empty()
     }
 
     // --- one step ---
 
     async fn step<B: Backend>(&mut self, t: &mut Transcript<B>) -> Result<(), GenerateError> {
-        if !self.started {
-            self.started = true;
+        if self.stage == Stage::New {
+            self.stage = Stage::Prefill;
             if let Some(thinking) = self.thinking.as_mut() {
                 let actions = thinking.start();
                 self.apply(t, None, None, actions).await?;
-                if self.finished {
+                if self.stage == Stage::Done {
                     return Ok(());
                 }
             }
@@ -542,13 +549,13 @@ impl<C: TextCodec> Generation<C> {
 
     /// Feed the pending tokens and choose the next one.
     async fn forward_and_choose<B: Backend>(&mut self, t: &mut Transcript<B>, banned: &[u32]) -> Result<u32, GenerateError> {
-        if !self.chosen {
+        if self.stage == Stage::Prefill {
             let t0 = monotonic_seconds();
             let n = t.feed_all_but_last().await?;
             self.account_feed(n, monotonic_seconds() - t0);
         }
         let id = self.forward_and_choose_inner(t, banned).await?;
-        self.chosen = true;
+        self.stage = Stage::Decode;
         Ok(id)
     }
 
@@ -634,7 +641,7 @@ impl<C: TextCodec> Generation<C> {
 
     /// `n` tokens went through `forward` in `seconds`.
     fn account_feed(&mut self, n: usize, seconds: f64) {
-        if !self.chosen {
+        if self.stage == Stage::Prefill {
             self.prefill_tokens += n;
             self.stats.prefill_s += seconds;
         } else {
@@ -670,101 +677,122 @@ impl<C: TextCodec> Generation<C> {
         let marker_floor = hit.map_or(usize::MAX, |h| h.at);
         let mut first_rolled_back = None;
         for action in actions {
-            if self.finished {
+            if self.stage == Stage::Done {
                 break;
             }
             match action {
                 Action::Keep { phase, marker } => {
                     let Some((id, start)) = sampled else { continue };
-                    if self.end_of_generation.contains(&id) {
-                        self.finish(t, FinishReason::EndOfGeneration).await?;
-                        break;
-                    }
-                    t.push(id);
-                    self.stats.sampled_tokens += 1;
-                    let end = self.response.text.len();
-                    self.response.tokens.push(ResponseToken { id, start, end, phase, forced: false, marker: false });
-                    if marker {
-                        // The tokens spelling the marker belong to it: tag and emit them.
-                        let from = hit.map_or(start, |h| h.at);
-                        let released = self.response.released;
-                        for token in &mut self.response.tokens[released..] {
-                            if token.end > from {
-                                token.phase = phase;
-                                token.marker = true;
-                            }
-                        }
-                        self.release(usize::MAX);
-                    } else if self.check_stop_strings(t, start, phase).await? {
+                    let marker_from = marker.then(|| hit.map_or(start, |h| h.at));
+                    if self.keep_sampled(t, id, start, phase, marker_from).await? {
                         break;
                     }
                 }
-                Action::Rollback { tokens } => {
-                    let keep = t.len() - tokens;
-                    first_rolled_back = t.ids().get(keep).copied();
-                    t.truncate(keep)?;
-                    self.stats.rolled_back_tokens += tokens;
-                    self.response.stream.pop(tokens);
-                    let kept = keep - self.prompt_len;
-                    if let Some(token) = self.response.tokens.get(kept) {
-                        self.response.text.truncate(token.start);
-                    }
-                    self.response.tokens.truncate(kept);
-                    self.response.released = self.response.released.min(kept);
-                }
-                Action::Resample => {
-                    return Ok(first_rolled_back.or(sampled.map(|(id, _)| id)));
-                }
-                Action::Force { ids, phase, marker } => {
-                    self.release(usize::MAX);
-                    if marker && self.budget_exhausted {
-                        self.stats.forced_exit = true;
-                    }
-                    for id in ids {
-                        let start = self.response.text.len();
-                        let piece = self.response.stream.push(&self.codec, id);
-                        self.response.text.push_str(&piece);
-                        t.push(id);
-                        let end = self.response.text.len();
-                        self.response.tokens.push(ResponseToken { id, start, end, phase, forced: true, marker });
-                        self.stats.forced_tokens += 1;
-                        self.events.push_back(Event::Token { id, text: piece, phase, forced: true, marker });
-                    }
-                    self.response.released = self.response.tokens.len();
-                    self.response.match_floor = self.response.text.len();
-                }
+                Action::Rollback { tokens } => first_rolled_back = self.roll_back(t, tokens)?,
+                Action::Resample => return Ok(first_rolled_back.or(sampled.map(|(id, _)| id))),
+                Action::Force { ids, phase, marker } => self.force(t, &ids, phase, marker),
                 Action::Phase(phase) => {
-                    self.release(marker_floor.min(self.hold_from()));
-                    self.events.push_back(Event::Phase { phase });
+                    self.announce(marker_floor, Event::Phase { phase });
                     if phase == Phase::Answer {
                         // Stop strings and markers are searched in the answer's own text.
                         self.response.match_floor = self.response.text.len();
                     }
                 }
                 Action::Continuation { text, round } => {
-                    self.release(marker_floor.min(self.hold_from()));
                     self.stats.continuations += 1;
-                    self.events.push_back(Event::Continuation { text, round });
+                    self.announce(marker_floor, Event::Continuation { text, round });
                 }
                 Action::BudgetExhausted { thinking_tokens } => {
-                    self.release(marker_floor.min(self.hold_from()));
                     self.budget_exhausted = true;
-                    self.events.push_back(Event::BudgetExhausted { thinking_tokens });
+                    self.announce(marker_floor, Event::BudgetExhausted { thinking_tokens });
                 }
-                Action::Stop(StopReason::AnswerMaxTokens) => {
-                    self.finish(t, FinishReason::AnswerMaxTokens).await?;
-                }
+                Action::Stop(StopReason::AnswerMaxTokens) => self.finish(t, FinishReason::AnswerMaxTokens).await?,
             }
         }
         if context_full {
             self.finish(t, FinishReason::ContextFull).await?;
         }
-        if !self.finished {
+        if self.stage != Stage::Done {
             let hold_from = self.hold_from();
             self.release(hold_from);
         }
         self.count_tokens();
         Ok(None)
+    }
+
+    /// Keep the sampled token `id` (its text starts at `start`); `marker_from`: it completes
+    /// a marker that starts at that text offset. Returns whether the generation ended.
+    async fn keep_sampled<B: Backend>(
+        &mut self,
+        t: &mut Transcript<B>,
+        id: u32,
+        start: usize,
+        phase: Phase,
+        marker_from: Option<usize>,
+    ) -> Result<bool, GenerateError> {
+        if self.end_of_generation.contains(&id) {
+            self.finish(t, FinishReason::EndOfGeneration).await?;
+            return Ok(true);
+        }
+        t.push(id);
+        self.stats.sampled_tokens += 1;
+        let end = self.response.text.len();
+        self.response.tokens.push(ResponseToken { id, start, end, phase, forced: false, marker: false });
+        let Some(from) = marker_from else { return self.check_stop_strings(t, start, phase).await };
+        // The tokens spelling the marker belong to it: tag and emit them.
+        let released = self.response.released;
+        for token in &mut self.response.tokens[released..] {
+            if token.end > from {
+                token.phase = phase;
+                token.marker = true;
+            }
+        }
+        self.release(usize::MAX);
+        Ok(false)
+    }
+
+    /// Take the last `tokens` kept tokens back out of the transcript and the response;
+    /// returns the first of them.
+    fn roll_back<B: Backend>(&mut self, t: &mut Transcript<B>, tokens: usize) -> Result<Option<u32>, GenerateError> {
+        let keep = t.len() - tokens;
+        let first = t.ids().get(keep).copied();
+        t.truncate(keep)?;
+        self.stats.rolled_back_tokens += tokens;
+        self.response.stream.pop(tokens);
+        let kept = keep - self.prompt_len;
+        if let Some(token) = self.response.tokens.get(kept) {
+            self.response.text.truncate(token.start);
+        }
+        self.response.tokens.truncate(kept);
+        self.response.released = self.response.released.min(kept);
+        Ok(first)
+    }
+
+    /// Append `ids` as if the model had written them, emitting each at once.
+    fn force<B: Backend>(&mut self, t: &mut Transcript<B>, ids: &[u32], phase: Phase, marker: bool) {
+        self.release(usize::MAX);
+        if marker && self.budget_exhausted {
+            self.stats.forced_exit = true;
+        }
+        for &id in ids {
+            let start = self.response.text.len();
+            let piece = self.response.stream.push(&self.codec, id);
+            self.response.text.push_str(&piece);
+            t.push(id);
+            let end = self.response.text.len();
+            self.response.tokens.push(ResponseToken { id, start, end, phase, forced: true, marker });
+            self.stats.forced_tokens += 1;
+            self.events.push_back(Event::Token { id, text: piece, phase, forced: true, marker });
+        }
+        self.response.released = self.response.tokens.len();
+        self.response.match_floor = self.response.text.len();
+    }
+
+    /// Queue an announcement after the text that is surely plain (before `marker_floor`, a
+    /// marker completed this step, and before anything that may still become one).
+    fn announce(&mut self, marker_floor: usize, event: Event) {
+        self.release(marker_floor.min(self.hold_from()));
+        self.events.push_back(event);
     }
 
     /// Whether the transcript has room for what `actions` would keep and force.
@@ -883,10 +911,10 @@ impl<C: TextCodec> Generation<C> {
     }
 
     async fn finish<B: Backend>(&mut self, t: &mut Transcript<B>, reason: FinishReason) -> Result<(), GenerateError> {
-        if self.finished {
+        if self.stage == Stage::Done {
             return Ok(());
         }
-        self.finished = true;
+        self.stage = Stage::Done;
         self.release(usize::MAX);
         // Feed the last kept tokens so that the cache holds the whole transcript.
         self.feed(t, false).await?;
