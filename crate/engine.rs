@@ -8,7 +8,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, BackendError};
-use crate::chat::{ChatError, ChatTemplate, Message};
+use crate::chat::{ChatError, ChatTemplate, Message, TemplateVariables};
 use crate::config::ModelConfig;
 pub use crate::builder::{AnyBackend, BackendChoice, EngineLoader, LoadOptions};
 use crate::builder::check_vocab;
@@ -96,6 +96,8 @@ pub struct GenerateRequest {
     pub max_tokens: Option<usize>,
     pub stop: Vec<String>,
     pub thinking: Option<ThinkingOptions>,
+    /// Extra chat template variables (vLLM's name), e.g. `{"enable_thinking": false}`.
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl GenerateRequest {
@@ -239,8 +241,9 @@ impl Engine {
     }
 
     /// The prompt's token ids: raw text (BOS if the model asks for it) or the conversation
-    /// through the chat template with the generation prompt appended.
-    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+    /// through the chat template, given `template_kwargs` as extra variables, with the
+    /// generation prompt appended.
+    pub fn prompt_ids(&self, prompt: &Prompt, template_kwargs: Option<&TemplateVariables>) -> Result<Vec<u32>, EngineError> {
         let t = &self.tokenizer;
         match prompt {
             Prompt::Text(text) => Ok(t.encode(text, t.add_bos())?),
@@ -250,7 +253,8 @@ impl Engine {
                     .as_ref()
                     .ok_or_else(|| EngineError::InvalidOptions("this model has no chat template".into()))?;
                 let token_text = |id: Option<u32>| id.and_then(|i| t.token_text(i)).unwrap_or_default();
-                let text = chat.render(messages, true, &token_text(t.bos()), &token_text(t.eos()))?;
+                let (bos, eos) = (token_text(t.bos()), token_text(t.eos()));
+                let text = chat.render_with(messages, true, &bos, &eos, template_kwargs.unwrap_or(&TemplateVariables::new()))?;
                 // Templates that write the BOS themselves must not get a second one.
                 let add_bos = t.add_bos() && !t.bos().is_some_and(|b| text.starts_with(&token_text(Some(b))));
                 Ok(t.encode(&text, add_bos)?)
@@ -273,8 +277,9 @@ impl Engine {
         if self.active.is_some() {
             return Err(EngineError::Busy);
         }
+        let template_kwargs = request.chat_template_kwargs.clone();
         let options = request.into_options()?;
-        let ids = self.prompt_ids(prompt)?;
+        let ids = self.prompt_ids(prompt, template_kwargs.as_ref())?;
         if ids.is_empty() {
             return Err(EngineError::InvalidOptions("the prompt is empty".into()));
         }
@@ -329,7 +334,7 @@ impl Engine {
         if self.active.is_some() {
             return Err(EngineError::Busy);
         }
-        let ids = self.prompt_ids(prompt)?;
+        let ids = self.prompt_ids(prompt, None)?;
         let cont = match continuation {
             Continuation::Text(text) => self.tokenizer.encode(text, false)?,
             Continuation::Ids(ids) => ids.clone(),

@@ -102,6 +102,12 @@ export interface GenerateOptions {
   max_tokens?: number;
   stop?: string[];
   thinking?: ThinkingOptions;
+  /**
+   * Extra variables for the chat template (vLLM's name), e.g. `{ enable_thinking: false }`
+   * for Qwen3, whose template then starts the answer with an empty thinking block.
+   * Ignored for raw string prompts.
+   */
+  chat_template_kwargs?: Record<string, unknown>;
   /** Aborting ends the generation within one step; the engine stays usable. */
   signal?: AbortSignal;
 }
@@ -186,7 +192,7 @@ export interface InspectResult {
 export declare class Engine {
   readonly info: EngineInfo;
   /** The token ids `generate` feeds for `prompt` (chat template applied). */
-  promptIds(prompt: Prompt): number[];
+  promptIds(prompt: Prompt, options?: Pick<GenerateOptions, 'chat_template_kwargs'>): number[];
   generate(prompt: Prompt, options?: GenerateOptions): AsyncIterableIterator<GenerationEvent>;
   complete(prompt: Prompt, options?: GenerateOptions): Promise<Completion>;
   score(prompt: Prompt, continuation: string | number[]): Promise<ScoreResult>;
