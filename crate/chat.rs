@@ -28,7 +28,18 @@ pub enum ChatError {
     Raised(String),
     #[error("chat template failed to render: {0:#}")]
     Render(#[source] minijinja::Error),
+    /// An extra template variable may not replace what the conversation itself sets.
+    #[error("chat template variable '{0}' comes from the conversation and cannot be passed as an extra variable")]
+    ReservedVariable(String),
 }
+
+/// Extra template variables (`chat_template_kwargs`), e.g. `{"enable_thinking": false}` for
+/// Qwen3, whose template then closes an empty thinking block at the start of the answer.
+pub type TemplateVariables = serde_json::Map<String, serde_json::Value>;
+
+/// Variables that [`ChatTemplate::render_with`] sets from its own arguments. (transformers
+/// raises a TypeError for these too: they are explicit parameters of its render call.)
+const RESERVED_VARIABLES: [&str; 2] = ["messages", "add_generation_prompt"];
 
 /// One turn of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -105,17 +116,37 @@ impl ChatTemplate {
         bos_token: &str,
         eos_token: &str,
     ) -> Result<String, ChatError> {
+        self.render_with(messages, add_generation_prompt, bos_token, eos_token, &TemplateVariables::new())
+    }
+
+    /// [`ChatTemplate::render`] with extra template variables, as transformers'
+    /// `apply_chat_template(..., **kwargs)`: each one is visible to the template by its name,
+    /// and may replace `bos_token`, `eos_token`, `tools` or `documents`.
+    pub fn render_with(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        bos_token: &str,
+        eos_token: &str,
+        extra: &TemplateVariables,
+    ) -> Result<String, ChatError> {
+        if let Some(name) = RESERVED_VARIABLES.iter().find(|&&name| extra.contains_key(name)) {
+            return Err(ChatError::ReservedVariable((*name).to_owned()));
+        }
         let template = self.env.get_template(TEMPLATE_NAME).map_err(ChatError::Render)?;
-        let context = minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => bos_token,
-            eos_token => eos_token,
+        let mut context = std::collections::BTreeMap::from([
+            ("messages".to_owned(), Value::from_serialize(messages)),
+            ("add_generation_prompt".to_owned(), Value::from(add_generation_prompt)),
+            ("bos_token".to_owned(), Value::from(bos_token)),
+            ("eos_token".to_owned(), Value::from(eos_token)),
             // transformers passes these as None when the caller gives none.
-            tools => Value::from(()),
-            documents => Value::from(()),
-        };
-        template.render(context).map_err(|e| match raised_message(&e) {
+            ("tools".to_owned(), Value::from(())),
+            ("documents".to_owned(), Value::from(())),
+        ]);
+        for (name, value) in extra {
+            context.insert(name.clone(), Value::from_serialize(value));
+        }
+        template.render(Value::from(context)).map_err(|e| match raised_message(&e) {
             Some(message) => ChatError::Raised(message),
             None => ChatError::Render(e),
         })

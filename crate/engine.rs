@@ -7,7 +7,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, BackendError};
-use crate::chat::{ChatError, ChatTemplate, Message};
+use crate::chat::{ChatError, ChatTemplate, Message, TemplateVariables};
 use crate::config::ModelConfig;
 use crate::transcript::Transcript;
 pub use crate::builder::{AnyBackend, BackendChoice, EngineLoader, LoadOptions};
@@ -98,6 +98,8 @@ pub struct GenerateRequest {
     /// Let stop strings end the generation inside thinking too (default: answer only).
     pub stop_in_thinking: bool,
     pub thinking: Option<ThinkingOptions>,
+    /// Extra chat template variables (vLLM's name), e.g. `{"enable_thinking": false}`.
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl GenerateRequest {
@@ -199,8 +201,9 @@ impl Engine {
     }
 
     /// The prompt's token ids: raw text (BOS if the model asks for it) or the conversation
-    /// through the chat template with the generation prompt appended.
-    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+    /// through the chat template, given `template_kwargs` as extra variables, with the
+    /// generation prompt appended.
+    pub fn prompt_ids(&self, prompt: &Prompt, template_kwargs: Option<&TemplateVariables>) -> Result<Vec<u32>, EngineError> {
         let t = &self.tokenizer;
         match prompt {
             Prompt::Text(text) => Ok(t.encode(text, t.add_bos())?),
@@ -210,7 +213,8 @@ impl Engine {
                     .as_ref()
                     .ok_or_else(|| EngineError::InvalidOptions("this model has no chat template".into()))?;
                 let token_text = |id: Option<u32>| id.and_then(|i| t.token_text(i)).unwrap_or_default();
-                let text = chat.render(messages, true, &token_text(t.bos()), &token_text(t.eos()))?;
+                let (bos, eos) = (token_text(t.bos()), token_text(t.eos()));
+                let text = chat.render_with(messages, true, &bos, &eos, template_kwargs.unwrap_or(&TemplateVariables::new()))?;
                 // Templates that write the BOS themselves must not get a second one.
                 let add_bos = t.add_bos() && !t.bos().is_some_and(|b| text.starts_with(&token_text(Some(b))));
                 Ok(t.encode(&text, add_bos)?)
@@ -225,8 +229,9 @@ impl Engine {
         if self.active.is_some() {
             return Err(EngineError::Busy);
         }
+        let template_kwargs = request.chat_template_kwargs.clone();
         let options = request.into_options()?;
-        let ids = self.prompt_ids(prompt)?;
+        let ids = self.prompt_ids(prompt, template_kwargs.as_ref())?;
         if ids.is_empty() {
             return Err(EngineError::InvalidOptions("the prompt is empty".into()));
         }
@@ -297,7 +302,7 @@ impl Engine {
         if self.active.is_some() {
             return Err(EngineError::Busy);
         }
-        let ids = self.prompt_ids(prompt)?;
+        let ids = self.prompt_ids(prompt, None)?;
         let cont = match continuation {
             Continuation::Text(text) => self.tokenizer.encode(text, false)?,
             Continuation::Ids(ids) => ids.clone(),

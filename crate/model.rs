@@ -1,8 +1,8 @@
-//! The CPU backend: one decoder for Llama and Qwen2, on quantized weights.
+//! The CPU backend: one decoder for Llama, Qwen2 and Qwen3, on quantized weights.
 //!
 //! Weights stay in their file format ([`QMatrix`]); each mat-vec dequantizes blocks on the
 //! fly. The forward pass below reads top to bottom, one step per line of transformers'
-//! `LlamaDecoderLayer.forward` / `Qwen2DecoderLayer.forward`.
+//! `LlamaDecoderLayer.forward` / `Qwen2DecoderLayer.forward` / `Qwen3DecoderLayer.forward`.
 
 use crate::backend::{Backend, BackendError};
 use crate::config::ModelConfig;
@@ -22,11 +22,18 @@ struct Layer {
     bq: Option<Vec<f32>>,    // (q_dim), Qwen2 only
     bk: Option<Vec<f32>>,    // (kv_dim)
     bv: Option<Vec<f32>>,    // (kv_dim)
+    qk_norm: Option<QkNorm>, // Qwen3 only
     wo: QMatrix,             // (dim, q_dim)
     ffn_norm: Vec<f32>,      // (dim)
     w_gate: QMatrix,         // (ffn_dim, dim)
     w_up: QMatrix,           // (ffn_dim, dim)
     w_down: QMatrix,         // (dim, ffn_dim)
+}
+
+/// Qwen3's per-head RMSNorm weights of q and k.
+struct QkNorm {
+    q: Vec<f32>, // (head_dim)
+    k: Vec<f32>, // (head_dim)
 }
 
 /// Keys and values of every processed position, per layer.
@@ -81,6 +88,14 @@ impl CpuModel {
                 }
             };
             let (bq, bk, bv) = (bias("attn_q.bias", q_dim)?, bias("attn_k.bias", kv_dim)?, bias("attn_v.bias", kv_dim)?);
+            let qk_norm = if c.qk_norm {
+                Some(QkNorm {
+                    q: vector(m.take(&name("attn_q_norm.weight"), &[c.head_dim])?)?,
+                    k: vector(m.take(&name("attn_k_norm.weight"), &[c.head_dim])?)?,
+                })
+            } else {
+                None
+            };
             layers.push(Layer {
                 attn_norm: vector(m.take(&name("attn_norm.weight"), &[dim])?)?,
                 wq: matrix(m.take(&name("attn_q.weight"), &[dim, q_dim])?)?,
@@ -89,6 +104,7 @@ impl CpuModel {
                 bq,
                 bk,
                 bv,
+                qk_norm,
                 wo: matrix(m.take(&name("attn_output.weight"), &[q_dim, dim])?)?,
                 ffn_norm: vector(m.take(&name("ffn_norm.weight"), &[dim])?)?,
                 w_gate: matrix(m.take(&name("ffn_gate.weight"), &[dim, ffn])?)?,
@@ -156,6 +172,11 @@ impl CpuModel {
                         ops::add_assign(row, b);
                     }
                 }
+            }
+            // q, k = q_norm(q), k_norm(k), each head on its own (Qwen3)
+            if let Some(norm) = &layer.qk_norm {
+                ops::rms_norm_heads(&mut q, &norm.q, c.rms_eps);
+                ops::rms_norm_heads(&mut k, &norm.k, c.rms_eps);
             }
             // apply_rotary_pos_emb(q, k, cos, sin)
             for i in 0..n {

@@ -5,12 +5,28 @@
 
 use crate::config::RopeLayout;
 
-/// out = x / rms(x) * weight, rms(x) = sqrt(mean(x²) + eps).  x, weight, out: (dim)
-pub fn rms_norm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+/// 1 / rms(x), rms(x) = sqrt(mean(x²) + eps).
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
     let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let scale = 1.0 / (mean_sq + eps).sqrt();
+    1.0 / (mean_sq + eps).sqrt()
+}
+
+/// out = x / rms(x) * weight.  x, weight, out: (dim)
+pub fn rms_norm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let scale = inv_rms(x, eps);
     for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
         *o = v * scale * w;
+    }
+}
+
+/// Qwen3's `q_norm`/`k_norm`: the same RMSNorm applied to each head of x on its own, in place.
+/// x: (n_heads × head_dim); weight: (head_dim), shared by every head.
+pub fn rms_norm_heads(x: &mut [f32], weight: &[f32], eps: f32) {
+    for head in x.chunks_exact_mut(weight.len()) {
+        let scale = inv_rms(head, eps);
+        for (v, &w) in head.iter_mut().zip(weight) {
+            *v = *v * scale * w;
+        }
     }
 }
 

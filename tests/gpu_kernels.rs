@@ -95,6 +95,30 @@ fn rms_norm_matches_cpu() {
 }
 
 #[test]
+fn rms_norm_heads_matches_cpu() {
+    for ctx in contexts() {
+        let mut rng = Rng::new(9);
+        // (heads, head_dim, tokens): Qwen3-0.6B's 16 × 128 and 8 × 128, odd widths, a
+        // head_dim above the workgroup's 64 lanes and one below.
+        for (n_heads, head_dim, n_tok) in [(16, 128, 3), (8, 128, 1), (3, 10, 2), (5, 96, 4)] {
+            let n = n_tok * n_heads * head_dim;
+            let x = as_act(&ctx, &rng.vec(n));
+            let w: Vec<f32> = rng.vec(head_dim).iter().map(|v| 1.0 + 0.5 * v).collect();
+            let xb = ctx.act_from_f32("x", &x);
+            let wb = ctx.storage_init("w", bytemuck::cast_slice(&w));
+            let mut rec = ctx.recorder();
+            rec.rms_norm_heads(&xb, &wb, n_heads, head_dim, n_tok, 1e-6);
+            rec.submit();
+            let mut want = x.clone();
+            ops::rms_norm_heads(&mut want, &w, 1e-6);
+            let got = read_act(&ctx, &xb, n);
+            let what = format!("rms_norm_heads {:?} {n_heads}x{head_dim} x {n_tok}", ctx.act());
+            assert_close(&what, &got, &want, tol(&ctx), 1.0);
+        }
+    }
+}
+
+#[test]
 fn rope_matches_cpu_both_layouts() {
     for ctx in contexts() {
         let mut rng = Rng::new(2);

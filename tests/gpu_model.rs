@@ -1,6 +1,8 @@
 //! GpuModel vs the CPU decoder (crate::model::CpuModel) built from the same tensors:
-//! tiny synthetic Llama- and Qwen2-shaped models (every code path: chunked prefill, decode,
-//! truncate, bias, tied/untied heads, greedy on the GPU with banned ids), then the real models.
+//! tiny synthetic Llama-, Qwen2- and Qwen3-shaped models (every code path: chunked prefill,
+//! decode, truncate, bias, q/k norm, head_dim ≠ dim / heads, tied/untied heads, greedy on the
+//! GPU with banned ids), the tiny random Qwen3 of tests/fixtures/tiny against transformers'
+//! logits, then the real models.
 
 mod common;
 mod gpu_common;
@@ -24,6 +26,8 @@ const TINY_LOGIT_TOL_F32: f32 = 1e-3;
 /// f16 activations/KV: ~3 decimal digits per stored value, compounded over 2 layers.
 const TINY_LOGIT_TOL_F16: f32 = 3e-2;
 
+/// Llama: tied, interleaved rope. Qwen2: q/k/v bias, untied. Qwen3: q/k norm, head_dim 32
+/// (q_dim 128 ≠ dim 64), untied (the Qwen3 fixture below covers tied).
 fn tiny_config(arch: Arch) -> ModelConfig {
     ModelConfig {
         arch,
@@ -31,13 +35,14 @@ fn tiny_config(arch: Arch) -> ModelConfig {
         dim: 64,
         n_heads: 4,
         n_kv_heads: 2,
-        head_dim: 16,
+        head_dim: if arch == Arch::Qwen3 { 32 } else { 16 },
         ffn_dim: 96,
         vocab_size: 301,
         rope_theta: 10_000.0,
         rope_layout: if arch == Arch::Llama { RopeLayout::Interleaved } else { RopeLayout::NeoX },
         rms_eps: 1e-5,
         qkv_bias: arch == Arch::Qwen2,
+        qk_norm: arch == Arch::Qwen3,
         tied_embeddings: arch == Arch::Llama,
         context_length: 128,
     }
@@ -84,6 +89,10 @@ fn tiny_model(c: &ModelConfig, seed: u64) -> LoadedModel {
         add(n("ffn_gate.weight"), GgmlType::Q8_0, vec![dim, ffn], &mut rng);
         add(n("ffn_up.weight"), GgmlType::Q8_0, vec![dim, ffn], &mut rng);
         add(n("ffn_down.weight"), GgmlType::Q8_0, vec![ffn, dim], &mut rng);
+        if c.qk_norm {
+            add(n("attn_q_norm.weight"), GgmlType::F32, vec![c.head_dim as u64], &mut rng);
+            add(n("attn_k_norm.weight"), GgmlType::F32, vec![c.head_dim as u64], &mut rng);
+        }
         if c.qkv_bias {
             add(n("attn_q.bias"), GgmlType::F32, vec![q], &mut rng);
             add(n("attn_k.bias"), GgmlType::F32, vec![kv], &mut rng);
@@ -150,7 +159,8 @@ fn tiny_models_match_the_cpu_decoder() {
         let Some(ctx) = context(f16, None) else { continue };
         let ctx = Rc::new(ctx);
         check_tiny(ctx.clone(), Arch::Llama);
-        check_tiny(ctx, Arch::Qwen2);
+        check_tiny(ctx.clone(), Arch::Qwen2);
+        check_tiny(ctx, Arch::Qwen3);
     }
 }
 
@@ -158,16 +168,19 @@ fn tiny_models_match_the_cpu_decoder() {
 fn decode_step_is_one_submit() {
     let Some(ctx) = context(true, None) else { return };
     let ctx = Rc::new(ctx);
-    let c = tiny_config(Arch::Qwen2);
-    let mut gpu = GpuModel::from_loaded(ctx.clone(), tiny_model(&c, 3), None).expect("gpu model");
-    block_on(gpu.forward_greedy(&[1, 2, 3], &[])).expect("prefill");
-    let (d0, s0) = (ctx.dispatches.get(), ctx.submits.get());
-    block_on(gpu.forward_greedy(&[4], &[5])).expect("decode");
-    let (dispatches, submits) = (ctx.dispatches.get() - d0, ctx.submits.get() - s0);
-    eprintln!("greedy decode step: {dispatches} dispatches, {submits} submits");
-    assert_eq!(submits, 1);
-    // embed + 14 per layer + final norm + LM head + ban + 2 argmax
-    assert_eq!(dispatches, 1 + 14 * c.n_layers as u64 + 2 + 3);
+    // Per layer: 14 dispatches, and Qwen3's q and k norms.
+    for (arch, per_layer) in [(Arch::Qwen2, 14), (Arch::Qwen3, 16)] {
+        let c = tiny_config(arch);
+        let mut gpu = GpuModel::from_loaded(ctx.clone(), tiny_model(&c, 3), None).expect("gpu model");
+        block_on(gpu.forward_greedy(&[1, 2, 3], &[])).expect("prefill");
+        let (d0, s0) = (ctx.dispatches.get(), ctx.submits.get());
+        block_on(gpu.forward_greedy(&[4], &[5])).expect("decode");
+        let (dispatches, submits) = (ctx.dispatches.get() - d0, ctx.submits.get() - s0);
+        eprintln!("{arch:?} greedy decode step: {dispatches} dispatches, {submits} submits");
+        assert_eq!(submits, 1);
+        // embed + per layer + final norm + LM head + ban + 2 argmax
+        assert_eq!(dispatches, 1 + per_layer * c.n_layers as u64 + 2 + 3);
+    }
 }
 
 #[test]
@@ -178,6 +191,66 @@ fn too_long_sequences_and_bad_tokens_are_errors() {
     assert!(block_on(gpu.forward(&[c.vocab_size as u32], 1)).is_err());
     assert!(block_on(gpu.forward(&[1; 17], 1)).is_err());
     assert_eq!(gpu.kv_len(), 0);
+}
+
+/// The committed tiny Qwen3 (tests/fixtures/gen/tiny_qwen3.py) vs transformers' f32 logits.
+/// The f32 path differs from transformers only in summation order; on the f16 path every
+/// stored activation and cached key/value carries ~3 decimal digits.
+const QWEN3_LOGIT_TOL_F32: f32 = 1e-4;
+const QWEN3_LOGIT_TOL_F16: f32 = 3e-2;
+/// The Q8_0 file vs transformers on the original f32 weights: the quantization error (the two
+/// reference files differ by up to 0.38), plus the f16 path's own.
+const QWEN3_Q8_0_VS_F32_TOL: f32 = 0.5;
+
+#[derive(serde::Deserialize)]
+struct LogitCase {
+    ids: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+}
+
+#[derive(serde::Deserialize)]
+struct LogitReference {
+    cases: Vec<LogitCase>,
+}
+
+#[test]
+fn tiny_qwen3_matches_transformers() {
+    let dir = common::root_path("tests/fixtures/tiny/qwen3");
+    let reference = |file: &str| -> LogitReference {
+        serde_json::from_slice(&std::fs::read(dir.join(file)).expect("read logits")).expect("logits json")
+    };
+    let (f32_ref, q8_ref) = (reference("logits.json"), reference("logits.q8_0.json"));
+    for f16 in [false, true] {
+        let Some(ctx) = context(f16, None) else { continue };
+        let ctx = Rc::new(ctx);
+        let tol = if f16 { QWEN3_LOGIT_TOL_F16 } else { QWEN3_LOGIT_TOL_F32 };
+        let safetensors = || pensive::loader::load_safetensors_dir(&dir).expect("load");
+        let f32_gguf = || pensive::loader::load_gguf_file(&dir.join("model.gguf")).expect("load");
+        let q8_0_gguf = || pensive::loader::load_gguf_file(&dir.join("model.q8_0.gguf")).expect("load");
+        let sources: [(&str, &LogitReference, &dyn Fn() -> LoadedModel, f32); 4] = [
+            ("safetensors", &f32_ref, &safetensors, tol),
+            ("model.gguf", &f32_ref, &f32_gguf, tol),
+            ("model.q8_0.gguf", &q8_ref, &q8_0_gguf, tol),
+            ("model.q8_0.gguf vs the f32 weights", &f32_ref, &q8_0_gguf, QWEN3_Q8_0_VS_F32_TOL),
+        ];
+        for (what, reference, load, tol) in sources {
+            let mut worst = 0f32;
+            for case in &reference.cases {
+                // Prefill of the whole case, then the same ids again one by one (decode).
+                let mut gpu = GpuModel::from_loaded(ctx.clone(), load(), None).expect("gpu model");
+                let prefill = block_on(gpu.forward(&case.ids, case.ids.len())).expect("prefill");
+                gpu.truncate(0).expect("truncate");
+                let mut decode = Vec::new();
+                for &id in &case.ids {
+                    decode.extend(block_on(gpu.forward(&[id], 1)).expect("decode"));
+                }
+                let want: Vec<f32> = case.logits.concat();
+                worst = worst.max(max_diff(&prefill, &want)).max(max_diff(&decode, &want));
+            }
+            eprintln!("tiny qwen3 {what} on {:?}: max |diff| vs transformers {worst:.2e}", ctx.act());
+            assert!(worst <= tol, "tiny qwen3 {what} {:?}: {worst} > {tol}", ctx.act());
+        }
+    }
 }
 
 /// Real models: GPU logits vs CPU logits on one prompt, then greedy continuations.

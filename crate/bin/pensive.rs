@@ -18,7 +18,7 @@ mod cli {
 
     use clap::{Args, Parser, Subcommand, ValueEnum};
     use pensive::backend::{block_on, Backend};
-    use pensive::chat::Message;
+    use pensive::chat::{Message, TemplateVariables};
     use pensive::engine::{AnyBackend, BackendChoice, Continuation, Engine, EngineError, GenerateRequest, LoadOptions, Prompt};
     use pensive::generate::{Event, Stats};
     use pensive::loader;
@@ -26,7 +26,7 @@ mod cli {
     use pensive::tokenizer::Tokenizer;
 
     #[derive(Parser)]
-    #[command(name = "pensive", version, about = "Quantized Llama/Qwen2 models with thinking budgets")]
+    #[command(name = "pensive", version, about = "Quantized Llama/Qwen2/Qwen3 models with thinking budgets")]
     struct Cli {
         #[command(subcommand)]
         command: Command,
@@ -108,9 +108,18 @@ mod cli {
         stop_in_thinking: bool,
         #[command(flatten)]
         thinking: ThinkingArgs,
+        /// Extra chat template variables, a JSON object: '{"enable_thinking": false}' makes
+        /// Qwen3's template skip thinking (vLLM's chat_template_kwargs). Used with --chat;
+        /// a raw --prompt has no template.
+        #[arg(long, value_parser = template_kwargs)]
+        chat_template_kwargs: Option<TemplateVariables>,
         /// Print one JSON object {prompt_ids, tokens, text, events, stats} instead of streaming.
         #[arg(long)]
         json: bool,
+    }
+
+    fn template_kwargs(json: &str) -> Result<TemplateVariables, String> {
+        serde_json::from_str(json).map_err(|e| format!("not a JSON object: {e}"))
     }
 
     #[derive(Args)]
@@ -309,9 +318,10 @@ mod cli {
             stop: a.stop.clone(),
             stop_in_thinking: a.stop_in_thinking,
             thinking: a.thinking.options(),
+            chat_template_kwargs: a.chat_template_kwargs.clone(),
         };
         let prompt = prompt(&a.prompt);
-        let prompt_ids = engine.prompt_ids(&prompt)?;
+        let prompt_ids = engine.prompt_ids(&prompt, a.chat_template_kwargs.as_ref())?;
         engine.start(&prompt, request)?;
         let mut events = Vec::new();
         let (mut tokens, mut text, mut stats) = (Vec::new(), String::new(), Stats::default());

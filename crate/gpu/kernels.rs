@@ -131,6 +131,14 @@ impl Recorder<'_> {
         self.dispatch(Shader::Norm, "rms_norm", self.knobs(), &p, &[b(x), b(weight), b(out)], [n_tok as u32, 1, 1]);
     }
 
+    /// Qwen3's q_norm / k_norm: RMS-normalize each head of x in place.
+    /// x: (n_tok, n_heads, head_dim) act; weight: (head_dim) f32.
+    pub fn rms_norm_heads(&mut self, x: &wgpu::Buffer, weight: &wgpu::Buffer, n_heads: usize, head_dim: usize, n_tok: usize, eps: f32) {
+        let rows = (n_tok * n_heads) as u32;
+        let p = NormParams { dim: head_dim as u32, n_tok: rows, eps, _pad: 0 };
+        self.dispatch(Shader::Norm, "rms_norm_heads", self.knobs(), &p, &[None, b(weight), None, b(x)], [rows, 1, 1]);
+    }
+
     /// Rotate x in place for positions pos0.. .  x: (n_tok, n_heads, head_dim) act;
     /// inv_freq: (head_dim / 2) f32.
     #[allow(clippy::too_many_arguments)]

@@ -96,7 +96,7 @@ impl Shader {
     /// Entry points, for tests that validate every one.
     pub fn entries(self) -> &'static [&'static str] {
         match self {
-            Shader::Norm => &["rms_norm"],
+            Shader::Norm => &["rms_norm", "rms_norm_heads"],
             Shader::Rope => &["rope", "rope_store_kv"],
             Shader::Attention => &["attend_split", "attend_merge"],
             Shader::Elementwise => &["silu_mul", "add"],

@@ -1,4 +1,4 @@
-//! [`GpuModel`]: the Llama/Qwen2 decoder on the GPU, step for step the CPU decoder
+//! [`GpuModel`]: the Llama/Qwen2/Qwen3 decoder on the GPU, step for step the CPU decoder
 //! (crate::model) — same ops in the same order, so the two agree to rounding.
 //!
 //! A step (a decode token, or a prefill chunk of up to [`PREFILL_CHUNK`] tokens) is one
@@ -33,6 +33,7 @@ struct Layer {
     bq: Option<wgpu::Buffer>,     // (q_dim) f32, Qwen2 only
     bk: Option<wgpu::Buffer>,     // (kv_dim) f32
     bv: Option<wgpu::Buffer>,     // (kv_dim) f32
+    qk_norm: Option<QkNorm>,      // Qwen3 only
     wo: GpuMatrix,                // (dim, q_dim)
     ffn_norm: wgpu::Buffer,       // (dim) f32
     w_gate: GpuMatrix,            // (ffn_dim, dim)
@@ -40,6 +41,12 @@ struct Layer {
     w_down: GpuMatrix,            // (dim, ffn_dim)
     k_cache: wgpu::Buffer,        // (max_context, kv_dim) act, keys already rotated
     v_cache: wgpu::Buffer,        // (max_context, kv_dim) act
+}
+
+/// Qwen3's per-head RMSNorm weights of q and k.
+struct QkNorm {
+    q: wgpu::Buffer, // (head_dim) f32
+    k: wgpu::Buffer, // (head_dim) f32
 }
 
 /// Per-step working buffers, sized for PREFILL_CHUNK tokens.
@@ -130,9 +137,13 @@ impl GpuModelBuilder {
         }
     }
 
-    fn vector(&mut self, name: &str) -> Result<wgpu::Buffer, GpuError> {
+    /// A vector of `len` f32.
+    fn vector(&mut self, name: &str, len: usize) -> Result<wgpu::Buffer, GpuError> {
         match self.tensors.remove(name) {
-            Some(Uploaded::Vector(v)) => Ok(v),
+            Some(Uploaded::Vector(v)) if v.size() == len as u64 * 4 => Ok(v),
+            Some(Uploaded::Vector(v)) => {
+                Err(GpuError::Tensor { name: name.into(), msg: format!("{} values, expected {len}", v.size() / 4) })
+            }
             _ => Err(GpuError::Tensor { name: name.into(), msg: "missing or not a vector".into() }),
         }
     }
@@ -150,17 +161,26 @@ impl GpuModelBuilder {
         let mut layers = Vec::with_capacity(c.n_layers);
         for l in 0..c.n_layers {
             let name = |part: &str| format!("blk.{l}.{part}");
-            let bias = |s: &mut Self, part: &str| if c.qkv_bias { s.vector(&name(part)).map(Some) } else { Ok(None) };
+            let bias = |s: &mut Self, part: &str, len| if c.qkv_bias { s.vector(&name(part), len).map(Some) } else { Ok(None) };
+            let qk_norm = if c.qk_norm {
+                Some(QkNorm {
+                    q: self.vector(&name("attn_q_norm.weight"), c.head_dim)?,
+                    k: self.vector(&name("attn_k_norm.weight"), c.head_dim)?,
+                })
+            } else {
+                None
+            };
             layers.push(Layer {
-                attn_norm: self.vector(&name("attn_norm.weight"))?,
+                attn_norm: self.vector(&name("attn_norm.weight"), dim)?,
                 wq: self.matrix(&name("attn_q.weight"), q_dim, dim)?,
                 wk: self.matrix(&name("attn_k.weight"), kv_dim, dim)?,
                 wv: self.matrix(&name("attn_v.weight"), kv_dim, dim)?,
-                bq: bias(&mut self, "attn_q.bias")?,
-                bk: bias(&mut self, "attn_k.bias")?,
-                bv: bias(&mut self, "attn_v.bias")?,
+                bq: bias(&mut self, "attn_q.bias", q_dim)?,
+                bk: bias(&mut self, "attn_k.bias", kv_dim)?,
+                bv: bias(&mut self, "attn_v.bias", kv_dim)?,
+                qk_norm,
                 wo: self.matrix(&name("attn_output.weight"), dim, q_dim)?,
-                ffn_norm: self.vector(&name("ffn_norm.weight"))?,
+                ffn_norm: self.vector(&name("ffn_norm.weight"), dim)?,
                 w_gate: self.matrix(&name("ffn_gate.weight"), ffn, dim)?,
                 w_up: self.matrix(&name("ffn_up.weight"), ffn, dim)?,
                 w_down: self.matrix(&name("ffn_down.weight"), dim, ffn)?,
@@ -168,7 +188,7 @@ impl GpuModelBuilder {
                 v_cache: ctx.storage("v_cache", cache_bytes),
             });
         }
-        let output_norm = self.vector("output_norm.weight")?;
+        let output_norm = self.vector("output_norm.weight", dim)?;
         let output = if c.tied_embeddings { None } else { Some(self.matrix("output.weight", vocab, dim)?) };
         let n = PREFILL_CHUNK as u64;
         let logits_bytes = n * vocab as u64 * 4;
@@ -289,6 +309,11 @@ impl GpuModel {
             rec.matmul(&layer.wq, &s.h, 0, dim, &s.q, n, layer.bq.as_ref(), false, false);
             rec.matmul(&layer.wk, &s.h, 0, dim, &s.k, n, layer.bk.as_ref(), false, false);
             rec.matmul(&layer.wv, &s.h, 0, dim, &s.v, n, layer.bv.as_ref(), false, false);
+            // q, k = q_norm(q), k_norm(k), each head on its own (Qwen3)
+            if let Some(norm) = &layer.qk_norm {
+                rec.rms_norm_heads(&s.q, &norm.q, c.n_heads, c.head_dim, n, c.rms_eps);
+                rec.rms_norm_heads(&s.k, &norm.k, c.n_kv_heads, c.head_dim, n, c.rms_eps);
+            }
             // rope(q), rope(k); append k, v to the cache
             rec.rope(&s.q, &self.inv_freq, c.n_heads, c.head_dim, pos0, n, c.rope_layout);
             rec.rope_store_kv(&s.k, &s.v, &self.inv_freq, &layer.k_cache, &layer.v_cache, c.n_kv_heads, c.head_dim, pos0, n, c.rope_layout);

@@ -37,6 +37,7 @@ pub fn model(name: &str) -> Option<LoadedModel> {
         rope_layout: if llama { RopeLayout::Interleaved } else { RopeLayout::NeoX },
         rms_eps: 1e-6,
         qkv_bias: !llama,
+        qk_norm: false,
         tied_embeddings: llama,
         context_length: 32768,
     };

@@ -110,6 +110,7 @@ pub fn toy_config(vocab_size: usize) -> ModelConfig {
         rope_layout: RopeLayout::NeoX,
         rms_eps: 1e-5,
         qkv_bias: false,
+        qk_norm: false,
         tied_embeddings: true,
         context_length: 4096,
     }

@@ -193,10 +193,13 @@ export class Engine {
     return this.#raw;
   }
 
-  /** The token ids `generate` feeds for `prompt` (a string, or messages through the chat template). */
-  promptIds(prompt) {
+  /**
+   * The token ids `generate` feeds for `prompt` (a string, or messages through the chat
+   * template). `options.chat_template_kwargs`: as in `generate`.
+   */
+  promptIds(prompt, options = {}) {
     try {
-      return [...this.#live().promptIds(prompt)];
+      return [...this.#live().promptIds(prompt, options?.chat_template_kwargs)];
     } catch (e) {
       throw toPensiveError(e, 'invalid_options');
     }

@@ -105,6 +105,12 @@ export interface GenerateOptions {
   /** Let `stop` end the generation inside thinking too (default false). */
   stop_in_thinking?: boolean;
   thinking?: ThinkingOptions;
+  /**
+   * Extra variables for the chat template (vLLM's name), e.g. `{ enable_thinking: false }`
+   * for Qwen3, whose template then starts the answer with an empty thinking block.
+   * Ignored for raw string prompts.
+   */
+  chat_template_kwargs?: Record<string, unknown>;
   /** Aborting ends the generation within one step; the engine stays usable. */
   signal?: AbortSignal;
 }
@@ -193,7 +199,7 @@ export interface InspectResult {
 export declare class Engine {
   readonly info: EngineInfo;
   /** The token ids `generate` feeds for `prompt` (chat template applied). */
-  promptIds(prompt: Prompt): number[];
+  promptIds(prompt: Prompt, options?: Pick<GenerateOptions, 'chat_template_kwargs'>): number[];
   generate(prompt: Prompt, options?: GenerateOptions): AsyncIterableIterator<GenerationEvent>;
   complete(prompt: Prompt, options?: GenerateOptions): Promise<Completion>;
   score(prompt: Prompt, continuation: string | number[]): Promise<ScoreResult>;
