@@ -185,11 +185,11 @@ impl Default for GpuOptions {
 ///
 /// WebGPU reports no memory size (neither does wgpu natively), so this is an estimate's rule,
 /// not a measurement. In the browser the only hint is `navigator.deviceMemory`: the machine's
-/// RAM in GiB, rounded down to a power of two and capped at 8 by Chromium. Integrated GPUs and
-/// software adapters (SwiftShader) draw on that RAM, discrete GPUs rarely have more than it;
-/// we allow half of it, leaving the rest to the page, the browser and the system. Natively
-/// (and where the hint is absent) there is no budget: the device's own allocation failure is
-/// the limit.
+/// RAM in GiB, rounded to a power of two and capped by the browser (the headless Chromium of
+/// our tests reports 16). Integrated GPUs and software adapters (SwiftShader) draw on that
+/// RAM, discrete GPUs rarely have more than it; we allow half of it, leaving the rest to the
+/// page, the browser and the system. Natively (and where the hint is absent) no budget is
+/// checked: a model larger than the device's memory fails when wgpu cannot allocate it.
 pub fn default_memory_budget() -> Option<u64> {
     #[cfg(target_arch = "wasm32")]
     {
