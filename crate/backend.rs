@@ -57,6 +57,32 @@ pub trait Backend {
     }
 }
 
+/// Lets a `Generation` borrow a backend (`&mut cpu`) as well as own one (the browser,
+/// where a generation outlives any borrow, owns it and gives it back with `into_parts`).
+impl<T: Backend + ?Sized> Backend for &mut T {
+    fn config(&self) -> &ModelConfig {
+        (**self).config()
+    }
+    fn name(&self) -> String {
+        (**self).name()
+    }
+    fn kv_len(&self) -> usize {
+        (**self).kv_len()
+    }
+    fn max_context(&self) -> usize {
+        (**self).max_context()
+    }
+    fn truncate(&mut self, len: usize) -> Result<(), BackendError> {
+        (**self).truncate(len)
+    }
+    async fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError> {
+        (**self).forward(tokens, n_logits).await
+    }
+    async fn forward_greedy(&mut self, tokens: &[u32], banned: &[u32]) -> Result<u32, BackendError> {
+        (**self).forward_greedy(tokens, banned).await
+    }
+}
+
 /// Run a future to completion on the current thread (native callers of the async API: CLI,
 /// tests, benchmarks). Never used in the browser, where futures go to the JS event loop.
 #[cfg(not(target_arch = "wasm32"))]

@@ -2,7 +2,6 @@
 //! in flight. The CLI and the browser bindings are thin shells around this one type, so
 //! native and web share every step from bytes to events.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
@@ -10,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{Backend, BackendError};
 use crate::chat::{ChatError, ChatTemplate, Message};
 use crate::config::ModelConfig;
+use crate::transcript::Transcript;
 pub use crate::builder::{AnyBackend, BackendChoice, EngineLoader, LoadOptions};
 use crate::builder::check_vocab;
 use crate::generate::{self, Event, GenerateError, GenerateOptions, Generation, ScoreResult};
@@ -95,6 +95,8 @@ pub struct GenerateRequest {
     pub seed: Option<u64>,
     pub max_tokens: Option<usize>,
     pub stop: Vec<String>,
+    /// Let stop strings end the generation inside thinking too (default: answer only).
+    pub stop_in_thinking: bool,
     pub thinking: Option<ThinkingOptions>,
 }
 
@@ -120,48 +122,13 @@ impl GenerateRequest {
         Ok(GenerateOptions {
             max_tokens: self.max_tokens.unwrap_or(GenerateOptions::default().max_tokens),
             stop: self.stop,
+            stop_in_thinking: self.stop_in_thinking,
             sampler,
             thinking: self.thinking,
         })
     }
 }
 
-
-/// The engine's backend, shared with the generation in flight. The engine allows one user
-/// at a time (a second `start` or a `score` during a generation is refused with `Busy`), so
-/// the borrow held across `forward`'s await is never contended.
-#[derive(Clone)]
-pub struct SharedBackend {
-    inner: Rc<RefCell<AnyBackend>>,
-    /// A copy, because `Backend::config` returns a reference.
-    config: ModelConfig,
-}
-
-impl Backend for SharedBackend {
-    fn config(&self) -> &ModelConfig {
-        &self.config
-    }
-    fn name(&self) -> String {
-        self.inner.borrow().name()
-    }
-    fn kv_len(&self) -> usize {
-        self.inner.borrow().kv_len()
-    }
-    fn max_context(&self) -> usize {
-        self.inner.borrow().max_context()
-    }
-    fn truncate(&mut self, len: usize) -> Result<(), BackendError> {
-        self.inner.borrow_mut().truncate(len)
-    }
-    #[allow(clippy::await_holding_refcell_ref)]
-    async fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError> {
-        self.inner.borrow_mut().forward(tokens, n_logits).await
-    }
-    #[allow(clippy::await_holding_refcell_ref)]
-    async fn forward_greedy(&mut self, tokens: &[u32], banned: &[u32]) -> Result<u32, BackendError> {
-        self.inner.borrow_mut().forward_greedy(tokens, banned).await
-    }
-}
 
 /// What the engine runs, for display.
 #[derive(Clone, Debug, Serialize)]
@@ -176,17 +143,13 @@ pub struct EngineInfo {
     pub has_chat_template: bool,
 }
 
-type Active = Generation<SharedBackend, Rc<Tokenizer>>;
-
 pub struct Engine {
-    backend: SharedBackend,
-    active: Option<Active>,
+    /// The KV cache and the ids in it: the one owner of both.
+    transcript: Transcript<AnyBackend>,
+    /// The request in flight, stepped on `transcript`.
+    active: Option<Generation<Rc<Tokenizer>>>,
     tokenizer: Rc<Tokenizer>,
     chat: Option<ChatTemplate>,
-    /// The ids whose keys and values the cache holds (for prefix reuse across calls).
-    cached_ids: Vec<u32>,
-    /// Cached positions the active generation started after.
-    base: usize,
 }
 
 impl Engine {
@@ -209,8 +172,7 @@ impl Engine {
     /// Wrap a built backend (the streaming loader builds a GPU model as the bytes arrive).
     pub(crate) fn with_backend(backend: AnyBackend, tokenizer: Tokenizer) -> Result<Self, EngineError> {
         let chat = tokenizer.chat_template().map(ChatTemplate::new).transpose()?;
-        let backend = SharedBackend { config: backend.config().clone(), inner: Rc::new(RefCell::new(backend)) };
-        Ok(Self { backend, active: None, tokenizer: Rc::new(tokenizer), chat, cached_ids: Vec::new(), base: 0 })
+        Ok(Self { transcript: Transcript::new(backend)?, active: None, tokenizer: Rc::new(tokenizer), chat })
     }
 
     /// Free the model now. Dropping the engine frees it too, except on the web, where a
@@ -219,10 +181,8 @@ impl Engine {
     /// once.
     pub fn dispose(mut self) {
         self.abort();
-        if let Ok(backend) = self.backend.inner.try_borrow() {
-            if let AnyBackend::Gpu(m) = &*backend {
-                m.context().device.destroy();
-            }
+        if let AnyBackend::Gpu(m) = self.transcript.backend() {
+            m.context().device.destroy();
         }
     }
 
@@ -231,7 +191,7 @@ impl Engine {
     }
 
     pub fn info(&self) -> Result<EngineInfo, EngineError> {
-        let b = &self.backend;
+        let b = self.transcript.backend();
         Ok(EngineInfo {
             backend: b.name(),
             fallback_reason: b.inner.borrow().fallback_reason().map(String::from),
@@ -262,17 +222,9 @@ impl Engine {
         }
     }
 
-    /// Reuse the cached keys and values of the longest common prefix with `ids`; returns
-    /// the ids still to feed (at least one, so that there are logits to sample from).
-    fn reuse_prefix(&mut self, ids: &[u32]) -> Result<usize, EngineError> {
-        let common = self.cached_ids.iter().zip(ids).take_while(|(a, b)| a == b).count();
-        let keep = common.min(ids.len().saturating_sub(1)).min(self.backend.kv_len());
-        self.backend.truncate(keep)?;
-        self.cached_ids.truncate(keep);
-        Ok(keep)
-    }
-
-    /// Begin generating a response; step it with [`Engine::next_event`].
+    /// Begin generating a response; step it with [`Engine::next_event`]. The whole prompt
+    /// goes to the generation; the transcript reuses whatever prefix of it is cached, which
+    /// changes the cost of the request and nothing else.
     pub fn start(&mut self, prompt: &Prompt, request: GenerateRequest) -> Result<(), EngineError> {
         if self.active.is_some() {
             return Err(EngineError::Busy);
@@ -282,50 +234,59 @@ impl Engine {
         if ids.is_empty() {
             return Err(EngineError::InvalidOptions("the prompt is empty".into()));
         }
-        let keep = self.reuse_prefix(&ids)?;
-        let g = Generation::new(self.backend.clone(), Rc::clone(&self.tokenizer), &ids[keep..], options)?;
-        self.base = keep;
-        self.cached_ids = ids;
-        self.active = Some(g);
+        let generation = Generation::new(&mut self.transcript, Rc::clone(&self.tokenizer), &ids, options)?;
+        self.active = Some(generation);
         Ok(())
     }
 
     /// The next event of the running generation; `None` once it has finished.
     pub async fn next_event(&mut self) -> Result<Option<Event>, EngineError> {
         let Some(g) = self.active.as_mut() else { return Ok(None) };
-        match g.next_event().await {
+        match g.next_event(&mut self.transcript).await {
             Ok(Some(e)) => Ok(Some(e)),
             Ok(None) => {
-                self.finish();
+                self.finish()?;
                 Ok(None)
             }
             Err(e) => {
-                self.finish();
+                // The error is the one to report; settling after a failed step can fail too
+                // (a lost device), and then the transcript is already as empty as it gets.
+                let _ = self.finish();
                 Err(e.into())
             }
         }
     }
 
     /// Stop the running generation (if any). The engine stays usable; the cache keeps what
-    /// was processed, and the next call reuses whatever prefix it shares.
+    /// was fed, and the next request reuses whatever prefix it shares.
     pub fn abort(&mut self) {
-        self.finish();
+        let _ = self.finish();
     }
 
-    fn finish(&mut self) {
-        if let Some(g) = self.active.take() {
-            // The cache holds the reused prefix, then this generation's transcript as far
-            // as it was fed.
-            let mut cached = self.cached_ids[..self.base].to_vec();
-            cached.extend_from_slice(g.sequence());
-            cached.truncate(self.backend.kv_len());
-            self.cached_ids = cached;
+    /// End the active request: the transcript drops the ids that were never fed.
+    fn finish(&mut self) -> Result<(), EngineError> {
+        if self.active.take().is_some() {
+            self.transcript.settle()?;
         }
+        Ok(())
     }
 
     /// Whether a generation is in flight.
     pub fn is_busy(&self) -> bool {
         self.active.is_some()
+    }
+
+    /// Empty the KV cache (the next request computes its whole prompt).
+    pub fn clear_cache(&mut self) -> Result<(), EngineError> {
+        if self.active.is_some() {
+            return Err(EngineError::Busy);
+        }
+        Ok(self.transcript.clear()?)
+    }
+
+    /// The ids the KV cache holds (for tests and diagnostics).
+    pub fn cached_ids(&self) -> &[u32] {
+        &self.transcript.ids()[..self.transcript.fed()]
     }
 
     /// Teacher forcing: how the model rates `continuation` after `prompt`.
@@ -338,13 +299,16 @@ impl Engine {
             Continuation::Text(text) => self.tokenizer.encode(text, false)?,
             Continuation::Ids(ids) => ids.clone(),
         };
-        self.backend.truncate(0)?;
-        self.cached_ids.clear();
-        let result = generate::score(&mut self.backend, &ids, &cont).await;
-        // Scoring leaves the prompt and continuation in the cache; forget them rather than
-        // track which part was fed.
-        self.backend.truncate(0)?;
-        Ok(result?)
+        let result = self
+            .transcript
+            .with_backend(async |backend: &mut AnyBackend| {
+                let result = generate::score(backend, &ids, &cont).await?;
+                // The cache now holds the prompt and every continuation token but the last.
+                let mut fed = ids.clone();
+                fed.extend_from_slice(&cont[..cont.len().saturating_sub(1)]);
+                Ok::<_, GenerateError>((result, fed))
+            })
+            .await?;
+        Ok(result)
     }
 }
-

@@ -23,91 +23,10 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, BackendError};
-use crate::config::ModelConfig;
+pub use crate::codec::{CodecError, TextCodec};
 use crate::sampler::{Sampler, SamplerError, SamplerOptions};
+use crate::transcript::Transcript;
 use crate::thinking::{Action, BeforeSample, Phase, StopReason, ThinkingController, ThinkingError, ThinkingOptions};
-
-// ----------------------------------------------------------------------------
-// Text codec: what the loop needs from a tokenizer
-
-#[derive(Debug, thiserror::Error, Clone, PartialEq)]
-#[error("{0}")]
-pub struct CodecError(pub String);
-
-/// The tokenizer as the loop sees it (the real `Tokenizer` implements it; tests use a toy).
-pub trait TextCodec {
-    /// Text to ids, no BOS/EOS added.
-    fn encode(&self, text: &str) -> Result<Vec<u32>, CodecError>;
-    /// Ids to text, special tokens rendered as their text (so `</think>` shows). A sequence
-    /// that ends inside a multi-byte character ends with U+FFFD; the loop relies on that to
-    /// hold such pieces back.
-    fn decode(&self, ids: &[u32]) -> String;
-    /// The id of `text` when it is exactly one token of the vocabulary (e.g. `<think>`).
-    fn token_id(&self, text: &str) -> Option<u32>;
-    /// Ids that end a response (EOS, `<|im_end|>`, `<|eot_id|>`, ...).
-    fn end_of_generation_ids(&self) -> Vec<u32>;
-}
-
-/// A codec behind any pointer (`&T`, `Rc<T>`, `Box<T>`) is a codec.
-impl<P: std::ops::Deref> TextCodec for P
-where
-    P::Target: TextCodec,
-{
-    fn encode(&self, text: &str) -> Result<Vec<u32>, CodecError> {
-        (**self).encode(text)
-    }
-    fn decode(&self, ids: &[u32]) -> String {
-        (**self).decode(ids)
-    }
-    fn token_id(&self, text: &str) -> Option<u32> {
-        (**self).token_id(text)
-    }
-    fn end_of_generation_ids(&self) -> Vec<u32> {
-        (**self).end_of_generation_ids()
-    }
-}
-
-/// Lets a `Generation` borrow a backend (`&mut cpu`) as well as own one (the browser,
-/// where a generation outlives any borrow, owns it and gives it back with `into_parts`).
-impl<T: Backend + ?Sized> Backend for &mut T {
-    fn config(&self) -> &ModelConfig {
-        (**self).config()
-    }
-    fn name(&self) -> String {
-        (**self).name()
-    }
-    fn kv_len(&self) -> usize {
-        (**self).kv_len()
-    }
-    fn max_context(&self) -> usize {
-        (**self).max_context()
-    }
-    fn truncate(&mut self, len: usize) -> Result<(), BackendError> {
-        (**self).truncate(len)
-    }
-    async fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError> {
-        (**self).forward(tokens, n_logits).await
-    }
-    async fn forward_greedy(&mut self, tokens: &[u32], banned: &[u32]) -> Result<u32, BackendError> {
-        (**self).forward_greedy(tokens, banned).await
-    }
-}
-
-/// The real tokenizer as the loop sees it.
-impl TextCodec for crate::tokenizer::Tokenizer {
-    fn encode(&self, text: &str) -> Result<Vec<u32>, CodecError> {
-        crate::tokenizer::Tokenizer::encode(self, text, false).map_err(|e| CodecError(e.to_string()))
-    }
-    fn decode(&self, ids: &[u32]) -> String {
-        crate::tokenizer::Tokenizer::decode(self, ids)
-    }
-    fn token_id(&self, text: &str) -> Option<u32> {
-        crate::tokenizer::Tokenizer::token_id(self, text)
-    }
-    fn end_of_generation_ids(&self) -> Vec<u32> {
-        crate::tokenizer::Tokenizer::end_of_generation_ids(self).to_vec()
-    }
-}
 
 // ----------------------------------------------------------------------------
 // Options, events, stats
@@ -124,8 +43,8 @@ pub enum GenerateError {
     Codec(#[from] CodecError),
     #[error("the prompt is empty: at least one token (e.g. BOS) is needed to predict from")]
     EmptyPrompt,
-    #[error("prompt of {prompt} tokens leaves no room to generate in a context of {context} ({cached} already cached)")]
-    PromptTooLong { prompt: usize, cached: usize, context: usize },
+    #[error("prompt of {prompt} tokens leaves no room to generate in a context of {context}")]
+    PromptTooLong { prompt: usize, context: usize },
     #[error("nothing to score: the continuation is empty")]
     EmptyContinuation,
     #[error("backend returned {got} logits, expected {expected}")]
@@ -143,6 +62,9 @@ pub struct GenerateOptions {
     /// Stop when the response text contains one of these; the stop string is not emitted.
     /// Only the model's own text is searched, never forced text.
     pub stop: Vec<String>,
+    /// Let a stop string end the generation inside thinking too. Off by default: a stop
+    /// string is meant for the answer, and a reasoning model's thinking quotes anything.
+    pub stop_in_thinking: bool,
     pub sampler: SamplerOptions,
     /// Thinking budget; `None` = no thinking control at all.
     pub thinking: Option<ThinkingOptions>,
@@ -150,7 +72,7 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_tokens: 256, stop: Vec::new(), sampler: SamplerOptions::default(), thinking: None }
+        Self { max_tokens: 256, stop: Vec::new(), stop_in_thinking: false, sampler: SamplerOptions::default(), thinking: None }
     }
 }
 
@@ -168,26 +90,35 @@ pub enum FinishReason {
 }
 
 /// One schema for the CLI's `--json` and the JS API:
-/// `{"type":"token","id":N,"text":"…","phase":"thinking","forced":false}`, ...
+/// `{"type":"token","id":N,"text":"…","phase":"thinking","forced":false,"marker":false}`, ...
+/// `marker`: the token is (part of) a thinking marker, `<think>` or `</think>`, which count
+/// neither as thinking nor as answer tokens.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    Token { id: u32, text: String, phase: Phase, forced: bool },
+    Token { id: u32, text: String, phase: Phase, forced: bool, marker: bool },
     Continuation { text: String, round: usize },
     BudgetExhausted { thinking_tokens: usize },
     Phase { phase: Phase },
     Done { stats: Stats },
 }
 
+/// What a generation produced and what it cost. Everything but the cost fields (`cached_tokens`,
+/// `processed_tokens` and the timings) depends only on the request, never on what an earlier
+/// request left in the cache.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Stats {
     pub prompt_tokens: usize,
+    /// Cost: prompt tokens whose keys and values were already cached (a repeated or extended
+    /// conversation) and so not run again.
+    pub cached_tokens: usize,
     /// Sampled tokens kept and fed to the model (rolled-back ones included).
     pub sampled_tokens: usize,
     /// Tokens the engine inserted and fed: start marker, continuations, wrap-up, end
     /// marker, answer prefix.
     pub forced_tokens: usize,
-    /// Every token fed to `Backend::forward` = prompt + sampled + forced.
+    /// Cost: every token this request ran through `Backend::forward` = prompt − cached +
+    /// sampled + forced.
     pub processed_tokens: usize,
     /// Kept tokens later removed from the cache (a multi-token end marker).
     pub rolled_back_tokens: usize,
@@ -196,16 +127,18 @@ pub struct Stats {
     pub dropped_tokens: usize,
     /// Tokens in the response now: sampled + forced − rolled back.
     pub response_tokens: usize,
-    /// Tokens strictly between the thinking markers, forced continuations included.
+    /// Tokens strictly between the thinking markers, forced continuations included: the
+    /// `token` events with phase `thinking` and `marker: false`.
     pub thinking_tokens: usize,
+    /// The `token` events with phase `answer` and `marker: false` (an answer prefix included).
     pub answer_tokens: usize,
-    /// Continuations inserted.
+    /// Continuations inserted: the `continuation` events.
     pub continuations: usize,
     /// Sampling steps where an end of thinking was masked while it was the most likely token
     /// (with greedy decoding: exactly the ends the mask prevented), plus string end markers
     /// taken back and resampled.
     pub ends_suppressed: usize,
-    /// Thinking was cut by the budget.
+    /// Thinking was cut by the budget: the engine wrote the end marker after `budget_exhausted`.
     pub forced_exit: bool,
     pub prefill_s: f64,
     pub decode_s: f64,
@@ -318,13 +251,52 @@ impl TextStream {
 // ----------------------------------------------------------------------------
 // The loop
 
-/// A kept response token whose event is not out yet, because its text could be the start
-/// of a stop string or of a string marker.
-#[derive(Clone, Debug)]
-struct HeldToken {
-    /// Index in `sequence`.
-    index: usize,
+/// One kept response token: where its text is and how it is tagged.
+#[derive(Clone, Copy, Debug)]
+struct ResponseToken {
+    id: u32,
+    /// Byte range of its text in `Response::text`.
+    start: usize,
+    end: usize,
     phase: Phase,
+    forced: bool,
+    /// (Part of) a thinking marker.
+    marker: bool,
+}
+
+/// The response so far: its text, a tag per kept token, and how much has gone out as events.
+#[derive(Debug)]
+struct Response {
+    stream: TextStream,
+    text: String,
+    /// (response tokens,): parallel to the transcript's ids after the prompt.
+    tokens: Vec<ResponseToken>,
+    /// `tokens[released..]` have no event yet: their text could still turn out to be (part
+    /// of) a stop string or a string marker, which must not be shown or must be tagged.
+    released: usize,
+    /// No stop string or marker match starts before this text offset (forced text, text
+    /// already searched, thinking text when stop strings are for the answer).
+    match_floor: usize,
+}
+
+/// Logits on the host: the current position's and, while a string end marker may be taken
+/// back, those of recent positions so a taken-back position is resampled without recomputing.
+#[derive(Debug, Default)]
+struct HostLogits {
+    /// (vocab,) f32, predicting the transcript's token at index `at`.
+    current: Vec<f32>,
+    at: Option<usize>,
+    /// (≤ capacity) × (index predicted, (vocab,) f32).
+    recent: VecDeque<(usize, Vec<f32>)>,
+    capacity: usize,
+}
+
+/// Stop strings: searched in the model's own answer text (thinking too if asked).
+#[derive(Debug)]
+struct StopStrings {
+    texts: Vec<String>,
+    longest: usize,
+    in_thinking: bool,
 }
 
 /// A string marker just completed in the text.
@@ -336,107 +308,115 @@ struct MarkerHit {
     tokens_before: usize,
 }
 
-pub struct Generation<B: Backend, C: TextCodec> {
-    backend: B,
+/// The state of one request. The KV cache and the ids in it belong to the [`Transcript`]
+/// that every method takes: pass the same one from `new` to the end.
+pub struct Generation<C: TextCodec> {
     codec: C,
     sampler: Sampler,
     thinking: Option<ThinkingController>,
     max_tokens: usize,
-    stop: Vec<String>,
+    stop: StopStrings,
     end_of_generation: Vec<u32>,
-    /// Prompt then response ids, kept so far, fed or not: (len,) u32.
-    sequence: Vec<u32>,
+    /// Transcript index where the response begins.
     prompt_len: usize,
-    /// KV length when the generation began (the cache may hold an earlier conversation).
-    base_kv: usize,
-    /// `sequence[..fed]` is in the KV cache; `sequence[fed..]` is the pending queue.
-    fed: usize,
-    /// (vocab,) f32: the logits predicting `sequence[logits_at]`.
-    logits: Vec<f32>,
-    logits_at: Option<usize>,
-    /// Logits of recent steps by the sequence length they predicted at: (≤ capacity) ×
-    /// (vocab,) f32. Kept only when the end marker is a string, so that a marker taken back
-    /// under `min_tokens` can be resampled without recomputing anything.
-    recent_logits: VecDeque<(usize, Vec<f32>)>,
-    recent_capacity: usize,
-    stream: TextStream,
-    /// Response text of the kept tokens.
-    text: String,
-    /// Per response token: byte range of its text in `text`.
-    spans: Vec<(usize, usize)>,
-    held: Vec<HeldToken>,
-    /// Text before this offset is forced text or already searched: no match starts there.
-    match_floor: usize,
-    longest_stop: usize,
+    response: Response,
+    logits: HostLogits,
+    /// Banned while thinking is under `min_tokens`: the first tokens of string end markers
+    /// taken back, then every token holding the marker's first character.
+    early_end_bans: Vec<u32>,
+    budget_exhausted: bool,
     events: VecDeque<Event>,
     stats: Stats,
-    /// Tokens fed by the first forward (the prompt, and a forced start marker).
+    /// Tokens fed before the first token was chosen (the prompt's uncached part, a forced
+    /// start marker).
     prefill_tokens: usize,
+    /// A token has been chosen: later feeds are decode time.
+    chosen: bool,
     started: bool,
     finished: bool,
 }
 
-impl<B: Backend, C: TextCodec> Generation<B, C> {
-    /// Set up a generation of a response to `prompt_ids`, appended after whatever the
-    /// backend's cache already holds. Nothing runs until the first `next_event`.
-    pub fn new(backend: B, codec: C, prompt_ids: &[u32], options: GenerateOptions) -> Result<Self, GenerateError> {
+impl<C: TextCodec> Generation<C> {
+    /// Set up a response to `prompt_ids` (the whole prompt, however much of it is cached):
+    /// the transcript keeps the cached prefix it shares with the prompt. Nothing runs until
+    /// the first `next_event`. On an error the transcript is untouched.
+    pub fn new<B: Backend>(
+        transcript: &mut Transcript<B>,
+        codec: C,
+        prompt_ids: &[u32],
+        options: GenerateOptions,
+    ) -> Result<Self, GenerateError> {
         if prompt_ids.is_empty() {
             return Err(GenerateError::EmptyPrompt);
         }
         if options.stop.iter().any(|s| s.is_empty()) {
             return Err(GenerateError::InvalidOption { option: "stop", reason: "a stop string is empty".into() });
         }
+        if options.max_tokens == 0 {
+            return Err(GenerateError::InvalidOption { option: "max_tokens", reason: "must be at least 1".into() });
+        }
         let sampler = Sampler::new(options.sampler.clone())?;
-        let base_kv = backend.kv_len();
-        let context = backend.max_context();
+        let context = transcript.max_context();
         // Room for the prompt and at least one generated token.
-        if base_kv + prompt_ids.len() >= context {
-            return Err(GenerateError::PromptTooLong { prompt: prompt_ids.len(), cached: base_kv, context });
+        if prompt_ids.len() >= context {
+            return Err(GenerateError::PromptTooLong { prompt: prompt_ids.len(), context });
         }
         let thinking = match options.thinking {
             Some(t) => Some(ThinkingController::new(t, &codec, prompt_ids, options.sampler.seed)?),
             None => None,
         };
-        let recent_capacity = match thinking.as_ref().map(|t| t.end_marker()) {
+        if let Some(t) = &thinking {
+            let needed = t.min_response_tokens();
+            if options.max_tokens < needed {
+                return Err(GenerateError::InvalidOption {
+                    option: "max_tokens",
+                    reason: format!(
+                        "{} cannot hold thinking.min_tokens {} (with its markers at least {needed} tokens)",
+                        options.max_tokens,
+                        t.options().min_tokens
+                    ),
+                });
+            }
+        }
+        let capacity = match thinking.as_ref().map(|t| t.end_marker()) {
             // One step per byte of the marker bounds the tokens that can spell it, plus the
             // step that sampled its first token.
             Some(crate::thinking::Marker::Text(end)) => end.len() + 1,
             _ => 0,
         };
-        let longest_stop = options.stop.iter().map(|s| s.len()).max().unwrap_or(0);
+        let longest = options.stop.iter().map(|s| s.len()).max().unwrap_or(0);
+        let cached = transcript.begin(prompt_ids)?;
         Ok(Self {
             end_of_generation: codec.end_of_generation_ids(),
-            stream: TextStream::new(&prompt_ids[prompt_ids.len() - 1..]),
-            backend,
             codec,
             sampler,
             thinking,
             max_tokens: options.max_tokens,
-            stop: options.stop,
-            sequence: prompt_ids.to_vec(),
+            stop: StopStrings { texts: options.stop, longest, in_thinking: options.stop_in_thinking },
             prompt_len: prompt_ids.len(),
-            base_kv,
-            fed: 0,
-            logits: Vec::new(),
-            logits_at: None,
-            recent_logits: VecDeque::new(),
-            recent_capacity,
-            text: String::new(),
-            spans: Vec::new(),
-            held: Vec::new(),
-            match_floor: 0,
-            longest_stop,
+            response: Response {
+                stream: TextStream::new(&prompt_ids[prompt_ids.len() - 1..]),
+                text: String::new(),
+                tokens: Vec::new(),
+                released: 0,
+                match_floor: 0,
+            },
+            logits: HostLogits { capacity, ..HostLogits::default() },
+            early_end_bans: Vec::new(),
+            budget_exhausted: false,
             events: VecDeque::new(),
-            stats: Stats { prompt_tokens: prompt_ids.len(), ..Stats::default() },
+            stats: Stats { prompt_tokens: prompt_ids.len(), cached_tokens: cached, ..Stats::default() },
             prefill_tokens: 0,
+            chosen: false,
             started: false,
             finished: false,
         })
     }
 
-    /// The next event, running at most one sampling step (one forward) to produce it;
-    /// `None` once `done` has been returned. After an error the generation is over.
-    pub async fn next_event(&mut self) -> Result<Option<Event>, GenerateError> {
+    /// The next event, running at most one sampling step (one forward, plus the resampling
+    /// of a taken-back marker from saved logits) to produce it; `None` once `done` has been
+    /// returned. After an error the generation is over.
+    pub async fn next_event<B: Backend>(&mut self, t: &mut Transcript<B>) -> Result<Option<Event>, GenerateError> {
         loop {
             if let Some(event) = self.events.pop_front() {
                 return Ok(Some(event));
@@ -444,7 +424,7 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
             if self.finished {
                 return Ok(None);
             }
-            if let Err(e) = self.step().await {
+            if let Err(e) = self.step(t).await {
                 self.finished = true;
                 self.events.clear();
                 return Err(e);
@@ -453,18 +433,20 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
     }
 
     /// Run to the end and collect everything.
-    pub async fn run_to_end(&mut self) -> Result<Completion, GenerateError> {
+    pub async fn run_to_end<B: Backend>(&mut self, t: &mut Transcript<B>) -> Result<Completion, GenerateError> {
         let mut events = Vec::new();
         let mut text = String::new();
-        while let Some(event) = self.next_event().await? {
+        while let Some(event) = self.next_event(t).await? {
             if let Event::Token { text: piece, .. } = &event {
                 text.push_str(piece);
             }
             events.push(event);
         }
+        let ids = t.ids();
+        let split = self.prompt_len.min(ids.len());
         Ok(Completion {
-            prompt_ids: self.sequence[..self.prompt_len].to_vec(),
-            tokens: self.response_ids().to_vec(),
+            prompt_ids: ids[..split].to_vec(),
+            tokens: ids[split..].to_vec(),
             text,
             events,
             stats: self.stats.clone(),
@@ -479,32 +461,14 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
         self.finished && self.events.is_empty()
     }
 
-    /// Prompt and response ids kept so far.
-    pub fn sequence(&self) -> &[u32] {
-        &self.sequence
-    }
-
-    pub fn response_ids(&self) -> &[u32] {
-        &self.sequence[self.prompt_len..]
-    }
-
-    pub fn backend(&self) -> &B {
-        &self.backend
-    }
-
-    /// Give the backend (its cache holds the whole transcript once finished) and codec back.
-    pub fn into_parts(self) -> (B, C) {
-        (self.backend, self.codec)
-    }
-
     // --- one step ---
 
-    async fn step(&mut self) -> Result<(), GenerateError> {
+    async fn step<B: Backend>(&mut self, t: &mut Transcript<B>) -> Result<(), GenerateError> {
         if !self.started {
             self.started = true;
             if let Some(thinking) = self.thinking.as_mut() {
                 let actions = thinking.start();
-                self.apply(None, None, actions).await?;
+                self.apply(t, None, None, actions).await?;
                 if self.finished {
                     return Ok(());
                 }
@@ -512,161 +476,193 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
         }
         let mut banned = match self.thinking.as_ref().map(|t| t.before_sample()) {
             Some(BeforeSample::Stop(StopReason::AnswerMaxTokens)) => {
-                return self.finish(FinishReason::AnswerMaxTokens).await;
+                return self.finish(t, FinishReason::AnswerMaxTokens).await;
             }
             Some(BeforeSample::Sample { banned }) => banned,
             None => Vec::new(),
         };
-        if self.sequence.len() - self.prompt_len >= self.max_tokens {
-            return self.finish(FinishReason::MaxTokens).await;
+        if self.thinking.as_ref().is_some_and(|t| t.under_min()) {
+            banned.extend_from_slice(&self.early_end_bans);
+        }
+        if t.len() - self.prompt_len >= self.max_tokens {
+            return self.finish(t, FinishReason::MaxTokens).await;
         }
         // Every kept token gets fed, so one must fit after the pending ones.
-        if self.base_kv + self.sequence.len() >= self.backend.max_context() {
-            return self.finish(FinishReason::ContextFull).await;
+        if t.len() >= t.max_context() {
+            return self.finish(t, FinishReason::ContextFull).await;
         }
-        let mut id = self.forward_and_choose(&banned).await?;
+        let mut id = self.forward_and_choose(t, &banned).await?;
         loop {
-            let start = self.text.len();
-            let piece = self.stream.push(&self.codec, id);
-            self.text.push_str(&piece);
+            let start = self.response.text.len();
+            let piece = self.response.stream.push(&self.codec, id);
+            self.response.text.push_str(&piece);
             let hit = self.find_marker_hit(start);
             let actions = match self.thinking.as_mut() {
-                Some(t) => t.after_sample(id, &piece, hit.map(|h| h.tokens_before)),
+                Some(c) => c.after_sample(id, &piece, hit.map(|h| h.tokens_before)),
                 None => vec![Action::Keep { phase: Phase::Answer, marker: false }],
             };
-            let kept = actions.iter().any(|a| matches!(a, Action::Keep { .. }))
-                && !self.end_of_generation.contains(&id);
+            let kept = actions.iter().any(|a| matches!(a, Action::Keep { .. })) && !self.end_of_generation.contains(&id);
             if !kept {
-                self.stream.pop(1);
-                self.text.truncate(start);
+                self.response.stream.pop(1);
+                self.response.text.truncate(start);
                 self.stats.dropped_tokens += 1;
             }
-            match self.apply(Some((id, start)), hit, actions).await? {
+            match self.apply(t, Some((id, start)), hit, actions).await? {
                 Some(first_marker_token) => {
                     // Resample the same position with the marker's first token banned.
-                    banned.push(first_marker_token);
+                    self.ban_early_end(first_marker_token, t.backend().config().vocab_size);
+                    banned.extend_from_slice(&self.early_end_bans);
                     self.stats.ends_suppressed += 1;
-                    id = self.choose_again(&banned)?;
+                    id = self.choose_again(t, &banned)?;
                 }
                 None => return Ok(()),
             }
         }
     }
 
-    /// Feed the pending tokens and choose the next one: the one place a backend that
-    /// samples on its own device would take over. Proposed (not yet in `Backend`), a
-    /// default method
-    /// `fn forward_sample(&mut self, tokens: &[u32], options: &SamplerOptions, history: &[u32],
-    /// banned: &[u32], uniform: f64) -> Option<Result<u32, BackendError>> { None }`
-    /// that runs `forward` and `sample_with_uniform` on the GPU and reads back one id;
-    /// the loop would call it with `self.sampler.next_uniform()` and fall back to this
-    /// path on `None`. The logits stay needed on the host only for `ends_suppressed`'s
-    /// argmax (the GPU can return it too) and for a string end marker's resampling.
-    async fn forward_and_choose(&mut self, banned: &[u32]) -> Result<u32, GenerateError> {
-        let keep_recent = self.recent_capacity > 0 && self.thinking.as_ref().is_some_and(|t| t.may_take_back_end());
-        if banned.is_empty() && !keep_recent && self.sampler.is_greedy() && self.fed < self.sequence.len() {
+    /// A string end marker starting with `first_token` was taken back under `min_tokens`.
+    /// Keep that token banned until the minimum; from the second take-back on, ban every
+    /// token whose text holds the marker's first character, which leaves the model no way to
+    /// spell it (the controller's MAX_TAKE_BACKS counts on that).
+    fn ban_early_end(&mut self, first_token: u32, vocab_size: usize) {
+        self.early_end_bans.push(first_token);
+        let Some(thinking) = self.thinking.as_ref() else { return };
+        if thinking.take_backs() != 2 {
+            return;
+        }
+        let Some(first_char) = thinking.end_marker_text().and_then(|m| m.chars().next()) else { return };
+        for id in 0..vocab_size as u32 {
+            if self.codec.decode(&[id]).contains(first_char) {
+                self.early_end_bans.push(id);
+            }
+        }
+        self.early_end_bans.sort_unstable();
+        self.early_end_bans.dedup();
+    }
+
+    /// Feed the pending tokens and choose the next one.
+    async fn forward_and_choose<B: Backend>(&mut self, t: &mut Transcript<B>, banned: &[u32]) -> Result<u32, GenerateError> {
+        if !self.chosen {
+            let t0 = monotonic_seconds();
+            let n = t.feed_all_but_last().await?;
+            self.account_feed(n, monotonic_seconds() - t0);
+        }
+        let id = self.forward_and_choose_inner(t, banned).await?;
+        self.chosen = true;
+        Ok(id)
+    }
+
+    async fn forward_and_choose_inner<B: Backend>(&mut self, t: &mut Transcript<B>, banned: &[u32]) -> Result<u32, GenerateError> {
+        let keep_recent = self.logits.capacity > 0 && self.thinking.as_ref().is_some_and(|c| c.may_take_back_end());
+        if banned.is_empty() && !keep_recent && self.sampler.is_greedy() && !t.pending().is_empty() {
             // Nothing needs the logits on the host: let the backend pick the argmax (a GPU
             // reads back 4 bytes instead of the vocabulary). The uniform is still drawn, so
             // the RNG stream does not depend on which path ran.
             self.sampler.next_uniform();
+            let n = t.pending().len();
             let t0 = monotonic_seconds();
-            let id = self.backend.forward_greedy(&self.sequence[self.fed..], &[]).await?;
-            self.account_feed(monotonic_seconds() - t0);
-            self.logits_at = None;
+            let id = t.feed_greedy(&[]).await?;
+            self.account_feed(n, monotonic_seconds() - t0);
+            self.logits.at = None;
             return Ok(id);
         }
-        self.feed(true).await?;
+        self.feed(t, true).await?;
         if keep_recent {
-            // Entries at or past this position belong to a rolled-back future.
-            let at = self.sequence.len();
-            self.recent_logits.retain(|(pos, _)| *pos < at);
-            if self.recent_logits.len() == self.recent_capacity {
-                self.recent_logits.pop_front();
+            // Entries at or past this index belong to a rolled-back future.
+            let at = t.len();
+            self.logits.recent.retain(|(pos, _)| *pos < at);
+            if self.logits.recent.len() == self.logits.capacity {
+                self.logits.recent.pop_front();
             }
-            self.recent_logits.push_back((self.sequence.len(), self.logits.clone()));
+            self.logits.recent.push_back((at, self.logits.current.clone()));
         }
-        self.choose(banned, true)
+        self.choose(t, banned, true)
     }
 
     /// `count_masked_end`: count the step in `ends_suppressed` when a banned id was the
     /// most likely one (a resample after a taken-back marker is counted by its caller).
-    fn choose(&mut self, banned: &[u32], count_masked_end: bool) -> Result<u32, GenerateError> {
+    fn choose<B: Backend>(&mut self, t: &Transcript<B>, banned: &[u32], count_masked_end: bool) -> Result<u32, GenerateError> {
         let t0 = monotonic_seconds();
         if count_masked_end && !banned.is_empty() {
-            if let Some(best) = raw_argmax(&self.logits) {
+            if let Some(best) = raw_argmax(&self.logits.current) {
                 if banned.contains(&best) {
                     self.stats.ends_suppressed += 1;
                 }
             }
         }
-        let id = self.sampler.sample(&self.logits, &self.sequence, banned)?;
+        let id = self.sampler.sample(&self.logits.current, t.ids(), banned)?;
         self.stats.decode_s += monotonic_seconds() - t0;
         Ok(id)
     }
 
     /// After a rollback, sample the current position again from its saved logits.
-    fn choose_again(&mut self, banned: &[u32]) -> Result<u32, GenerateError> {
-        let at = self.sequence.len();
-        if self.logits_at == Some(at) {
-            // Nothing was rolled back: the current logits are the ones.
-            return self.choose(banned, false);
+    fn choose_again<B: Backend>(&mut self, t: &Transcript<B>, banned: &[u32]) -> Result<u32, GenerateError> {
+        let at = t.len();
+        if self.logits.at != Some(at) {
+            let Some((_, saved)) = self.logits.recent.iter().find(|(pos, _)| *pos == at) else {
+                // Unreachable while `capacity` covers the longest marker; kept typed.
+                return Err(GenerateError::BadLogits { got: 0, expected: t.backend().config().vocab_size });
+            };
+            self.logits.current = saved.clone();
+            self.logits.at = Some(at);
         }
-        let Some((_, logits)) = self.recent_logits.iter().find(|(pos, _)| *pos == at) else {
-            // Unreachable while `recent_capacity` covers the longest marker; kept typed.
-            return Err(GenerateError::BadLogits { got: 0, expected: self.backend.config().vocab_size });
-        };
-        self.logits = logits.clone();
-        self.logits_at = Some(at);
-        self.choose(banned, false)
+        self.choose(t, banned, false)
     }
 
     /// Feed the pending queue in one forward; `with_logits`: keep the last position's logits.
-    async fn feed(&mut self, with_logits: bool) -> Result<(), GenerateError> {
-        let pending = &self.sequence[self.fed..];
-        if pending.is_empty() {
-            if with_logits && self.logits_at != Some(self.sequence.len()) {
-                return Err(GenerateError::BadLogits { got: 0, expected: self.backend.config().vocab_size });
+    async fn feed<B: Backend>(&mut self, t: &mut Transcript<B>, with_logits: bool) -> Result<(), GenerateError> {
+        let vocab = t.backend().config().vocab_size;
+        let n = t.pending().len();
+        if n == 0 {
+            if with_logits && self.logits.at != Some(t.len()) {
+                return Err(GenerateError::BadLogits { got: 0, expected: vocab });
             }
             return Ok(());
         }
         let t0 = monotonic_seconds();
-        let logits = self.backend.forward(pending, usize::from(with_logits)).await?;
-        let vocab = self.backend.config().vocab_size;
+        let logits = t.feed(usize::from(with_logits)).await?;
         if with_logits && logits.len() != vocab {
             return Err(GenerateError::BadLogits { got: logits.len(), expected: vocab });
         }
-        self.account_feed(monotonic_seconds() - t0);
+        self.account_feed(n, monotonic_seconds() - t0);
         if with_logits {
-            self.logits = logits;
-            self.logits_at = Some(self.sequence.len());
+            self.logits.current = logits;
+            self.logits.at = Some(t.len());
         }
         Ok(())
     }
 
-    /// The pending queue went through `forward` in `seconds`.
-    fn account_feed(&mut self, seconds: f64) {
-        let fed_now = self.sequence.len() - self.fed;
-        if self.stats.processed_tokens == 0 {
-            self.prefill_tokens = fed_now;
+    /// `n` tokens went through `forward` in `seconds`.
+    fn account_feed(&mut self, n: usize, seconds: f64) {
+        if !self.chosen {
+            self.prefill_tokens += n;
             self.stats.prefill_s += seconds;
         } else {
             self.stats.decode_s += seconds;
         }
-        self.stats.processed_tokens += fed_now;
-        self.fed = self.sequence.len();
+        self.stats.processed_tokens += n;
     }
 
     /// Carry out the controller's actions for the sampled token `(id, text offset)` (or
     /// for the start, `None`). Returns the id to ban when a resample is asked for.
-    async fn apply(
+    async fn apply<B: Backend>(
         &mut self,
+        t: &mut Transcript<B>,
         sampled: Option<(u32, usize)>,
         hit: Option<MarkerHit>,
-        actions: Vec<Action>,
+        mut actions: Vec<Action>,
     ) -> Result<Option<u32>, GenerateError> {
         // Held text before a completed marker is plain text: out with it.
         if let Some(hit) = hit {
-            self.release_held(hit.at);
+            self.release(hit.at);
+        }
+        // Forced tokens that do not fit the context are not started: the actions before the
+        // first insertion run, then the generation ends, so that every event announces
+        // something that happened.
+        let context_full = !self.forced_fit(t, &actions);
+        if context_full {
+            let cut = actions.iter().position(|a| matches!(a, Action::Force { .. } | Action::Continuation { .. }));
+            actions.truncate(cut.unwrap_or(actions.len()));
         }
         // Announcements go out after the text that is surely plain; tokens that may still
         // turn out to be (part of) a marker or stop string stay held, or a rollback could
@@ -681,134 +677,177 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
                 Action::Keep { phase, marker } => {
                     let Some((id, start)) = sampled else { continue };
                     if self.end_of_generation.contains(&id) {
-                        self.finish(FinishReason::EndOfGeneration).await?;
+                        self.finish(t, FinishReason::EndOfGeneration).await?;
                         break;
                     }
-                    self.sequence.push(id);
+                    t.push(id);
                     self.stats.sampled_tokens += 1;
-                    self.spans.push((start, self.text.len()));
-                    self.held.push(HeldToken { index: self.sequence.len() - 1, phase });
+                    let end = self.response.text.len();
+                    self.response.tokens.push(ResponseToken { id, start, end, phase, forced: false, marker: false });
                     if marker {
                         // The tokens spelling the marker belong to it: tag and emit them.
                         let from = hit.map_or(start, |h| h.at);
-                        for held in &mut self.held {
-                            if self.spans[held.index - self.prompt_len].1 > from {
-                                held.phase = phase;
+                        let released = self.response.released;
+                        for token in &mut self.response.tokens[released..] {
+                            if token.end > from {
+                                token.phase = phase;
+                                token.marker = true;
                             }
                         }
-                        self.release_held(usize::MAX);
-                    } else if self.check_stop_strings(start).await? {
+                        self.release(usize::MAX);
+                    } else if self.check_stop_strings(t, start, phase).await? {
                         break;
                     }
                 }
                 Action::Rollback { tokens } => {
-                    let keep = self.sequence.len() - tokens;
-                    first_rolled_back = self.sequence.get(keep).copied();
-                    self.backend.truncate(self.base_kv + keep)?;
-                    self.sequence.truncate(keep);
-                    self.fed = self.fed.min(keep);
+                    let keep = t.len() - tokens;
+                    first_rolled_back = t.ids().get(keep).copied();
+                    t.truncate(keep)?;
                     self.stats.rolled_back_tokens += tokens;
-                    self.stream.pop(tokens);
-                    let response_len = keep - self.prompt_len;
-                    if let Some(&(cut, _)) = self.spans.get(response_len) {
-                        self.text.truncate(cut);
+                    self.response.stream.pop(tokens);
+                    let kept = keep - self.prompt_len;
+                    if let Some(token) = self.response.tokens.get(kept) {
+                        self.response.text.truncate(token.start);
                     }
-                    self.spans.truncate(response_len);
-                    self.held.retain(|h| h.index < keep);
+                    self.response.tokens.truncate(kept);
+                    self.response.released = self.response.released.min(kept);
                 }
                 Action::Resample => {
-                    let banned = first_rolled_back.or(sampled.map(|(id, _)| id));
-                    return Ok(banned);
+                    return Ok(first_rolled_back.or(sampled.map(|(id, _)| id)));
                 }
-                Action::Force { ids, phase } => {
-                    self.release_held(usize::MAX);
-                    if self.base_kv + self.sequence.len() + ids.len() > self.backend.max_context() {
-                        self.finish(FinishReason::ContextFull).await?;
-                        break;
+                Action::Force { ids, phase, marker } => {
+                    self.release(usize::MAX);
+                    if marker && self.budget_exhausted {
+                        self.stats.forced_exit = true;
                     }
                     for id in ids {
-                        let start = self.text.len();
-                        let piece = self.stream.push(&self.codec, id);
-                        self.text.push_str(&piece);
-                        self.sequence.push(id);
-                        self.spans.push((start, self.text.len()));
+                        let start = self.response.text.len();
+                        let piece = self.response.stream.push(&self.codec, id);
+                        self.response.text.push_str(&piece);
+                        t.push(id);
+                        let end = self.response.text.len();
+                        self.response.tokens.push(ResponseToken { id, start, end, phase, forced: true, marker });
                         self.stats.forced_tokens += 1;
-                        self.events.push_back(Event::Token { id, text: piece, phase, forced: true });
+                        self.events.push_back(Event::Token { id, text: piece, phase, forced: true, marker });
                     }
-                    self.match_floor = self.text.len();
+                    self.response.released = self.response.tokens.len();
+                    self.response.match_floor = self.response.text.len();
                 }
                 Action::Phase(phase) => {
-                    self.release_held(marker_floor.min(self.hold_from()));
+                    self.release(marker_floor.min(self.hold_from()));
                     self.events.push_back(Event::Phase { phase });
+                    if phase == Phase::Answer {
+                        // Stop strings and markers are searched in the answer's own text.
+                        self.response.match_floor = self.response.text.len();
+                    }
                 }
                 Action::Continuation { text, round } => {
-                    self.release_held(marker_floor.min(self.hold_from()));
+                    self.release(marker_floor.min(self.hold_from()));
+                    self.stats.continuations += 1;
                     self.events.push_back(Event::Continuation { text, round });
                 }
                 Action::BudgetExhausted { thinking_tokens } => {
-                    self.release_held(marker_floor.min(self.hold_from()));
+                    self.release(marker_floor.min(self.hold_from()));
+                    self.budget_exhausted = true;
                     self.events.push_back(Event::BudgetExhausted { thinking_tokens });
                 }
                 Action::Stop(StopReason::AnswerMaxTokens) => {
-                    self.finish(FinishReason::AnswerMaxTokens).await?;
+                    self.finish(t, FinishReason::AnswerMaxTokens).await?;
                 }
             }
         }
+        if context_full {
+            self.finish(t, FinishReason::ContextFull).await?;
+        }
         if !self.finished {
             let hold_from = self.hold_from();
-            self.release_held(hold_from);
+            self.release(hold_from);
         }
-        self.sync_counts();
+        self.count_tokens();
         Ok(None)
+    }
+
+    /// Whether the transcript has room for what `actions` would keep and force.
+    fn forced_fit<B: Backend>(&self, t: &Transcript<B>, actions: &[Action]) -> bool {
+        let mut len = t.len();
+        for action in actions {
+            match action {
+                Action::Keep { .. } => len += 1,
+                Action::Rollback { tokens } => len = len.saturating_sub(*tokens),
+                Action::Force { ids, .. } => len += ids.len(),
+                _ => {}
+            }
+        }
+        len <= t.max_context()
     }
 
     /// The watched string marker, if the token that starts at text offset `start` completed it.
     fn find_marker_hit(&self, start: usize) -> Option<MarkerHit> {
         let marker = self.thinking.as_ref()?.watched_text()?;
-        let from = char_floor(&self.text, start.saturating_sub(marker.len() - 1).max(self.match_floor));
-        let at = from + self.text[from..].find(marker)?;
+        let text = &self.response.text;
+        let from = char_floor(text, start.saturating_sub(marker.len() - 1).max(self.response.match_floor));
+        let at = from + text[from..].find(marker)?;
         if at + marker.len() <= start {
             return None;
         }
-        let tokens_before = self.spans.iter().rev().take_while(|&&(_, end)| end > at).count();
+        let tokens_before = self.response.tokens.iter().rev().take_while(|token| token.end > at).count();
         Some(MarkerHit { at, tokens_before })
+    }
+
+    /// Whether stop strings apply to a token of `phase`.
+    fn stops_apply(&self, phase: Phase) -> bool {
+        !self.stop.texts.is_empty() && (phase == Phase::Answer || self.stop.in_thinking)
     }
 
     /// Finish on a stop string completed by the token starting at `start`. Its text and
     /// everything after it is not emitted; the text before it in a straddling token is.
-    async fn check_stop_strings(&mut self, start: usize) -> Result<bool, GenerateError> {
-        if self.stop.is_empty() {
+    async fn check_stop_strings<B: Backend>(&mut self, t: &mut Transcript<B>, start: usize, phase: Phase) -> Result<bool, GenerateError> {
+        if !self.stops_apply(phase) {
             return Ok(false);
         }
-        let from = char_floor(&self.text, start.saturating_sub(self.longest_stop - 1).max(self.match_floor));
-        let Some(at) = self.stop.iter().filter_map(|s| self.text[from..].find(s.as_str()).map(|p| from + p)).min()
-        else {
+        let text = &self.response.text;
+        let from = char_floor(text, start.saturating_sub(self.stop.longest - 1).max(self.response.match_floor));
+        let Some(at) = self.stop.texts.iter().filter_map(|s| text[from..].find(s.as_str()).map(|p| from + p)).min() else {
             return Ok(false);
         };
-        self.release_held(at);
-        if let Some(held) = self.held.first() {
-            let (token_start, _) = self.spans[held.index - self.prompt_len];
-            if token_start < at {
-                let id = self.sequence[held.index];
-                let text = self.text[token_start..at].to_string();
-                self.events.push_back(Event::Token { id, text, phase: held.phase, forced: false });
+        self.release(at);
+        let mut shown = self.response.released;
+        if let Some(&token) = self.response.tokens.get(shown) {
+            if token.start < at {
+                let id = token.id;
+                let text = self.response.text[token.start..at].to_string();
+                self.events.push_back(Event::Token { id, text, phase: token.phase, forced: false, marker: false });
+                shown += 1;
             }
         }
-        self.held.clear();
-        self.finish(FinishReason::StopString).await?;
+        // Tokens wholly inside or after the stop string are not part of the response: they
+        // leave the transcript too (fed first, so the accounting stays exact), and a
+        // follow-up turn never builds on text the user did not see.
+        self.feed(t, false).await?;
+        let cut = self.response.tokens.len() - shown;
+        if cut > 0 {
+            t.truncate(self.prompt_len + shown)?;
+            self.stats.rolled_back_tokens += cut;
+            self.response.tokens.truncate(shown);
+        }
+        self.response.released = shown;
+        self.finish(t, FinishReason::StopString).await?;
         Ok(true)
     }
 
     /// Text offset from which the text could still become a stop string or the watched
     /// marker; tokens ending before it are safe to emit.
     fn hold_from(&self) -> usize {
-        let marker = self.thinking.as_ref().and_then(|t| t.watched_text());
-        let mut from = self.text.len();
-        for pattern in self.stop.iter().map(String::as_str).chain(marker) {
+        let watched = self.thinking.as_ref().and_then(|c| c.watched_text());
+        let phase = self.thinking.as_ref().map_or(Phase::Answer, |c| c.phase());
+        let stops = if self.stops_apply(phase) { self.stop.texts.as_slice() } else { &[] };
+        let text = &self.response.text;
+        let mut from = text.len();
+        for pattern in stops.iter().map(String::as_str).chain(watched) {
             for k in (1..pattern.len()).rev() {
-                if pattern.is_char_boundary(k) && self.text.ends_with(&pattern[..k]) {
-                    let candidate = self.text.len() - k;
-                    if candidate >= self.match_floor {
+                if pattern.is_char_boundary(k) && text.ends_with(&pattern[..k]) {
+                    let candidate = text.len() - k;
+                    if candidate >= self.response.match_floor {
                         from = from.min(candidate);
                     }
                     break;
@@ -819,44 +858,42 @@ impl<B: Backend, C: TextCodec> Generation<B, C> {
     }
 
     /// Emit the held tokens whose text ends at or before `upto`.
-    fn release_held(&mut self, upto: usize) {
-        let mut released = 0;
-        for held in &self.held {
-            let (start, end) = self.spans[held.index - self.prompt_len];
-            if end > upto {
+    fn release(&mut self, upto: usize) {
+        while let Some(&token) = self.response.tokens.get(self.response.released) {
+            if token.end > upto {
                 break;
             }
-            let id = self.sequence[held.index];
-            self.events.push_back(Event::Token { id, text: self.text[start..end].to_string(), phase: held.phase, forced: false });
-            released += 1;
-        }
-        self.held.drain(..released);
-    }
-
-    fn sync_counts(&mut self) {
-        self.stats.response_tokens = self.sequence.len() - self.prompt_len;
-        match self.thinking.as_ref().map(|t| t.counts()) {
-            Some(counts) => {
-                self.stats.thinking_tokens = counts.thinking_tokens;
-                self.stats.answer_tokens = counts.answer_tokens;
-                self.stats.continuations = counts.continuations;
-                self.stats.forced_exit = counts.forced_exit;
-            }
-            None => self.stats.answer_tokens = self.stats.response_tokens,
+            let text = self.response.text[token.start..token.end].to_string();
+            let ResponseToken { id, phase, forced, marker, .. } = token;
+            self.events.push_back(Event::Token { id, text, phase, forced, marker });
+            self.response.released += 1;
+            // Shown text is final: no marker or stop string may start in it, even when a
+            // take-back later re-exposes it as the text's tail.
+            self.response.match_floor = self.response.match_floor.max(token.end);
         }
     }
 
-    async fn finish(&mut self, reason: FinishReason) -> Result<(), GenerateError> {
+    /// Counts come from the kept tokens' tags, the same tags the events carry.
+    fn count_tokens(&mut self) {
+        let tokens = &self.response.tokens;
+        self.stats.response_tokens = tokens.len();
+        let count = |phase| tokens.iter().filter(|t| t.phase == phase && !t.marker).count();
+        self.stats.thinking_tokens = count(Phase::Thinking);
+        self.stats.answer_tokens = count(Phase::Answer);
+    }
+
+    async fn finish<B: Backend>(&mut self, t: &mut Transcript<B>, reason: FinishReason) -> Result<(), GenerateError> {
         if self.finished {
             return Ok(());
         }
         self.finished = true;
-        self.release_held(usize::MAX);
+        self.release(usize::MAX);
         // Feed the last kept tokens so that the cache holds the whole transcript.
-        self.feed(false).await?;
-        self.sync_counts();
-        self.stats.prefill_tok_s = rate(self.prefill_tokens, self.stats.prefill_s);
-        self.stats.decode_tok_s = rate(self.stats.processed_tokens - self.prefill_tokens, self.stats.decode_s);
+        self.feed(t, false).await?;
+        self.count_tokens();
+        let prefill = self.prefill_tokens;
+        self.stats.prefill_tok_s = rate(prefill, self.stats.prefill_s);
+        self.stats.decode_tok_s = rate(self.stats.processed_tokens - prefill, self.stats.decode_s);
         self.stats.finish_reason = Some(reason);
         self.events.push_back(Event::Done { stats: self.stats.clone() });
         Ok(())
@@ -927,11 +964,7 @@ pub async fn score<B: Backend + ?Sized>(
     // The last continuation token is predicted, never fed.
     let needed = backend.kv_len() + prompt_ids.len() + continuation_ids.len() - 1;
     if needed > backend.max_context() {
-        return Err(GenerateError::PromptTooLong {
-            prompt: prompt_ids.len() + continuation_ids.len() - 1,
-            cached: backend.kv_len(),
-            context: backend.max_context(),
-        });
+        return Err(GenerateError::PromptTooLong { prompt: needed, context: backend.max_context() });
     }
     let vocab = backend.config().vocab_size;
     let mut positions = Vec::with_capacity(continuation_ids.len());

@@ -20,7 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::generate::{CodecError, TextCodec};
+use crate::codec::{CodecError, TextCodec};
 use crate::sampler::Rng;
 
 /// The default markers of DeepSeek-R1-Distill and Qwen3.
@@ -187,8 +187,9 @@ pub enum Action {
     /// Sample this position again from the logits that produced the first rolled-back
     /// token, with that token banned too (masking a string marker under `min_tokens`).
     Resample,
-    /// Feed these tokens as if the model had produced them.
-    Force { ids: Vec<u32>, phase: Phase },
+    /// Feed these tokens as if the model had produced them. `marker`: they write a thinking
+    /// marker (counted neither as thinking nor as answer).
+    Force { ids: Vec<u32>, phase: Phase, marker: bool },
     Phase(Phase),
     Continuation { text: String, round: usize },
     BudgetExhausted { thinking_tokens: usize },
@@ -254,7 +255,14 @@ pub struct ThinkingController {
     state: State,
     opened_by_prompt: bool,
     counts: ThinkingCounts,
+    /// String end markers taken back under `min_tokens` so far.
+    take_backs: usize,
 }
+
+/// Take-backs of a string end marker before the controller gives up on `min_tokens`: the
+/// first bans one token, the second every token with the marker's first character, after
+/// which the marker cannot be spelled (see `on_end_attempt`); the third is slack.
+pub const MAX_TAKE_BACKS: usize = 3;
 
 impl ThinkingController {
     /// Resolve the options against a vocabulary: markers become single tokens where the
@@ -313,6 +321,7 @@ impl ThinkingController {
             state: if opened_by_prompt { State::Thinking } else { State::BeforeThinking },
             opened_by_prompt,
             counts: ThinkingCounts::default(),
+            take_backs: 0,
             options,
         };
         controller.draw_next_continuation();
@@ -370,6 +379,39 @@ impl ThinkingController {
             && matches!(&self.end, Marker::Text(end) if self.counts.thinking_tokens < self.options.min_tokens + end.len())
     }
 
+    /// The end marker's text when it is a string (not one vocabulary token).
+    pub fn end_marker_text(&self) -> Option<&str> {
+        match &self.end {
+            Marker::Text(text) => Some(text),
+            Marker::Token(_) => None,
+        }
+    }
+
+    /// Thinking is open and under `min_tokens`: an end now would be early.
+    pub fn under_min(&self) -> bool {
+        matches!(self.state, State::Thinking | State::Exiting { .. }) && self.counts.thinking_tokens < self.options.min_tokens
+    }
+
+    /// String end markers taken back so far (the loop escalates its bans from the second).
+    pub fn take_backs(&self) -> usize {
+        self.take_backs
+    }
+
+    /// The fewest response tokens a generation needs to honour `min_tokens` when thinking is
+    /// open from the start: the forced start marker (`open`), the minimum, the end marker.
+    pub fn min_response_tokens(&self) -> usize {
+        if self.options.min_tokens == 0 {
+            return 0;
+        }
+        let start = match (self.opened_by_prompt, self.options.open) {
+            (true, _) => 0,
+            (false, true) => self.start_ids.len(),
+            // Thinking may never open: nothing to honour up front.
+            (false, false) => return 0,
+        };
+        start + self.options.min_tokens + self.end_ids.len()
+    }
+
     /// Actions at the start of the response: announce thinking opened by the prompt, or
     /// open it with forced tokens when `open` is set.
     pub fn start(&mut self) -> Vec<Action> {
@@ -378,7 +420,7 @@ impl ThinkingController {
             actions.push(Action::Phase(Phase::Thinking));
         } else if self.options.open {
             actions.push(Action::Phase(Phase::Thinking));
-            actions.push(Action::Force { ids: self.start_ids.clone(), phase: Phase::Thinking });
+            actions.push(Action::Force { ids: self.start_ids.clone(), phase: Phase::Thinking, marker: true });
             self.state = State::Thinking;
         }
         if self.state == State::Thinking {
@@ -491,20 +533,27 @@ impl ThinkingController {
             self.counts.thinking_tokens += ids.len();
             self.draw_next_continuation();
             actions.push(Action::Continuation { text, round: self.counts.continuations });
-            actions.push(Action::Force { ids, phase: Phase::Thinking });
+            actions.push(Action::Force { ids, phase: Phase::Thinking, marker: false });
             return actions;
         }
-        if early {
+        if early && self.take_backs < MAX_TAKE_BACKS {
             // Only a string marker gets here (single-token ends are masked beforehand): take
-            // it back and sample that position again without its first token.
+            // it back and sample that position again without its first token. The loop
+            // keeps that token banned while thinking is under `min_tokens`, and from the
+            // second take-back on every token holding the marker's first character, so the
+            // model cannot spell the marker in ever new ways (each try costs a forward).
+            self.take_backs += 1;
             actions.push(Action::Rollback { tokens: before });
             actions.push(Action::Resample);
             return actions;
         }
+        // Past MAX_TAKE_BACKS (a vocabulary that spells the marker without any token holding
+        // its first character): accept the end rather than loop.
+
         // Accepted.
         if eog {
             // The engine closes thinking itself so that the user always gets an answer.
-            actions.push(Action::Force { ids: self.end_ids.clone(), phase: Phase::Thinking });
+            actions.push(Action::Force { ids: self.end_ids.clone(), phase: Phase::Thinking, marker: true });
         } else {
             actions.push(Action::Keep { phase: Phase::Thinking, marker: true });
         }
@@ -560,9 +609,9 @@ impl ThinkingController {
         self.counts.forced_exit = true;
         if !self.wrap_up_ids.is_empty() {
             self.counts.thinking_tokens += self.wrap_up_ids.len();
-            actions.push(Action::Force { ids: self.wrap_up_ids.clone(), phase: Phase::Thinking });
+            actions.push(Action::Force { ids: self.wrap_up_ids.clone(), phase: Phase::Thinking, marker: false });
         }
-        actions.push(Action::Force { ids: self.end_ids.clone(), phase: Phase::Thinking });
+        actions.push(Action::Force { ids: self.end_ids.clone(), phase: Phase::Thinking, marker: true });
         self.enter_answer(actions);
     }
 
@@ -571,7 +620,7 @@ impl ThinkingController {
         actions.push(Action::Phase(Phase::Answer));
         if !self.answer_prefix_ids.is_empty() {
             self.counts.answer_tokens += self.answer_prefix_ids.len();
-            actions.push(Action::Force { ids: self.answer_prefix_ids.clone(), phase: Phase::Answer });
+            actions.push(Action::Force { ids: self.answer_prefix_ids.clone(), phase: Phase::Answer, marker: false });
         }
     }
 }

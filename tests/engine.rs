@@ -107,9 +107,9 @@ fn strip_timing(mut events: Vec<Event>, like: &[Event]) -> Vec<Event> {
         a.decode_s = b.decode_s;
         a.prefill_tok_s = b.prefill_tok_s;
         a.decode_tok_s = b.decode_tok_s;
-        // The second run reused the cached prompt prefix.
+        // The second run reused the cached prompt prefix: a cost, not a result.
         a.processed_tokens = b.processed_tokens;
-        a.prompt_tokens = b.prompt_tokens;
+        a.cached_tokens = b.cached_tokens;
     }
     events
 }

@@ -5,6 +5,7 @@ mod scripted;
 
 use pensive::backend::{block_on, Backend};
 use pensive::generate::{score, Completion, Event, FinishReason, GenerateError, GenerateOptions, Generation};
+use pensive::transcript::Transcript;
 use pensive::sampler::SamplerOptions;
 use scripted::{ScriptedBackend, ToyCodec, FAVOURED};
 
@@ -26,13 +27,15 @@ fn greedy(max_tokens: usize, stop: &[&str]) -> GenerateOptions {
     GenerateOptions {
         max_tokens,
         stop: stop.iter().map(|s| s.to_string()).collect(),
+        stop_in_thinking: false,
         sampler: SamplerOptions::greedy(),
         thinking: None,
     }
 }
 
 fn run(codec: &ToyCodec, backend: &mut ScriptedBackend, prompt: &[u32], options: GenerateOptions) -> Completion {
-    block_on(Generation::new(backend, codec, prompt, options).unwrap().run_to_end()).unwrap()
+    let mut t = Transcript::new(backend).unwrap();
+    block_on(Generation::new(&mut t, codec, prompt, options).unwrap().run_to_end(&mut t)).unwrap()
 }
 
 fn token_texts(c: &Completion) -> Vec<String> {
@@ -40,7 +43,7 @@ fn token_texts(c: &Completion) -> Vec<String> {
 }
 
 #[test]
-fn prompt_in_one_forward_then_one_token_per_step_and_stats_add_up() {
+fn prompt_then_its_last_token_then_one_token_per_step_and_stats_add_up() {
     let codec = codec();
     let prompt = codec.ids(&["x", "y", "z"]);
     let reply = codec.ids(&["Hel", "lo", " wo", "rld", "!"]);
@@ -49,11 +52,12 @@ fn prompt_in_one_forward_then_one_token_per_step_and_stats_add_up() {
     assert_eq!(c.tokens, reply);
     assert_eq!(c.text, "Hello world!");
     assert_eq!(c.prompt_ids, prompt);
-    // Prompt: one call, logits of its last position only; then one token per call (the
-    // last one's logits drew the EOS, which is dropped).
-    assert_eq!(backend.calls[0], (prompt.clone(), 1));
+    // Prompt: one call without logits, then its last token alone (as it runs when the rest
+    // is cached, so cached and fresh prompts compute the first logits alike); then one
+    // token per call (the last one's logits drew the EOS, which is dropped).
+    assert_eq!(backend.calls[0], (prompt[..2].to_vec(), 0));
     assert!(backend.calls[1..].iter().all(|(t, n)| t.len() == 1 && *n == 1));
-    assert_eq!(backend.calls.len(), 6);
+    assert_eq!(backend.calls.len(), 7);
     assert_eq!(backend.greedy_calls, 6, "greedy with nothing banned takes the backend's argmax path");
     let s = &c.stats;
     assert_eq!((s.prompt_tokens, s.sampled_tokens, s.forced_tokens, s.processed_tokens), (3, 5, 0, 8));
@@ -69,16 +73,17 @@ fn next_event_runs_at_most_one_forward() {
     let codec = codec();
     let prompt = codec.ids(&["x"]);
     let mut backend = says(&codec, 1, codec.ids(&["Hel", "lo", " wo"]));
-    let mut generation = Generation::new(&mut backend, &codec, &prompt, greedy(100, &[])).unwrap();
+    let mut t = Transcript::new(&mut backend).unwrap();
+    let mut generation = Generation::new(&mut t, &codec, &prompt, greedy(100, &[])).unwrap();
     let mut calls_before = 0;
     let mut events = 0;
-    while let Some(event) = block_on(generation.next_event()).unwrap() {
-        let calls = generation.backend().calls.len();
+    while let Some(event) = block_on(generation.next_event(&mut t)).unwrap() {
+        let calls = t.backend().calls.len();
         assert!(calls - calls_before <= 1, "one pull ran {} forwards", calls - calls_before);
         calls_before = calls;
         events += 1;
         if matches!(event, Event::Done { .. }) {
-            assert!(block_on(generation.next_event()).unwrap().is_none());
+            assert!(block_on(generation.next_event(&mut t)).unwrap().is_none());
         }
     }
     assert_eq!(events, 4);
@@ -113,9 +118,11 @@ fn stop_string_is_not_emitted() {
     assert_eq!(c.text, "Hel");
     assert_eq!(token_texts(&c), ["Hel"]);
     assert_eq!(c.stats.finish_reason, Some(FinishReason::StopString));
-    // The stop string's tokens were sampled and are in the cache; nothing after them.
-    assert_eq!(c.tokens, reply[..3]);
-    assert_eq!(backend.kv_len(), 4);
+    // The stop string's tokens were sampled, then taken back out of the transcript: the
+    // cache holds what the user saw.
+    assert_eq!(c.tokens, reply[..1]);
+    assert_eq!(backend.kv_len(), 2);
+    assert_eq!(c.stats.rolled_back_tokens, 2);
     // It starts inside a token: that token's text before it is emitted.
     let mut backend = says(&codec, 1, reply.clone());
     let c = run(&codec, &mut backend, &prompt, greedy(100, &["llo", "zzz"]));
@@ -147,17 +154,23 @@ fn bad_setups_are_typed_errors() {
     let mut backend = says(&codec, 1, vec![]);
     backend.max_context = 4;
     let too_long = codec.ids(&["x", "y", "z", "x"]);
+    let mut t = Transcript::new(&mut backend).unwrap();
     assert!(matches!(
-        Generation::new(&mut backend, &codec, &too_long, greedy(8, &[])),
-        Err(GenerateError::PromptTooLong { prompt: 4, cached: 0, context: 4 })
+        Generation::new(&mut t, &codec, &too_long, greedy(8, &[])),
+        Err(GenerateError::PromptTooLong { prompt: 4, context: 4 })
     ));
-    assert!(matches!(Generation::new(&mut backend, &codec, &[], greedy(8, &[])), Err(GenerateError::EmptyPrompt)));
+    assert!(matches!(Generation::new(&mut t, &codec, &[], greedy(8, &[])), Err(GenerateError::EmptyPrompt)));
     assert!(matches!(
-        Generation::new(&mut backend, &codec, &[1], greedy(8, &[""])),
+        Generation::new(&mut t, &codec, &[1], greedy(8, &[""])),
         Err(GenerateError::InvalidOption { option: "stop", .. })
     ));
+    assert!(matches!(
+        Generation::new(&mut t, &codec, &[1], greedy(0, &[])),
+        Err(GenerateError::InvalidOption { option: "max_tokens", .. })
+    ));
     let bad_sampler = GenerateOptions { sampler: SamplerOptions { top_p: 0.0, ..SamplerOptions::default() }, ..greedy(8, &[]) };
-    assert!(matches!(Generation::new(&mut backend, &codec, &[1], bad_sampler), Err(GenerateError::Sampler(_))));
+    assert!(matches!(Generation::new(&mut t, &codec, &[1], bad_sampler), Err(GenerateError::Sampler(_))));
+    assert!(t.is_empty() && t.backend().cache.is_empty(), "a refused request leaves the transcript alone");
     assert!(serde_json::from_str::<GenerateOptions>(r#"{"max_token": 3}"#).is_err());
     let parsed: GenerateOptions =
         serde_json::from_str(r#"{"max_tokens": 3, "sampler": {"temperature": 0}, "thinking": {"min_tokens": 2}}"#).unwrap();
@@ -166,15 +179,40 @@ fn bad_setups_are_typed_errors() {
 }
 
 #[test]
-fn a_cache_holding_an_earlier_turn_is_appended_to() {
+fn a_second_turn_reuses_the_cached_first_and_only_its_cost_changes() {
     let codec = codec();
-    let mut backend = says(&codec, 5, codec.ids(&["Hel", "lo"]));
-    block_on(backend.forward(&codec.ids(&["x", "y", "z"]), 0)).unwrap();
-    let prompt = codec.ids(&["x", "y"]);
-    let c = run(&codec, &mut backend, &prompt, greedy(100, &[]));
-    assert_eq!(c.text, "Hello");
-    assert_eq!(backend.kv_len(), 3 + c.stats.processed_tokens);
-    assert_eq!(c.stats.processed_tokens, 4);
+    // Says "Hello" after any prompt, then EOS.
+    let script = |codec: &ToyCodec| {
+        let (hel, lo) = (codec.id("Hel"), codec.id("lo"));
+        ScriptedBackend::favour(codec.vocab_size(), move |seq: &[u32]| match seq.last() {
+            Some(&id) if id == hel => lo,
+            Some(&id) if id == lo => 0,
+            _ => hel,
+        })
+    };
+    let first = codec.ids(&["x", "y"]);
+    let mut backend = script(&codec);
+    let mut t = Transcript::new(&mut backend).unwrap();
+    let a = block_on(Generation::new(&mut t, &codec, &first, greedy(100, &[])).unwrap().run_to_end(&mut t)).unwrap();
+    assert_eq!(a.text, "Hello");
+    assert_eq!(t.ids(), codec.ids(&["x", "y", "Hel", "lo"]), "the transcript is the prompt and the reply");
+    // The second turn's prompt extends the first exchange.
+    let second = codec.ids(&["x", "y", "Hel", "lo", "z"]);
+    let b = block_on(Generation::new(&mut t, &codec, &second, greedy(100, &[])).unwrap().run_to_end(&mut t)).unwrap();
+    assert_eq!((b.stats.prompt_tokens, b.stats.cached_tokens), (5, 4));
+    assert_eq!(b.stats.processed_tokens, 1 + 2, "only the new prompt token and the reply ran");
+    assert!(t.check());
+    drop(t);
+    // A fresh model gives the same response and stats but the cost fields.
+    let mut fresh = script(&codec);
+    let c = run(&codec, &mut fresh, &second, greedy(100, &[]));
+    assert_eq!((c.tokens.clone(), c.text.clone()), (b.tokens.clone(), b.text.clone()));
+    assert_eq!(c.stats.cached_tokens, 0);
+    let same = |mut s: pensive::generate::Stats| {
+        (s.cached_tokens, s.processed_tokens, s.prefill_s, s.decode_s, s.prefill_tok_s, s.decode_tok_s) = (0, 0, 0.0, 0.0, 0.0, 0.0);
+        s
+    };
+    assert_eq!(same(c.stats), same(b.stats));
 }
 
 #[test]
@@ -199,6 +237,7 @@ fn seeded_sampling_is_reproducible() {
     let options = |seed| GenerateOptions {
         max_tokens: 30,
         stop: vec![],
+        stop_in_thinking: false,
         sampler: SamplerOptions { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed, ..SamplerOptions::default() },
         thinking: None,
     };
@@ -224,7 +263,7 @@ fn completion_serializes_for_the_cli() {
     assert_eq!(json["prompt_ids"], serde_json::json!(prompt));
     assert_eq!(json["tokens"], serde_json::json!(c.tokens));
     assert_eq!(json["text"], "Hello");
-    assert_eq!(json["events"][0], serde_json::json!({"type": "token", "id": c.tokens[0], "text": "Hel", "phase": "answer", "forced": false}));
+    assert_eq!(json["events"][0], serde_json::json!({"type": "token", "id": c.tokens[0], "text": "Hel", "phase": "answer", "forced": false, "marker": false}));
     assert_eq!(json["stats"]["finish_reason"], "end_of_generation");
 }
 

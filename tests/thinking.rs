@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use pensive::backend::{block_on, Backend};
 use pensive::generate::{Completion, Event, FinishReason, GenerateOptions, Generation, TextCodec};
+use pensive::transcript::Transcript;
 use pensive::sampler::{Rng, SamplerOptions};
 use pensive::thinking::{
     ContinuationOrder, EarlyEnd, Marker, Phase, ThinkingController, ThinkingError, ThinkingOptions,
@@ -126,12 +127,13 @@ fn script(codec: &Rc<ToyCodec>, model: Model) -> ScriptedBackend {
 }
 
 fn options(thinking: ThinkingOptions) -> GenerateOptions {
-    GenerateOptions { max_tokens: 200, stop: Vec::new(), sampler: SamplerOptions::greedy(), thinking: Some(thinking) }
+    GenerateOptions { max_tokens: 200, sampler: SamplerOptions::greedy(), thinking: Some(thinking), ..GenerateOptions::default() }
 }
 
 fn run(codec: &Rc<ToyCodec>, backend: &mut ScriptedBackend, prompt: &[u32], options: GenerateOptions) -> Completion {
-    let mut generation = Generation::new(&mut *backend, codec.clone(), prompt, options).expect("valid setup");
-    block_on(generation.run_to_end()).expect("generation runs")
+    let mut t = Transcript::new(&mut *backend).expect("an empty cache");
+    let mut generation = Generation::new(&mut t, codec.clone(), prompt, options).expect("valid setup");
+    block_on(generation.run_to_end(&mut t)).expect("generation runs")
 }
 
 /// The tokens the stream shows, as text with forced tokens in [brackets].
@@ -154,20 +156,46 @@ fn transcript(c: &Completion) -> String {
 fn check_accounting(c: &Completion, backend: &ScriptedBackend) {
     let s = &c.stats;
     assert_eq!(s.processed_tokens, backend.fed_tokens(), "processed counts what forward saw");
-    assert_eq!(s.processed_tokens, s.prompt_tokens + s.sampled_tokens + s.forced_tokens);
-    assert_eq!(backend.kv_len(), s.processed_tokens - s.rolled_back_tokens);
+    assert_eq!(s.processed_tokens, s.prompt_tokens - s.cached_tokens + s.sampled_tokens + s.forced_tokens);
+    assert_eq!(backend.kv_len(), s.cached_tokens + s.processed_tokens - s.rolled_back_tokens);
     // The cache holds exactly the transcript: prompt then every kept response token.
     let mut transcript = c.prompt_ids.clone();
     transcript.extend(&c.tokens);
     assert_eq!(backend.cache, transcript);
     assert_eq!(s.response_tokens, c.tokens.len());
-    // Events carry exactly the kept tokens unless a stop string cut the tail.
-    if s.finish_reason != Some(FinishReason::StopString) {
-        let event_ids: Vec<u32> =
-            c.events.iter().filter_map(|e| if let Event::Token { id, .. } = e { Some(*id) } else { None }).collect();
-        assert_eq!(event_ids, c.tokens, "token events = kept response tokens");
-    }
+    // Events carry exactly the kept tokens (a stop string's tokens leave the transcript).
+    let event_ids: Vec<u32> =
+        c.events.iter().filter_map(|e| if let Event::Token { id, .. } = e { Some(*id) } else { None }).collect();
+    assert_eq!(event_ids, c.tokens, "token events = kept response tokens");
     assert!(matches!(c.events.last(), Some(Event::Done { .. })));
+    // The counts are the events' own: recounted here, never read from the controller.
+    let recount = Recount::of(&c.events);
+    assert_eq!((s.thinking_tokens, s.answer_tokens, s.continuations), (recount.thinking, recount.answer, recount.continuations));
+}
+
+/// Thinking, answer and continuation counts as a client would take them from the events.
+#[derive(Debug, Default, PartialEq)]
+struct Recount {
+    thinking: usize,
+    answer: usize,
+    continuations: usize,
+    closed: bool,
+}
+
+impl Recount {
+    fn of(events: &[Event]) -> Self {
+        let mut r = Recount::default();
+        for e in events {
+            match e {
+                Event::Token { phase: Phase::Thinking, marker: false, .. } => r.thinking += 1,
+                Event::Token { phase: Phase::Answer, marker: false, .. } => r.answer += 1,
+                Event::Continuation { .. } => r.continuations += 1,
+                Event::Phase { phase: Phase::Answer } => r.closed = true,
+                _ => {}
+            }
+        }
+        r
+    }
 }
 
 fn continuation_texts(c: &Completion) -> Vec<(String, usize)> {
@@ -384,11 +412,11 @@ fn string_end_marker_under_min_without_continuation_is_resampled() {
     let mut backend = script(&codec, Model::default());
     let opts = ThinkingOptions { min_tokens: 5, on_early_end: EarlyEnd::Suppress, ..ThinkingOptions::default() };
     let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
-    // Early markers at 3 and 4 are taken back and their "</" banned at that position; no
-    // logits are recomputed (the saved ones are reused).
+    // The early marker at 3 is taken back and its "</" stays banned until the minimum (no
+    // logits are recomputed: the saved ones are reused); at 4 the ban masks it outright.
     assert_eq!(transcript(&c), "{think}aaaaa</think>{answer} b{done}");
     let s = &c.stats;
-    assert_eq!((s.thinking_tokens, s.continuations, s.ends_suppressed, s.rolled_back_tokens), (5, 0, 2, 4));
+    assert_eq!((s.thinking_tokens, s.continuations, s.ends_suppressed, s.rolled_back_tokens), (5, 0, 2, 2));
     check_accounting(&c, &backend);
 }
 
@@ -425,8 +453,8 @@ fn open_forces_the_start_marker_with_the_prompt() {
     let prompt = codec.ids(&["x"]);
     let c = run(&codec, &mut backend, &prompt, options(opts));
     assert_eq!(transcript(&c), "{think}[<think>]aaa</think>{answer} b{done}");
-    // Prompt and forced start marker are one prefill call.
-    assert_eq!(backend.calls[0], (vec![codec.id("x"), codec.id("<think>")], 1));
+    // Prompt and forced start marker are the prefill: all but the last token, then it alone.
+    assert_eq!(backend.calls[..2], [(vec![codec.id("x")], 0), (vec![codec.id("<think>")], 1)]);
     check_accounting(&c, &backend);
 }
 
@@ -488,8 +516,8 @@ fn options_validation_and_serde() {
 fn events_serialize_as_the_issue_specifies() {
     let json = |e: &Event| serde_json::to_string(e).unwrap();
     assert_eq!(
-        json(&Event::Token { id: 7, text: "Wait".into(), phase: Phase::Thinking, forced: true }),
-        r#"{"type":"token","id":7,"text":"Wait","phase":"thinking","forced":true}"#
+        json(&Event::Token { id: 7, text: "Wait".into(), phase: Phase::Thinking, forced: true, marker: false }),
+        r#"{"type":"token","id":7,"text":"Wait","phase":"thinking","forced":true,"marker":false}"#
     );
     assert_eq!(json(&Event::Continuation { text: "Wait".into(), round: 2 }), r#"{"type":"continuation","text":"Wait","round":2}"#);
     assert_eq!(json(&Event::BudgetExhausted { thinking_tokens: 9 }), r#"{"type":"budget_exhausted","thinking_tokens":9}"#);
@@ -577,7 +605,7 @@ fn property_budget_control_accounting_and_determinism() {
             SamplerOptions { temperature: 0.9, top_k: 0, top_p: 1.0, min_p: 0.0, seed: rng.next_u64(), ..SamplerOptions::default() }
         };
         let salt = rng.next_u64();
-        let opts = GenerateOptions { max_tokens: 400, stop: Vec::new(), sampler, thinking: Some(thinking.clone()) };
+        let opts = GenerateOptions { max_tokens: 400, sampler, thinking: Some(thinking.clone()), ..GenerateOptions::default() };
         eprintln!("case {case}: {thinking:?} prompt {prompt:?} sampler {:?}", opts.sampler);
         let once = || {
             let mut backend = random_model(&codec, salt);
@@ -591,12 +619,15 @@ fn property_budget_control_accounting_and_determinism() {
         let s = &c.stats;
         let closed = c.events.iter().any(|e| matches!(e, Event::Phase { phase: Phase::Answer }));
         let opened = c.events.iter().any(|e| matches!(e, Event::Phase { phase: Phase::Thinking }));
+        // The guarantees, on counts taken from the events (check_accounting ties the stats
+        // to them): thinking in [min, max + grace + wrap-up] once it closed.
+        let thinking_tokens = Recount::of(&c.events).thinking;
         if opened && closed {
-            assert!(s.thinking_tokens >= thinking.min_tokens, "{ctx}: thinking below min");
+            assert!(thinking_tokens >= thinking.min_tokens, "{ctx}: thinking below min");
         }
         if let Some(max) = thinking.max_tokens {
             let exit_text = thinking.wrap_up.as_deref().map_or(0, |w| codec.encode(w).unwrap().len());
-            assert!(s.thinking_tokens <= max + thinking.grace_tokens + exit_text, "{ctx}: thinking above max");
+            assert!(thinking_tokens <= max + thinking.grace_tokens + exit_text, "{ctx}: thinking above max");
         }
         if let Some(cap) = thinking.max_continuations {
             assert!(s.continuations <= cap, "{ctx}");
@@ -615,6 +646,7 @@ fn property_budget_control_accounting_and_determinism() {
 fn strip_timing(mut c: Completion) -> Completion {
     let zero = |s: &mut pensive::generate::Stats| {
         (s.prefill_s, s.decode_s, s.prefill_tok_s, s.decode_tok_s) = (0.0, 0.0, 0.0, 0.0);
+        (s.cached_tokens, s.processed_tokens) = (0, 0);
     };
     zero(&mut c.stats);
     for e in &mut c.events {
@@ -623,4 +655,203 @@ fn strip_timing(mut c: Completion) -> Completion {
         }
     }
     c
+}
+
+// ----------------------------------------------------------------------------
+// Progress and stated guarantees (issue 8)
+
+/// A vocabulary with many spellings of `</think>` (and of its pieces), no marker tokens.
+fn spelling_codec() -> Rc<ToyCodec> {
+    Rc::new(ToyCodec::new(
+        &["<eos>"],
+        &["a", " b", "\n", "Wait", "<", "</", "/", "th", "ink", "think", ">", "ink>", "</think", "/think>", "</th", "x<", " <", "k>", "k"],
+    ))
+}
+
+/// In thinking, always tries to complete `</think>`: of the tokens that extend the longest
+/// marker prefix the text ends with (or start one), the longest gets the highest logit, the
+/// others descending below it, EOS next, "a" last. Masking one spelling just brings the next.
+fn marker_speller(codec: &Rc<ToyCodec>) -> ScriptedBackend {
+    let c = codec.clone();
+    const MARKER: &str = "</think>";
+    let pieces: Vec<(u32, String)> = (1..c.vocab_size() as u32).map(|id| (id, c.decode(&[id]))).collect();
+    let a = c.id("a");
+    let b = c.id(" b");
+    let opened = c.ids(&["<", "think", ">"]);
+    ScriptedBackend::new(
+        c.vocab_size(),
+        Box::new(move |seq: &[u32]| {
+            let Some(open) = last_occurrence(seq, &opened) else { return vec![(a, FAVOURED)] };
+            let text = c.decode(&seq[open + opened.len()..]);
+            if text.contains(MARKER) {
+                // Answer: " b" then EOS.
+                return vec![(if seq.last() == Some(&b) { 0 } else { b }, FAVOURED)];
+            }
+            // The longest suffix of the text that is a proper prefix of the marker.
+            let have = (0..MARKER.len()).rev().find(|&k| text.ends_with(&MARKER[..k])).unwrap_or(0);
+            let mut moves: Vec<(u32, usize)> = Vec::new();
+            for (id, piece) in &pieces {
+                let extends = MARKER[have..].starts_with(piece.as_str()) || piece.starts_with(&MARKER[have..]);
+                // Or a piece that starts the marker afresh after some text ("x<").
+                let starts = (1..=piece.len()).any(|k| piece.is_char_boundary(piece.len() - k) && MARKER.starts_with(&piece[piece.len() - k..]) && piece.len() > k);
+                if extends || starts {
+                    moves.push((*id, piece.len()));
+                }
+            }
+            moves.sort_by_key(|&(id, len)| (std::cmp::Reverse(len), id));
+            let mut logits: Vec<(u32, f32)> = moves.iter().enumerate().map(|(i, &(id, _))| (id, FAVOURED - 0.01 * i as f32)).collect();
+            logits.push((0, 2.0)); // EOS
+            logits.push((a, 1.0));
+            logits
+        }),
+    )
+}
+
+#[test]
+fn a_model_that_spells_the_end_marker_in_ever_new_ways_still_finishes() {
+    let codec = spelling_codec();
+    let prompt = codec.ids(&["a", "<", "think", ">", "\n"]);
+    let marker_len = "</think>".len();
+    for on_early_end in [EarlyEnd::Suppress, EarlyEnd::Continue] {
+        for min_tokens in [4, 32] {
+            let max_tokens = 64;
+            let mut backend = marker_speller(&codec);
+            let opts = ThinkingOptions { min_tokens, on_early_end, max_continuations: Some(0), ..ThinkingOptions::default() };
+            let c = run(&codec, &mut backend, &prompt, GenerateOptions { max_tokens, ..options(opts) });
+            let ctx = format!("{on_early_end:?} min {min_tokens}: {}", transcript(&c));
+            check_accounting(&c, &backend);
+            // Every forward either kept a token or was one of at most MAX_TAKE_BACKS
+            // take-backs of at most a marker's worth of tokens.
+            let bound = max_tokens + pensive::thinking::MAX_TAKE_BACKS * marker_len + 1;
+            eprintln!("{ctx}\n  forwards {} (bound {bound}), take-backs rolled back {}", backend.calls.len(), c.stats.rolled_back_tokens);
+            assert!(backend.calls.len() <= bound, "{ctx}: {} forwards", backend.calls.len());
+            let recount = Recount::of(&c.events);
+            assert!(recount.closed, "{ctx}: thinking never closed");
+            assert!(recount.thinking >= min_tokens, "{ctx}: thinking {} < min", recount.thinking);
+            assert!(c.stats.rolled_back_tokens > 0, "{ctx}: the marker was never even tried early");
+        }
+    }
+}
+
+#[test]
+fn an_end_of_generation_under_min_is_masked_or_continued_never_looped() {
+    let codec = token_codec();
+    // Favours EOS from the second thinking token on.
+    let mut backend = script(&codec, Model { run: 1, end_with: EndWith::Eos, ..Model::default() });
+    let opts = ThinkingOptions { min_tokens: 20, on_early_end: EarlyEnd::Suppress, ..ThinkingOptions::default() };
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    check_accounting(&c, &backend);
+    let recount = Recount::of(&c.events);
+    assert!(recount.closed && recount.thinking >= 20, "{}", transcript(&c));
+    assert!(backend.calls.len() <= 200 + 1);
+}
+
+#[test]
+fn max_tokens_too_small_for_the_thinking_minimum_is_refused() {
+    let codec = token_codec();
+    let mut backend = script(&codec, Model::default());
+    let mut t = Transcript::new(&mut backend).unwrap();
+    let opts = ThinkingOptions { min_tokens: 30, ..ThinkingOptions::default() };
+    // Opened by the prompt: 30 thinking tokens and the end marker need 31.
+    let err = Generation::new(&mut t, codec.clone(), &opened_prompt(&codec), GenerateOptions { max_tokens: 30, ..options(opts.clone()) });
+    assert!(matches!(err, Err(pensive::generate::GenerateError::InvalidOption { option: "max_tokens", .. })));
+    assert!(Generation::new(&mut t, codec.clone(), &opened_prompt(&codec), GenerateOptions { max_tokens: 31, ..options(opts.clone()) }).is_ok());
+    // Forced open: the start marker needs one more.
+    let open = ThinkingOptions { open: true, ..opts };
+    let x = codec.ids(&["x"]);
+    assert!(Generation::new(&mut t, codec.clone(), &x, GenerateOptions { max_tokens: 31, ..options(open.clone()) }).is_err());
+    assert!(Generation::new(&mut t, codec.clone(), &x, GenerateOptions { max_tokens: 32, ..options(open) }).is_ok());
+}
+
+#[test]
+fn stop_strings_wait_for_the_answer_unless_asked() {
+    let codec = token_codec();
+    let prompt = opened_prompt(&codec);
+    let stop = |in_thinking| GenerateOptions {
+        stop: vec!["a".into()],
+        stop_in_thinking: in_thinking,
+        ..options(ThinkingOptions::default())
+    };
+    let mut backend = script(&codec, Model::default());
+    let c = run(&codec, &mut backend, &prompt, stop(false));
+    assert_eq!(transcript(&c), "{think}aaa</think>{answer} b{done}", "\"a\" in thinking does not stop");
+    assert_eq!(c.stats.finish_reason, Some(FinishReason::EndOfGeneration));
+    check_accounting(&c, &backend);
+    let mut backend = script(&codec, Model::default());
+    let c = run(&codec, &mut backend, &prompt, stop(true));
+    assert_eq!(transcript(&c), "{think}{done}");
+    assert_eq!(c.stats.finish_reason, Some(FinishReason::StopString));
+    check_accounting(&c, &backend);
+    // In the answer a stop string stops, and the marker before it never matches.
+    let mut backend = script(&codec, Model::default());
+    let answer_stop = GenerateOptions { stop: vec!["a b".into(), "k> b".into()], ..options(ThinkingOptions::default()) };
+    let c = run(&codec, &mut backend, &prompt, answer_stop);
+    assert_eq!(c.stats.finish_reason, Some(FinishReason::EndOfGeneration), "{}", transcript(&c));
+}
+
+#[test]
+fn a_context_that_fills_during_a_forced_insertion_ends_with_counts_matching_the_events() {
+    let codec = token_codec();
+    let prompt = opened_prompt(&codec); // 3 tokens
+    for context in 6..=12 {
+        let mut backend = script(&codec, Model::default());
+        backend.max_context = context;
+        let opts = ThinkingOptions {
+            min_tokens: 10,
+            continuations: vec!["Wait So".into()], // two tokens
+            answer_prefix: Some("Final Answer:".into()),
+            ..ThinkingOptions::default()
+        };
+        let c = run(&codec, &mut backend, &prompt, options(opts));
+        let ctx = format!("context {context}: {}", transcript(&c));
+        check_accounting(&c, &backend);
+        assert_eq!(c.stats.finish_reason, Some(FinishReason::ContextFull), "{ctx}");
+        assert!(c.prompt_ids.len() + c.tokens.len() <= context, "{ctx}");
+        // Every continuation announced was inserted whole.
+        let inserted = c.events.iter().filter(|e| matches!(e, Event::Token { text, forced: true, .. } if text == "Wait")).count();
+        assert_eq!(inserted, c.stats.continuations, "{ctx}");
+    }
+}
+
+#[test]
+fn repeated_and_extended_requests_on_one_transcript_equal_fresh_ones() {
+    // Greedy and seeded sampling; prompts that open thinking, force it open, or never think.
+    let codec = token_codec();
+    let a = opened_prompt(&codec);
+    let b = codec.ids(&["x", "x"]);
+    for (case, seed) in [(0, None), (1, Some(7u64)), (2, Some(8))] {
+        let sampler = match seed {
+            None => SamplerOptions::greedy(),
+            Some(seed) => SamplerOptions { temperature: 0.7, seed, ..SamplerOptions::default() },
+        };
+        let thinking = ThinkingOptions { min_tokens: 6, max_tokens: Some(12), open: case == 2, ..ThinkingOptions::default() };
+        let opts = GenerateOptions { max_tokens: 40, sampler, thinking: Some(thinking), ..GenerateOptions::default() };
+        let fresh = |prompt: &[u32]| {
+            let mut backend = random_model(&codec, 99);
+            strip_timing(run(&codec, &mut backend, prompt, opts.clone()))
+        };
+        let mut backend = random_model(&codec, 99);
+        let mut t = Transcript::new(&mut backend).unwrap();
+        let mut go = |prompt: &[u32]| {
+            let mut g = Generation::new(&mut t, codec.clone(), prompt, opts.clone()).unwrap();
+            let c = block_on(g.run_to_end(&mut t)).unwrap();
+            assert!(t.check());
+            c
+        };
+        // A; A again; B then A; A with a longer prefix (A's own exchange, then more).
+        let first = go(&a);
+        assert_eq!(strip_timing(first.clone()), fresh(&a), "case {case}: A");
+        let again = go(&a);
+        assert!(again.stats.cached_tokens > 0);
+        assert_eq!(strip_timing(again), fresh(&a), "case {case}: A again");
+        go(&b);
+        assert_eq!(strip_timing(go(&a)), fresh(&a), "case {case}: B then A");
+        let mut longer = a.clone();
+        longer.extend(&first.tokens);
+        longer.extend(codec.ids(&["x", "<think>", "\n"]));
+        go(&a);
+        let extended = go(&longer);
+        assert!(extended.stats.cached_tokens >= a.len(), "case {case}: the first exchange was reused");
+        assert_eq!(strip_timing(extended), fresh(&longer), "case {case}: A extended");
+    }
 }

@@ -102,9 +102,12 @@ mod cli {
         repeat_penalty: Option<f32>,
         #[arg(long)]
         seed: Option<u64>,
-        /// Stop when the response contains this text (repeatable).
+        /// Stop when the answer contains this text (repeatable).
         #[arg(long)]
         stop: Vec<String>,
+        /// Let --stop end the generation inside thinking too.
+        #[arg(long)]
+        stop_in_thinking: bool,
         #[command(flatten)]
         thinking: ThinkingArgs,
         /// Print one JSON object {prompt_ids, tokens, text, events, stats} instead of streaming.
@@ -314,6 +317,7 @@ mod cli {
             seed: a.seed,
             max_tokens: Some(a.max_tokens),
             stop: a.stop.clone(),
+            stop_in_thinking: a.stop_in_thinking,
             thinking: a.thinking.options(),
         };
         let prompt = prompt(&a.prompt);
@@ -327,7 +331,7 @@ mod cli {
         let mut phase = None;
         while let Some(event) = block_on(engine.next_event())? {
             match &event {
-                Event::Token { id, text: piece, phase: p, forced } => {
+                Event::Token { id, text: piece, phase: p, forced, .. } => {
                     tokens.push(*id);
                     text.push_str(piece);
                     if !a.json {

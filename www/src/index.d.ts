@@ -104,7 +104,10 @@ export interface GenerateOptions {
   repeat_penalty?: number;
   seed?: number;
   max_tokens?: number;
+  /** Ends the answer when its text contains one of these (not emitted). */
   stop?: string[];
+  /** Let `stop` end the generation inside thinking too (default false). */
+  stop_in_thinking?: boolean;
   thinking?: ThinkingOptions;
   /** Aborting ends the generation within one step; the engine stays usable. */
   signal?: AbortSignal;
@@ -114,8 +117,11 @@ export type Phase = 'thinking' | 'answer';
 
 export interface GenerationStats {
   prompt_tokens: number;
+  /** Cost: prompt tokens reused from the KV cache (a repeated or extended conversation). */
+  cached_tokens: number;
   sampled_tokens: number;
   forced_tokens: number;
+  /** Cost: tokens run through the model for this request (prompt − cached + sampled + forced). */
   processed_tokens: number;
   thinking_tokens: number;
   answer_tokens: number;
@@ -128,7 +134,8 @@ export interface GenerationStats {
 }
 
 export type GenerationEvent =
-  | { type: 'token'; id: number; text: string; phase: Phase; forced: boolean }
+  /** `marker`: (part of) `<think>`/`</think>`, counted neither as thinking nor as answer. */
+  | { type: 'token'; id: number; text: string; phase: Phase; forced: boolean; marker: boolean }
   | { type: 'continuation'; text: string; round: number }
   | { type: 'budget_exhausted'; thinking_tokens: number }
   | { type: 'phase'; phase: Phase }
