@@ -194,7 +194,7 @@ impl Engine {
         let b = self.transcript.backend();
         Ok(EngineInfo {
             backend: b.name(),
-            fallback_reason: b.inner.borrow().fallback_reason().map(String::from),
+            fallback_reason: b.fallback_reason().map(String::from),
             config: b.config().clone(),
             vocab_size: self.tokenizer.vocab_size(),
             max_context: b.max_context(),
