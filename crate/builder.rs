@@ -291,8 +291,8 @@ impl EngineLoader {
                 Sink::Undecided(_) | Sink::Failed => Err(LoadError::Other("the model load already failed".into()).into()),
             }
         });
-        // Otherwise as soon as the header is complete: a refusal comes before the first
-        // tensor's bytes, not after them.
+        // Otherwise as soon as the header is complete: a refusal comes with the header, not
+        // after the first tensor (the embedding, often hundreds of MB) has downloaded.
         let result = result.and_then(|()| match self.stream.header() {
             Some(header) => Self::settle(&mut self.sink, header, &self.options),
             None => Ok(()),
