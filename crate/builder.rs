@@ -1,7 +1,15 @@
-//! Building a backend from model bytes: which backend (`auto` picks WebGPU when an adapter
-//! can hold the model, else the CPU) and the one streaming loader that the CLI and the
-//! browser both feed.
+//! Building a backend from model bytes, one path for the CLI and the browser.
+//!
+//! The backend is decided once, when the model's shapes are known and before the first
+//! weight is uploaded: WebGPU when an adapter exists *and* can hold the model
+//! ([`check_fits`]: a kernel for every dtype, bindings and buffers under the adapter's limits,
+//! a memory estimate under its budget), else — under `auto` — the CPU, with the reason kept
+//! for `engine.info().fallback_reason`; under `gpu` a refusal is a `backend_unavailable`
+//! error naming it. A GGUF goes through the streaming [`EngineLoader`] (the CLI pushes a
+//! file's chunks, the browser a `fetch` body's); a model already in memory (safetensors)
+//! through [`AnyBackend::new`], which makes the same decision.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
@@ -9,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{Backend, BackendError};
 use crate::config::ModelConfig;
 use crate::engine::{Engine, EngineError};
-use crate::gpu::model::{GpuModel, GpuModelBuilder};
-use crate::gpu::{GpuContext, GpuOptions};
-use crate::loader::{GgufCollector, GgufStream, LoadError, LoadProgress, LoadedModel};
+use crate::gguf::GgufHeader;
+use crate::gpu::{check_fits, GpuContext, GpuError, GpuModel, GpuModelBuilder, GpuOptions};
+use crate::loader::{config_from_gguf, GgufStream, LoadError, LoadProgress, LoadedModel, RawTensor};
 use crate::model::CpuModel;
 use crate::tokenizer::Tokenizer;
 
@@ -29,87 +37,174 @@ pub enum BackendChoice {
 
 /// The backends the engine can drive, as one type (async trait methods rule out `dyn`).
 pub enum AnyBackend {
-    Cpu(CpuModel),
+    /// `fallback_reason`: why `auto` did not choose WebGPU (`None` when the CPU was asked for).
+    Cpu { model: CpuModel, fallback_reason: Option<String> },
     Gpu(GpuModel),
 }
 
 impl AnyBackend {
-    /// Build the backend `options.backend` asks for from loaded tensors.
+    /// Build the backend `options.backend` asks for from loaded tensors, asking for an
+    /// adapter first unless the CPU was asked for.
     pub async fn new(model: LoadedModel, options: &LoadOptions) -> Result<Self, EngineError> {
-        if options.backend == BackendChoice::Cpu {
-            return Ok(Self::Cpu(CpuModel::new(model, options.max_context)?));
-        }
         let gpu_options = GpuOptions {
             largest_tensor_bytes: model.tensors.values().map(|t| t.data.len() as u64).max().unwrap_or(0),
             ..GpuOptions::default()
         };
-        // The adapter is asked for before the tensors are handed over, so `auto` can still
-        // fall back to the CPU with the model intact.
-        let context = match GpuContext::new(&gpu_options).await {
-            Ok(c) => c,
-            Err(e) if options.backend == BackendChoice::Auto => {
-                log_fallback(&e.to_string());
-                return Ok(Self::Cpu(CpuModel::new(model, options.max_context)?));
+        let gpu = Gpu::request(options.backend, &gpu_options).await?;
+        Self::build(model, options, gpu)
+    }
+
+    /// [`AnyBackend::new`] on a device the caller brings (or the reason it has none), e.g. a
+    /// test's device with lowered limits.
+    pub fn with_gpu(model: LoadedModel, options: &LoadOptions, gpu: Result<Rc<GpuContext>, GpuError>) -> Result<Self, EngineError> {
+        let gpu = Gpu::given(options.backend, gpu)?;
+        Self::build(model, options, gpu)
+    }
+
+    fn build(model: LoadedModel, options: &LoadOptions, gpu: Gpu) -> Result<Self, EngineError> {
+        let tensors = model.tensors.values().map(|t| (t.name.as_str(), t.ty, t.dims.as_slice()));
+        match gpu.decide(options.backend, &model.config, tensors, options.max_context)? {
+            Target::Cpu { fallback_reason } => {
+                Ok(Self::Cpu { model: CpuModel::new(model, options.max_context)?, fallback_reason })
             }
-            Err(e) => return Err(EngineError::BackendUnavailable("gpu".into(), e.to_string())),
-        };
-        let model = GpuModel::from_loaded(Rc::new(context), model, options.max_context)
-            .map_err(|e| EngineError::BackendUnavailable("gpu".into(), e.to_string()))?;
-        Ok(Self::Gpu(model))
+            Target::Gpu(ctx) => Ok(Self::Gpu(GpuModel::from_loaded(ctx, model, options.max_context).map_err(upload_error)?)),
+        }
+    }
+
+    /// Why `auto` runs on the CPU rather than WebGPU, if it does.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        match self {
+            Self::Cpu { fallback_reason, .. } => fallback_reason.as_deref(),
+            Self::Gpu(_) => None,
+        }
     }
 }
 
 impl Backend for AnyBackend {
     fn config(&self) -> &ModelConfig {
         match self {
-            Self::Cpu(b) => b.config(),
+            Self::Cpu { model: b, .. } => b.config(),
             Self::Gpu(b) => b.config(),
         }
     }
     fn name(&self) -> String {
         match self {
-            Self::Cpu(b) => b.name(),
+            Self::Cpu { model: b, .. } => b.name(),
             Self::Gpu(b) => b.name(),
         }
     }
     fn kv_len(&self) -> usize {
         match self {
-            Self::Cpu(b) => b.kv_len(),
+            Self::Cpu { model: b, .. } => b.kv_len(),
             Self::Gpu(b) => b.kv_len(),
         }
     }
     fn max_context(&self) -> usize {
         match self {
-            Self::Cpu(b) => b.max_context(),
+            Self::Cpu { model: b, .. } => b.max_context(),
             Self::Gpu(b) => b.max_context(),
         }
     }
     fn truncate(&mut self, len: usize) -> Result<(), BackendError> {
         match self {
-            Self::Cpu(b) => b.truncate(len),
+            Self::Cpu { model: b, .. } => b.truncate(len),
             Self::Gpu(b) => b.truncate(len),
         }
     }
     async fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError> {
         match self {
-            Self::Cpu(b) => b.forward(tokens, n_logits).await,
+            Self::Cpu { model: b, .. } => b.forward(tokens, n_logits).await,
             Self::Gpu(b) => b.forward(tokens, n_logits).await,
         }
     }
     async fn forward_greedy(&mut self, tokens: &[u32], banned: &[u32]) -> Result<u32, BackendError> {
         match self {
-            Self::Cpu(b) => b.forward_greedy(tokens, banned).await,
+            Self::Cpu { model: b, .. } => b.forward_greedy(tokens, banned).await,
             Self::Gpu(b) => b.forward_greedy(tokens, banned).await,
         }
     }
 }
 
-/// `auto` found no usable WebGPU adapter: say so where the user will see it.
+/// What the load knows about WebGPU before it has seen the model's shapes.
+enum Gpu {
+    /// `cpu` was asked for: nothing to decide.
+    NotWanted,
+    /// A device, still to be asked whether it can hold the model.
+    Device(Rc<GpuContext>),
+    /// No device, under `auto`: the reason, for `fallback_reason`.
+    Unavailable(String),
+}
+
+/// Where the tensors go.
+enum Target {
+    Cpu { fallback_reason: Option<String> },
+    Gpu(Rc<GpuContext>),
+}
+
+impl Gpu {
+    /// Ask for an adapter and a device unless `choice` is `cpu`. Without one, `gpu` fails here,
+    /// before any model byte is read; `auto` carries on towards the CPU.
+    async fn request(choice: BackendChoice, options: &GpuOptions) -> Result<Self, EngineError> {
+        if choice == BackendChoice::Cpu {
+            return Ok(Self::NotWanted);
+        }
+        Self::given(choice, GpuContext::new(options).await.map(Rc::new))
+    }
+
+    fn given(choice: BackendChoice, gpu: Result<Rc<GpuContext>, GpuError>) -> Result<Self, EngineError> {
+        match (choice, gpu) {
+            (BackendChoice::Cpu, _) => Ok(Self::NotWanted),
+            (_, Ok(ctx)) => Ok(Self::Device(ctx)),
+            (BackendChoice::Auto, Err(e)) => Ok(Self::Unavailable(e.to_string())),
+            (BackendChoice::Gpu, Err(e)) => Err(unavailable(e.to_string())),
+        }
+    }
+
+    /// The one decision: the device if it can hold a model of these shapes, else the CPU
+    /// (`auto`) or a `backend_unavailable` error naming the reason (`gpu`).
+    fn decide<'a>(
+        self,
+        choice: BackendChoice,
+        config: &ModelConfig,
+        tensors: impl IntoIterator<Item = (&'a str, crate::quant::GgmlType, &'a [u64])>,
+        max_context: Option<usize>,
+    ) -> Result<Target, EngineError> {
+        let why = match self {
+            Self::NotWanted => return Ok(Target::Cpu { fallback_reason: None }),
+            Self::Unavailable(why) => why,
+            Self::Device(ctx) => match check_fits(&ctx, config, tensors, max_context) {
+                Ok(_) => return Ok(Target::Gpu(ctx)),
+                Err(e) => e.to_string(),
+            },
+        };
+        if choice == BackendChoice::Gpu {
+            return Err(unavailable(why));
+        }
+        log_fallback(&why);
+        Ok(Target::Cpu { fallback_reason: Some(why) })
+    }
+}
+
+fn unavailable(why: String) -> EngineError {
+    EngineError::BackendUnavailable("gpu".into(), why)
+}
+
+/// A failure while uploading a model that passed [`check_fits`]: a tensor that does not
+/// match the decoder is the file's fault; anything else is the device's.
+fn upload_error(e: GpuError) -> EngineError {
+    match e {
+        GpuError::Tensor { .. } | GpuError::Model(_) => LoadError::Other(e.to_string()).into(),
+        e => unavailable(e.to_string()),
+    }
+}
+
+/// `auto` settled on the CPU: say so where the user will see it at once (the engine's info
+/// keeps the reason too).
 fn log_fallback(why: &str) {
     #[cfg(target_arch = "wasm32")]
-    web_sys::console::warn_1(&format!("pensive: WebGPU unavailable ({why}); using the CPU backend").into());
+    web_sys::console::warn_1(&format!("pensive: not using WebGPU ({why}); using the CPU backend").into());
     #[cfg(not(target_arch = "wasm32"))]
-    eprintln!("pensive: WebGPU unavailable ({why}); using the CPU backend");
+    eprintln!("pensive: not using WebGPU ({why}); using the CPU backend");
 }
 
 /// A tokenizer with ids the model has no embedding for would index out of its tables.
@@ -134,99 +229,142 @@ pub struct LoadOptions {
     pub max_context: Option<usize>,
 }
 
-/// Incremental loading from a byte stream (the browser's `fetch` body, a file natively).
+/// Incremental loading of a GGUF from a byte stream: a file's chunks natively, a `fetch`
+/// body in the browser — the one way an engine is built from a GGUF.
 ///
-/// Where each tensor goes as it completes depends on whether the backend is known before
-/// the bytes arrive. [`EngineLoader::new`] keeps every tensor until `finish` (the CPU decoder
-/// reads them in place, so that is no copy). [`EngineLoader::streaming`] asks for the GPU
-/// first and then uploads each tensor the moment its last byte arrives, so a 1.1 GB model
-/// passes through host memory one tensor at a time instead of being held whole next to
-/// its GPU copy — what lets a 1.5B model load within wasm32's memory.
-pub enum EngineLoader {
-    /// Tensors by name, for `finish` to build the backend from. `cpu_only` when `streaming`
-    /// already found no usable GPU under `auto`, so `finish` does not ask again.
-    Keep { collector: GgufCollector, cpu_only: bool },
-    /// Uploaded at once. The builder needs the model's configuration, so it is created
-    /// when the first tensor arrives (the header is complete by then).
-    Gpu { stream: GgufStream, ctx: Rc<GpuContext>, max_context: Option<usize>, builder: Option<GpuModelBuilder> },
+/// The adapter is asked for at [`EngineLoader::new`] (so `gpu` without one fails before any
+/// download); the backend is decided by the `push` that completes the header, before any
+/// tensor is handled. On WebGPU each tensor is uploaded the moment its last byte arrives and then
+/// dropped, so a 1.1 GB model passes through host memory one tensor at a time instead of
+/// being held whole next to its GPU copy — what lets a 1.5B model load within wasm32's
+/// memory. On the CPU the tensors are kept for the decoder, which reads them in place.
+pub struct EngineLoader {
+    options: LoadOptions,
+    stream: GgufStream,
+    sink: Sink,
 }
 
-impl Default for EngineLoader {
-    fn default() -> Self {
-        Self::new()
-    }
+enum Sink {
+    /// No tensor has completed yet.
+    Undecided(Gpu),
+    /// For the CPU decoder, at `finish`.
+    Keep { tensors: HashMap<String, RawTensor>, fallback_reason: Option<String> },
+    /// Uploaded as they complete.
+    Upload(GpuModelBuilder),
+    /// An error was reported; the load cannot go on.
+    Failed,
 }
 
 impl EngineLoader {
-    /// Keep the tensors; `finish`'s options choose the backend.
-    pub fn new() -> Self {
-        Self::Keep { collector: GgufCollector::default(), cpu_only: false }
-    }
-
-    /// Settle the backend before any byte arrives: on the GPU (or `auto` with a usable
-    /// adapter), tensors are uploaded as they complete; otherwise kept for the CPU. The
-    /// backend and `max_context` given here are the ones `finish` builds.
-    pub async fn streaming(options: &LoadOptions) -> Result<Self, EngineError> {
-        let cpu_only = || Self::Keep { collector: GgufCollector::default(), cpu_only: true };
-        if options.backend == BackendChoice::Cpu {
-            return Ok(cpu_only());
-        }
+    /// Ask for the adapter `options.backend` may use; the backend itself is decided from the
+    /// header. `options` (backend, `max_context`) are the ones `finish` builds with.
+    pub async fn new(options: &LoadOptions) -> Result<Self, EngineError> {
         // The largest tensor is unknown before the header: ask for the adapter's maximum
         // binding size (larger tensors are split across bindings anyway).
         let gpu_options = GpuOptions { largest_tensor_bytes: u64::MAX, ..GpuOptions::default() };
-        match GpuContext::new(&gpu_options).await {
-            Ok(ctx) => Ok(Self::Gpu {
-                stream: GgufStream::new(),
-                ctx: Rc::new(ctx),
-                max_context: options.max_context,
-                builder: None,
-            }),
-            Err(e) if options.backend == BackendChoice::Auto => {
-                log_fallback(&e.to_string());
-                Ok(cpu_only())
-            }
-            Err(e) => Err(EngineError::BackendUnavailable("gpu".into(), e.to_string())),
-        }
+        let gpu = Gpu::request(options.backend, &gpu_options).await?;
+        Ok(Self { options: options.clone(), stream: GgufStream::new(), sink: Sink::Undecided(gpu) })
     }
 
+    /// [`EngineLoader::new`] on a device the caller brings (or the reason it has none).
+    pub fn with_gpu(options: &LoadOptions, gpu: Result<Rc<GpuContext>, GpuError>) -> Result<Self, EngineError> {
+        let gpu = Gpu::given(options.backend, gpu)?;
+        Ok(Self { options: options.clone(), stream: GgufStream::new(), sink: Sink::Undecided(gpu) })
+    }
+
+    /// The next bytes of the file.
     pub fn push(&mut self, chunk: &[u8]) -> Result<LoadProgress, EngineError> {
-        match self {
-            Self::Keep { collector, .. } => Ok(collector.push(chunk)?),
-            Self::Gpu { stream, ctx, max_context, builder } => {
-                stream.push(chunk, &mut |header, t| {
-                    let gpu_error = |e: crate::gpu::GpuError| LoadError::Other(e.to_string());
-                    let b = match builder {
-                        Some(b) => b,
-                        None => builder.insert(
-                            GpuModelBuilder::new(Rc::clone(ctx), crate::loader::config_from_gguf(header)?, *max_context)
-                                .map_err(gpu_error)?,
-                        ),
-                    };
-                    // `t` is dropped here: only the GPU copy remains.
-                    b.add(&t).map_err(gpu_error)
-                })?;
-                Ok(stream.progress())
+        if let Sink::Failed = self.sink {
+            return Err(LoadError::Other("the model load already failed".into()).into());
+        }
+        let Self { options, stream, sink } = self;
+        let result = stream.push(chunk, &mut |header, t| -> Result<(), EngineError> {
+            // A chunk that completes the header may complete tensors too.
+            Self::settle(sink, header, options)?;
+            match sink {
+                Sink::Keep { tensors, .. } => {
+                    tensors.insert(t.name.clone(), t);
+                    Ok(())
+                }
+                // `t` is dropped after this: only the GPU copy remains.
+                Sink::Upload(builder) => builder.add(&t).map_err(upload_error),
+                Sink::Undecided(_) | Sink::Failed => Err(LoadError::Other("the model load already failed".into()).into()),
             }
+        });
+        // Otherwise as soon as the header is complete: a refusal comes with the header, not
+        // after the first tensor (the embedding, often hundreds of MB) has downloaded.
+        let result = result.and_then(|()| match self.stream.header() {
+            Some(header) => Self::settle(&mut self.sink, header, &self.options),
+            None => Ok(()),
+        });
+        if result.is_err() {
+            self.sink = Sink::Failed;
+        }
+        result.map(|()| self.stream.progress())
+    }
+
+    /// Decide where tensors go, once: from the header, before any tensor is handled.
+    fn settle(sink: &mut Sink, header: &GgufHeader, options: &LoadOptions) -> Result<(), EngineError> {
+        if let Sink::Undecided(gpu) = sink {
+            let gpu = std::mem::replace(gpu, Gpu::NotWanted);
+            *sink = Self::decide(gpu, header, options)?;
+        }
+        Ok(())
+    }
+
+    fn decide(gpu: Gpu, header: &GgufHeader, options: &LoadOptions) -> Result<Sink, EngineError> {
+        let config = config_from_gguf(header)?;
+        let tensors = header.tensors.iter().map(|t| (t.name.as_str(), t.ty, t.dims.as_slice()));
+        Ok(match gpu.decide(options.backend, &config, tensors, options.max_context)? {
+            Target::Cpu { fallback_reason } => Sink::Keep { tensors: HashMap::new(), fallback_reason },
+            Target::Gpu(ctx) => Sink::Upload(GpuModelBuilder::new(ctx, config, options.max_context).map_err(upload_error)?),
+        })
+    }
+
+    /// Read a whole GGUF file through [`EngineLoader::push`], in chunks (never the whole file
+    /// at once on top of the tensors).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn push_file(&mut self, path: &std::path::Path) -> Result<LoadProgress, EngineError> {
+        use std::io::Read;
+        let io = |e: std::io::Error| EngineError::Load(LoadError::Io(format!("{}: {e}", path.display())));
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let mut buf = vec![0u8; 8 << 20];
+        loop {
+            let n = file.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                return Ok(self.stream.progress());
+            }
+            self.push(&buf[..n])?;
         }
     }
 
-    /// End of the file: build the engine. `options` choose the backend of a loader made by
-    /// `new`; a `streaming` loader already settled it.
-    pub async fn finish(self, options: &LoadOptions) -> Result<Engine, EngineError> {
-        match self {
-            Self::Keep { collector, cpu_only } => {
-                let options = if cpu_only { LoadOptions { backend: BackendChoice::Cpu, ..options.clone() } } else { options.clone() };
-                Engine::new(collector.finish()?, None, &options).await
+    /// End of the file: the backend and the header (tokenizer, chat template), for callers
+    /// that want the backend alone (benchmarks).
+    pub fn finish_backend(self) -> Result<(AnyBackend, GgufHeader), EngineError> {
+        let header = self.stream.finish()?;
+        let backend = match self.sink {
+            Sink::Keep { tensors, fallback_reason } => {
+                let model = LoadedModel { config: config_from_gguf(&header)?, tensors, gguf: None };
+                AnyBackend::Cpu { model: CpuModel::new(model, self.options.max_context)?, fallback_reason }
             }
-            Self::Gpu { stream, builder, .. } => {
-                let header = stream.finish()?;
-                let config = crate::loader::config_from_gguf(&header)?;
-                let tokenizer = Tokenizer::from_gguf(&header.metadata)?;
-                check_vocab(&tokenizer, &config)?;
-                let builder = builder.ok_or_else(|| LoadError::Other("the model file has no tensors".into()))?;
-                let model = builder.finish().map_err(|e| EngineError::BackendUnavailable("gpu".into(), e.to_string()))?;
-                Engine::with_backend(AnyBackend::Gpu(model), tokenizer)
+            Sink::Upload(builder) => AnyBackend::Gpu(builder.finish().map_err(upload_error)?),
+            Sink::Undecided(_) => {
+                config_from_gguf(&header)?;
+                return Err(LoadError::Other("the model file has no tensors".into()).into());
             }
-        }
+            Sink::Failed => return Err(LoadError::Other("the model load already failed".into()).into()),
+        };
+        Ok((backend, header))
+    }
+
+    /// End of the file: the engine, with `tokenizer` or else the GGUF's own.
+    pub fn finish(self, tokenizer: Option<Tokenizer>) -> Result<Engine, EngineError> {
+        let (backend, header) = self.finish_backend()?;
+        let tokenizer = match tokenizer {
+            Some(t) => t,
+            None => Tokenizer::from_gguf(&header.metadata)?,
+        };
+        check_vocab(&tokenizer, backend.config())?;
+        Engine::with_backend(backend, tokenizer)
     }
 }

@@ -136,6 +136,9 @@ impl GenerateRequest {
 #[derive(Clone, Debug, Serialize)]
 pub struct EngineInfo {
     pub backend: String,
+    /// Why `auto` runs on the CPU rather than WebGPU (no adapter, or one that cannot hold
+    /// the model); `None` when the backend is the one asked for.
+    pub fallback_reason: Option<String>,
     pub config: ModelConfig,
     pub vocab_size: usize,
     pub max_context: usize,
@@ -193,6 +196,7 @@ impl Engine {
         let b = self.transcript.backend();
         Ok(EngineInfo {
             backend: b.name(),
+            fallback_reason: b.fallback_reason().map(String::from),
             config: b.config().clone(),
             vocab_size: self.tokenizer.vocab_size(),
             max_context: b.max_context(),

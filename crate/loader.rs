@@ -105,12 +105,15 @@ impl GgufStream {
         self.progress
     }
 
-    /// Feed the next bytes of the file. Each tensor completed by them goes to `sink`.
-    pub fn push(
+    /// Feed the next bytes of the file. Each tensor completed by them goes to `sink`, with
+    /// the (complete) header: the first call is where a sink can decide from the model's
+    /// shapes where tensors go. `E` is the sink's error type (the engine's loader refuses a
+    /// backend with its own error).
+    pub fn push<E: From<LoadError>>(
         &mut self,
         mut chunk: &[u8],
-        sink: &mut dyn FnMut(&GgufHeader, RawTensor) -> Result<(), LoadError>,
-    ) -> Result<(), LoadError> {
+        sink: &mut dyn FnMut(&GgufHeader, RawTensor) -> Result<(), E>,
+    ) -> Result<(), E> {
         self.progress.bytes_seen += chunk.len() as u64;
         if let StreamState::Header { buf, need } = &mut self.state {
             buf.extend_from_slice(chunk);
@@ -126,7 +129,7 @@ impl GgufStream {
                 }
                 Err(e) => {
                     self.state = StreamState::Failed;
-                    return Err(e.into());
+                    return Err(LoadError::from(e).into());
                 }
                 Ok(header) => {
                     let buf = std::mem::take(buf);
@@ -142,7 +145,7 @@ impl GgufStream {
             }
         }
         let StreamState::Tensors(st) = &mut self.state else {
-            return Err(LoadError::Other("model stream already failed".into()));
+            return Err(LoadError::Other("model stream already failed".into()).into());
         };
         while !chunk.is_empty() {
             if st.current.is_none() {
@@ -221,7 +224,7 @@ pub struct GgufCollector {
 impl GgufCollector {
     pub fn push(&mut self, chunk: &[u8]) -> Result<LoadProgress, LoadError> {
         let tensors = &mut self.tensors;
-        self.stream.push(chunk, &mut |_, t| {
+        self.stream.push(chunk, &mut |_, t| -> Result<(), LoadError> {
             tensors.insert(t.name.clone(), t);
             Ok(())
         })?;

@@ -12,10 +12,11 @@
 //! module unusable ("a dead module"), so every fallible step returns one of those errors.
 //!
 //! The engine is two classes. `RawLoader` (`RawLoader.create({backend, max_context})`,
-//! `push(chunk) -> progress`, `finish() -> Promise<RawEngine>`, and
+//! `push(chunk) -> progress`, `finish() -> RawEngine`, and
 //! `RawLoader.fromSafetensors(config, weights[], tokenizer?, tokenizerConfig?, options)`)
-//! settles the backend *before* the bytes arrive, so that on WebGPU every tensor goes to a
-//! GPU buffer as soon as it is complete. `RawEngine` (`info()`, `start(prompt, options)`
+//! asks for the WebGPU device before the bytes arrive and decides the backend from the
+//! header (`crate::builder`), so that on WebGPU every tensor goes to a GPU buffer as soon as
+//! it is complete. `RawEngine` (`info()`, `start(prompt, options)`
 //! (sync: option errors and `busy` throw), `nextEvent() -> Promise<event | undefined>`,
 //! `abort()`, `score(prompt, continuation) -> Promise`, `dispose()`) drives `Engine`.
 
@@ -94,7 +95,7 @@ impl GgufProbe {
     pub fn push(&mut self, chunk: &[u8]) -> Result<JsValue, JsValue> {
         let stream = self.stream.as_mut().ok_or_else(|| js_error("invalid_options", "probe already finished"))?;
         // Dropping each tensor as it completes keeps at most one tensor in wasm memory.
-        stream.push(chunk, &mut |_, _| Ok(())).map_err(load_error)?;
+        stream.push(chunk, &mut |_, _| -> Result<(), LoadError> { Ok(()) }).map_err(load_error)?;
         if !self.config_checked {
             if let Some(header) = stream.header() {
                 crate::loader::config_from_gguf(header).map_err(load_error)?;
@@ -161,17 +162,17 @@ fn engine_busy() -> JsValue {
 pub struct RawLoader {
     /// `None` once `finish` took it.
     loader: Option<EngineLoader>,
-    options: LoadOptions,
 }
 
 #[wasm_bindgen]
 impl RawLoader {
     /// `options`: `{backend: "auto" | "webgpu" | "gpu" | "cpu", max_context}`. Resolves once
-    /// the backend is settled (the WebGPU device exists, or `auto` fell back to the CPU).
+    /// the WebGPU device exists (or is known to be unavailable: an error for `webgpu`, the
+    /// CPU for `auto`); whether the model fits it is decided when the header has arrived.
     pub async fn create(options: JsValue) -> Result<RawLoader, JsValue> {
         let options: LoadOptions = options_from_js(options, "load options")?;
-        let loader = EngineLoader::streaming(&options).await.map_err(engine_error)?;
-        Ok(RawLoader { loader: Some(loader), options })
+        let loader = EngineLoader::new(&options).await.map_err(engine_error)?;
+        Ok(RawLoader { loader: Some(loader) })
     }
 
     /// The next bytes of the GGUF; returns `{bytes_seen, bytes_total, tensors_done, tensors_total}`.
@@ -182,13 +183,9 @@ impl RawLoader {
     }
 
     /// End of the file: build the engine.
-    pub fn finish(&mut self) -> Result<Promise, JsValue> {
+    pub fn finish(&mut self) -> Result<RawEngine, JsValue> {
         let loader = self.loader.take().ok_or_else(|| js_error("invalid_options", "loader already finished"))?;
-        let options = self.options.clone();
-        Ok(future_to_promise(async move {
-            let engine = loader.finish(&options).await.map_err(engine_error)?;
-            Ok(RawEngine::wrap(engine).into())
-        }))
+        Ok(RawEngine::wrap(loader.finish(None).map_err(engine_error)?))
     }
 
     /// A Hugging Face folder: config.json, the *.safetensors files, tokenizer.json (and
@@ -260,7 +257,7 @@ impl RawEngine {
 
 #[wasm_bindgen]
 impl RawEngine {
-    /// `{backend, config, vocab_size, max_context, has_chat_template}`.
+    /// `{backend, fallback_reason, config, vocab_size, max_context, has_chat_template}`.
     pub fn info(&self) -> Result<JsValue, JsValue> {
         let slot = self.shared.engine.try_borrow().map_err(|_| engine_busy())?;
         let info = slot.as_ref().ok_or_else(disposed)?.info().map_err(engine_error)?;

@@ -296,3 +296,35 @@ fn smollm2_gpu_matches_cpu() {
 fn qwen25_05b_gpu_matches_cpu() {
     check_real("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", 8);
 }
+
+/// The CLI's path end to end: `pensive generate` streams the GGUF through the engine loader
+/// (the browser's loader) in chunks, uploading each tensor as it completes; on the GPU its
+/// greedy tokens equal the CPU's, and `auto` takes the GPU where the adapter can hold the model.
+#[test]
+fn smollm2_cli_on_the_gpu_gives_the_cpu_greedy_tokens() {
+    let Some(path) = common::model_path("smollm2-135m-instruct-q4_1.gguf") else { return };
+    let Some(ctx) = context(false, None) else { return };
+    drop(ctx); // only proves there is an adapter
+    let run = |backend: &str| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pensive"))
+            .args(["generate", "--backend", backend, "--max-context", "256", "--json"])
+            .args(["--prompt", "The capital of France is", "--max-tokens", "16", "--temperature", "0"])
+            .arg("--model")
+            .arg(&path)
+            .output()
+            .expect("run pensive");
+        assert!(out.status.success(), "pensive --backend {backend}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("--json output")
+    };
+    let (cpu, gpu, auto) = (run("cpu"), run("gpu"), run("auto"));
+    for (name, r) in [("cpu", &cpu), ("gpu", &gpu), ("auto", &auto)] {
+        eprintln!("{name}: {} {:?} tokens {}", r["backend"], r["fallback_reason"], r["tokens"]);
+        assert!(r["fallback_reason"].is_null(), "{name}: {}", r["fallback_reason"]);
+    }
+    assert!(cpu["backend"].as_str().is_some_and(|b| b.starts_with("cpu")));
+    assert!(gpu["backend"].as_str().is_some_and(|b| b.starts_with("webgpu")));
+    assert!(auto["backend"].as_str().is_some_and(|b| b.starts_with("webgpu")));
+    assert_eq!(cpu["tokens"].as_array().map(Vec::len), Some(16));
+    assert_eq!(gpu["tokens"], cpu["tokens"]);
+    assert_eq!(auto["tokens"], cpu["tokens"]);
+}

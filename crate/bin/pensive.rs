@@ -19,7 +19,9 @@ mod cli {
     use clap::{Args, Parser, Subcommand, ValueEnum};
     use pensive::backend::{block_on, Backend};
     use pensive::chat::{Message, TemplateVariables};
-    use pensive::engine::{AnyBackend, BackendChoice, Continuation, Engine, EngineError, GenerateRequest, LoadOptions, Prompt};
+    use pensive::engine::{
+        AnyBackend, BackendChoice, Continuation, Engine, EngineError, EngineLoader, GenerateRequest, LoadOptions, Prompt,
+    };
     use pensive::generate::{Event, Stats};
     use pensive::loader;
     use pensive::thinking::{ContinuationOrder, EarlyEnd, Phase, ThinkingOptions};
@@ -252,28 +254,32 @@ mod cli {
         }
     }
 
-    /// Read the model files and settle the backend options.
-    fn load_model(args: &ModelArgs) -> Result<(loader::LoadedModel, LoadOptions), EngineError> {
+    /// The backend options of the flags (and the CPU thread pool, before anything uses it).
+    fn load_options(args: &ModelArgs) -> LoadOptions {
         if let Some(n) = args.threads {
             // Only fails if the pool was already built, which cannot happen this early.
             let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
         }
-        let model = if args.model.is_dir() {
-            loader::load_safetensors_dir(&args.model)?
-        } else {
-            loader::load_gguf_file(&args.model)?
-        };
         let backend = match args.backend {
             BackendArg::Auto => BackendChoice::Auto,
             BackendArg::Gpu => BackendChoice::Gpu,
             BackendArg::Cpu => BackendChoice::Cpu,
         };
-        Ok((model, LoadOptions { backend, max_context: args.max_context }))
+        LoadOptions { backend, max_context: args.max_context }
+    }
+
+    /// A GGUF file streamed through the engine loader in chunks, as the browser streams a
+    /// download: the backend is decided from its header and, on WebGPU, each tensor is
+    /// uploaded as it completes.
+    fn gguf_loader(args: &ModelArgs, options: &LoadOptions) -> Result<EngineLoader, EngineError> {
+        let mut loader = block_on(EngineLoader::new(options))?;
+        loader.push_file(&args.model)?;
+        Ok(loader)
     }
 
     fn load(args: &ModelArgs) -> Result<Engine, EngineError> {
         let io = |p: &Path, e: std::io::Error| EngineError::Load(loader::LoadError::Io(format!("{}: {e}", p.display())));
-        let (model, options) = load_model(args)?;
+        let options = load_options(args);
         let tokenizer_path = args.tokenizer.clone().or_else(|| {
             let p = args.model.join("tokenizer.json");
             (args.model.is_dir() && p.exists()).then_some(p)
@@ -287,7 +293,11 @@ mod cli {
             }
             None => None,
         };
-        block_on(Engine::new(model, tokenizer, &options))
+        if args.model.is_dir() {
+            // A safetensors folder is read whole; the backend decision is the same.
+            return block_on(Engine::new(loader::load_safetensors_dir(&args.model)?, tokenizer, &options));
+        }
+        gguf_loader(args, &options)?.finish(tokenizer)
     }
 
     fn prompt(args: &PromptArgs) -> Prompt {
@@ -353,16 +363,18 @@ mod cli {
             }
             events.push(event);
         }
+        let info = engine.info()?;
         if a.json {
             let json = serde_json::json!({
                 "prompt_ids": prompt_ids, "tokens": tokens, "text": text, "events": events, "stats": stats,
+                "backend": info.backend, "fallback_reason": info.fallback_reason,
             });
             let _ = writeln!(out, "{json}");
         } else {
             let _ = writeln!(out);
             eprintln!(
                 "[{} prompt, {} sampled, {} forced tokens; thinking {}, answer {}; {} continuations; \
-                 prefill {:.1} tok/s, decode {:.1} tok/s; {}]",
+                 prefill {:.1} tok/s, decode {:.1} tok/s; {}{}]",
                 stats.prompt_tokens,
                 stats.sampled_tokens,
                 stats.forced_tokens,
@@ -371,7 +383,8 @@ mod cli {
                 stats.continuations,
                 stats.prefill_tok_s,
                 stats.decode_tok_s,
-                engine.info()?.backend,
+                info.backend,
+                info.fallback_reason.map(|why| format!(" (not WebGPU: {why})")).unwrap_or_default(),
             );
         }
         Ok(())
@@ -399,8 +412,12 @@ mod cli {
     fn bench(a: BenchArgs) -> Result<(), EngineError> {
         // The backend alone: fixed synthetic ids, greedy, no tokenizer or sampler.
         let t0 = std::time::Instant::now();
-        let (model, options) = load_model(&a.model)?;
-        let mut backend = block_on(AnyBackend::new(model, &options))?;
+        let options = load_options(&a.model);
+        let mut backend = if a.model.model.is_dir() {
+            block_on(AnyBackend::new(loader::load_safetensors_dir(&a.model.model)?, &options))?
+        } else {
+            gguf_loader(&a.model, &options)?.finish_backend()?.0
+        };
         let load_s = t0.elapsed().as_secs_f64();
         let vocab = backend.config().vocab_size as u32;
         let prompt: Vec<u32> = (0..a.prompt_tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
@@ -440,6 +457,7 @@ mod cli {
         let json = serde_json::json!({
             "model": a.model.model.display().to_string(),
             "backend": backend.name(),
+            "fallback_reason": backend.fallback_reason(),
             "load_s": load_s,
             "prompt_tokens": a.prompt_tokens,
             "gen_tokens": a.gen_tokens,

@@ -20,7 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub use model::{GpuModel, GpuModelBuilder};
+pub use model::{check_fits, GpuFootprint, GpuModel, GpuModelBuilder};
 pub use repack::GpuMatrix;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,8 @@ pub enum GpuError {
     TooLarge { what: String, needed: u64, allowed: u64 },
     #[error("tensor '{name}': {msg}")]
     Tensor { name: String, msg: String },
+    #[error("tensor '{name}' has type {ty:?}, which has no WebGPU kernel")]
+    UnsupportedType { name: String, ty: crate::quant::GgmlType },
     #[error("reading back from the GPU failed: {0}")]
     Readback(String),
     #[error("model: {0}")]
@@ -169,12 +171,39 @@ pub struct GpuOptions {
     /// Matmul lanes per row (a power of two ≤ 64) instead of the adapter's default
     /// ([`GpuContext::matmul_lanes`]); tests use it to run both shapes on one adapter.
     pub matmul_lanes: Option<u32>,
+    /// Bytes of GPU memory a model may use; `None`: [`default_memory_budget`].
+    pub memory_budget: Option<u64>,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { largest_tensor_bytes: 0, prefer_f16: true, binding_cap: None, matmul_lanes: None }
+        GpuOptions { largest_tensor_bytes: 0, prefer_f16: true, binding_cap: None, matmul_lanes: None, memory_budget: None }
     }
+}
+
+/// How much GPU memory a model may take when the caller sets no budget.
+///
+/// WebGPU reports no memory size (neither does wgpu natively), so this is an estimate's rule,
+/// not a measurement. In the browser the only hint is `navigator.deviceMemory`: the machine's
+/// RAM in GiB, rounded to a power of two and capped by the browser (the headless Chromium of
+/// our tests reports 16). Integrated GPUs and software adapters (SwiftShader) draw on that
+/// RAM, discrete GPUs rarely have more than it; we allow half of it, leaving the rest to the
+/// page, the browser and the system. Natively (and where the hint is absent) no budget is
+/// checked: a model larger than the device's memory fails when wgpu cannot allocate it.
+pub fn default_memory_budget() -> Option<u64> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let navigator = js_sys::Reflect::get(&js_sys::global(), &"navigator".into()).ok()?;
+        let gib = js_sys::Reflect::get(&navigator, &"deviceMemory".into()).ok()?.as_f64()?;
+        (gib.is_finite() && gib > 0.0).then(|| (gib / 2.0 * (1u64 << 30) as f64) as u64)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    None
+}
+
+/// Bytes a storage buffer of `bytes` really takes ([`GpuContext::storage`] rounds up).
+pub fn storage_bytes(bytes: u64) -> u64 {
+    bytes.max(4).next_multiple_of(4)
 }
 
 /// Pipelines are cached by (shader, entry, knobs).
@@ -203,8 +232,13 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     /// Activation/KV type chosen for this device.
     act: Dtype,
-    /// Largest binding (and buffer) this context creates, ≤ the device's limits.
+    /// Largest binding (and buffer) this context creates, ≤ the device's limits and ≤ what
+    /// was asked of the adapter.
     max_binding: u64,
+    /// Bytes of GPU memory a model may take (see [`default_memory_budget`]).
+    memory_budget: Option<u64>,
+    /// Bytes of the storage buffers created so far (what [`model::check_fits`] estimates).
+    pub storage_allocated: Cell<u64>,
     /// Uniform slots must start at multiples of this.
     uniform_align: u64,
     /// Matmul lanes per row (matmul.wgsl LANES).
@@ -238,11 +272,14 @@ impl GpuContext {
             })
             .await
             .map_err(|e| GpuError::NoAdapter(e.to_string()))?;
-        let (device, queue) = adapter
-            .request_device(&Self::device_descriptor(&adapter, options))
-            .await
-            .map_err(|e| GpuError::Device(e.to_string()))?;
-        Self::from_device(device, queue, adapter.get_info(), options)
+        let descriptor = Self::device_descriptor(&adapter, options);
+        let (device, queue) = adapter.request_device(&descriptor).await.map_err(|e| GpuError::Device(e.to_string()))?;
+        // A device may have higher limits than were asked for (WebGPU raises requests below
+        // its defaults to the defaults), but the adapter only vouched for what it reported.
+        let asked = &descriptor.required_limits;
+        let cap = asked.max_storage_buffer_binding_size.min(asked.max_buffer_size);
+        let options = GpuOptions { binding_cap: Some(options.binding_cap.map_or(cap, |c| c.min(cap))), ..options.clone() };
+        Self::from_device(device, queue, adapter.get_info(), &options)
     }
 
     /// The features and limits to request from `adapter` for `options`.
@@ -304,6 +341,8 @@ impl GpuContext {
             info,
             act,
             max_binding,
+            memory_budget: options.memory_budget.or_else(default_memory_budget),
+            storage_allocated: Cell::new(0),
             pipelines: RefCell::new(HashMap::new()),
             bind_groups: RefCell::new(HashMap::new()),
             params,
@@ -331,6 +370,11 @@ impl GpuContext {
     /// Bytes one binding (and one weight buffer) may hold here.
     pub fn max_binding(&self) -> u64 {
         self.max_binding
+    }
+
+    /// Bytes of GPU memory a model may take here, when known.
+    pub fn memory_budget(&self) -> Option<u64> {
+        self.memory_budget
     }
 
     /// One line about the adapter, its limits and features (for `--verbose` and reports).
@@ -368,9 +412,11 @@ impl GpuContext {
 
     /// A storage buffer of `bytes` (rounded up to 4), zeroed.
     pub fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        let size = storage_bytes(bytes);
+        self.storage_allocated.set(self.storage_allocated.get() + size);
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: bytes.max(4).next_multiple_of(4),
+            size,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         })

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::kernels::{argmax_scratch_len, attention_scratch_len, MAX_HEAD_DIM};
-use super::repack::GpuMatrix;
-use super::{GpuContext, GpuError, Recorder};
+use super::repack::{matrix_layout, GpuMatrix};
+use super::{storage_bytes, GpuContext, GpuError, Recorder};
 use crate::backend::{Backend, BackendError};
 use crate::config::ModelConfig;
 use crate::loader::{LoadedModel, RawTensor};
@@ -95,12 +95,118 @@ pub struct GpuModelBuilder {
     tensors: HashMap<String, Uploaded>,
 }
 
+/// KV cache capacity in tokens for a requested `max_context` (as the CPU backend).
+fn kv_capacity(config: &ModelConfig, max_context: Option<usize>) -> usize {
+    max_context.unwrap_or(DEFAULT_MAX_CONTEXT).min(config.context_length).max(1)
+}
+
+fn check_head_dim(config: &ModelConfig) -> Result<(), GpuError> {
+    if config.head_dim > MAX_HEAD_DIM {
+        return Err(GpuError::Model(format!("head_dim {} > {MAX_HEAD_DIM} is not supported", config.head_dim)));
+    }
+    Ok(())
+}
+
+/// GPU memory a model takes, in bytes of storage buffers, as [`GpuModelBuilder::finish`]
+/// allocates them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuFootprint {
+    /// Repacked matrices and f32 vectors.
+    pub weights: u64,
+    /// Keys and values of every layer for the whole context.
+    pub kv_cache: u64,
+    /// Per-step working buffers (sized for a prefill chunk) and the rope frequencies.
+    pub scratch: u64,
+}
+
+impl GpuFootprint {
+    pub fn total(&self) -> u64 {
+        self.weights + self.kv_cache + self.scratch
+    }
+}
+
+/// Whether `ctx` can hold a model of `config` with these tensors (name, type, GGUF dims),
+/// decided from shapes alone, before any byte is uploaded: every tensor's type has a kernel,
+/// every matrix row fits one binding (longer matrices are split by rows), one layer's KV
+/// cache and one prefill chunk's logits fit one binding, and the whole [`GpuFootprint`]
+/// fits the context's memory budget where one is known. Tensors the decoder does not use
+/// are counted too (the builder refuses them later anyway).
+pub fn check_fits<'a>(
+    ctx: &GpuContext,
+    config: &ModelConfig,
+    tensors: impl IntoIterator<Item = (&'a str, GgmlType, &'a [u64])>,
+    max_context: Option<usize>,
+) -> Result<GpuFootprint, GpuError> {
+    check_head_dim(config)?;
+    let c = config;
+    let max_binding = ctx.max_binding();
+    let mut weights = 0;
+    for (name, ty, dims) in tensors {
+        let rows: u64 = dims.iter().skip(1).product();
+        let cols = dims.first().copied().unwrap_or(0);
+        weights += if rows > 1 {
+            // Each part is its own buffer of whole rows: the parts add up to rows × row bytes.
+            let (row_bytes, _) = matrix_layout(name, ty, cols as usize, max_binding)?;
+            storage_bytes(rows * row_bytes)
+        } else if matches!(ty, GgmlType::F32 | GgmlType::F16) {
+            storage_bytes(cols * 4) // uploaded as f32
+        } else {
+            return Err(GpuError::UnsupportedType { name: name.to_string(), ty });
+        };
+    }
+    let max_context = kv_capacity(c, max_context);
+    let act = ctx.act().size() as u64;
+    let cache_bytes = (max_context * c.kv_dim()) as u64 * act;
+    if cache_bytes > max_binding {
+        return Err(GpuError::TooLarge { what: "one layer's KV cache".into(), needed: cache_bytes, allowed: max_binding });
+    }
+    let n = PREFILL_CHUNK as u64;
+    let logits_bytes = n * c.vocab_size as u64 * 4;
+    if logits_bytes > max_binding {
+        return Err(GpuError::TooLarge { what: "a prefill chunk's logits".into(), needed: logits_bytes, allowed: max_binding });
+    }
+    let (dim, q_dim, kv_dim, ffn) = (c.dim as u64, c.q_dim() as u64, c.kv_dim() as u64, c.ffn_dim as u64);
+    // The buffers of `Scratch`, in its order, then inv_freq.
+    let scratch = [
+        n * 4,
+        n * dim * act,
+        n * dim * act,
+        n * q_dim * act,
+        n * kv_dim * act,
+        n * kv_dim * act,
+        n * q_dim * act,
+        n * ffn * act,
+        n * ffn * act,
+        attention_scratch_len(PREFILL_CHUNK, c.n_heads, c.head_dim) as u64 * 4,
+        logits_bytes,
+        MAX_BANNED as u64 * 4,
+        argmax_scratch_len(c.vocab_size) as u64 * 8,
+        4,
+        (c.head_dim / 2) as u64 * 4,
+    ]
+    .into_iter()
+    .map(storage_bytes)
+    .sum();
+    let footprint = GpuFootprint { weights, kv_cache: 2 * c.n_layers as u64 * storage_bytes(cache_bytes), scratch };
+    if let Some(budget) = ctx.memory_budget() {
+        if footprint.total() > budget {
+            return Err(GpuError::TooLarge {
+                what: format!(
+                    "the model (weights {} + KV cache for {max_context} tokens {} + scratch {})",
+                    footprint.weights, footprint.kv_cache, footprint.scratch
+                ),
+                needed: footprint.total(),
+                allowed: budget,
+            });
+        }
+    }
+    Ok(footprint)
+}
+
 impl GpuModelBuilder {
     pub fn new(ctx: Rc<GpuContext>, config: ModelConfig, max_context: Option<usize>) -> Result<Self, GpuError> {
-        if config.head_dim > MAX_HEAD_DIM {
-            return Err(GpuError::Model(format!("head_dim {} > {MAX_HEAD_DIM} is not supported", config.head_dim)));
-        }
-        let max_context = max_context.unwrap_or(DEFAULT_MAX_CONTEXT).min(config.context_length).max(1);
+        check_head_dim(&config)?;
+        let max_context = kv_capacity(&config, max_context);
         Ok(GpuModelBuilder { ctx, config, max_context, tensors: HashMap::new() })
     }
 
@@ -114,7 +220,7 @@ impl GpuModelBuilder {
             let values: Vec<f32> = match t.ty {
                 GgmlType::F32 => bytemuck::pod_collect_to_vec(t.data.as_slice()),
                 GgmlType::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(t.data.as_slice()).iter().map(|h| h.to_f32()).collect(),
-                ty => return Err(GpuError::Tensor { name: t.name.clone(), msg: format!("vector of type {ty:?}") }),
+                ty => return Err(GpuError::UnsupportedType { name: t.name.clone(), ty }),
             };
             if values.len() as u64 != cols {
                 return Err(GpuError::Tensor { name: t.name.clone(), msg: format!("{} values, expected {cols}", values.len()) });

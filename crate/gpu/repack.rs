@@ -124,16 +124,28 @@ pub struct MatrixPart {
     pub n_rows: usize,
 }
 
+/// How a `ty` matrix of `cols` columns is laid out on the GPU under a binding limit of
+/// `max_binding` bytes: (bytes of one repacked row, rows per part). Refuses types without a
+/// kernel, rows that are not whole blocks and a single row larger than a binding (rows are
+/// never split). The fit check before upload and the upload itself both ask this.
+pub fn matrix_layout(name: &str, ty: GgmlType, cols: usize, max_binding: u64) -> Result<(u64, usize), GpuError> {
+    let rw = row_words(ty, cols).ok_or_else(|| GpuError::UnsupportedType { name: name.to_string(), ty })?;
+    if cols % ty.block_len() != 0 {
+        return Err(GpuError::Tensor { name: name.to_string(), msg: format!("{cols} columns is not a whole number of {ty:?} blocks") });
+    }
+    let row_bytes = (rw * 4) as u64;
+    let rows_per_part = (max_binding / row_bytes) as usize;
+    if rows_per_part == 0 {
+        return Err(GpuError::TooLarge { what: format!("one row of '{name}'"), needed: row_bytes, allowed: max_binding });
+    }
+    Ok((row_bytes, rows_per_part))
+}
+
 impl GpuMatrix {
     /// Upload a GGUF tensor of `rows` × `cols` (`bytes` in file layout).
     pub fn upload(ctx: &GpuContext, name: &str, ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self, GpuError> {
         let err = |msg: String| GpuError::Tensor { name: name.to_string(), msg };
-        let rw = row_words(ty, cols).ok_or_else(|| err(format!("{ty:?} is not supported on the GPU")))?;
-        let row_bytes = (rw * 4) as u64;
-        let rows_per_part = (ctx.max_binding() / row_bytes) as usize;
-        if rows_per_part == 0 {
-            return Err(GpuError::TooLarge { what: format!("one row of '{name}'"), needed: row_bytes, allowed: ctx.max_binding() });
-        }
+        let (_, rows_per_part) = matrix_layout(name, ty, cols, ctx.max_binding())?;
         let mut parts = Vec::new();
         let mut row0 = 0;
         while row0 < rows {

@@ -109,6 +109,7 @@ test('wasm CPU: load with progress, then greedy chat generation with a thinking 
   }, { chat: CHAT, options: CHAT_OPTIONS });
   assert.equal(r.error, undefined, JSON.stringify(r.error));
   assert.equal(r.info.backend, 'cpu (wasm)');
+  assert.equal(r.info.fallback_reason, null);
   assert.equal(r.info.config.n_layers, 30);
 
   const downloads = r.progress.filter((p) => p.phase === 'download');
@@ -327,6 +328,7 @@ test('WebGPU (SwiftShader): greedy generation with a thinking budget gives the n
   }, { prompt: RAW, options: RAW_OPTIONS, plain: PLAIN_OPTIONS });
   assert.equal(r.error, undefined, JSON.stringify(r.error));
   assert.match(r.info.backend, /^webgpu/);
+  assert.equal(r.info.fallback_reason, null);
   assert.equal(r.info.max_context, 256);
   assert.deepEqual(withoutTimings(r.events), withoutTimings(native.raw.events));
   // The second generation reuses the cached prompt, so only its stats differ from a fresh run.

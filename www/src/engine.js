@@ -142,8 +142,9 @@ export async function loadInThread(options) {
   let raw;
   try {
     if (source.kind === 'gguf') {
-      // The backend is settled first (the WebGPU device is created, or `auto` falls back to
-      // the CPU), so that each tensor is uploaded to the GPU the moment its bytes are in.
+      // The WebGPU device is created first (or `auto` knows there is none) and the backend is
+      // decided from the header, so that each tensor is uploaded to the GPU the moment its
+      // bytes are in; an adapter that cannot hold the model sends `auto` to the CPU.
       const loader = await wasm.RawLoader.create(engineOptions);
       let loaded;
       try {
@@ -184,7 +185,10 @@ export class Engine {
 
   constructor(raw) {
     this.#raw = raw;
-    /** `{backend, config, vocab_size, max_context, has_chat_template}`: `backend` says what `auto` chose. */
+    /**
+     * `{backend, fallback_reason, config, vocab_size, max_context, has_chat_template}`: `backend`
+     * says what `auto` chose, `fallback_reason` why it is not WebGPU (else null).
+     */
     this.info = raw.info();
   }
 

@@ -11,7 +11,7 @@ export const ERROR_CODES = Object.freeze([
   'busy', // a generation (or score) is already running on this engine
   'aborted', // the AbortSignal fired, or the engine was disposed mid-generation
   'backend', // WebGPU / wasm failure (device lost, out of memory, internal error)
-  'backend_unavailable', // backend 'webgpu' was asked for and no suitable adapter exists
+  'backend_unavailable', // backend 'webgpu' was asked for and no adapter exists or it cannot hold the model
   'chat_template', // the model's chat template cannot render these messages
   'io', // network, cache or file read failure
 ]);

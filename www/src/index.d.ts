@@ -52,7 +52,11 @@ export interface LoadOptions {
   model: ModelSource;
   /** tokenizer.json for a folder model that lacks one. */
   tokenizer?: Blob | string;
-  /** `auto` (default) picks WebGPU when a suitable adapter exists, else the wasm CPU backend. */
+  /**
+   * `auto` (default) picks WebGPU when an adapter exists and can hold the model (weight types,
+   * binding and buffer limits, a memory estimate), else the wasm CPU backend
+   * (`engine.info.fallback_reason` says why); `webgpu` then fails with `backend_unavailable`.
+   */
   backend?: 'auto' | 'webgpu' | 'cpu';
   /** KV cache capacity in tokens (default: min(model context, 8192)). */
   max_context?: number;
@@ -175,6 +179,12 @@ export interface ScoreResult {
 export interface EngineInfo {
   /** The backend actually used (what `auto` chose), e.g. "cpu (wasm)" or "webgpu (<adapter>, F32)". */
   backend: string;
+  /**
+   * Why `auto` runs on the CPU rather than WebGPU: no adapter, or one that cannot hold the
+   * model (a weight type without a WebGPU kernel, a tensor or buffer over the adapter's
+   * limits, more memory than the estimate allows). `null` when the backend is the one asked for.
+   */
+  fallback_reason: string | null;
   config: ModelConfig;
   vocab_size: number;
   max_context: number;
