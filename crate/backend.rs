@@ -4,6 +4,7 @@
 //! thinking-budget controller are written once.
 
 use crate::config::ModelConfig;
+use crate::sampler::SamplerOptions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -15,6 +16,30 @@ pub enum BackendError {
     BadTruncate { to: usize, len: usize },
     #[error("GPU: {0}")]
     Gpu(String),
+}
+
+/// What a backend needs to choose the next token itself ([`Backend::forward_sample`]).
+#[derive(Clone, Copy, Debug)]
+pub struct SampleRequest<'a> {
+    pub options: &'a SamplerOptions,
+    /// Every id so far (prompt included, the ids being fed too), for the repetition penalty.
+    pub history: &'a [u32],
+    /// Ids that must not be chosen.
+    pub banned: &'a [u32],
+    /// This step's uniform, from [`crate::sampler::Sampler::next_uniform`].
+    pub uniform: f64,
+    /// Also report the argmax of the raw logits (before bans and penalties), which the
+    /// loop counts in `ends_suppressed` when a banned id would have won.
+    pub raw_argmax: bool,
+}
+
+/// The answer of [`Backend::forward_sample`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SampledToken {
+    /// The chosen id; `None` when no candidate is left (every logit banned or not finite).
+    pub id: Option<u32>,
+    /// When asked for: the argmax of the raw logits, ties to the lowest id.
+    pub raw_argmax: Option<u32>,
 }
 
 /// `forward` is async because in the browser a WebGPU readback can only be awaited (there is
@@ -55,6 +80,16 @@ pub trait Backend {
         }
         Ok(crate::ops::argmax(&logits) as u32)
     }
+
+    /// Sampling fast path: run `tokens` and choose the next token as
+    /// [`crate::sampler::sample_with_uniform`] would from the last position's logits, on the
+    /// backend. `None` (nothing ran) when this backend does not sample itself or cannot take
+    /// this request (e.g. more banned ids than it holds); the caller then runs `forward` and
+    /// samples on the host with the same uniform.
+    async fn forward_sample(&mut self, tokens: &[u32], request: &SampleRequest<'_>) -> Option<Result<SampledToken, BackendError>> {
+        let _ = (tokens, request);
+        None
+    }
 }
 
 /// Lets a `Generation` borrow a backend (`&mut cpu`) as well as own one (the browser,
@@ -80,6 +115,9 @@ impl<T: Backend + ?Sized> Backend for &mut T {
     }
     async fn forward_greedy(&mut self, tokens: &[u32], banned: &[u32]) -> Result<u32, BackendError> {
         (**self).forward_greedy(tokens, banned).await
+    }
+    async fn forward_sample(&mut self, tokens: &[u32], request: &SampleRequest<'_>) -> Option<Result<SampledToken, BackendError>> {
+        (**self).forward_sample(tokens, request).await
     }
 }
 

@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, SampleRequest, SampledToken};
 use crate::config::ModelConfig;
 use crate::engine::{Engine, EngineError};
 use crate::gguf::GgufHeader;
@@ -121,6 +121,12 @@ impl Backend for AnyBackend {
         match self {
             Self::Cpu { model: b, .. } => b.forward_greedy(tokens, banned).await,
             Self::Gpu(b) => b.forward_greedy(tokens, banned).await,
+        }
+    }
+    async fn forward_sample(&mut self, tokens: &[u32], request: &SampleRequest<'_>) -> Option<Result<SampledToken, BackendError>> {
+        match self {
+            Self::Cpu { model: b, .. } => b.forward_sample(tokens, request).await,
+            Self::Gpu(b) => b.forward_sample(tokens, request).await,
         }
     }
 }

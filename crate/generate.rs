@@ -22,9 +22,9 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, SampledToken};
 pub use crate::codec::{CodecError, TextCodec};
-use crate::sampler::{Sampler, SamplerError, SamplerOptions};
+use crate::sampler::{sample_with_uniform, Sampler, SamplerError, SamplerOptions};
 use crate::transcript::Transcript;
 use crate::thinking::{Action, BeforeSample, Phase, StopReason, ThinkingController, ThinkingError, ThinkingOptions};
 
@@ -561,34 +561,51 @@ impl<C: TextCodec> Generation<C> {
 
     async fn forward_and_choose_inner<B: Backend>(&mut self, t: &mut Transcript<B>, banned: &[u32]) -> Result<u32, GenerateError> {
         let keep_recent = self.logits.capacity > 0 && self.thinking.as_ref().is_some_and(|c| c.may_take_back_end());
-        if banned.is_empty() && !keep_recent && self.sampler.is_greedy() && !t.pending().is_empty() {
-            // Nothing needs the logits on the host: let the backend pick the argmax (a GPU
-            // reads back 4 bytes instead of the vocabulary). The uniform is still drawn, so
-            // the RNG stream does not depend on which path ran.
-            self.sampler.next_uniform();
-            let n = t.pending().len();
-            let t0 = monotonic_seconds();
-            let id = t.feed_greedy(&[]).await?;
-            self.account_feed(n, monotonic_seconds() - t0);
-            self.logits.at = None;
-            return Ok(id);
-        }
-        self.feed(t, true).await?;
-        if keep_recent {
-            // Entries at or past this index belong to a rolled-back future.
-            let at = t.len();
-            self.logits.recent.retain(|(pos, _)| *pos < at);
-            if self.logits.recent.len() == self.logits.capacity {
-                self.logits.recent.pop_front();
+        if keep_recent || t.pending().is_empty() {
+            // A string end marker may be taken back (its position is then resampled from
+            // saved logits), or this position was already run: the logits live on the host.
+            let uniform = self.sampler.next_uniform();
+            self.feed(t, true).await?;
+            if keep_recent {
+                // Entries at or past this index belong to a rolled-back future.
+                let at = t.len();
+                self.logits.recent.retain(|(pos, _)| *pos < at);
+                if self.logits.recent.len() == self.logits.capacity {
+                    self.logits.recent.pop_front();
+                }
+                self.logits.recent.push_back((at, self.logits.current.clone()));
             }
-            self.logits.recent.push_back((at, self.logits.current.clone()));
+            return self.choose(t, banned, true, uniform);
         }
-        self.choose(t, banned, true)
+        // Nothing needs the logits on the host: let the backend choose (a GPU reads back the
+        // id instead of the vocabulary's logits). The uniform is drawn whichever path runs,
+        // so the RNG stream does not depend on the backend.
+        let uniform = self.sampler.next_uniform();
+        let n = t.pending().len();
+        let t0 = monotonic_seconds();
+        let taken = if banned.is_empty() && self.sampler.is_greedy() {
+            Some(t.feed_greedy(&[]).await.map(|id| SampledToken { id: Some(id), raw_argmax: None }))
+        } else {
+            t.feed_sample(self.sampler.options(), banned, uniform, !banned.is_empty()).await
+        };
+        let Some(sampled) = taken else {
+            // The backend does not sample this request itself: logits to the host.
+            self.feed(t, true).await?;
+            return self.choose(t, banned, true, uniform);
+        };
+        let sampled = sampled?;
+        self.account_feed(n, monotonic_seconds() - t0);
+        self.logits.at = None;
+        if sampled.raw_argmax.is_some_and(|best| banned.contains(&best)) {
+            self.stats.ends_suppressed += 1;
+        }
+        Ok(sampled.id.ok_or(SamplerError::NoCandidates)?)
     }
 
-    /// `count_masked_end`: count the step in `ends_suppressed` when a banned id was the
-    /// most likely one (a resample after a taken-back marker is counted by its caller).
-    fn choose<B: Backend>(&mut self, t: &Transcript<B>, banned: &[u32], count_masked_end: bool) -> Result<u32, GenerateError> {
+    /// Choose from the host logits with this step's `uniform`. `count_masked_end`: count the
+    /// step in `ends_suppressed` when a banned id was the most likely one (a resample after
+    /// a taken-back marker is counted by its caller).
+    fn choose<B: Backend>(&mut self, t: &Transcript<B>, banned: &[u32], count_masked_end: bool, uniform: f64) -> Result<u32, GenerateError> {
         let t0 = monotonic_seconds();
         if count_masked_end && !banned.is_empty() {
             if let Some(best) = raw_argmax(&self.logits.current) {
@@ -597,7 +614,7 @@ impl<C: TextCodec> Generation<C> {
                 }
             }
         }
-        let id = self.sampler.sample(&self.logits.current, t.ids(), banned)?;
+        let id = sample_with_uniform(self.sampler.options(), &self.logits.current, t.ids(), banned, uniform)?;
         self.stats.decode_s += monotonic_seconds() - t0;
         Ok(id)
     }
@@ -613,7 +630,8 @@ impl<C: TextCodec> Generation<C> {
             self.logits.current = saved.clone();
             self.logits.at = Some(at);
         }
-        self.choose(t, banned, false)
+        let uniform = self.sampler.next_uniform();
+        self.choose(t, banned, false, uniform)
     }
 
     /// Feed the pending queue in one forward; `with_logits`: keep the last position's logits.

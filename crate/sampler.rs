@@ -245,15 +245,25 @@ fn argmax(candidates: &[(u32, f32)]) -> u32 {
     best.0
 }
 
-/// llama.cpp's repeat penalty: each distinct id among the last `repeat_last_n` tokens once.
-fn apply_repeat_penalty(options: &SamplerOptions, candidates: &mut [(u32, f32)], history: &[u32]) {
+/// The ids the repeat penalty applies to: each distinct id among the last `repeat_last_n`
+/// of `history`, ascending (empty when the penalty is off). A backend that samples on its
+/// device penalizes exactly these.
+pub fn penalized_ids(options: &SamplerOptions, history: &[u32]) -> Vec<u32> {
     if options.repeat_penalty == 1.0 || options.repeat_last_n == 0 || history.is_empty() {
-        return;
+        return Vec::new();
     }
-    let recent = &history[history.len().saturating_sub(options.repeat_last_n)..];
-    let mut seen: Vec<u32> = recent.to_vec();
+    let mut seen = history[history.len().saturating_sub(options.repeat_last_n)..].to_vec();
     seen.sort_unstable();
     seen.dedup();
+    seen
+}
+
+/// llama.cpp's repeat penalty: each distinct id among the last `repeat_last_n` tokens once.
+fn apply_repeat_penalty(options: &SamplerOptions, candidates: &mut [(u32, f32)], history: &[u32]) {
+    let seen = penalized_ids(options, history);
+    if seen.is_empty() {
+        return;
+    }
     for c in candidates.iter_mut() {
         if seen.binary_search(&c.0).is_ok() {
             c.1 = if c.1 > 0.0 { c.1 / options.repeat_penalty } else { c.1 * options.repeat_penalty };

@@ -10,7 +10,8 @@
 //! Invariant, checked by [`Transcript::check`] in tests: `backend.kv_len() == fed`, and
 //! positions `0..fed` of the cache hold the keys and values of `ids[..fed]`.
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, SampleRequest, SampledToken};
+use crate::sampler::SamplerOptions;
 
 pub struct Transcript<B: Backend> {
     backend: B,
@@ -125,6 +126,20 @@ impl<B: Backend> Transcript<B> {
         let result = self.backend.forward_greedy(&self.ids[self.fed..], banned).await;
         self.after_forward(result.is_ok())?;
         result
+    }
+
+    /// Run the pending ids and let the backend sample the next token (see
+    /// [`Backend::forward_sample`]); `None`: the backend does not, and nothing ran.
+    pub async fn feed_sample(
+        &mut self,
+        options: &SamplerOptions,
+        banned: &[u32],
+        uniform: f64,
+        raw_argmax: bool,
+    ) -> Option<Result<SampledToken, BackendError>> {
+        let request = SampleRequest { options, history: &self.ids, banned, uniform, raw_argmax };
+        let result = self.backend.forward_sample(&self.ids[self.fed..], &request).await?;
+        Some(self.after_forward(result.is_ok()).and(result))
     }
 
     /// A forward appends every pending id to the cache, or (failed) an unknown part of

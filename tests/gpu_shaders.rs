@@ -45,5 +45,5 @@ fn every_shader_validates_under_every_knob() {
             }
         }
     }
-    assert_eq!(checked, 2 * (5 + 2 * 10 * 4));
+    assert_eq!(checked, 2 * (6 + 2 * 10 * 4));
 }

@@ -17,7 +17,8 @@ mod cli {
     use std::process::ExitCode;
 
     use clap::{Args, Parser, Subcommand, ValueEnum};
-    use pensive::backend::{block_on, Backend};
+    use pensive::backend::{block_on, Backend, SampleRequest};
+    use pensive::sampler::{sample_with_uniform, Sampler, SamplerError, SamplerOptions};
     use pensive::chat::{Message, TemplateVariables};
     use pensive::engine::{
         AnyBackend, BackendChoice, Continuation, Engine, EngineError, EngineLoader, GenerateRequest, LoadOptions, Prompt,
@@ -236,6 +237,25 @@ mod cli {
         /// Measure this many rounds (after one warm-up) and report the fastest.
         #[arg(long, default_value_t = 1)]
         repeats: usize,
+        /// Tokens already in the KV cache (run untimed) before the timed prefill and decode.
+        #[arg(long, default_value_t = 0)]
+        context: usize,
+        /// 0: greedy decode (argmax on the backend); > 0: decode through the real sampler
+        /// (on the device where the backend samples itself).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0.0)]
+        min_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The device's memory bandwidth in GB/s: also print the fraction of the memory
+        /// bound (weight and KV bytes per token ÷ bandwidth) that decode reached.
+        #[arg(long)]
+        bandwidth_gbs: Option<f64>,
     }
 
     pub fn main() -> ExitCode {
@@ -410,7 +430,7 @@ mod cli {
     }
 
     fn bench(a: BenchArgs) -> Result<(), EngineError> {
-        // The backend alone: fixed synthetic ids, greedy, no tokenizer or sampler.
+        // The backend alone: fixed synthetic ids, no tokenizer.
         let t0 = std::time::Instant::now();
         let options = load_options(&a.model);
         let mut backend = if a.model.model.is_dir() {
@@ -421,55 +441,123 @@ mod cli {
         let load_s = t0.elapsed().as_secs_f64();
         let vocab = backend.config().vocab_size as u32;
         let prompt: Vec<u32> = (0..a.prompt_tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
-        // One round: prefill from an empty cache, then greedy decode steps (argmax on the
-        // backend, as generation does when nothing is sampled).
-        let mut round = || -> Result<(f64, Vec<f64>), EngineError> {
+        let context: Vec<u32> = (0..a.context as u32).map(|i| (i * 104_729 + 7) % vocab).collect();
+        let options = SamplerOptions {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            min_p: a.min_p,
+            repeat_penalty: 1.0,
+            repeat_last_n: 0,
+            seed: a.seed,
+        };
+        options.validate().map_err(|e| EngineError::Generate(e.into()))?;
+        // Counters of the GPU context (dispatches, bytes read back), where there is one.
+        let counters = |b: &AnyBackend| match b {
+            AnyBackend::Gpu(m) => Some((m.context().dispatches.get(), m.context().readback_bytes.get())),
+            AnyBackend::Cpu { .. } => None,
+        };
+        // One round: the context untimed, then the prompt's prefill, then decode steps:
+        // greedy (argmax on the backend) or sampled with the real sampler, on the backend
+        // when it samples itself, else from logits on the host, as generation does.
+        let mut round = || -> Result<(f64, Vec<f64>, Option<(u64, u64)>), EngineError> {
             backend.truncate(0)?;
+            let mut sampler = Sampler::new(options.clone()).map_err(|e| EngineError::Generate(e.into()))?;
+            let mut history = context.clone();
+            history.extend_from_slice(&prompt);
+            if !context.is_empty() {
+                block_on(backend.forward(&context, 0))?;
+            }
+            let mut step = |backend: &mut AnyBackend, tokens: &[u32], history: &[u32]| -> Result<u32, EngineError> {
+                let u = sampler.next_uniform();
+                if options.temperature == 0.0 {
+                    return Ok(block_on(backend.forward_greedy(tokens, &[]))?);
+                }
+                let request = SampleRequest { options: &options, history, banned: &[], uniform: u, raw_argmax: false };
+                let id = match block_on(backend.forward_sample(tokens, &request)) {
+                    Some(r) => r?.id,
+                    None => {
+                        let logits = block_on(backend.forward(tokens, 1))?;
+                        Some(sample_with_uniform(&options, &logits, history, &[], u).map_err(|e| EngineError::Generate(e.into()))?)
+                    }
+                };
+                id.ok_or(EngineError::Generate(SamplerError::NoCandidates.into()))
+            };
             let t = std::time::Instant::now();
-            let mut next = block_on(backend.forward_greedy(&prompt, &[]))?;
+            let mut next = step(&mut backend, &prompt, &history)?;
             let prefill_s = t.elapsed().as_secs_f64();
+            let before = counters(&backend);
             let mut steps = Vec::with_capacity(a.gen_tokens);
             for _ in 0..a.gen_tokens {
+                history.push(next);
                 let t = std::time::Instant::now();
-                next = block_on(backend.forward_greedy(&[next], &[]))?;
+                next = step(&mut backend, &[next], &history)?;
                 steps.push(t.elapsed().as_secs_f64());
             }
-            Ok((prefill_s, steps))
+            let after = counters(&backend);
+            let counted = before.zip(after).map(|((d0, r0), (d1, r1))| (d1 - d0, r1 - r0));
+            Ok((prefill_s, steps, counted))
         };
         if a.repeats > 1 {
             round()?; // warm-up: first-use costs (pipeline compilation, page faults)
         }
-        let mut best: Option<(f64, Vec<f64>)> = None;
+        let mut best: Option<(f64, Vec<f64>, Option<(u64, u64)>)> = None;
         for _ in 0..a.repeats.max(1) {
-            let (p, steps) = round()?;
+            let (p, steps, counted) = round()?;
             best = Some(match best {
-                None => (p, steps),
-                Some((bp, bs)) => {
-                    let s = if steps.iter().sum::<f64>() < bs.iter().sum::<f64>() { steps } else { bs };
-                    (bp.min(p), s)
+                None => (p, steps, counted),
+                Some((bp, bs, bc)) => {
+                    let (s, c) = if steps.iter().sum::<f64>() < bs.iter().sum::<f64>() { (steps, counted) } else { (bs, bc) };
+                    (bp.min(p), s, c)
                 }
             });
         }
-        let (prefill_s, mut steps) = best.unwrap_or_default();
+        let (prefill_s, mut steps, counted) = best.unwrap_or_default();
         let decode_s: f64 = steps.iter().sum();
         steps.sort_by(|x, y| x.total_cmp(y));
         let median = steps.get(steps.len() / 2).copied().unwrap_or(0.0);
+        let per_token = |n: u64| n as f64 / a.gen_tokens.max(1) as f64;
+        // What a decode step must read: the weights, and the KV cache of every position
+        // before it (on average over the decode steps).
+        let (weight_bytes, kv_bytes) = match &backend {
+            AnyBackend::Gpu(m) => {
+                let mean_len = (a.context + a.prompt_tokens) as f64 + (a.gen_tokens as f64 + 1.0) / 2.0;
+                (Some(m.decode_weight_bytes() as f64), Some(m.kv_bytes_per_position() as f64 * mean_len))
+            }
+            AnyBackend::Cpu { .. } => (None, None),
+        };
+        let step_s = decode_s / a.gen_tokens.max(1) as f64;
+        let bound_fraction = a.bandwidth_gbs.zip(weight_bytes.zip(kv_bytes)).map(|(gbs, (w, kv))| (w + kv) / step_s / (gbs * 1e9));
         let json = serde_json::json!({
             "model": a.model.model.display().to_string(),
             "backend": backend.name(),
             "fallback_reason": backend.fallback_reason(),
             "load_s": load_s,
+            "context": a.context,
             "prompt_tokens": a.prompt_tokens,
             "gen_tokens": a.gen_tokens,
             "repeats": a.repeats,
+            "temperature": a.temperature,
+            "top_k": a.top_k,
+            "top_p": a.top_p,
+            "min_p": a.min_p,
             "prefill_s": prefill_s,
             "prefill_tok_s": a.prompt_tokens as f64 / prefill_s,
             "decode_s": decode_s,
             "decode_tok_s": a.gen_tokens as f64 / decode_s,
             "decode_step_ms_median": median * 1e3,
+            "dispatches_per_token": counted.map(|(d, _)| per_token(d)),
+            "readback_bytes_per_token": counted.map(|(_, r)| per_token(r)),
+            "weight_bytes_per_token": weight_bytes,
+            "kv_bytes_per_token": kv_bytes,
+            "bandwidth_gbs": a.bandwidth_gbs,
+            "memory_bound_fraction": bound_fraction,
             "peak_rss_mb": peak_rss_mb(),
         });
         println!("{json}");
+        if let Some(f) = bound_fraction {
+            eprintln!("decode reached {:.1} % of the memory bound at {} GB/s", f * 100.0, a.bandwidth_gbs.unwrap_or(0.0));
+        }
         Ok(())
     }
 

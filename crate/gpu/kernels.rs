@@ -104,6 +104,24 @@ struct ArgmaxParams {
     n_parts: u32,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct SampleParams {
+    n: u32,
+    top_k: u32,
+    greedy: u32,
+    min_p_on: u32,
+    top_p: f32,
+    min_p: f32,
+    inv_temp: f32,
+    penalty: f32,
+    uniform: f32,
+    _pad: [u32; 3],
+}
+
+/// The largest f32 below 1: a uniform in [0, 1) drawn as f64 must stay below 1 in f32.
+const BELOW_ONE: f32 = 0.999_999_94;
+
 /// How attention cuts `len` positions: (split_len, n_splits), split_len a multiple of 64.
 pub fn attention_splits(len: usize) -> (usize, usize) {
     let split_len = len.div_ceil(MAX_ATTENTION_SPLITS).next_multiple_of(64).max(64);
@@ -294,6 +312,43 @@ impl Recorder<'_> {
         self.dispatch(Shader::Argmax, "argmax_part", k, &p, &[None, None, b(logits), b(scratch)], [n_parts, 1, 1]);
         let bufs = [None, None, None, None, b(scratch), b(result)];
         self.dispatch(Shader::Argmax, "argmax_final", k, &p, &bufs, [1, 1, 1]);
+    }
+}
+
+impl Recorder<'_> {
+    /// result[0] = the token [`crate::sampler::sample_with_uniform`] picks from logits
+    /// row 0 with `options` and the step's uniform `u` (`u32::MAX`: no candidate), after
+    /// `adjust` (penalties and bans) is applied to the logits in place.
+    /// logits: (≥ n) f32; adjust: (n_adjust) u32, each a distinct id, | 1 << 31 when banned
+    /// (else repeat-penalized); result: (1) u32. One workgroup: see sample.wgsl.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample(
+        &mut self,
+        logits: &wgpu::Buffer,
+        n: usize,
+        adjust: &wgpu::Buffer,
+        n_adjust: usize,
+        options: &crate::sampler::SamplerOptions,
+        u: f64,
+        result: &wgpu::Buffer,
+    ) {
+        let k = self.knobs();
+        let temperature = options.temperature;
+        let p = SampleParams {
+            n: n_adjust as u32,
+            top_k: options.top_k.min(u32::MAX as usize) as u32,
+            greedy: u32::from(temperature == 0.0),
+            min_p_on: u32::from(options.min_p > 0.0),
+            top_p: options.top_p,
+            min_p: options.min_p,
+            inv_temp: if temperature > 0.0 { (1.0 / temperature as f64) as f32 } else { 0.0 },
+            penalty: options.repeat_penalty,
+            uniform: (u as f32).clamp(0.0, BELOW_ONE),
+            _pad: [0; 3],
+        };
+        self.dispatch(Shader::Sample, "adjust", k, &p, &[b(logits), b(adjust)], [(n_adjust as u32).div_ceil(64), 1, 1]);
+        let p = SampleParams { n: n as u32, ..p };
+        self.dispatch(Shader::Sample, "sample", k, &p, &[b(logits), None, b(result)], [1, 1, 1]);
     }
 }
 

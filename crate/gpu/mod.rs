@@ -69,14 +69,23 @@ pub enum Shader {
     Matmul,
     Embed,
     Argmax,
+    Sample,
 }
 
 /// Shared by the weight-reading kernels (matmul, embed); see its header for the layout.
 pub const DEQUANT_WGSL: &str = include_str!("../../shaders/dequant.wgsl");
 
 impl Shader {
-    pub const ALL: [Shader; 7] =
-        [Shader::Norm, Shader::Rope, Shader::Attention, Shader::Elementwise, Shader::Matmul, Shader::Embed, Shader::Argmax];
+    pub const ALL: [Shader; 8] = [
+        Shader::Norm,
+        Shader::Rope,
+        Shader::Attention,
+        Shader::Elementwise,
+        Shader::Matmul,
+        Shader::Embed,
+        Shader::Argmax,
+        Shader::Sample,
+    ];
 
     /// The file's own source (without prelude or library).
     pub fn source(self) -> &'static str {
@@ -88,6 +97,7 @@ impl Shader {
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
             Shader::Embed => include_str!("../../shaders/embed.wgsl"),
             Shader::Argmax => include_str!("../../shaders/argmax.wgsl"),
+            Shader::Sample => include_str!("../../shaders/sample.wgsl"),
         }
     }
 
@@ -105,6 +115,7 @@ impl Shader {
             Shader::Matmul => &["matmul"],
             Shader::Embed => &["embed"],
             Shader::Argmax => &["ban", "argmax_part", "argmax_final"],
+            Shader::Sample => &["adjust", "sample"],
         }
     }
 }
@@ -252,6 +263,8 @@ pub struct GpuContext {
     pub dispatches: Cell<u64>,
     pub submits: Cell<u64>,
     pub bind_groups_created: Cell<u64>,
+    /// Bytes mapped back to the host since creation.
+    pub readback_bytes: Cell<u64>,
 }
 
 /// Bytes of one dispatch's uniform slot (the largest Params struct is 48 bytes).
@@ -349,6 +362,7 @@ impl GpuContext {
             dispatches: Cell::new(0),
             submits: Cell::new(0),
             bind_groups_created: Cell::new(0),
+            readback_bytes: Cell::new(0),
         })
     }
 
@@ -473,6 +487,7 @@ impl GpuContext {
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| GpuError::Readback(e.to_string()))?;
         done.await.map_err(GpuError::Readback)?;
+        self.readback_bytes.set(self.readback_bytes.get() + bytes);
         let out = {
             let view = staging.get_mapped_range(..).map_err(|e| GpuError::Readback(e.to_string()))?;
             view[..bytes as usize].to_vec()

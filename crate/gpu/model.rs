@@ -12,16 +12,22 @@ use std::rc::Rc;
 use super::kernels::{argmax_scratch_len, attention_scratch_len, MAX_HEAD_DIM};
 use super::repack::{matrix_layout, GpuMatrix};
 use super::{storage_bytes, GpuContext, GpuError, Recorder};
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, SampleRequest, SampledToken};
 use crate::config::ModelConfig;
 use crate::loader::{LoadedModel, RawTensor};
 use crate::ops;
 use crate::quant::GgmlType;
+use crate::sampler::{penalized_ids, SamplerOptions};
 
 /// Tokens per prefill step: bounds the scratch buffers (logits alone are chunk × vocab f32).
 pub const PREFILL_CHUNK: usize = 32;
 /// Most ids a greedy step can ban (the budget controller bans a handful).
 pub const MAX_BANNED: usize = 64;
+/// Most ids a sampling step can ban or penalize (repeat_last_n 64 penalizes at most 64);
+/// a request with more is sampled on the host.
+pub const MAX_ADJUSTED: usize = 1024;
+/// Largest vocabulary the sampler takes: it counts candidates in f32, exact below 2^24.
+const MAX_SAMPLED_VOCAB: usize = 1 << 24;
 /// KV capacity when the caller sets none (as the CPU backend).
 pub const DEFAULT_MAX_CONTEXT: usize = 8192;
 
@@ -66,6 +72,9 @@ struct Scratch {
     argmax_parts: wgpu::Buffer, // (argmax_scratch_len(vocab)) vec2<u32>
     next: wgpu::Buffer,        // (1) u32, the greedy token
     next_readback: wgpu::Buffer, // (1) u32, MAP_READ
+    adjust: wgpu::Buffer,      // (MAX_ADJUSTED) u32: ids to ban (| 1 << 31) or penalize
+    sampled: wgpu::Buffer,     // (1) u32, the sampled token
+    sampled_readback: wgpu::Buffer, // (2) u32, MAP_READ: sampled token, raw argmax
 }
 
 pub struct GpuModel {
@@ -181,6 +190,8 @@ pub fn check_fits<'a>(
         logits_bytes,
         MAX_BANNED as u64 * 4,
         argmax_scratch_len(c.vocab_size) as u64 * 8,
+        4,
+        MAX_ADJUSTED as u64 * 4,
         4,
         (c.head_dim / 2) as u64 * 4,
     ]
@@ -322,6 +333,14 @@ impl GpuModelBuilder {
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             }),
+            adjust: ctx.storage("adjust", MAX_ADJUSTED as u64 * 4),
+            sampled: ctx.storage("sampled", 4),
+            sampled_readback: ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("sampled readback"),
+                size: 8,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
         };
         if let Some(name) = self.tensors.keys().next() {
             return Err(GpuError::Tensor { name: name.clone(), msg: "not used by the decoder".into() });
@@ -352,6 +371,10 @@ enum Tail {
     Logits { n: usize, readback: wgpu::Buffer },
     /// The argmax of the last token's logits (banned ids excluded), into next_readback.
     Greedy { n_banned: usize },
+    /// The token `options` sample from the last token's logits with `uniform`, after the
+    /// `n_adjust` bans and penalties in scratch.adjust, into sampled_readback[0]; with
+    /// `raw_argmax`, the argmax of the unadjusted logits into sampled_readback[1].
+    Sample { options: SamplerOptions, uniform: f64, n_adjust: usize, raw_argmax: bool },
 }
 
 impl GpuModel {
@@ -367,6 +390,31 @@ impl GpuModel {
 
     pub fn context(&self) -> &GpuContext {
         &self.ctx
+    }
+
+    /// Bytes of weights one decode step reads: every layer's matrices and vectors, the
+    /// final norm, the LM head, and one row of the embedding table.
+    pub fn decode_weight_bytes(&self) -> u64 {
+        let m = |w: &GpuMatrix| w.parts.iter().map(|p| p.buffer.size()).sum::<u64>();
+        let v = |b: &wgpu::Buffer| b.size();
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                let biases = [&l.bq, &l.bk, &l.bv].into_iter().flatten().map(v).sum::<u64>();
+                let qk = l.qk_norm.as_ref().map_or(0, |n| v(&n.q) + v(&n.k));
+                v(&l.attn_norm) + m(&l.wq) + m(&l.wk) + m(&l.wv) + biases + qk + m(&l.wo) + v(&l.ffn_norm)
+                    + m(&l.w_gate) + m(&l.w_up) + m(&l.w_down)
+            })
+            .sum();
+        let embd = m(&self.token_embd);
+        layers + v(&self.output_norm) + self.output.as_ref().map_or(embd, m) + embd / self.config.vocab_size.max(1) as u64
+    }
+
+    /// Bytes of keys and values one cached position holds (all layers): what attention
+    /// reads per position of context at every decode step.
+    pub fn kv_bytes_per_position(&self) -> u64 {
+        (2 * self.config.n_layers * self.config.kv_dim() * self.ctx.act().size()) as u64
     }
 
     fn check(&self, tokens: &[u32]) -> Result<(), BackendError> {
@@ -385,7 +433,8 @@ impl GpuModel {
     /// pipelines (shader compilation) and bind groups are created at load, not on the first
     /// token.
     fn warm_up(&self) {
-        for (n, tail) in [(1, Tail::Greedy { n_banned: 0 }), (PREFILL_CHUNK, Tail::None)] {
+        let sample = Tail::Sample { options: SamplerOptions::default(), uniform: 0.0, n_adjust: 1, raw_argmax: true };
+        for (n, tail) in [(1, Tail::Greedy { n_banned: 0 }), (1, sample), (PREFILL_CHUNK, Tail::None)] {
             let mut rec = self.ctx.recorder();
             self.record(&mut rec, n, 0, &tail);
             // Dropped unsubmitted: nothing runs.
@@ -449,6 +498,17 @@ impl GpuModel {
                 rec.argmax(&s.logits, 0, vocab, &s.banned, *n_banned, &s.argmax_parts, &s.next);
                 rec.copy(&s.next, 0, &s.next_readback, 0, 4);
             }
+            Tail::Sample { options, uniform, n_adjust, raw_argmax } => {
+                rec.rms_norm(&s.x, &self.output_norm, &s.h, dim, n, c.rms_eps);
+                rec.matmul(head, &s.h, (n - 1) * dim, dim, &s.logits, 1, None, false, true);
+                if *raw_argmax {
+                    // Before the bans and penalties change the logits in place.
+                    rec.argmax(&s.logits, 0, vocab, &s.banned, 0, &s.argmax_parts, &s.next);
+                    rec.copy(&s.next, 0, &s.sampled_readback, 4, 4);
+                }
+                rec.sample(&s.logits, vocab, &s.adjust, *n_adjust, options, *uniform, &s.sampled);
+                rec.copy(&s.sampled, 0, &s.sampled_readback, 0, 4);
+            }
         }
     }
 
@@ -499,16 +559,66 @@ impl GpuModel {
         if !banned.is_empty() {
             self.ctx.queue.write_buffer(&self.scratch.banned, 0, bytemuck::cast_slice(banned));
         }
+        self.run_with_tail(tokens, &Tail::Greedy { n_banned: banned.len() });
+        let bytes = self.ctx.map_read(&self.scratch.next_readback, 4).await.map_err(gpu)?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    /// Run `tokens` (≥ 1) in chunks, the last chunk ending with `tail`.
+    fn run_with_tail(&mut self, tokens: &[u32], tail: &Tail) {
         let (body, last) = tokens.split_at(tokens.len() - tokens.len() % PREFILL_CHUNK.max(1));
         let (body, last) = if last.is_empty() { body.split_at(body.len() - PREFILL_CHUNK) } else { (body, last) };
         for chunk in body.chunks(PREFILL_CHUNK) {
             self.step(chunk, &Tail::None);
         }
-        self.step(last, &Tail::Greedy { n_banned: banned.len() });
-        let bytes = self.ctx.map_read(&self.scratch.next_readback, 4).await.map_err(gpu)?;
-        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+        self.step(last, tail);
+    }
+
+    /// Run `tokens` and sample the next token on the GPU (sample.wgsl): the step reads back
+    /// 4 bytes (8 with the raw argmax). `None` when the request does not fit the kernel's
+    /// buffers (then nothing ran).
+    pub async fn forward_sample_gpu(&mut self, tokens: &[u32], request: &SampleRequest<'_>) -> Option<Result<SampledToken, BackendError>> {
+        let vocab = self.config.vocab_size;
+        // Each id once, bans winning over penalties (a banned id is gone whatever its logit).
+        // Ids outside the vocabulary have no logit: the CPU sampler ignores them too.
+        let in_vocab = |id: &u32| (*id as usize) < vocab;
+        let mut banned: Vec<u32> = request.banned.iter().copied().filter(in_vocab).collect();
+        banned.sort_unstable();
+        banned.dedup();
+        let penalized = penalized_ids(request.options, request.history);
+        let penalized = penalized.into_iter().filter(|id| in_vocab(id) && banned.binary_search(id).is_err());
+        let adjust: Vec<u32> = banned.iter().map(|&id| id | BANNED_FLAG).chain(penalized).collect();
+        if adjust.len() > MAX_ADJUSTED || vocab >= MAX_SAMPLED_VOCAB {
+            return None;
+        }
+        Some(self.sample_adjusted(tokens, request, &adjust).await)
+    }
+
+    async fn sample_adjusted(&mut self, tokens: &[u32], request: &SampleRequest<'_>, adjust: &[u32]) -> Result<SampledToken, BackendError> {
+        self.check(tokens)?;
+        if tokens.is_empty() {
+            return Err(BackendError::Gpu("sampling step over no tokens".into()));
+        }
+        request.options.validate().map_err(|e| BackendError::Gpu(e.to_string()))?;
+        if !adjust.is_empty() {
+            self.ctx.queue.write_buffer(&self.scratch.adjust, 0, bytemuck::cast_slice(adjust));
+        }
+        let tail = Tail::Sample {
+            options: request.options.clone(),
+            uniform: request.uniform,
+            n_adjust: adjust.len(),
+            raw_argmax: request.raw_argmax,
+        };
+        self.run_with_tail(tokens, &tail);
+        let bytes = if request.raw_argmax { 8 } else { 4 };
+        let out = self.ctx.map_read(&self.scratch.sampled_readback, bytes).await.map_err(gpu)?;
+        let word = |i: usize| u32::from_le_bytes([out[4 * i], out[4 * i + 1], out[4 * i + 2], out[4 * i + 3]]);
+        Ok(SampledToken { id: Some(word(0)).filter(|&id| id != u32::MAX), raw_argmax: request.raw_argmax.then(|| word(1)) })
     }
 }
+
+/// Marks a banned id in scratch.adjust (sample.wgsl BANNED); vocabularies stay below it.
+const BANNED_FLAG: u32 = 1 << 31;
 
 fn gpu(e: GpuError) -> BackendError {
     BackendError::Gpu(e.to_string())
@@ -546,5 +656,9 @@ impl Backend for GpuModel {
 
     async fn forward_greedy(&mut self, tokens: &[u32], banned: &[u32]) -> Result<u32, BackendError> {
         self.forward_greedy_gpu(tokens, banned).await
+    }
+
+    async fn forward_sample(&mut self, tokens: &[u32], request: &SampleRequest<'_>) -> Option<Result<SampledToken, BackendError>> {
+        self.forward_sample_gpu(tokens, request).await
     }
 }

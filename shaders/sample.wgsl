@@ -1,0 +1,303 @@
+// Sampling on the GPU: sampler::sample_with_uniform's chain on one row of logits, so a
+// sampled decode step reads back the chosen id (4 bytes) instead of the vocabulary's logits.
+//
+// The CPU sorts the candidates (logit descending, equal logits in id order) and cuts that
+// order: top-k, then top-p on the temperature-1 probabilities, then min-p, then one walk
+// down the temperature-scaled probabilities to u × their sum. Every one of those cuts is a
+// *prefix* of the sorted order, and a prefix is named by its last element (key, id): it
+// holds every element with a larger key, and those with an equal key and an id ≤ id. So
+// nothing is sorted here: each cut is found by bisection over the 32-bit order-preserving
+// key of the f32 logit (the largest key whose "key ≥" part reaches the goal), then, when
+// several logits equal that key, by bisection over the id within them. Each bisection step
+// is one pass over the row with a workgroup reduction of a count or a probability mass.
+//
+// Differences from the CPU, by design: sums are f32 (tree-reduced) where the CPU sums f64
+// in sorted order, so a cut can differ when the running sum lies within f32 rounding of
+// its goal (top_p × total, or u × the scaled total); tests/gpu_sample.rs counts those.
+//
+// adjust: penalties and bans, one list entry per distinct id (the host deduplicates, so no
+//         two invocations write the same logit).
+// sample: one workgroup of WG invocations; writes the chosen id (NONE: no candidate).
+
+struct Params {
+    n: u32,          // vocabulary size (adjust: entries in the list)
+    top_k: u32,      // 0 = off
+    greedy: u32,     // 1: temperature 0, the argmax of the adjusted logits
+    min_p_on: u32,   // 1: min_p > 0
+    top_p: f32,      // 1 = off
+    min_p: f32,
+    inv_temp: f32,   // 1 / temperature
+    penalty: f32,    // repeat penalty (adjust)
+    uniform: f32,    // the step's uniform, in [0, 1)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> logits: array<f32>; // (≥ n) f32, row 0 is sampled
+@group(0) @binding(2) var<storage, read> adjust_ids: array<u32>;  // (n_adjust): id | BANNED
+@group(0) @binding(3) var<storage, read_write> result: array<u32>; // (1): the chosen id
+
+const WG: u32 = 256u;
+const NONE: u32 = 0xffffffffu;
+const BANNED: u32 = 0x80000000u;
+// Metrics a pass sums: how many, the temperature-1 weight exp(l - max), the scaled weight.
+const COUNT: u32 = 0u;
+const MASS: u32 = 1u;
+const SCALED: u32 = 2u;
+
+// -inf's bits, from a private variable: an infinite const-expression is a shader-creation
+// error in WGSL (Tint rejects it; naga lets it pass). See argmax.wgsl.
+var<private> NEG_INF_BITS: u32 = 0xff800000u;
+
+@compute @workgroup_size(64)
+fn adjust(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if gid.x < p.n {
+        let e = adjust_ids[gid.x];
+        let id = e & ~BANNED;
+        let l = logits[id];
+        if (e & BANNED) != 0u {
+            logits[id] = bitcast<f32>(NEG_INF_BITS);
+        } else {
+            // llama.cpp / CTRL: shrink a positive logit, push a negative one further down.
+            logits[id] = select(l * p.penalty, l / p.penalty, l > 0.0);
+        }
+    }
+}
+
+fn is_finite(bits: u32) -> bool {
+    return (bits & 0x7f800000u) != 0x7f800000u;
+}
+
+// Order-preserving key of an f32: a < b (as numbers) iff key(a) < key(b) (as u32).
+fn order_key(bits: u32) -> u32 {
+    return select(bits | 0x80000000u, ~bits, (bits & 0x80000000u) != 0u);
+}
+
+fn key_value(key: u32) -> f32 {
+    return bitcast<f32>(select(~key, key & 0x7fffffffu, (key & 0x80000000u) != 0u));
+}
+
+var<workgroup> red_f: array<f32, WG>;
+var<workgroup> red_k: array<u32, WG>;
+var<workgroup> red_i: array<u32, WG>;
+var<workgroup> out_f: f32;
+var<workgroup> out_k: u32;
+var<workgroup> out_i: u32;
+
+fn reduce_sum(lid: u32, v: f32) -> f32 {
+    workgroupBarrier(); // the previous reduction's readers are done with red_f
+    red_f[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            red_f[lid] += red_f[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        out_f = red_f[0];
+    }
+    return workgroupUniformLoad(&out_f);
+}
+
+// The best (key, id): larger key first, then the lower id (NONE, NONE for no element).
+fn reduce_best(lid: u32, k: u32, i: u32) -> vec2<u32> {
+    workgroupBarrier();
+    red_k[lid] = k;
+    red_i[lid] = i;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            let ok = red_k[lid + s];
+            let oi = red_i[lid + s];
+            if oi != NONE && (red_i[lid] == NONE || ok > red_k[lid] || (ok == red_k[lid] && oi < red_i[lid])) {
+                red_k[lid] = ok;
+                red_i[lid] = oi;
+            }
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        out_k = red_k[0];
+        out_i = red_i[0];
+    }
+    return vec2<u32>(workgroupUniformLoad(&out_k), workgroupUniformLoad(&out_i));
+}
+
+// The candidates a pass looks at: the prefix up to (cut_key, cut_id), finite logits only,
+// and with min-p on, weights ≥ min_p.
+struct Cands {
+    m: f32, // the largest candidate logit
+    cut_key: u32,
+    cut_id: u32,
+    min_p: bool,
+}
+
+fn metric(kind: u32, l: f32, m: f32) -> f32 {
+    if kind == COUNT {
+        return 1.0;
+    }
+    if kind == MASS {
+        return exp(l - m);
+    }
+    return exp((l - m) * p.inv_temp);
+}
+
+// Whether logit l (bits, key) of id i is one of the candidates `cand`.
+fn in_cands(l: f32, bits: u32, key: u32, i: u32, cand: Cands) -> bool {
+    let in_cut = key > cand.cut_key || (key == cand.cut_key && i <= cand.cut_id);
+    return is_finite(bits) && in_cut && (!cand.min_p || exp(l - cand.m) >= p.min_p);
+}
+
+// Sum of `kind` over the candidates with key ≥ at (eq: key == at and id ≤ id_max).
+fn sum_where(lid: u32, kind: u32, cand: Cands, at: u32, eq: bool, id_max: u32) -> f32 {
+    var acc = 0.0;
+    for (var i = lid; i < p.n; i += WG) {
+        let l = logits[i];
+        let bits = bitcast<u32>(l);
+        let key = order_key(bits);
+        let hit = select(key >= at, key == at && i <= id_max, eq);
+        if hit && in_cands(l, bits, key, i, cand) {
+            acc += metric(kind, l, cand.m);
+        }
+    }
+    return reduce_sum(lid, acc);
+}
+
+fn reaches(sum: f32, goal: f32, strict: bool) -> bool {
+    return select(sum >= goal, sum > goal, strict);
+}
+
+// The first candidate of `cand`, in sorted order, at which the running sum of `kind` reaches
+// `goal` (> when strict, else ≥): (key, id, 1), or (_, _, 0) when the whole set does not.
+fn find_cut(lid: u32, kind: u32, cand: Cands, goal: f32, strict: bool) -> vec3<u32> {
+    let total = sum_where(lid, kind, cand, 0u, false, 0u);
+    // The largest key v whose "key ≥ v" part reaches the goal. Always 32 steps (once lo
+    // meets hi a step repeats lo), so no barrier sits under a data-dependent branch.
+    var lo = 0u;
+    var hi = NONE;
+    for (var it = 0u; it < 32u; it++) {
+        let mid = lo + (hi - lo) / 2u + ((hi - lo) & 1u);
+        let g = sum_where(lid, kind, cand, mid, false, 0u);
+        if lo < hi {
+            if reaches(g, goal, strict) {
+                lo = mid;
+            } else {
+                hi = mid - 1u;
+            }
+        }
+    }
+    let v = lo;
+    // Within the logits equal to v (ids ascending), the first id that reaches the goal.
+    var above = 0.0;
+    if v != NONE {
+        above = sum_where(lid, kind, cand, v + 1u, false, 0u);
+    }
+    var first_id = NONE;
+    var count = 0.0;
+    {
+        var k = 0u;
+        var best = NONE;
+        var c = 0.0;
+        for (var i = lid; i < p.n; i += WG) {
+            let l = logits[i];
+            let bits = bitcast<u32>(l);
+            let key = order_key(bits);
+            if key == v && in_cands(l, bits, key, i, cand) {
+                best = min(best, i);
+                c += 1.0;
+            }
+        }
+        first_id = reduce_best(lid, 0u, best).y;
+        count = reduce_sum(lid, c);
+    }
+    var id_lo = first_id;
+    if count > 1.0 {
+        var id_hi = p.n - 1u;
+        for (var it = 0u; it < 32u - countLeadingZeros(p.n); it++) {
+            let mid = id_lo + (id_hi - id_lo) / 2u;
+            let s = sum_where(lid, kind, cand, v, true, mid);
+            if id_lo < id_hi {
+                if reaches(above + s, goal, strict) {
+                    id_hi = mid;
+                } else {
+                    id_lo = mid + 1u;
+                }
+            }
+        }
+    }
+    return vec3<u32>(v, id_lo, u32(reaches(total, goal, strict)));
+}
+
+@compute @workgroup_size(256)
+fn sample(@builtin(local_invocation_index) lid: u32) {
+    // The most likely candidate (ties: lowest id) and the number of candidates.
+    var bk = 0u;
+    var bi = NONE;
+    var n_cand = 0.0;
+    for (var i = lid; i < p.n; i += WG) {
+        let bits = bitcast<u32>(logits[i]);
+        let key = order_key(bits);
+        if is_finite(bits) {
+            n_cand += 1.0;
+            if bi == NONE || key > bk {
+                bk = key;
+                bi = i;
+            }
+        }
+    }
+    let best = reduce_best(lid, bk, bi);
+    let n_candidates = reduce_sum(lid, n_cand);
+    if best.y == NONE || p.greedy == 1u {
+        if lid == 0u {
+            result[0] = best.y;
+        }
+        return;
+    }
+    let m = key_value(best.x);
+    var cand = Cands(m, 0u, NONE, false);
+
+    // top-k: the k-th candidate in sorted order ends the cand.
+    if p.top_k > 0u && f32(p.top_k) < n_candidates {
+        let cut = find_cut(lid, COUNT, cand, f32(p.top_k), false);
+        cand.cut_key = cut.x;
+        cand.cut_id = cut.y;
+    }
+    // top-p: the first candidate at which the temperature-1 mass reaches top_p × total.
+    if p.top_p < 1.0 {
+        let total = sum_where(lid, MASS, cand, 0u, false, 0u);
+        let cut = find_cut(lid, MASS, cand, p.top_p * total, false);
+        if cut.z == 1u {
+            cand.cut_key = cut.x;
+            cand.cut_id = cut.y;
+        }
+    }
+    // min-p: weight exp(l - max) ≥ min_p; the most likely candidate (weight 1) always stays.
+    cand.min_p = p.min_p_on == 1u;
+    // The draw: the first candidate whose running scaled mass exceeds u × the scaled total.
+    let scaled_total = sum_where(lid, SCALED, cand, 0u, false, 0u);
+    let cut = find_cut(lid, SCALED, cand, p.uniform * scaled_total, true);
+    var chosen = cut.y;
+    if cut.z == 0u {
+        // Rounding left the goal at or above the sum: the last candidate owns it (as on
+        // the CPU). Last = the smallest key, then the largest id: the best of (~key, n-1-id).
+        var lk = 0u;
+        var li = NONE;
+        for (var i = lid; i < p.n; i += WG) {
+            let l = logits[i];
+            let bits = bitcast<u32>(l);
+            let key = order_key(bits);
+            let rev = p.n - 1u - i;
+            if in_cands(l, bits, key, i, cand) && (li == NONE || ~key > lk || (~key == lk && rev < li)) {
+                lk = ~key;
+                li = rev;
+            }
+        }
+        chosen = p.n - 1u - reduce_best(lid, lk, li).y;
+    }
+    if lid == 0u {
+        result[0] = chosen;
+    }
+}
