@@ -37,13 +37,13 @@ async function openDemo() {
 }
 
 async function sampling(page) {
-  return page.evaluate(() => Object.fromEntries(['temperature', 'top-p', 'top-k', 'min-p', 'think-open']
+  return page.evaluate(() => Object.fromEntries(['temperature', 'top-p', 'top-k', 'min-p', 'repeat-penalty', 'think-open']
     .map((id) => { const el = document.getElementById(id); return [id, el.type === 'checkbox' ? el.checked : el.value]; })));
 }
 
 test('the demo page renders its controls; presets fill the sampling fields', async () => {
   const page = await openDemo();
-  for (const id of ['model', 'file', 'backend', 'load', 'progress', 'temperature', 'top-p', 'top-k', 'min-p', 'seed',
+  for (const id of ['model', 'file', 'backend', 'load', 'progress', 'temperature', 'top-p', 'top-k', 'min-p', 'repeat-penalty', 'seed',
     'think-min', 'think-max', 'continuations', 'max-continuations', 'answer-prefix', 'chat', 'prompt', 'send',
     'regenerate', 'stop', 'new-chat']) {
     assert.equal(await page.locator(`#${id}`).count(), 1, `#${id} missing`);
@@ -66,14 +66,14 @@ test('the demo page renders its controls; presets fill the sampling fields', asy
     'https://huggingface.co/unsloth/DeepSeek-R1-Distill-Qwen-1.5B-GGUF/resolve/main/DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf',
   ]);
 
-  assert.deepEqual(await sampling(page), { temperature: '0', 'top-p': '1', 'top-k': '0', 'min-p': '0', 'think-open': true });
+  assert.deepEqual(await sampling(page), { temperature: '0', 'top-p': '1', 'top-k': '0', 'min-p': '0', 'repeat-penalty': '1.1', 'think-open': true });
   await page.selectOption('#model', qwen3.value);
-  assert.deepEqual(await sampling(page), { temperature: '0.6', 'top-p': '0.95', 'top-k': '20', 'min-p': '0', 'think-open': false });
+  assert.deepEqual(await sampling(page), { temperature: '0.6', 'top-p': '0.95', 'top-k': '20', 'min-p': '0', 'repeat-penalty': '1', 'think-open': false });
   assert.ok(Number(await page.inputValue('#think-max')) >= 512, 'a reasoning model gets a real thinking budget');
   await page.selectOption('#model', r1.value);
-  assert.deepEqual(await sampling(page), { temperature: '0.6', 'top-p': '0.95', 'top-k': '0', 'min-p': '0', 'think-open': false });
+  assert.deepEqual(await sampling(page), { temperature: '0.6', 'top-p': '0.95', 'top-k': '0', 'min-p': '0', 'repeat-penalty': '1', 'think-open': false });
   await page.selectOption('#model', smol.value);
-  assert.deepEqual(await sampling(page), { temperature: '0', 'top-p': '1', 'top-k': '0', 'min-p': '0', 'think-open': true });
+  assert.deepEqual(await sampling(page), { temperature: '0', 'top-p': '1', 'top-k': '0', 'min-p': '0', 'repeat-penalty': '1.1', 'think-open': true });
   assert.equal(await page.isDisabled('#send'), true, 'nothing to send to before a model is loaded');
   assert.deepEqual(page.errors, []);
   await page.close();
@@ -111,10 +111,9 @@ test('demo chat: two turns with SmolLM2, then Regenerate replaces the last answe
   }
   const bubbles = (role) => page.locator(`#chat .turn.${role}`);
 
-  // Turn 1, greedy, under a budget where SmolLM2 ends its thinking early and is told to "Wait".
-  await setValue(page, 'think-min', 8);
-  await setValue(page, 'think-max', 16);
-  await setValue(page, 'max-tokens', 24);
+  // Turn 1 with the SmolLM2 preset (greedy, thinking 8..64 tokens): SmolLM2 ends its thinking
+  // early and is told to "Wait" (the native CLI gives the same with these settings).
+  assert.deepEqual([await page.inputValue('#think-min'), await page.inputValue('#think-max')], ['8', '64']);
   const q1 = 'What is the capital of France?';
   await page.fill('#prompt', q1);
   await turn('#send');
@@ -191,7 +190,7 @@ test('demo chat: two turns with SmolLM2, then Regenerate replaces the last answe
   // previous answer back.
   const kept = await conversation();
   const lastAnswer = await bubbles('assistant').last().textContent();
-  await setValue(page, 'think-min', 64);
+  await setValue(page, 'think-min', Number(await page.inputValue('#think-max')) + 8);
   const refused = async (button) => {
     await page.click(button);
     await page.waitForFunction(() => !document.getElementById('send').disabled, null, { timeout: GENERATE_TIMEOUT_MS });

@@ -24,23 +24,24 @@ const MARKER_ALLOWANCE = 64;
  * authors' recommended sampling (Qwen3 thinking mode: T 0.6, top-p 0.95, top-k 20, min-p 0;
  * DeepSeek-R1-Distill: T 0.6, top-p 0.95); their templates (or the model) open thinking
  * themselves. SmolLM2 is not a reasoning model: thinking is opened for it, greedy, with a
- * minimum that makes the s1 "Wait" visible.
+ * minimum that makes the s1 "Wait" visible; without a repeat penalty its greedy text falls
+ * into a loop ("I'm not entirely sure." over and over) within a hundred tokens.
  */
 const PRESETS = {
   '/models/smollm2-135m-instruct-q4_1.gguf': {
-    sampling: { temperature: 0, top_p: 1, top_k: 0, min_p: 0 },
-    thinking: { min: 32, max: 128, answer: 128, open: true },
+    sampling: { temperature: 0, top_p: 1, top_k: 0, min_p: 0, repeat_penalty: 1.1 },
+    thinking: { min: 8, max: 64, answer: 128, open: true },
   },
   'hf:unsloth/Qwen3-0.6B-GGUF/Qwen3-0.6B-Q4_K_M.gguf': {
-    sampling: { temperature: 0.6, top_p: 0.95, top_k: 20, min_p: 0 },
+    sampling: { temperature: 0.6, top_p: 0.95, top_k: 20, min_p: 0, repeat_penalty: 1 },
     thinking: { min: 0, max: 1024, answer: 512, open: false },
   },
   'hf:unsloth/DeepSeek-R1-Distill-Qwen-1.5B-GGUF/DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf': {
-    sampling: { temperature: 0.6, top_p: 0.95, top_k: 0, min_p: 0 },
+    sampling: { temperature: 0.6, top_p: 0.95, top_k: 0, min_p: 0, repeat_penalty: 1 },
     thinking: { min: 0, max: 1024, answer: 512, open: false },
   },
   'hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf': {
-    sampling: { temperature: 0.7, top_p: 0.8, top_k: 20, min_p: 0 },
+    sampling: { temperature: 0.7, top_p: 0.8, top_k: 20, min_p: 0, repeat_penalty: 1.05 },
     thinking: { min: 0, max: 256, answer: 256, open: true },
   },
 };
@@ -92,6 +93,7 @@ function applyPreset(value) {
   setControl('top-p', s.top_p);
   setControl('top-k', s.top_k);
   setControl('min-p', s.min_p);
+  setControl('repeat-penalty', s.repeat_penalty);
   setControl('think-min', t.min);
   setControl('think-max', t.max);
   setControl('max-tokens', t.answer);
@@ -170,6 +172,7 @@ function generateOptions(seed, signal) {
     top_p: Number($('top-p').value),
     top_k: Number($('top-k').value),
     min_p: Number($('min-p').value),
+    repeat_penalty: Number($('repeat-penalty').value),
     max_tokens: Number($('max-tokens').value) + Number($('think-max').value) + MARKER_ALLOWANCE,
     thinking: thinkingOptions(),
     signal,
@@ -179,10 +182,10 @@ function generateOptions(seed, signal) {
 }
 
 function samplingLabel(options) {
-  if (options.temperature === 0) return 'greedy';
-  const parts = [`seed ${options.seed}`, `T ${options.temperature}`, `top-p ${options.top_p}`];
-  if (options.top_k > 0) parts.push(`top-k ${options.top_k}`);
-  if (options.min_p > 0) parts.push(`min-p ${options.min_p}`);
+  const parts = options.temperature === 0 ? ['greedy'] : [`seed ${options.seed}`, `T ${options.temperature}`, `top-p ${options.top_p}`];
+  if (options.temperature !== 0 && options.top_k > 0) parts.push(`top-k ${options.top_k}`);
+  if (options.temperature !== 0 && options.min_p > 0) parts.push(`min-p ${options.min_p}`);
+  if (options.repeat_penalty !== 1) parts.push(`repeat penalty ${options.repeat_penalty}`);
   return parts.join(' · ');
 }
 
@@ -237,6 +240,8 @@ function statsTable(stats, info) {
   const rows = [
     ['backend', `${info?.backend ?? '?'}${info?.adapter ? ` (${info.adapter})` : ''}`],
     ['prefill', `${stats.prefill_tok_s?.toFixed?.(1) ?? '?'} tok/s (${stats.prompt_tokens} prompt tokens)`],
+    // Earlier turns already in the KV cache are not run again (engines that report it).
+    ...(stats.cached_tokens === undefined ? [] : [['cached prompt tokens', stats.cached_tokens]]),
     ['decode', `${stats.decode_tok_s?.toFixed?.(1) ?? '?'} tok/s`],
     ['thinking tokens', stats.thinking_tokens],
     ['answer tokens', stats.answer_tokens],
