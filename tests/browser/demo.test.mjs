@@ -205,6 +205,20 @@ test('demo chat: two turns with SmolLM2, then Regenerate replaces the last answe
   await refused('#send');
   assert.equal(await page.inputValue('#prompt'), 'Is this kept?');
   await refused('#regenerate');
+
+  // Stop keeps what was written so far as the (stopped) answer.
+  await setValue(page, 'think-min', 8);
+  await page.click('#send');
+  await page.waitForFunction(() => document.querySelectorAll('#chat .turn.assistant').length === 3 &&
+    document.querySelector('#chat .turn.assistant:last-child .thinking-text')?.textContent.length > 0, null, { timeout: GENERATE_TIMEOUT_MS });
+  await page.click('#stop');
+  await page.waitForFunction(() => !document.getElementById('send').disabled, null, { timeout: GENERATE_TIMEOUT_MS });
+  assert.equal(await page.textContent('#status'), 'Stopped.');
+  const afterStop = await conversation();
+  assert.deepEqual(afterStop.slice(0, 5), [...kept, { role: 'user', content: 'Is this kept?' }]);
+  assert.equal(afterStop.length, 6);
+  assert.match(afterStop[5].content, /^<think>/);
+  assert.match(await bubbles('assistant').last().locator('.turn-footer').textContent(), /stopped/);
   assert.deepEqual(page.errors, []);
   await page.close();
 });
