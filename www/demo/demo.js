@@ -131,7 +131,8 @@ async function load() {
     const info = engine.info ?? {};
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
     setStatus(`Loaded ${typeof model === 'string' ? model : model.name} in ${seconds} s.`);
-    $('backend-info').textContent = `backend: ${info.backend ?? '?'}${info.adapter ? ` (${info.adapter})` : ''}`;
+    $('backend-info').textContent = `backend: ${info.backend ?? '?'}${info.adapter ? ` (${info.adapter})` : ''}` +
+      (info.fallback_reason ? ` — not WebGPU: ${info.fallback_reason}` : '');
   } catch (e) {
     setStatus(`Load failed — ${describeError(e)}`, true);
   } finally {
