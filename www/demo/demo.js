@@ -338,6 +338,7 @@ async function runTurn(history, { regenerate, replaces = null }) {
   const content = opener + thinking + answer;
   const kept = error === null && content.trim() !== '';
   if (kept) {
+    view.answer.classList.add('finished');
     view.footer.prepend(footerTag(samplingLabel(options), 'tag sampling'));
     if (regenerate) view.footer.prepend(footerTag('regenerated'));
     if (stopped) view.footer.prepend(footerTag('stopped', 'tag warn'));
