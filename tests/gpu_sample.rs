@@ -20,6 +20,7 @@ use gpu_common::{contexts, Rng};
 use pensive::backend::{Backend, SampleRequest};
 use pensive::gpu::{GpuContext, GpuModel};
 use pensive::model::CpuModel;
+use pensive::ops;
 use pensive::sampler::{penalized_ids, sample_with_uniform, SamplerOptions};
 use pollster::block_on;
 
@@ -188,7 +189,7 @@ fn no_candidate_left_is_reported_not_invented() {
 
 /// SmolLM2 at temperature 0.7, teacher-forced along the CPU's own sampled tokens: at every
 /// step the GPU backend samples on the device (4 bytes read back) with the CPU step's
-/// uniform. Differences are allowed only where the CPU's choice is a near-tie
+/// uniform, every third step with the CPU's argmax banned. Differences are allowed only where the CPU's choice is a near-tie
 /// ([`MODEL_BOUNDARY`]); the steps before the first one are reported.
 #[test]
 fn smollm2_sampled_on_the_gpu_follows_the_cpu() {
@@ -207,15 +208,23 @@ fn smollm2_sampled_on_the_gpu_follows_the_cpu() {
     for step in 0..steps {
         let u = sampler.next_uniform();
         let logits = block_on(cpu.forward(&pending, 1)).expect("cpu forward");
-        let want = sample_with_uniform(&options, &logits, &history, &[], u).expect("cpu sample");
-        let request = SampleRequest { options: &options, history: &history, banned: &[], uniform: u, raw_argmax: false };
+        // Every third step bans the most likely token (as the budget controller bans an
+        // early end) and asks for the raw argmax, which the loop counts in ends_suppressed.
+        let best = ops::argmax(&logits) as u32;
+        let banned = if step % 3 == 2 { vec![best] } else { vec![] };
+        let want = sample_with_uniform(&options, &logits, &history, &banned, u).expect("cpu sample");
+        let request = SampleRequest { options: &options, history: &history, banned: &banned, uniform: u, raw_argmax: !banned.is_empty() };
         let got = block_on(gpu.forward_sample(&pending, &request)).expect("the GPU samples itself").expect("gpu sample");
+        if !banned.is_empty() {
+            assert_eq!(got.raw_argmax, Some(best), "step {step}: raw argmax");
+        }
         let got = got.id.expect("a candidate");
+        assert!(!banned.contains(&got), "step {step}: banned {got} chosen");
         if got == want {
             same += 1;
         } else {
             assert!(
-                reachable(&options, &logits, &history, &[], u, got, MODEL_BOUNDARY),
+                reachable(&options, &logits, &history, &banned, u, got, MODEL_BOUNDARY),
                 "step {step}: gpu {got}, cpu {want}: not a near-tie of the CPU's distribution"
             );
             near += 1;
