@@ -466,7 +466,9 @@ mod cli {
             let mut history = context.clone();
             history.extend_from_slice(&prompt);
             if !context.is_empty() {
-                block_on(backend.forward(&context, 0))?;
+                // A read-back step (4 bytes): a GPU has finished the context before the clock
+                // starts, where a prefill without logits would still be running.
+                block_on(backend.forward_greedy(&context, &[]))?;
             }
             let mut step = |backend: &mut AnyBackend, tokens: &[u32], history: &[u32]| -> Result<u32, EngineError> {
                 let u = sampler.next_uniform();

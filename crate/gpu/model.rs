@@ -2,9 +2,10 @@
 //! (crate::model) — same ops in the same order, so the two agree to rounding.
 //!
 //! A step (a decode token, or a prefill chunk of up to [`PREFILL_CHUNK`] tokens) is one
-//! command encoder and one `queue.submit`: embedding, the layers, final norm, LM head and,
-//! for greedy decoding, argmax — the KV cache is written in place and the only readback is
-//! the 4-byte token id (or the logits when they are asked for).
+//! command encoder and one `queue.submit`: embedding, the layers, final norm, LM head and
+//! the choice of the next token (argmax, or the sampler of sample.wgsl) — the KV cache is
+//! written in place and the only readback is the 4-byte token id (8 with the raw argmax the
+//! budget controller counts; the logits only when they are asked for).
 
 use std::collections::HashMap;
 use std::rc::Rc;

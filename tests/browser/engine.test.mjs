@@ -29,6 +29,10 @@ const RAW_FLAGS = ['--prompt', RAW, '--max-tokens', '8', '--temperature', '0', '
 /** Plain greedy decoding (no budget): the GPU's own argmax picks every token. */
 const PLAIN_OPTIONS = { max_tokens: 3, temperature: 0 };
 const PLAIN_FLAGS = ['--prompt', RAW, '--max-tokens', '3', '--temperature', '0'];
+// Sampled (llama.cpp's default top-k/top-p/min-p): on WebGPU the token is drawn on the
+// device with the uniform the native CPU sampler draws from the same seed.
+const SAMPLED_OPTIONS = { max_tokens: 8, temperature: 0.8, seed: 3 };
+const SAMPLED_FLAGS = ['--prompt', RAW, '--max-tokens', '8', '--temperature', '0.8', '--seed', '3'];
 
 /** What Chromium logs when a WGSL module or pipeline fails validation (it is only a warning). */
 const WEBGPU_ERROR = /WGSL|\[Invalid|GPUValidationError|device lost/i;
@@ -80,6 +84,7 @@ before(async () => {
       chat: nativePensive(['generate', ...model, ...CHAT_FLAGS, '--json']),
       raw: nativePensive(['generate', ...model, ...RAW_FLAGS, '--json']),
       plain: nativePensive(['generate', ...model, ...PLAIN_FLAGS, '--json']),
+      sampled: nativePensive(['generate', ...model, ...SAMPLED_FLAGS, '--json']),
       score: nativePensive(['score', ...model, '--chat', CHAT[0].content, '--continuation', SCORED, '--json']),
     };
   }
@@ -314,18 +319,19 @@ test('in a Web Worker: the same events as in the page, and typed errors', async 
   await page.close();
 });
 
-test('WebGPU (SwiftShader): greedy generation with a thinking budget gives the native events', { timeout: 240_000 }, async (t) => {
+test('WebGPU (SwiftShader): greedy generation with a thinking budget, and sampled generation, give the native events', { timeout: 240_000 }, async (t) => {
   if (!hasModel) return t.skip('model missing');
   const page = await browser.newPage();
-  const r = await withPensive(page, async (m, { prompt, options, plain }) => {
+  const r = await withPensive(page, async (m, { prompt, options, plain, sampled }) => {
     // A small KV cache: SwiftShader's buffers live in the GPU process's memory.
     const engine = await m.Pensive.load({ model: '/models/smollm2-135m-instruct-q4_1.gguf', backend: 'webgpu', max_context: 256, cache: false });
     const out = await engine.complete(prompt, options);
     const greedy = await engine.complete(prompt, plain);
+    const drawn = await engine.complete(prompt, sampled);
     const info = engine.info;
     engine.dispose();
-    return { info, events: out.events, plain: greedy.events };
-  }, { prompt: RAW, options: RAW_OPTIONS, plain: PLAIN_OPTIONS });
+    return { info, events: out.events, plain: greedy.events, sampled: drawn.events };
+  }, { prompt: RAW, options: RAW_OPTIONS, plain: PLAIN_OPTIONS, sampled: SAMPLED_OPTIONS });
   assert.equal(r.error, undefined, JSON.stringify(r.error));
   assert.match(r.info.backend, /^webgpu/);
   assert.equal(r.info.fallback_reason, null);
@@ -334,6 +340,9 @@ test('WebGPU (SwiftShader): greedy generation with a thinking budget gives the n
   // The second generation reuses the cached prompt, so only its stats differ from a fresh run.
   const notDone = (events) => events.filter((e) => e.type !== 'done');
   assert.deepEqual(notDone(r.plain), notDone(native.plain.events));
+  // SwiftShader's f32 logits vs the native CPU's: the same draws unless one lands within
+  // rounding of a cut (none does on this prompt and seed).
+  assert.deepEqual(tokenIds(r.sampled), native.sampled.tokens);
   assert.deepEqual(page.logs.filter((l) => WEBGPU_ERROR.test(l)), []);
   const stats = r.events.at(-1).stats;
   assert.ok(stats.decode_tok_s > 0, JSON.stringify(stats));
