@@ -9,7 +9,7 @@ import { SMOLLM2, requireModel, startBrowser, withPensive } from './harness.mjs'
 const MODEL_URL = `/${SMOLLM2}`;
 const CHAT = [{ role: 'user', content: 'What is the capital of France?' }];
 /** Sampled (temperature 0.7, fixed seed), with a budget: thinking, a continuation, an answer. */
-const THINKING = { max_tokens: 28, temperature: 0.7, seed: 42, thinking: { open: true, min_tokens: 6, max_tokens: 12 } };
+const THINKING = { max_tokens: 40, temperature: 0.7, seed: 3, thinking: { open: true, min_tokens: 12, max_tokens: 16 } };
 /** No budget at all: every token is the answer. */
 const PLAIN = { max_tokens: 12, temperature: 0.7, seed: 42 };
 /** Stats that measure time or what the cache saved: they differ between two runs of one request. */
@@ -178,10 +178,11 @@ test('abort: a chat stream, a whole chat request, score and load stop with code 
           if (chunks.length === 2) controller.abort();
         }
       })());
-      // Whole: abort once the first token is out (a timer, as a Stop button would).
+      // Whole: a timer aborts it (as a Stop button would) while it must still think: the
+      // floor of 48 thinking tokens keeps it going for well over a second.
       const late = new AbortController();
-      const whole = engine.chat.completions.create({ ...request, signal: late.signal });
-      setTimeout(() => late.abort(), 300);
+      const whole = engine.chat.completions.create({ ...request, thinking: { open: true, min_tokens: 48 }, signal: late.signal });
+      setTimeout(() => late.abort(), 100);
       const wholeCode = await code(whole);
       const aborted = AbortSignal.abort();
       const scoreCode = await code(engine.score(chat, ' Paris', { signal: aborted }));

@@ -207,6 +207,23 @@ export async function loadInThread(options) {
 const GENERATE_ONLY_JS = ['signal'];
 
 /**
+ * Let the thread's task queue run. A wasm step resolves through microtasks only, so without
+ * this a whole generation runs as one task: no Stop click, timer or worker 'abort' message
+ * could land before it ends. A message-channel task costs no timer clamping and, unlike
+ * `scheduler.yield()` (whose continuation jumps the queue), lets timers run too.
+ */
+function yieldToTasks() {
+  return new Promise((resolve) => {
+    const channel = new MessageChannel();
+    channel.port1.onmessage = () => {
+      channel.port1.close();
+      resolve();
+    };
+    channel.port2.postMessage(null);
+  });
+}
+
+/**
  * A loaded model. One generation (or score) runs at a time: `generate` while another
  * generation is active rejects with code 'busy' rather than queueing, so a UI never streams
  * two answers into one view by accident. Finish, `break` out of, or abort the first one.
@@ -287,6 +304,8 @@ export class Engine {
           finish();
           throw e;
         }
+        if (finished) return { done: true, value: undefined };
+        await yieldToTasks();
         if (finished) return { done: true, value: undefined };
         if (signal?.aborted) {
           engine.#raw?.abort();
