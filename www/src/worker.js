@@ -20,17 +20,8 @@ const running = new Map();
 const post = (message) => self.postMessage(message);
 const fail = (id, e) => post({ id, type: 'error', error: toPensiveError(e).toJSON() });
 
-// On the CPU backend a generation step waits on nothing outside wasm: its promises resolve as
-// microtasks, so the worker would not read its messages (an 'abort' from the page) until the
-// whole generation ended. `nextTask()` resolves from a macrotask, after the messages already
-// queued; a MessageChannel message, unlike setTimeout, is not clamped to >= 4 ms.
-const ticks = new MessageChannel();
-const waitingForTick = [];
-ticks.port1.onmessage = () => waitingForTick.shift()?.();
-const nextTask = () => new Promise((resolve) => {
-  waitingForTick.push(resolve);
-  ticks.port2.postMessage(null);
-});
+// An 'abort' from the page reaches a CPU generation because `Engine.generate` yields a task
+// between events (engine.js, `yieldToTasks`): a wasm step alone resolves through microtasks.
 
 async function handle({ id, op, ...msg }) {
   switch (op) {
@@ -54,7 +45,6 @@ async function handle({ id, op, ...msg }) {
       return abortable(id, async (signal) => {
         for await (const event of requireEngine().generate(msg.prompt, { ...msg.options, signal })) {
           post({ id, type: 'event', event });
-          await nextTask(); // let a pending 'abort' in
         }
         post({ id, type: 'result', value: null });
       });
