@@ -55,6 +55,8 @@ function checkAgainstEvents(name, events, whole, chunks) {
   assert.equal(joined('reasoning_content'), want.reasoning ?? '', name);
   assert.ok(body.every((c) => c.usage === null && c.choices[0].finish_reason === null), name);
   assert.ok(body.every((c) => Object.keys(c.choices[0].delta).filter((k) => k !== 'role').length === 1), `${name}: one field per delta`);
+  const forcedText = events.filter((e) => e.type === 'token' && e.forced && !e.marker).map((e) => e.text).join('');
+  assert.equal(body.filter((c) => c.forced).map((c) => Object.values(c.choices[0].delta).at(-1)).join(''), forcedText, name);
   assert.equal(finish.choices[0].finish_reason, choice.finish_reason, name);
   assert.deepEqual(withoutCosts(finish.stats), withoutCosts(want.stats), name);
   assert.deepEqual(usage.choices, [], name);

@@ -2,7 +2,8 @@
 // vLLM, llama.cpp's server and DeepSeek's API speak), built on the engine's own event stream,
 // so that chat UIs written for those work unchanged. Thinking goes to `reasoning_content`
 // (DeepSeek's and vLLM's field), the answer to `content`; Pensive's budget stats ride along
-// in the extra field `stats` (the `done` event's, untouched).
+// in the extra field `stats` (the `done` event's, untouched), and each streamed text chunk
+// says in `forced` whether the engine inserted it (a continuation, the wrap-up).
 //
 // Nothing here decides anything: every token, its phase and every count comes from the
 // events, so a chat response and `generate` with the same seed say the same thing.
@@ -166,7 +167,8 @@ function streamChunks(events, base, includeUsage) {
         const delta = { ...(first ? { role: 'assistant' } : {}), [field]: event.text };
         first = false;
         const logprobs = event.logprob !== undefined ? { [field]: [logprobEntry(event)] } : null;
-        yield chunk({ delta, logprobs });
+        // `forced` (Pensive's): the engine wrote this text (a "Wait", the wrap-up, an answer prefix).
+        yield chunk({ delta, logprobs }, { forced: event.forced });
       }
     } finally {
       // A consumer that stops early: end the generation too.

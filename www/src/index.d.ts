@@ -367,6 +367,8 @@ export interface ChatCompletionChunk {
   }>;
   /** With `include_usage`: null except on the last chunk. */
   usage?: CompletionUsage | null;
+  /** Pensive's, on chunks with text: the engine inserted it (a continuation, the wrap-up, an answer prefix). */
+  forced?: boolean;
   /** On the chunk that carries `finish_reason`. */
   stats?: GenerationStats;
 }
