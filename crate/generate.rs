@@ -746,7 +746,7 @@ impl<C: TextCodec> Generation<C> {
                 }
                 Action::Rollback { tokens } => first_rolled_back = self.roll_back(t, tokens)?,
                 Action::Resample => return Ok(first_rolled_back.or(sampled.map(|(id, _)| id))),
-                Action::Force { ids, phase, marker } => self.force(t, &ids, phase, marker),
+                Action::Force { ids, phase, marker } => self.force(t, &ids, phase, marker)?,
                 Action::Phase(phase) => {
                     self.announce(marker_floor, Event::Phase { phase });
                     if phase == Phase::Answer {
@@ -758,8 +758,17 @@ impl<C: TextCodec> Generation<C> {
                     self.stats.continuations += 1;
                     self.announce(marker_floor, Event::Continuation { text, round });
                 }
-                Action::BudgetExhausted { thinking_tokens } => {
+                Action::BudgetExhausted { .. } => {
                     self.budget_exhausted = true;
+                    // An exit without grace follows at once: tidy before the announcement
+                    // releases what was held.
+                    if self.thinking.as_ref().is_some_and(|c| c.phase() == Phase::Answer) {
+                        self.drop_partial_end_marker(t)?;
+                    }
+                    // Counted from the tags, like the stats (the controller's count can include
+                    // the half marker just taken back).
+                    self.count_tokens();
+                    let thinking_tokens = self.stats.thinking_tokens;
                     self.announce(marker_floor, Event::BudgetExhausted { thinking_tokens });
                 }
                 Action::Stop(StopReason::AnswerMaxTokens) => self.finish(t, FinishReason::AnswerMaxTokens).await?,
@@ -813,8 +822,18 @@ impl<C: TextCodec> Generation<C> {
     fn roll_back<B: Backend>(&mut self, t: &mut Transcript<B>, tokens: usize) -> Result<Option<u32>, GenerateError> {
         let keep = t.len() - tokens;
         let first = t.ids().get(keep).copied();
+        // Tokens never fed leave no trace in the cache: they count as dropped, not rolled back.
+        let unfed = t.pending().len().min(tokens);
+        for token in &self.response.tokens[self.response.tokens.len() - unfed..] {
+            if token.forced {
+                self.stats.forced_tokens -= 1;
+            } else {
+                self.stats.sampled_tokens -= 1;
+            }
+        }
+        self.stats.dropped_tokens += unfed;
         t.truncate(keep)?;
-        self.stats.rolled_back_tokens += tokens;
+        self.stats.rolled_back_tokens += tokens - unfed;
         self.response.stream.pop(tokens);
         let kept = keep - self.prompt_len;
         if let Some(token) = self.response.tokens.get(kept) {
@@ -826,7 +845,10 @@ impl<C: TextCodec> Generation<C> {
     }
 
     /// Append `ids` as if the model had written them, emitting each at once.
-    fn force<B: Backend>(&mut self, t: &mut Transcript<B>, ids: &[u32], phase: Phase, marker: bool) {
+    fn force<B: Backend>(&mut self, t: &mut Transcript<B>, ids: &[u32], phase: Phase, marker: bool) -> Result<(), GenerateError> {
+        if self.budget_exhausted && phase == Phase::Thinking {
+            self.drop_partial_end_marker(t)?;
+        }
         self.release(usize::MAX);
         if marker && self.budget_exhausted {
             self.stats.forced_exit = true;
@@ -843,6 +865,32 @@ impl<C: TextCodec> Generation<C> {
         }
         self.response.released = self.response.tokens.len();
         self.response.match_floor = self.response.text.len();
+        Ok(())
+    }
+
+    /// A forced exit cuts thinking wherever it is. Tokens held back because they may begin a
+    /// string end marker ("…sure.</") would read as a broken marker in front of the forced
+    /// one: take them back, unless that would leave thinking under its minimum.
+    fn drop_partial_end_marker<B: Backend>(&mut self, t: &mut Transcript<B>) -> Result<(), GenerateError> {
+        let Some(controller) = self.thinking.as_ref() else { return Ok(()) };
+        let Some(marker) = controller.end_marker_text() else { return Ok(()) };
+        let text = &self.response.text;
+        let Some(from) = (1..marker.len())
+            .rev()
+            .filter(|&k| marker.is_char_boundary(k) && text.ends_with(&marker[..k]))
+            .map(|k| text.len() - k)
+            .find(|&from| from >= self.response.match_floor)
+        else {
+            return Ok(());
+        };
+        let held = &self.response.tokens[self.response.released..];
+        let partial = held.iter().rev().take_while(|token| token.start >= from && !token.forced).count();
+        let thinking = self.response.tokens.iter().filter(|token| token.phase == Phase::Thinking && !token.marker).count();
+        if partial == 0 || thinking - partial < controller.options().min_tokens {
+            return Ok(());
+        }
+        self.roll_back(t, partial)?;
+        Ok(())
     }
 
     /// Queue an announcement after the text that is surely plain (before `marker_floor`, a

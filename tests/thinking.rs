@@ -855,3 +855,23 @@ fn repeated_and_extended_requests_on_one_transcript_equal_fresh_ones() {
         assert_eq!(strip_timing(extended), fresh(&longer), "case {case}: A extended");
     }
 }
+
+#[test]
+fn a_forced_exit_takes_back_a_half_written_end_marker_unless_thinking_would_fall_under_min() {
+    let codec = text_codec();
+    // "aaa" then "</" "think" ">": the cap of 4 falls on "</".
+    let mut backend = script(&codec, Model::default());
+    let opts = ThinkingOptions { max_tokens: Some(4), ..ThinkingOptions::default() };
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    assert_eq!(transcript(&c), "{think}aaa{budget}[</][think][>]{answer} b{done}");
+    assert_eq!((c.stats.thinking_tokens, c.stats.dropped_tokens, c.stats.rolled_back_tokens), (3, 2, 0));
+    assert!(c.events.contains(&Event::BudgetExhausted { thinking_tokens: 3 }), "the announcement counts what stays");
+    check_accounting(&c, &backend);
+    // With min = max = 4 the "</" is thinking the minimum needs: it stays.
+    let mut backend = script(&codec, Model::default());
+    let opts = ThinkingOptions { min_tokens: 4, max_tokens: Some(4), ..ThinkingOptions::default() };
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    assert_eq!(transcript(&c), "{think}aaa</{budget}[</][think][>]{answer} b{done}");
+    assert_eq!(c.stats.thinking_tokens, 4);
+    check_accounting(&c, &backend);
+}
