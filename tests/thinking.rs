@@ -516,7 +516,7 @@ fn options_validation_and_serde() {
 fn events_serialize_as_the_issue_specifies() {
     let json = |e: &Event| serde_json::to_string(e).unwrap();
     assert_eq!(
-        json(&Event::Token { id: 7, text: "Wait".into(), phase: Phase::Thinking, forced: true, marker: false }),
+        json(&Event::Token { id: 7, text: "Wait".into(), phase: Phase::Thinking, forced: true, marker: false, logprob: None, top_logprobs: None }),
         r#"{"type":"token","id":7,"text":"Wait","phase":"thinking","forced":true,"marker":false}"#
     );
     assert_eq!(json(&Event::Continuation { text: "Wait".into(), round: 2 }), r#"{"type":"continuation","text":"Wait","round":2}"#);
@@ -526,7 +526,7 @@ fn events_serialize_as_the_issue_specifies() {
     assert_eq!(done["type"], "done");
     for key in [
         "prompt_tokens", "sampled_tokens", "forced_tokens", "processed_tokens", "thinking_tokens", "answer_tokens",
-        "continuations", "ends_suppressed", "forced_exit", "prefill_tok_s", "decode_tok_s",
+        "continuations", "ends_suppressed", "forced_exit", "prefill_tok_s", "decode_tok_s", "finish_reason", "seed",
     ] {
         assert!(done["stats"].get(key).is_some(), "done.stats lacks {key}");
     }
