@@ -93,7 +93,16 @@ fn rows(rng: &mut Rng, vocab: usize, n: usize) -> Vec<Vec<f32>> {
 }
 
 fn configs() -> Vec<(&'static str, SamplerOptions)> {
-    let base = SamplerOptions { temperature: 0.8, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 };
+    let base = SamplerOptions {
+        temperature: 0.8,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        repeat_penalty: 1.0,
+        repeat_last_n: 64,
+        seed: 0,
+        ..SamplerOptions::default()
+    };
     vec![
         ("greedy + penalty", SamplerOptions { temperature: 0.0, repeat_penalty: 1.3, ..base.clone() }),
         ("temperature only", base.clone()),

@@ -344,6 +344,9 @@ mod cli {
             repeat_penalty: a.repeat_penalty,
             repeat_last_n: None,
             seed: a.seed,
+            logit_bias: Default::default(),
+            logprobs: false,
+            top_logprobs: None,
             max_tokens: Some(a.max_tokens),
             stop: a.stop.clone(),
             stop_in_thinking: a.stop_in_thinking,
@@ -450,6 +453,7 @@ mod cli {
             repeat_penalty: 1.0,
             repeat_last_n: 0,
             seed: a.seed,
+            ..SamplerOptions::default()
         };
         options.validate().map_err(|e| EngineError::Generate(e.into()))?;
         // Counters of the GPU context (dispatches, bytes read back), where there is one.

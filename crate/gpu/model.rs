@@ -577,7 +577,7 @@ impl GpuModel {
 
     /// Run `tokens` and sample the next token on the GPU (sample.wgsl): the step reads back
     /// 4 bytes (8 with the raw argmax). `None` when the request does not fit the kernel's
-    /// buffers (then nothing ran).
+    /// buffers or has a logit_bias (then nothing ran).
     pub async fn forward_sample_gpu(&mut self, tokens: &[u32], request: &SampleRequest<'_>) -> Option<Result<SampledToken, BackendError>> {
         let vocab = self.config.vocab_size;
         // Each id once, bans winning over penalties (a banned id is gone whatever its logit).
@@ -589,7 +589,8 @@ impl GpuModel {
         let penalized = penalized_ids(request.options, request.history);
         let penalized = penalized.into_iter().filter(|id| in_vocab(id) && banned.binary_search(id).is_err());
         let adjust: Vec<u32> = banned.iter().map(|&id| id | BANNED_FLAG).chain(penalized).collect();
-        if adjust.len() > MAX_ADJUSTED || vocab >= MAX_SAMPLED_VOCAB {
+        // logit_bias is applied on the host (sample.wgsl has no per-id bias yet).
+        if adjust.len() > MAX_ADJUSTED || vocab >= MAX_SAMPLED_VOCAB || !request.options.logit_bias.is_empty() {
             return None;
         }
         Some(self.sample_adjusted(tokens, request, &adjust).await)
