@@ -24,9 +24,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, BackendError};
 pub use crate::codec::{CodecError, TextCodec};
-use crate::sampler::{Sampler, SamplerError, SamplerOptions};
+use crate::sampler::{sample_with_uniform, Sampler, SamplerError, SamplerOptions};
 use crate::transcript::Transcript;
-use crate::thinking::{Action, BeforeSample, Phase, StopReason, ThinkingController, ThinkingError, ThinkingOptions};
+use crate::thinking::{
+    Action, BeforeSample, ExitReason, Phase, StopReason, ThinkingController, ThinkingError, ThinkingOptions,
+};
 
 // ----------------------------------------------------------------------------
 // Options, events, stats
@@ -92,13 +94,29 @@ pub enum FinishReason {
 /// One schema for the CLI's `--json` and the JS API:
 /// `{"type":"token","id":N,"text":"…","phase":"thinking","forced":false,"marker":false}`, ...
 /// `marker`: the token is (part of) a thinking marker, `<think>` or `</think>`, which count
-/// neither as thinking nor as answer tokens.
+/// neither as thinking nor as answer tokens. `probe` (present only when true): a token of a
+/// confidence probe, rolled back right after: neither thinking nor answer, not in `tokens`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    Token { id: u32, text: String, phase: Phase, forced: bool, marker: bool },
+    Token {
+        id: u32,
+        text: String,
+        phase: Phase,
+        forced: bool,
+        marker: bool,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        probe: bool,
+    },
     Continuation { text: String, round: usize },
     BudgetExhausted { thinking_tokens: usize },
+    /// A confidence probe ran (its `tokens` probe token events came just before) and was
+    /// rolled back; `exit`: confident enough, thinking ends.
+    Probe { confidence: f64, tokens: usize, exit: bool },
+    /// Thinking ends before its budget (a confident probe, or a continuation word after α).
+    EarlyExit { reason: ExitReason, thinking_tokens: usize },
+    /// A `suppress` word was the most likely token and was masked.
+    Suppressed { id: u32, text: String },
     Phase { phase: Phase },
     Done { stats: Stats },
 }
@@ -118,7 +136,7 @@ pub struct Stats {
     /// marker, answer prefix.
     pub forced_tokens: usize,
     /// Cost: every token this request ran through `Backend::forward` = prompt − cached +
-    /// sampled + forced.
+    /// sampled + forced + probe.
     pub processed_tokens: usize,
     /// Kept tokens later removed from the cache (a multi-token end marker).
     pub rolled_back_tokens: usize,
@@ -140,6 +158,18 @@ pub struct Stats {
     pub ends_suppressed: usize,
     /// Thinking was cut by the budget: the engine wrote the end marker after `budget_exhausted`.
     pub forced_exit: bool,
+    /// Sampling steps where a `suppress` word was the most likely token: the `suppressed`
+    /// events.
+    pub words_suppressed: usize,
+    /// Confidence probes run: the `probe` events.
+    pub probes: usize,
+    /// Tokens the probes fed and rolled back (forced probe text and greedy trials): the
+    /// `token` events with `probe: true`. Counted in `processed_tokens` and
+    /// `rolled_back_tokens`, never in `sampled_tokens` or `forced_tokens`.
+    pub probe_tokens: usize,
+    /// Thinking ended early: `early_exit` events with reason `confidence` / `schedule`.
+    pub confidence_exit: bool,
+    pub schedule_exit: bool,
     pub prefill_s: f64,
     pub decode_s: f64,
     pub prefill_tok_s: f64,
@@ -324,7 +354,13 @@ enum Stage {
 /// that every method takes: pass the same one from `new` to the end.
 pub struct Generation<C: TextCodec> {
     codec: C,
+    /// The request's sampler: its options apply unless the phase has its own, its PRNG
+    /// serves every phase (one uniform per step, whichever options shape it).
     sampler: Sampler,
+    /// Per-phase sampler options: [thinking, answer].
+    phase_sampling: [Option<SamplerOptions>; 2],
+    /// Suppressed words masked at the current step (to tell their masking from an end's).
+    suppressed_now: Vec<u32>,
     thinking: Option<ThinkingController>,
     max_tokens: usize,
     stop: StopStrings,
@@ -365,6 +401,14 @@ impl<C: TextCodec> Generation<C> {
             return Err(GenerateError::InvalidOption { option: "max_tokens", reason: "must be at least 1".into() });
         }
         let sampler = Sampler::new(options.sampler.clone())?;
+        let phase_options = |pick: fn(&ThinkingOptions) -> &Option<crate::thinking::PhaseSampling>| {
+            let phase = options.thinking.as_ref().and_then(|t| pick(t).as_ref())?;
+            Some(phase.apply(&options.sampler))
+        };
+        let phase_sampling = [phase_options(|t| &t.thinking_sampling), phase_options(|t| &t.answer_sampling)];
+        for o in phase_sampling.iter().flatten() {
+            o.validate()?;
+        }
         let context = transcript.max_context();
         // Room for the prompt and at least one generated token.
         if prompt_ids.len() >= context {
@@ -399,6 +443,8 @@ impl<C: TextCodec> Generation<C> {
             end_of_generation: codec.end_of_generation_ids(),
             codec,
             sampler,
+            phase_sampling,
+            suppressed_now: Vec::new(),
             thinking,
             max_tokens: options.max_tokens,
             stop: StopStrings { texts: options.stop, longest, in_thinking: options.stop_in_thinking },
@@ -485,7 +531,11 @@ impl<C: TextCodec> Generation<C> {
             Some(BeforeSample::Stop(StopReason::AnswerMaxTokens)) => {
                 return self.finish(t, FinishReason::AnswerMaxTokens).await;
             }
-            Some(BeforeSample::Sample { banned }) => banned,
+            Some(BeforeSample::Sample { mut banned, suppressed }) => {
+                banned.extend_from_slice(&suppressed);
+                self.suppressed_now = suppressed;
+                banned
+            }
             None => Vec::new(),
         };
         if self.thinking.as_ref().is_some_and(|t| t.under_min()) {
@@ -504,10 +554,20 @@ impl<C: TextCodec> Generation<C> {
             let piece = self.response.stream.push(&self.codec, id);
             self.response.text.push_str(&piece);
             let hit = self.find_marker_hit(start);
-            let actions = match self.thinking.as_mut() {
+            let mut actions = match self.thinking.as_mut() {
                 Some(c) => c.after_sample(id, &piece, hit.map(|h| h.tokens_before)),
                 None => vec![Action::Keep { phase: Phase::Answer, marker: false }],
             };
+            if let [Action::Probe { ids, max_tokens }] = actions.as_slice() {
+                let (ids, max_tokens) = (ids.clone(), *max_tokens);
+                let confidence = self.probe(t, &ids, max_tokens).await?;
+                if let Some(c) = self.thinking.as_mut() {
+                    actions = c.after_probe(confidence, &piece);
+                }
+                if let Some(Event::Probe { exit, .. }) = self.events.back_mut() {
+                    *exit = actions.iter().any(|a| matches!(a, Action::EarlyExit { .. }));
+                }
+            }
             let kept = actions.iter().any(|a| matches!(a, Action::Keep { .. })) && !self.end_of_generation.contains(&id);
             if !kept {
                 self.response.stream.pop(1);
@@ -547,6 +607,67 @@ impl<C: TextCodec> Generation<C> {
         self.early_end_bans.dedup();
     }
 
+    /// A confidence probe at the current position (the trigger token not kept yet): force
+    /// `probe_ids`, decode greedily up to `max_tokens` trial tokens (stopping at end of
+    /// generation or at the first newline), feed them all, then truncate the transcript back
+    /// so the KV cache holds what it held before. Returns the trial's mean top-1 probability
+    /// (over every greedy step, a final end of generation included), or `None` when no probe
+    /// could run here: text is held back (a possible marker or stop string, which forced
+    /// text would split) or the context has no room.
+    async fn probe<B: Backend>(&mut self, t: &mut Transcript<B>, probe_ids: &[u32], max_tokens: usize) -> Result<Option<f64>, GenerateError> {
+        let held = self.response.released < self.response.tokens.len();
+        if held || probe_ids.is_empty() || t.len() + probe_ids.len() + max_tokens > t.max_context() {
+            return Ok(None);
+        }
+        let base = t.len();
+        // The probe's text continues the response's, without the trigger just pushed.
+        let mut stream = self.response.stream.clone();
+        stream.pop(1);
+        for &id in probe_ids {
+            t.push(id);
+            let text = stream.push(&self.codec, id);
+            self.events.push_back(Event::Token { id, text, phase: Phase::Thinking, forced: true, marker: false, probe: true });
+        }
+        let mut top1 = Vec::with_capacity(max_tokens);
+        let mut trial = String::new();
+        while top1.len() < max_tokens {
+            self.feed(t, true).await?;
+            let Some((id, p)) = top1_probability(&self.logits.current) else { break };
+            top1.push(p);
+            if self.end_of_generation.contains(&id) {
+                break;
+            }
+            t.push(id);
+            let text = stream.push(&self.codec, id);
+            trial.push_str(&text);
+            self.events.push_back(Event::Token { id, text, phase: Phase::Thinking, forced: false, marker: false, probe: true });
+            if trial.contains('\n') {
+                break;
+            }
+        }
+        // Fed whole, so that the rollback removes exactly what ran.
+        self.feed(t, false).await?;
+        let tokens = t.len() - base;
+        t.truncate(base)?;
+        self.logits.at = None;
+        self.stats.probes += 1;
+        self.stats.probe_tokens += tokens;
+        self.stats.rolled_back_tokens += tokens;
+        let confidence = if top1.is_empty() { 0.0 } else { top1.iter().sum::<f64>() / top1.len() as f64 };
+        self.events.push_back(Event::Probe { confidence, tokens, exit: false });
+        Ok(Some(confidence))
+    }
+
+    /// The sampler options of the phase a token chosen now belongs to.
+    fn sampling_now(&self) -> &SamplerOptions {
+        let phase = self.thinking.as_ref().map_or(Phase::Answer, |c| c.phase());
+        let own = match phase {
+            Phase::Thinking => &self.phase_sampling[0],
+            Phase::Answer => &self.phase_sampling[1],
+        };
+        own.as_ref().unwrap_or(self.sampler.options())
+    }
+
     /// Feed the pending tokens and choose the next one.
     async fn forward_and_choose<B: Backend>(&mut self, t: &mut Transcript<B>, banned: &[u32]) -> Result<u32, GenerateError> {
         if self.stage == Stage::Prefill {
@@ -561,7 +682,7 @@ impl<C: TextCodec> Generation<C> {
 
     async fn forward_and_choose_inner<B: Backend>(&mut self, t: &mut Transcript<B>, banned: &[u32]) -> Result<u32, GenerateError> {
         let keep_recent = self.logits.capacity > 0 && self.thinking.as_ref().is_some_and(|c| c.may_take_back_end());
-        if banned.is_empty() && !keep_recent && self.sampler.is_greedy() && !t.pending().is_empty() {
+        if banned.is_empty() && !keep_recent && is_greedy(self.sampling_now()) && !t.pending().is_empty() {
             // Nothing needs the logits on the host: let the backend pick the argmax (a GPU
             // reads back 4 bytes instead of the vocabulary). The uniform is still drawn, so
             // the RNG stream does not depend on which path ran.
@@ -592,12 +713,17 @@ impl<C: TextCodec> Generation<C> {
         let t0 = monotonic_seconds();
         if count_masked_end && !banned.is_empty() {
             if let Some(best) = raw_argmax(&self.logits.current) {
-                if banned.contains(&best) {
+                if self.suppressed_now.contains(&best) {
+                    self.stats.words_suppressed += 1;
+                    self.events.push_back(Event::Suppressed { id: best, text: self.codec.decode(&[best]) });
+                } else if banned.contains(&best) {
                     self.stats.ends_suppressed += 1;
                 }
             }
         }
-        let id = self.sampler.sample(&self.logits.current, t.ids(), banned)?;
+        let options = self.sampling_now().clone();
+        let u = self.sampler.next_uniform();
+        let id = sample_with_uniform(&options, &self.logits.current, t.ids(), banned, u)?;
         self.stats.decode_s += monotonic_seconds() - t0;
         Ok(id)
     }
@@ -706,6 +832,15 @@ impl<C: TextCodec> Generation<C> {
                     self.budget_exhausted = true;
                     self.announce(marker_floor, Event::BudgetExhausted { thinking_tokens });
                 }
+                Action::EarlyExit { reason, thinking_tokens } => {
+                    match reason {
+                        ExitReason::Confidence => self.stats.confidence_exit = true,
+                        ExitReason::Schedule => self.stats.schedule_exit = true,
+                    }
+                    self.announce(marker_floor, Event::EarlyExit { reason, thinking_tokens });
+                }
+                // Run by `step` before the actions get here.
+                Action::Probe { .. } => {}
                 Action::Stop(StopReason::AnswerMaxTokens) => self.finish(t, FinishReason::AnswerMaxTokens).await?,
             }
         }
@@ -782,7 +917,7 @@ impl<C: TextCodec> Generation<C> {
             let end = self.response.text.len();
             self.response.tokens.push(ResponseToken { id, start, end, phase, forced: true, marker });
             self.stats.forced_tokens += 1;
-            self.events.push_back(Event::Token { id, text: piece, phase, forced: true, marker });
+            self.events.push_back(Event::Token { id, text: piece, phase, forced: true, marker, probe: false });
         }
         self.response.released = self.response.tokens.len();
         self.response.match_floor = self.response.text.len();
@@ -844,7 +979,7 @@ impl<C: TextCodec> Generation<C> {
             if token.start < at {
                 let id = token.id;
                 let text = self.response.text[token.start..at].to_string();
-                self.events.push_back(Event::Token { id, text, phase: token.phase, forced: false, marker: false });
+                self.events.push_back(Event::Token { id, text, phase: token.phase, forced: false, marker: false, probe: false });
                 shown += 1;
             }
         }
@@ -893,7 +1028,7 @@ impl<C: TextCodec> Generation<C> {
             }
             let text = self.response.text[token.start..token.end].to_string();
             let ResponseToken { id, phase, forced, marker, .. } = token;
-            self.events.push_back(Event::Token { id, text, phase, forced, marker });
+            self.events.push_back(Event::Token { id, text, phase, forced, marker, probe: false });
             self.response.released += 1;
             // Shown text is final: no marker or stop string may start in it, even when a
             // take-back later re-exposes it as the text's tail.
@@ -926,6 +1061,20 @@ impl<C: TextCodec> Generation<C> {
         self.events.push_back(Event::Done { stats: self.stats.clone() });
         Ok(())
     }
+}
+
+/// Whether options make the choice a plain argmax (no temperature, no penalty), so a backend
+/// may take it without handing the logits over.
+fn is_greedy(o: &SamplerOptions) -> bool {
+    o.temperature == 0.0 && (o.repeat_penalty == 1.0 || o.repeat_last_n == 0)
+}
+
+/// The argmax of `logits` and its softmax probability (in f64), `None` if none is finite.
+fn top1_probability(logits: &[f32]) -> Option<(u32, f64)> {
+    let best = raw_argmax(logits)?;
+    let max = logits[best as usize] as f64;
+    let sum: f64 = logits.iter().filter(|l| l.is_finite()).map(|&l| (l as f64 - max).exp()).sum();
+    Some((best, 1.0 / sum))
 }
 
 fn raw_argmax(logits: &[f32]) -> Option<u32> {
