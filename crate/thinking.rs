@@ -91,7 +91,9 @@ pub struct ThinkingOptions {
     /// After the budget is spent, let up to this many more tokens run to reach a newline or
     /// sentence end before cutting (0 = cut at once, as s1 does).
     pub grace_tokens: usize,
-    /// Text forced before the end marker on a forced exit.
+    /// Text forced before the end marker when the engine closes thinking (budget, confident
+    /// probe, schedule). It is part of the budget: the exit starts `len(wrap_up)` tokens before
+    /// `max_tokens`, and a wrap-up that cannot fit under `max_tokens + grace_tokens` is left out.
     pub wrap_up: Option<String>,
     /// Text forced after the end marker whenever thinking closes, e.g. "Final Answer:".
     pub answer_prefix: Option<String>,
@@ -929,7 +931,15 @@ impl ThinkingController {
         // The continuation must leave the model at least one token of its own under the cap,
         // else "Wait" would be followed at once by the forced exit.
         let len = self.continuations[self.next_continuation].ids.len();
-        self.options.max_tokens.is_none_or(|max| t + len < max)
+        self.exit_at().is_none_or(|exit_at| t + len < exit_at)
+    }
+
+    /// Thinking tokens at which the budget is spent: the wrap-up is part of the budget, so the
+    /// exit starts early enough for it to end at `max_tokens` (Qwen3's long wrap-up would
+    /// otherwise overshoot every budget). A wrap-up longer than the whole budget is left out.
+    fn exit_at(&self) -> Option<usize> {
+        let max = self.options.max_tokens?;
+        Some(max.checked_sub(self.wrap_up_ids.len()).unwrap_or(max))
     }
 
     fn draw_next_continuation(&mut self) {
@@ -946,8 +956,8 @@ impl ThinkingController {
     /// After thinking grew: at the cap, announce it and exit now (no grace, or `piece`
     /// already ends a sentence) or enter the grace period.
     fn check_budget(&mut self, actions: &mut Vec<Action>, piece: &str) {
-        let Some(max) = self.options.max_tokens else { return };
-        if self.counts.thinking_tokens < max {
+        let Some(exit_at) = self.exit_at() else { return };
+        if self.counts.thinking_tokens < exit_at {
             return;
         }
         actions.push(Action::BudgetExhausted { thinking_tokens: self.counts.thinking_tokens });
@@ -965,7 +975,9 @@ impl ThinkingController {
 
     /// Wrap-up, end marker, answer (prefix).
     fn close_thinking(&mut self, actions: &mut Vec<Action>) {
-        if !self.wrap_up_ids.is_empty() {
+        let limit = self.options.max_tokens.map(|max| max + self.options.grace_tokens);
+        let fits = limit.is_none_or(|limit| self.counts.thinking_tokens + self.wrap_up_ids.len() <= limit);
+        if !self.wrap_up_ids.is_empty() && fits {
             self.counts.thinking_tokens += self.wrap_up_ids.len();
             actions.push(Action::Force { ids: self.wrap_up_ids.clone(), phase: Phase::Thinking, marker: false });
         }
