@@ -137,7 +137,9 @@ pub struct ConfidenceExit {
     pub max_probe_tokens: usize,
     /// Mean top-1 probability of the trial tokens at or above which thinking ends.
     pub threshold: f64,
-    /// Sampled thinking tokens that trigger a probe: a token whose text, trimmed, equals one.
+    /// Sampled thinking tokens that trigger a probe: a token whose text, trimmed, equals a
+    /// word trigger ("Wait"), or that ends with a whitespace trigger ("\n\n", a paragraph
+    /// break, for models that never write "Wait").
     pub triggers: Vec<String>,
 }
 
@@ -372,8 +374,8 @@ impl ThinkingOptions {
             if !(c.threshold > 0.0 && c.threshold <= 1.0) {
                 return bad("confidence_exit.threshold", format!("{} is not in (0, 1]", c.threshold));
             }
-            if c.triggers.is_empty() || c.triggers.iter().any(|w| w.trim().is_empty()) {
-                return bad("confidence_exit.triggers", "needs at least one non-blank trigger".into());
+            if c.triggers.is_empty() || c.triggers.iter().any(|w| w.is_empty()) {
+                return bad("confidence_exit.triggers", "needs at least one non-empty trigger".into());
             }
         }
         if let Some(s) = &self.schedule {
@@ -781,7 +783,7 @@ impl ThinkingController {
                 }
                 if self.state == State::Thinking && self.counts.thinking_tokens >= self.options.min_tokens {
                     if let Some(c) = &self.options.confidence_exit {
-                        if c.triggers.iter().any(|w| w.trim() == piece.trim()) {
+                        if c.triggers.iter().any(|w| is_trigger(w, piece)) {
                             return vec![Action::Probe { ids: self.probe_ids.clone(), max_tokens: c.max_probe_tokens }];
                         }
                     }
@@ -1011,6 +1013,15 @@ fn single_token_forms(codec: &dyn TextCodec, word: &str) -> Vec<u32> {
         }
     }
     ids
+}
+
+/// Does the sampled `piece` fire `trigger` (see [`ConfidenceExit::triggers`])?
+fn is_trigger(trigger: &str, piece: &str) -> bool {
+    if trigger.trim().is_empty() {
+        piece.ends_with(trigger)
+    } else {
+        piece.trim() == trigger.trim()
+    }
 }
 
 /// A natural place to cut: the piece ends a line or a sentence.
