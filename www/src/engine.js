@@ -324,6 +324,8 @@ export async function collect(events) {
   for await (const event of events) {
     all.push(event);
     if (event.type === 'token') {
+      // A confidence probe's tokens were rolled back: neither thinking nor answer.
+      if (event.probe) continue;
       if (event.phase === 'thinking') thinking += event.text;
       else text += event.text;
     } else if (event.type === 'done') {
