@@ -10,9 +10,10 @@
 //! costs one batched forward of its own tokens and nothing else: no recomputation.
 //!
 //! Accounting, exact by construction and checked by tests:
-//! `processed_tokens` (counted where `forward` is called) = `prompt_tokens` +
-//! `sampled_tokens` + `forced_tokens`, and the KV cache holds `processed_tokens` −
-//! `rolled_back_tokens` new positions. To keep that exact, the last kept token is fed
+//! `processed_tokens` (counted where `forward` is called) = `prompt_tokens` − `cached_tokens`
+//! + `sampled_tokens` + `forced_tokens` + `probe_tokens`, and the KV cache holds
+//! `processed_tokens` − `rolled_back_tokens` new positions (a confidence probe's tokens are
+//! fed, then rolled back: they never stay). To keep that exact, the last kept token is fed
 //! (without logits) when generation ends, so the cache always equals the transcript — which
 //! is also what a follow-up chat turn wants to reuse. Drawn-but-discarded tokens (an end of
 //! thinking replaced by "Wait", the end-of-generation token that stopped the response) are
@@ -467,8 +468,9 @@ impl<C: TextCodec> Generation<C> {
     }
 
     /// The next event, running at most one sampling step (one forward, plus the resampling
-    /// of a taken-back marker from saved logits) to produce it; `None` once `done` has been
-    /// returned. After an error the generation is over.
+    /// of a taken-back marker from saved logits, or a confidence probe's few forwards) to
+    /// produce it; `None` once `done` has been returned. After an error the generation is
+    /// over.
     pub async fn next_event<B: Backend>(&mut self, t: &mut Transcript<B>) -> Result<Option<Event>, GenerateError> {
         loop {
             if let Some(event) = self.events.pop_front() {
@@ -682,7 +684,7 @@ impl<C: TextCodec> Generation<C> {
 
     async fn forward_and_choose_inner<B: Backend>(&mut self, t: &mut Transcript<B>, banned: &[u32]) -> Result<u32, GenerateError> {
         let keep_recent = self.logits.capacity > 0 && self.thinking.as_ref().is_some_and(|c| c.may_take_back_end());
-        if banned.is_empty() && !keep_recent && is_greedy(self.sampling_now()) && !t.pending().is_empty() {
+        if banned.is_empty() && !keep_recent && self.sampling_now().is_greedy() && !t.pending().is_empty() {
             // Nothing needs the logits on the host: let the backend pick the argmax (a GPU
             // reads back 4 bytes instead of the vocabulary). The uniform is still drawn, so
             // the RNG stream does not depend on which path ran.
@@ -1061,12 +1063,6 @@ impl<C: TextCodec> Generation<C> {
         self.events.push_back(Event::Done { stats: self.stats.clone() });
         Ok(())
     }
-}
-
-/// Whether options make the choice a plain argmax (no temperature, no penalty), so a backend
-/// may take it without handing the logits over.
-fn is_greedy(o: &SamplerOptions) -> bool {
-    o.temperature == 0.0 && (o.repeat_penalty == 1.0 || o.repeat_last_n == 0)
 }
 
 /// The argmax of `logits` and its softmax probability (in f64), `None` if none is finite.

@@ -65,6 +65,11 @@ impl SamplerOptions {
         Self { temperature: 0.0, repeat_penalty: 1.0, ..Self::default() }
     }
 
+    /// Whether the choice is the plain argmax of the logits (no temperature, no penalty).
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0 && (self.repeat_penalty == 1.0 || self.repeat_last_n == 0)
+    }
+
     pub fn validate(&self) -> Result<(), SamplerError> {
         let bad = |option, value: f32, expected| {
             Err(SamplerError::InvalidOption { option, value: value.to_string(), expected })
@@ -139,7 +144,7 @@ impl Sampler {
     /// Whether the choice is the plain argmax of the logits (no temperature, no penalty), so
     /// a backend may take it without handing the logits over.
     pub fn is_greedy(&self) -> bool {
-        self.options.temperature == 0.0 && (self.options.repeat_penalty == 1.0 || self.options.repeat_last_n == 0)
+        self.options.is_greedy()
     }
 
     /// Sampling steps taken (uniforms drawn).
