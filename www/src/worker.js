@@ -17,6 +17,18 @@ const running = new Map();
 const post = (message) => self.postMessage(message);
 const fail = (id, e) => post({ id, type: 'error', error: toPensiveError(e).toJSON() });
 
+// On the CPU backend a generation step waits on nothing outside wasm: its promises resolve as
+// microtasks, so the worker would not read its messages (an 'abort' from the page) until the
+// whole generation ended. `nextTask()` resolves from a macrotask, after the messages already
+// queued; a MessageChannel message, unlike setTimeout, is not clamped to >= 4 ms.
+const ticks = new MessageChannel();
+const waitingForTick = [];
+ticks.port1.onmessage = () => waitingForTick.shift()?.();
+const nextTask = () => new Promise((resolve) => {
+  waitingForTick.push(resolve);
+  ticks.port2.postMessage(null);
+});
+
 async function handle({ id, op, ...msg }) {
   switch (op) {
     case 'memory':
@@ -37,6 +49,7 @@ async function handle({ id, op, ...msg }) {
       try {
         for await (const event of requireEngine().generate(msg.prompt, { ...msg.options, signal: controller.signal })) {
           post({ id, type: 'event', event });
+          await nextTask(); // let a pending 'abort' in
         }
         return post({ id, type: 'result', value: null });
       } finally {
