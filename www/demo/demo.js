@@ -301,7 +301,8 @@ async function runTurn(history, { regenerate, replaces = null }) {
       if (ev.type === 'phase' && ev.phase === 'thinking') {
         sawThinking = true;
         view.thinking.hidden = false;
-      } else if (ev.type === 'token') {
+      } else if (ev.type === 'token' && !ev.probe) {
+        // (A confidence probe's tokens are rolled back: they belong to neither view.)
         if (ev.phase === 'thinking') {
           sawThinking = true;
           view.thinking.hidden = false;
