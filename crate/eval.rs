@@ -159,6 +159,9 @@ pub struct ItemResult {
 }
 
 /// Run `problem` under `thinking` (whose `max_tokens` is the budget), greedily, on `engine`.
+/// The request's seed is the problem's index: decoding is greedy, but seeded policies
+/// (AlphaOne's draws, a random continuation order) would otherwise replay one stream of
+/// draws on every problem.
 pub async fn run_item(
     engine: &mut Engine,
     model: &str,
@@ -173,6 +176,7 @@ pub async fn run_item(
     let max_tokens = thinking.max_tokens.unwrap_or(1024) + thinking.grace_tokens + answer_cap + 16;
     let request = GenerateRequest {
         temperature: Some(0.0),
+        seed: Some(problem.id as u64),
         max_tokens: Some(max_tokens),
         thinking: Some(thinking),
         ..GenerateRequest::default()

@@ -62,6 +62,11 @@ mod cli {
         /// Presets to compare, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "s1,qwen3,nowait,deer,alphaone")]
         policies: Vec<String>,
+        /// Another policy, `LABEL=JSON` (thinking options, a preset among them if wanted),
+        /// e.g. 'deer-para={"preset":"deer","confidence_exit":{"triggers":["Wait","\n\n"]}}'
+        /// (repeatable; run after --policies).
+        #[arg(long, value_parser = labelled_policy)]
+        policy: Vec<(String, serde_json::Map<String, serde_json::Value>)>,
         /// Thinking budgets (max_tokens), comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "0,64,256")]
         budgets: Vec<usize>,
@@ -484,14 +489,23 @@ mod cli {
         Ok(())
     }
 
+    fn labelled_policy(spec: &str) -> Result<(String, serde_json::Map<String, serde_json::Value>), String> {
+        let (label, json) = spec.split_once('=').ok_or("expected LABEL=JSON")?;
+        Ok((label.to_string(), json_object(json)?))
+    }
+
     fn run_eval(a: EvalArgs) -> Result<(), EngineError> {
         let problems = eval::problems(a.seed, a.problems);
+        // (label, the policy's own fields): presets by name, then the labelled ones.
         let mut policies = Vec::new();
         for name in &a.policies {
             let preset = Preset::from_name(name)
                 .ok_or_else(|| EngineError::InvalidOptions(format!("unknown policy {name:?} (s1, qwen3, nowait, deer, alphaone)")))?;
-            policies.push(preset);
+            let mut fields = serde_json::Map::new();
+            fields.insert("preset".into(), preset.name().into());
+            policies.push((preset.name().to_string(), fields));
         }
+        policies.extend(a.policy.iter().cloned());
         let mut results = Vec::new();
         for path in &a.model {
             let args = ModelArgs {
@@ -503,20 +517,18 @@ mod cli {
             };
             let mut engine = load(&args)?;
             let model = path.file_name().map_or(path.display().to_string(), |f| f.to_string_lossy().into_owned());
-            for preset in &policies {
+            for (label, own) in &policies {
                 for &budget in &a.budgets {
-                    let mut fields = serde_json::Map::new();
-                    fields.insert("preset".into(), preset.name().into());
+                    let mut fields = own.clone();
                     fields.extend(a.thinking.clone());
                     fields.insert("max_tokens".into(), budget.into());
                     // Rounded down, so the floor never exceeds the budget.
                     fields.insert("min_tokens".into(), ((a.floor.clamp(0.0, 1.0) * budget as f64) as usize).into());
                     let thinking = thinking_options(fields)?;
                     for problem in &problems {
-                        let r = block_on(eval::run_item(&mut engine, &model, preset.name(), thinking.clone(), problem))?;
+                        let r = block_on(eval::run_item(&mut engine, &model, label, thinking.clone(), problem))?;
                         eprintln!(
-                            "{model} {} budget {budget} #{}: thinking {} answer {:?} expected {} {}",
-                            preset.name(),
+                            "{model} {label} budget {budget} #{}: thinking {} answer {:?} expected {} {}",
                             problem.id,
                             r.thinking_tokens,
                             r.predicted,
