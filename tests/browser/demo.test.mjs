@@ -90,15 +90,22 @@ test('demo chat: two turns with SmolLM2, then Regenerate replaces the last answe
   assert.match(await page.textContent('#status'), /^Loaded/);
   assert.match(await page.textContent('#backend-info'), /cpu \(wasm\)/);
 
-  // Record what the page sends: the engine's own generate, wrapped.
+  // Record what the page sends: the chat API's requests, and what reaches the engine's own
+  // generate underneath (the chat API is built on it).
   await page.evaluate(() => {
     const engine = window.pensiveDemo.engine;
     const generate = engine.generate.bind(engine);
+    const chat = engine.chat;
     window.sent = [];
+    window.chatRequests = [];
     engine.generate = (prompt, { signal, ...options }) => {
       window.sent.push({ prompt: structuredClone(prompt), options: structuredClone(options) });
       return generate(prompt, { signal, ...options });
     };
+    engine.chat = { completions: { create: ({ signal, ...request }) => {
+      window.chatRequests.push(structuredClone(request));
+      return chat.completions.create({ signal, ...request });
+    } } };
   });
   const sent = () => page.evaluate(() => window.sent);
   const conversation = () => page.evaluate(() => window.pensiveDemo.conversation);
@@ -124,6 +131,16 @@ test('demo chat: two turns with SmolLM2, then Regenerate replaces the last answe
   const forced = await first.locator('.thinking-text mark.forced').allTextContents();
   assert.ok(forced.some((f) => f.includes('Wait')), `forced insertions: ${JSON.stringify(forced)}`);
   assert.match(await first.locator('.turn-footer').textContent(), /greedy/);
+  // The thinking folded away once the answer started; its summary opens it.
+  const thinkingBlock = first.locator('details.thinking');
+  assert.equal(await thinkingBlock.evaluate((d) => d.open), false, 'thinking still open after the answer started');
+  await thinkingBlock.locator('summary').click();
+  assert.equal(await thinkingBlock.evaluate((d) => d.open), true);
+  assert.equal(await first.locator('.live-rate').count(), 0, 'the live rate gives way to the stats');
+  const chatRequests = await page.evaluate(() => window.chatRequests);
+  assert.equal(chatRequests.length, 1, 'the demo asks through engine.chat.completions.create');
+  assert.equal(chatRequests[0].stream, true);
+  assert.deepEqual(chatRequests[0].messages, [{ role: 'user', content: q1 }]);
   const stats = Object.fromEntries(await first.locator('table.stats tr').evaluateAll(
     (rows) => rows.map((r) => [...r.cells].map((c) => c.textContent))));
   assert.equal(stats.continuations, '1');
@@ -138,8 +155,10 @@ test('demo chat: two turns with SmolLM2, then Regenerate replaces the last answe
   const a1 = afterFirst[1];
   assert.equal(a1.role, 'assistant');
   assert.match(a1.content, /^<think>[^]*Wait[^]*<\/think>[^]*\S/);
+  // The view shows reasoning_content (no markers) and the answer; the stored turn puts the
+  // markers back around the thinking.
   const shown = (await first.locator('.thinking-text').textContent()) + (await first.locator('.answer-text').textContent());
-  assert.equal(a1.content.replace(/\s+/g, ''), shown.replace(/\s+/g, ''));
+  assert.equal(a1.content.replace(/<\/?think>/g, '').replace(/\s+/g, ''), shown.replace(/\s+/g, ''));
 
   // Turn 2: the history sent holds turn 1 as stored.
   const q2 = 'And what is the capital of Germany?';
@@ -157,7 +176,8 @@ test('demo chat: two turns with SmolLM2, then Regenerate replaces the last answe
   assert.equal(a2.role, 'assistant');
 
   // Regenerate turn 2 twice while sampling: the same history each time (two user turns, one
-  // assistant turn), a fresh seed each time, shown on the answer; the answer is replaced.
+  // assistant turn), no seed sent, so the engine draws a fresh one each time, shown on the
+  // answer; the answer is replaced.
   await setValue(page, 'temperature', 0.6);
   const seeds = [];
   for (let i = 0; i < 2; i++) {
@@ -167,13 +187,14 @@ test('demo chat: two turns with SmolLM2, then Regenerate replaces the last answe
     assert.deepEqual(prompt, [{ role: 'user', content: q1 }, a1, { role: 'user', content: q2 }]);
     assert.deepEqual(prompt.map((m) => m.role), ['user', 'assistant', 'user']);
     assert.equal(options.temperature, 0.6);
-    assert.ok(Number.isInteger(options.seed) && options.seed >= 0, `seed ${options.seed}`);
-    seeds.push(options.seed);
+    assert.equal(options.seed, undefined, 'Regenerate leaves the seed to the engine');
     assert.equal(await bubbles('user').count(), 2);
     assert.equal(await page.locator('#chat .turn.assistant').count(), 2, 'Regenerate replaces the answer, it does not add one');
     const footer = await bubbles('assistant').last().locator('.turn-footer').textContent();
     assert.match(footer, /regenerated/);
-    assert.ok(footer.includes(`seed ${options.seed}`), footer);
+    const seed = footer.match(/seed (\d+)/);
+    assert.ok(seed, footer);
+    seeds.push(Number(seed[1]));
     const now = await conversation();
     assert.equal(now.length, 4);
     assert.deepEqual(now.slice(0, 3), [{ role: 'user', content: q1 }, a1, { role: 'user', content: q2 }]);
@@ -211,6 +232,9 @@ test('demo chat: two turns with SmolLM2, then Regenerate replaces the last answe
   await page.click('#send');
   await page.waitForFunction(() => document.querySelectorAll('#chat .turn.assistant').length === 3 &&
     document.querySelector('#chat .turn.assistant:last-child .thinking-text')?.textContent.length > 0, null, { timeout: GENERATE_TIMEOUT_MS });
+  // While it streams, the turn shows its speed.
+  await page.waitForFunction(() => /^\d+ tokens · \d+\.\d tok\/s$/.test(document.querySelector('#chat .turn.assistant:last-child .live-rate')?.textContent ?? ''),
+    null, { timeout: GENERATE_TIMEOUT_MS });
   await page.click('#stop');
   await page.waitForFunction(() => !document.getElementById('send').disabled, null, { timeout: GENERATE_TIMEOUT_MS });
   assert.equal(await page.textContent('#status'), 'Stopped.');

@@ -1,6 +1,9 @@
 // The demo page: a chat with a reasoning model under a thinking budget. Load a model (preset,
 // URL or file), talk to it over several turns, regenerate the last answer; each answer shows
-// its thinking (collapsible, forced insertions highlighted), the answer, the seed and stats.
+// its thinking (folded away once the answer starts, forced insertions highlighted), the
+// answer, live tok/s while it streams, the seed and stats. It speaks to the engine through
+// the OpenAI-style `engine.chat.completions.create` stream, as a chat UI written for WebLLM
+// or DeepSeek's API would.
 //
 // The conversation is a list of {role, content} sent whole on every turn; the engine renders
 // it through the model's chat template. An assistant turn is stored as the model wrote it,
@@ -11,8 +14,9 @@ import { Pensive, PensiveError } from '../src/index.js';
 
 const $ = (id) => document.getElementById(id);
 
-/** The thinking start marker the engine uses by default (ThinkingOptions::start). */
+/** The thinking markers the engine uses by default (ThinkingOptions::start / end). */
 const THINK_START = '<think>';
+const THINK_END = '</think>';
 /**
  * Room in `max_tokens` for what neither budget counts: the thinking markers and an answer
  * prefix are forced tokens outside both the thinking and the answer count.
@@ -156,17 +160,17 @@ function thinkingOptions() {
 }
 
 /**
- * The seed of a turn, or null when decoding is greedy (the seed would not matter). The
- * engine's default seed is fixed, so a Regenerate that reused it would sample the same
- * answer again: Regenerate always draws a fresh one, a new turn uses the Seed field if set.
+ * The seed a turn sends: the Seed field's for a new turn when set; otherwise none, and the
+ * engine draws a fresh one (reported in the stats), so Regenerate samples a new answer.
  */
 function seedFor({ regenerate }) {
   if (Number($('temperature').value) === 0) return null;
   const fixed = $('seed').value.trim();
   if (!regenerate && fixed !== '') return Number(fixed);
-  return crypto.getRandomValues(new Uint32Array(1))[0];
+  return null;
 }
 
+/** The chat request of a turn (the engine's option names; `stream` set by the caller). */
 function generateOptions(seed, signal) {
   const options = {
     temperature: Number($('temperature').value),
@@ -182,8 +186,9 @@ function generateOptions(seed, signal) {
   return options;
 }
 
-function samplingLabel(options) {
-  const parts = options.temperature === 0 ? ['greedy'] : [`seed ${options.seed}`, `T ${options.temperature}`, `top-p ${options.top_p}`];
+/** `seed`: the one the turn ran with (its stats'), also when the engine drew it. */
+function samplingLabel(options, seed) {
+  const parts = options.temperature === 0 ? ['greedy'] : [`seed ${seed ?? '(drawn)'}`, `T ${options.temperature}`, `top-p ${options.top_p}`];
   if (options.temperature !== 0 && options.top_k > 0) parts.push(`top-k ${options.top_k}`);
   if (options.temperature !== 0 && options.min_p > 0) parts.push(`min-p ${options.min_p}`);
   if (options.repeat_penalty !== 1) parts.push(`repeat penalty ${options.repeat_penalty}`);
@@ -218,9 +223,29 @@ function assistantBubble() {
   thinking.append(summary, thinkingText);
   const answer = element('div', 'stream answer-text');
   const footer = element('div', 'turn-footer');
+  // Tokens and tok/s while the turn streams; replaced by the stats when it ends.
+  const rate = element('span', 'tag live-rate');
+  rate.hidden = true;
+  footer.append(rate);
   bubble.append(thinking, answer);
   turn.append(bubble, footer);
-  return { turn, thinking, summary, thinkingText, answer, footer };
+  return { turn, thinking, summary, thinkingText, answer, footer, rate };
+}
+
+/**
+ * Live speed of a streaming turn: text chunks (≈ tokens: markers and pieces of a character
+ * are not chunks) per second since the first one, so the prompt's prefill is not in it.
+ */
+function liveRate() {
+  let first = null;
+  let chunks = 0;
+  return () => {
+    const now = performance.now();
+    first ??= now;
+    chunks += 1;
+    const seconds = (now - first) / 1000;
+    return seconds > 0 ? `${chunks} tokens · ${((chunks - 1) / seconds).toFixed(1)} tok/s` : `${chunks} tokens`;
+  };
 }
 
 /** Append token text to a stream view; forced tokens go into a highlighted <mark>. */
@@ -292,36 +317,30 @@ async function runTurn(history, { regenerate, replaces = null }) {
   const options = generateOptions(seedFor({ regenerate }), controller.signal);
   let thinking = '';
   let answer = '';
-  let sawThinking = false;
+  let stats = null;
   let stopped = false;
   let error = null;
+  const rate = liveRate();
   setStatus(regenerate ? 'Regenerating…' : 'Generating…');
   try {
-    for await (const ev of engine.generate(history, options)) {
-      if (ev.type === 'phase' && ev.phase === 'thinking') {
-        sawThinking = true;
+    const stream = await engine.chat.completions.create({ messages: history, ...options, stream: true });
+    for await (const chunk of stream) {
+      const delta = chunk.choices[0]?.delta ?? {};
+      if (chunk.stats) stats = chunk.stats;
+      if (delta.reasoning_content) {
         view.thinking.hidden = false;
-      } else if (ev.type === 'token' && !ev.probe) {
-        // (A confidence probe's tokens are rolled back: they belong to neither view.)
-        if (ev.phase === 'thinking') {
-          sawThinking = true;
-          view.thinking.hidden = false;
-          thinking += ev.text;
-          append(view.thinkingText, ev.text, ev.forced);
-        } else {
-          answer += ev.text;
-          append(view.answer, ev.text, ev.forced);
-        }
-      } else if (ev.type === 'budget_exhausted') {
-        view.footer.append(footerTag(`budget spent at ${ev.thinking_tokens} thinking tokens`, 'tag warn'));
-      } else if (ev.type === 'done') {
-        const s = ev.stats;
-        view.summary.textContent = `Thought for ${s.thinking_tokens} tokens` +
-          (s.continuations ? ` · ${s.continuations} × continued` : '') + (s.forced_exit ? ' · cut by the budget' : '');
-        const details = element('details', 'turn-stats');
-        details.append(element('summary', '', `${s.answer_tokens} answer tokens · ${s.decode_tok_s?.toFixed?.(1) ?? '?'} tok/s`),
-          statsTable(s, engine.info));
-        view.footer.append(details);
+        thinking += delta.reasoning_content;
+        append(view.thinkingText, delta.reasoning_content, chunk.forced);
+      }
+      if (delta.content) {
+        // The answer has started: the thinking folds away (its summary opens it again).
+        if (answer === '') view.thinking.open = false;
+        answer += delta.content;
+        append(view.answer, delta.content, chunk.forced);
+      }
+      if (delta.reasoning_content || delta.content) {
+        view.rate.hidden = false;
+        view.rate.textContent = rate();
       }
     }
   } catch (e) {
@@ -331,16 +350,27 @@ async function runTurn(history, { regenerate, replaces = null }) {
     controller = null;
     busy = false;
   }
+  view.rate.remove();
+  if (stats) {
+    view.summary.textContent = `Thought for ${stats.thinking_tokens} tokens` +
+      (stats.continuations ? ` · ${stats.continuations} × continued` : '') + (stats.forced_exit ? ' · cut by the budget' : '');
+    if (stats.forced_exit) view.footer.append(footerTag('thinking budget spent', 'tag warn'));
+    const details = element('details', 'turn-stats');
+    details.append(element('summary', '', `${stats.answer_tokens} answer tokens · ${stats.decode_tok_s?.toFixed?.(1) ?? '?'} tok/s`),
+      statsTable(stats, engine.info));
+    view.footer.append(details);
+  }
 
-  // The turn as the model wrote it. When the template opened thinking (R1-Distill's prompt
-  // ends in "<think>\n"), the start marker is part of the prompt, not of the generated text:
-  // it is put back so the stored turn reads "<think>…</think>answer" whichever side wrote it.
-  const opener = sawThinking && !thinking.trimStart().startsWith(THINK_START) ? `${THINK_START}\n` : '';
-  const content = opener + thinking + answer;
+  // The turn as the model wrote it, "<think>…</think>answer": `reasoning_content` holds the
+  // thinking without its markers (whichever side wrote them, the template or the model), so
+  // they are put back around it.
+  const content = (thinking !== '' ? `${THINK_START}\n${thinking}${THINK_END}` : '') + answer;
   const kept = error === null && content.trim() !== '';
   if (kept) {
     view.answer.classList.add('finished');
-    view.footer.prepend(footerTag(samplingLabel(options), 'tag sampling'));
+    // A stopped turn has no stats: the seed is then the one it sent, if any.
+    const seed = stats?.seed ?? options.seed;
+    view.footer.prepend(footerTag(samplingLabel(options, seed), 'tag sampling'));
     if (regenerate) view.footer.prepend(footerTag('regenerated'));
     if (stopped) view.footer.prepend(footerTag('stopped', 'tag warn'));
     replaces?.remove();
