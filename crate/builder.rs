@@ -272,6 +272,12 @@ impl EngineLoader {
         Ok(Self { options: options.clone(), stream: GgufStream::new(), sink: Sink::Undecided(gpu) })
     }
 
+    /// The size of the whole file, when known (file size, HTTP Content-Length): tensors that
+    /// lie past it are refused with the header, before any tensor buffer is allocated.
+    pub fn set_source_len(&mut self, len: u64) {
+        self.stream.set_source_len(len);
+    }
+
     /// The next bytes of the file.
     pub fn push(&mut self, chunk: &[u8]) -> Result<LoadProgress, EngineError> {
         if let Sink::Failed = self.sink {
@@ -328,6 +334,7 @@ impl EngineLoader {
         use std::io::Read;
         let io = |e: std::io::Error| EngineError::Load(LoadError::Io(format!("{}: {e}", path.display())));
         let mut file = std::fs::File::open(path).map_err(io)?;
+        self.set_source_len(file.metadata().map_err(io)?.len());
         let mut buf = vec![0u8; 8 << 20];
         loop {
             let n = file.read(&mut buf).map_err(io)?;
