@@ -190,7 +190,7 @@ impl ChatTemplate {
             context.insert(name.clone(), Value::from_serialize(value));
         }
         let mut out = BoundedOutput(Vec::new());
-        match template.render_to_write(Value::from(context), &mut out) {
+        match template.render_captured_to(Value::from(context), &mut out) {
             Ok(_) => String::from_utf8(out.0).map_err(|e| ChatError::Limit(format!("the template wrote invalid UTF-8: {e}"))),
             Err(e) if e.kind() == ErrorKind::OutOfFuel => {
                 Err(ChatError::Limit(format!("it ran more than {MAX_FUEL} instructions")))
