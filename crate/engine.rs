@@ -38,6 +38,10 @@ pub enum EngineError {
     Idle,
     #[error("backend '{0}' is not available: {1}")]
     BackendUnavailable(String, String),
+    /// The model needs more memory than the backend can address (the CPU backend in a page:
+    /// wasm32's 4 GiB).
+    #[error("the model needs about {} MiB, more than the {} MiB this backend can hold", need >> 20, limit >> 20)]
+    TooLarge { need: u64, limit: u64 },
 }
 
 impl EngineError {
@@ -60,6 +64,7 @@ impl EngineError {
             Self::Busy => "busy",
             Self::Idle => "idle",
             Self::BackendUnavailable(..) => "backend_unavailable",
+            Self::TooLarge { .. } => "too_large",
         }
     }
 }

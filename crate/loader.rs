@@ -249,6 +249,12 @@ fn wanted_tensors(header: &GgufHeader, source_len: Option<u64>) -> Result<Vec<us
         header.check_bounds(len)?;
     }
     let config = config_from_gguf(header)?;
+    // Each layer has at least nine tensors: a count the header cannot back is refused before
+    // listing names for it.
+    if config.n_layers.saturating_mul(9) > header.tensors.len() {
+        let last = config.n_layers.saturating_sub(1);
+        return Err(LoadError::MissingTensor(format!("blk.{last}.attn_norm.weight")));
+    }
     let mut order = Vec::new();
     for (name, dims) in decoder_tensors(&config)? {
         let i = header

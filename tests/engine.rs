@@ -398,3 +398,22 @@ fn message_text_cannot_inject_special_tokens() {
         assert_eq!(specials(&forged), specials(&plain), "{file}");
     }
 }
+
+/// The CPU backend's memory check (what a page runs with wasm32's budget before the download):
+/// the real SmolLM2 fits 3 GiB, not 64 MiB; a header that declares absurd sizes is refused,
+/// its sums saturating rather than wrapping.
+#[test]
+fn models_too_large_for_the_cpu_budget_are_too_large_errors() {
+    use pensive::builder::{check_cpu_memory, WASM_CPU_MEMORY};
+    let Some(path) = common::model_path("smollm2-135m-instruct-q4_1.gguf") else { return };
+    let bytes = std::fs::read(&path).unwrap();
+    let header = pensive::gguf::GgufHeader::parse(&bytes[..4 << 20]).unwrap();
+    let config = loader::config_from_gguf(&header).unwrap();
+    check_cpu_memory(&header, &config, None, WASM_CPU_MEMORY).unwrap();
+    let err = check_cpu_memory(&header, &config, None, 64 << 20).unwrap_err();
+    assert_eq!(err.code(), "too_large", "{err}");
+    let mut huge = config.clone();
+    (huge.n_layers, huge.context_length) = (pensive::config::MAX_LAYERS, usize::MAX);
+    let err = check_cpu_memory(&header, &huge, Some(usize::MAX), WASM_CPU_MEMORY).unwrap_err();
+    assert_eq!(err.code(), "too_large", "{err}");
+}
