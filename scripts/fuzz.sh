@@ -21,6 +21,8 @@ if ! rustup toolchain list | grep -q '^nightly'; then
   rustup toolchain install nightly --profile minimal --component rust-src
 fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
+# The same dependency versions as the crate itself (libfuzzer-sys is added on top).
+[ -f fuzz/Cargo.lock ] || cp Cargo.lock fuzz/Cargo.lock
 # Its own target dir: the sanitizer build shares nothing with the main one.
 export CARGO_TARGET_DIR="$PWD/fuzz/target"
 # Debug assertions on (integer overflow panics), no sanitizer: the targets are safe Rust,
