@@ -97,7 +97,16 @@ pub struct GenerateRequest {
     pub min_p: Option<f32>,
     pub repeat_penalty: Option<f32>,
     pub repeat_last_n: Option<usize>,
+    /// `None`: the engine draws a fresh seed for this request and reports it in
+    /// `done.stats.seed`, so that asking again gives another answer and any one answer can be
+    /// reproduced.
     pub seed: Option<u64>,
+    /// OpenAI's `logit_bias`: token id → bias added to its logit, in [-100, 100].
+    pub logit_bias: std::collections::BTreeMap<u32, f32>,
+    /// Put `logprob` on every sampled token event.
+    pub logprobs: bool,
+    /// Also put the this many most likely alternatives on it (at most 20; needs `logprobs`).
+    pub top_logprobs: Option<usize>,
     pub max_tokens: Option<usize>,
     pub stop: Vec<String>,
     /// Let stop strings end the generation inside thinking too (default: answer only).
@@ -120,7 +129,8 @@ impl GenerateRequest {
             min_p: self.min_p.unwrap_or(d.min_p),
             repeat_penalty: self.repeat_penalty.unwrap_or(d.repeat_penalty),
             repeat_last_n: self.repeat_last_n.unwrap_or(d.repeat_last_n),
-            seed: self.seed.unwrap_or(d.seed),
+            seed: self.seed.unwrap_or_else(draw_seed),
+            logit_bias: self.logit_bias,
         };
         sampler.validate().map_err(|e| EngineError::InvalidOptions(e.to_string()))?;
         if let Some(t) = &self.thinking {
@@ -129,7 +139,12 @@ impl GenerateRequest {
         if self.max_tokens == Some(0) {
             return Err(EngineError::InvalidOptions("max_tokens must be at least 1".into()));
         }
+        let top_logprobs = self.top_logprobs.unwrap_or(0);
+        if top_logprobs > 0 && !self.logprobs {
+            return Err(EngineError::InvalidOptions("top_logprobs needs logprobs: true".into()));
+        }
         Ok(GenerateOptions {
+            logprobs: self.logprobs.then_some(top_logprobs),
             max_tokens: self.max_tokens.unwrap_or(GenerateOptions::default().max_tokens),
             stop: self.stop,
             stop_in_thinking: self.stop_in_thinking,
@@ -139,6 +154,22 @@ impl GenerateRequest {
     }
 }
 
+/// Largest seed a request reports: 2^53 − 1, JavaScript's `Number.MAX_SAFE_INTEGER`, so a
+/// seed read from `done.stats` in a page and passed back is the very same number.
+pub const MAX_DRAWN_SEED: u64 = (1 << 53) - 1;
+
+/// A fresh seed for a request that brought none: the operating system's entropy (in a page,
+/// `crypto.getRandomValues`), else the clock mixed with a counter, so that two requests in a
+/// row never share one.
+pub fn draw_seed() -> u64 {
+    static DRAWS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let fallback = || {
+        let n = DRAWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut rng = crate::sampler::Rng::new(generate::monotonic_seconds().to_bits() ^ n.rotate_left(32));
+        rng.next_u64()
+    };
+    getrandom::u64().unwrap_or_else(|_| fallback()) & MAX_DRAWN_SEED
+}
 
 // Message contents through the template without token injection: each special-token text a
 // user wrote is wrapped in two private-use characters before rendering; after rendering the

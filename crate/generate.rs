@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, BackendError};
 pub use crate::codec::{CodecError, TextCodec};
-use crate::sampler::{Sampler, SamplerError, SamplerOptions};
+use crate::sampler::{self, Sampler, SamplerError, SamplerOptions, TokenLogprobs, MAX_TOP_LOGPROBS};
 use crate::transcript::Transcript;
 use crate::thinking::{Action, BeforeSample, Phase, StopReason, ThinkingController, ThinkingError, ThinkingOptions};
 
@@ -68,11 +68,21 @@ pub struct GenerateOptions {
     pub sampler: SamplerOptions,
     /// Thinking budget; `None` = no thinking control at all.
     pub thinking: Option<ThinkingOptions>,
+    /// `Some(n)`: every sampled token event carries its `logprob` and the `n` most likely
+    /// alternatives (0..=20); forced tokens carry none (nothing was chosen).
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_tokens: 256, stop: Vec::new(), stop_in_thinking: false, sampler: SamplerOptions::default(), thinking: None }
+        Self {
+            max_tokens: 256,
+            stop: Vec::new(),
+            stop_in_thinking: false,
+            sampler: SamplerOptions::default(),
+            thinking: None,
+            logprobs: None,
+        }
     }
 }
 
@@ -96,7 +106,18 @@ pub enum FinishReason {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    Token { id: u32, text: String, phase: Phase, forced: bool, marker: bool },
+    Token {
+        id: u32,
+        text: String,
+        phase: Phase,
+        forced: bool,
+        marker: bool,
+        /// Only when asked for (`logprobs`), on sampled tokens: see [`sampler::token_logprobs`].
+        #[serde(skip_serializing_if = "Option::is_none")]
+        logprob: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        top_logprobs: Option<Vec<TopLogprob>>,
+    },
     Continuation { text: String, round: usize },
     BudgetExhausted { thinking_tokens: usize },
     Phase { phase: Phase },
@@ -146,6 +167,17 @@ pub struct Stats {
     /// Tokens fed after the prefill per second of decoding (forward + sampling).
     pub decode_tok_s: f64,
     pub finish_reason: Option<FinishReason>,
+    /// The sampler's seed: the request's own, or the one the engine drew for it. A result,
+    /// not a cost: the same seed and request give the same stats.
+    pub seed: u64,
+}
+
+/// An alternative at a sampled position, as the `token` event carries it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TopLogprob {
+    pub id: u32,
+    pub text: String,
+    pub logprob: f64,
 }
 
 /// Everything a finished generation produced (what the CLI's `--json` prints).
@@ -252,7 +284,7 @@ impl TextStream {
 // The loop
 
 /// One kept response token: where its text is and how it is tagged.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct ResponseToken {
     id: u32,
     /// Byte range of its text in `Response::text`.
@@ -262,6 +294,8 @@ struct ResponseToken {
     forced: bool,
     /// (Part of) a thinking marker.
     marker: bool,
+    /// When asked for and the token was sampled.
+    logprobs: Option<TokenLogprobs>,
 }
 
 /// The response so far: its text, a tag per kept token, and how much has gone out as events.
@@ -343,6 +377,10 @@ pub struct Generation<C: TextCodec> {
     /// start marker).
     prefill_tokens: usize,
     stage: Stage,
+    /// `top_logprobs` when the caller asked for log-probabilities.
+    logprobs: Option<usize>,
+    /// Those of the token `choose` picked last, for `keep_sampled`.
+    chosen_logprobs: Option<TokenLogprobs>,
 }
 
 impl<C: TextCodec> Generation<C> {
@@ -365,6 +403,19 @@ impl<C: TextCodec> Generation<C> {
             return Err(GenerateError::InvalidOption { option: "max_tokens", reason: "must be at least 1".into() });
         }
         let sampler = Sampler::new(options.sampler.clone())?;
+        let vocab = transcript.backend().config().vocab_size;
+        if let Some(&id) = options.sampler.logit_bias.keys().find(|&&id| id as usize >= vocab) {
+            return Err(GenerateError::InvalidOption {
+                option: "logit_bias",
+                reason: format!("token id {id} is outside the vocabulary of {vocab}"),
+            });
+        }
+        if options.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return Err(GenerateError::InvalidOption {
+                option: "top_logprobs",
+                reason: format!("at most {MAX_TOP_LOGPROBS}"),
+            });
+        }
         let context = transcript.max_context();
         // Room for the prompt and at least one generated token.
         if prompt_ids.len() >= context {
@@ -414,9 +465,11 @@ impl<C: TextCodec> Generation<C> {
             early_end_bans: Vec::new(),
             budget_exhausted: false,
             events: VecDeque::new(),
-            stats: Stats { prompt_tokens: prompt_ids.len(), cached_tokens: cached, ..Stats::default() },
+            stats: Stats { prompt_tokens: prompt_ids.len(), cached_tokens: cached, seed: options.sampler.seed, ..Stats::default() },
             prefill_tokens: 0,
             stage: Stage::New,
+            logprobs: options.logprobs,
+            chosen_logprobs: None,
         })
     }
 
@@ -561,7 +614,7 @@ impl<C: TextCodec> Generation<C> {
 
     async fn forward_and_choose_inner<B: Backend>(&mut self, t: &mut Transcript<B>, banned: &[u32]) -> Result<u32, GenerateError> {
         let keep_recent = self.logits.capacity > 0 && self.thinking.as_ref().is_some_and(|c| c.may_take_back_end());
-        if banned.is_empty() && !keep_recent && self.sampler.is_greedy() && !t.pending().is_empty() {
+        if banned.is_empty() && !keep_recent && self.logprobs.is_none() && self.sampler.is_greedy() && !t.pending().is_empty() {
             // Nothing needs the logits on the host: let the backend pick the argmax (a GPU
             // reads back 4 bytes instead of the vocabulary). The uniform is still drawn, so
             // the RNG stream does not depend on which path ran.
@@ -598,6 +651,9 @@ impl<C: TextCodec> Generation<C> {
             }
         }
         let id = self.sampler.sample(&self.logits.current, t.ids(), banned)?;
+        self.chosen_logprobs = self
+            .logprobs
+            .and_then(|top| sampler::token_logprobs(self.sampler.options(), &self.logits.current, banned, id, top));
         self.stats.decode_s += monotonic_seconds() - t0;
         Ok(id)
     }
@@ -690,7 +746,7 @@ impl<C: TextCodec> Generation<C> {
                 }
                 Action::Rollback { tokens } => first_rolled_back = self.roll_back(t, tokens)?,
                 Action::Resample => return Ok(first_rolled_back.or(sampled.map(|(id, _)| id))),
-                Action::Force { ids, phase, marker } => self.force(t, &ids, phase, marker),
+                Action::Force { ids, phase, marker } => self.force(t, &ids, phase, marker)?,
                 Action::Phase(phase) => {
                     self.announce(marker_floor, Event::Phase { phase });
                     if phase == Phase::Answer {
@@ -702,8 +758,17 @@ impl<C: TextCodec> Generation<C> {
                     self.stats.continuations += 1;
                     self.announce(marker_floor, Event::Continuation { text, round });
                 }
-                Action::BudgetExhausted { thinking_tokens } => {
+                Action::BudgetExhausted { .. } => {
                     self.budget_exhausted = true;
+                    // An exit without grace follows at once: tidy before the announcement
+                    // releases what was held.
+                    if self.thinking.as_ref().is_some_and(|c| c.phase() == Phase::Answer) {
+                        self.drop_partial_end_marker(t)?;
+                    }
+                    // Counted from the tags, like the stats (the controller's count can include
+                    // the half marker just taken back).
+                    self.count_tokens();
+                    let thinking_tokens = self.stats.thinking_tokens;
                     self.announce(marker_floor, Event::BudgetExhausted { thinking_tokens });
                 }
                 Action::Stop(StopReason::AnswerMaxTokens) => self.finish(t, FinishReason::AnswerMaxTokens).await?,
@@ -737,7 +802,8 @@ impl<C: TextCodec> Generation<C> {
         t.push(id);
         self.stats.sampled_tokens += 1;
         let end = self.response.text.len();
-        self.response.tokens.push(ResponseToken { id, start, end, phase, forced: false, marker: false });
+        let logprobs = self.chosen_logprobs.take();
+        self.response.tokens.push(ResponseToken { id, start, end, phase, forced: false, marker: false, logprobs });
         let Some(from) = marker_from else { return self.check_stop_strings(t, start, phase).await };
         // The tokens spelling the marker belong to it: tag and emit them.
         let released = self.response.released;
@@ -756,8 +822,18 @@ impl<C: TextCodec> Generation<C> {
     fn roll_back<B: Backend>(&mut self, t: &mut Transcript<B>, tokens: usize) -> Result<Option<u32>, GenerateError> {
         let keep = t.len() - tokens;
         let first = t.ids().get(keep).copied();
+        // Tokens never fed leave no trace in the cache: they count as dropped, not rolled back.
+        let unfed = t.pending().len().min(tokens);
+        for token in &self.response.tokens[self.response.tokens.len() - unfed..] {
+            if token.forced {
+                self.stats.forced_tokens -= 1;
+            } else {
+                self.stats.sampled_tokens -= 1;
+            }
+        }
+        self.stats.dropped_tokens += unfed;
         t.truncate(keep)?;
-        self.stats.rolled_back_tokens += tokens;
+        self.stats.rolled_back_tokens += tokens - unfed;
         self.response.stream.pop(tokens);
         let kept = keep - self.prompt_len;
         if let Some(token) = self.response.tokens.get(kept) {
@@ -769,7 +845,10 @@ impl<C: TextCodec> Generation<C> {
     }
 
     /// Append `ids` as if the model had written them, emitting each at once.
-    fn force<B: Backend>(&mut self, t: &mut Transcript<B>, ids: &[u32], phase: Phase, marker: bool) {
+    fn force<B: Backend>(&mut self, t: &mut Transcript<B>, ids: &[u32], phase: Phase, marker: bool) -> Result<(), GenerateError> {
+        if self.budget_exhausted && phase == Phase::Thinking {
+            self.drop_partial_end_marker(t)?;
+        }
         self.release(usize::MAX);
         if marker && self.budget_exhausted {
             self.stats.forced_exit = true;
@@ -780,12 +859,38 @@ impl<C: TextCodec> Generation<C> {
             self.response.text.push_str(&piece);
             t.push(id);
             let end = self.response.text.len();
-            self.response.tokens.push(ResponseToken { id, start, end, phase, forced: true, marker });
+            self.response.tokens.push(ResponseToken { id, start, end, phase, forced: true, marker, logprobs: None });
             self.stats.forced_tokens += 1;
-            self.events.push_back(Event::Token { id, text: piece, phase, forced: true, marker });
+            self.events.push_back(Event::Token { id, text: piece, phase, forced: true, marker, logprob: None, top_logprobs: None });
         }
         self.response.released = self.response.tokens.len();
         self.response.match_floor = self.response.text.len();
+        Ok(())
+    }
+
+    /// A forced exit cuts thinking wherever it is. Tokens held back because they may begin a
+    /// string end marker ("…sure.</") would read as a broken marker in front of the forced
+    /// one: take them back, unless that would leave thinking under its minimum.
+    fn drop_partial_end_marker<B: Backend>(&mut self, t: &mut Transcript<B>) -> Result<(), GenerateError> {
+        let Some(controller) = self.thinking.as_ref() else { return Ok(()) };
+        let Some(marker) = controller.end_marker_text() else { return Ok(()) };
+        let text = &self.response.text;
+        let Some(from) = (1..marker.len())
+            .rev()
+            .filter(|&k| marker.is_char_boundary(k) && text.ends_with(&marker[..k]))
+            .map(|k| text.len() - k)
+            .find(|&from| from >= self.response.match_floor)
+        else {
+            return Ok(());
+        };
+        let held = &self.response.tokens[self.response.released..];
+        let partial = held.iter().rev().take_while(|token| token.start >= from && !token.forced).count();
+        let thinking = self.response.tokens.iter().filter(|token| token.phase == Phase::Thinking && !token.marker).count();
+        if partial == 0 || thinking - partial < controller.options().min_tokens {
+            return Ok(());
+        }
+        self.roll_back(t, partial)?;
+        Ok(())
     }
 
     /// Queue an announcement after the text that is surely plain (before `marker_floor`, a
@@ -840,11 +945,11 @@ impl<C: TextCodec> Generation<C> {
         };
         self.release(at);
         let mut shown = self.response.released;
-        if let Some(&token) = self.response.tokens.get(shown) {
+        if let Some(token) = self.response.tokens.get(shown) {
             if token.start < at {
-                let id = token.id;
                 let text = self.response.text[token.start..at].to_string();
-                self.events.push_back(Event::Token { id, text, phase: token.phase, forced: false, marker: false });
+                let event = self.token_event(token, text);
+                self.events.push_back(event);
                 shown += 1;
             }
         }
@@ -887,18 +992,30 @@ impl<C: TextCodec> Generation<C> {
 
     /// Emit the held tokens whose text ends at or before `upto`.
     fn release(&mut self, upto: usize) {
-        while let Some(&token) = self.response.tokens.get(self.response.released) {
+        while let Some(token) = self.response.tokens.get(self.response.released) {
             if token.end > upto {
                 break;
             }
-            let text = self.response.text[token.start..token.end].to_string();
-            let ResponseToken { id, phase, forced, marker, .. } = token;
-            self.events.push_back(Event::Token { id, text, phase, forced, marker });
+            let end = token.end;
+            let event = self.token_event(token, self.response.text[token.start..end].to_string());
+            self.events.push_back(event);
             self.response.released += 1;
             // Shown text is final: no marker or stop string may start in it, even when a
             // take-back later re-exposes it as the text's tail.
-            self.response.match_floor = self.response.match_floor.max(token.end);
+            self.response.match_floor = self.response.match_floor.max(end);
         }
+    }
+
+    /// The `token` event of a kept token showing `text`.
+    fn token_event(&self, token: &ResponseToken, text: String) -> Event {
+        let (logprob, top_logprobs) = match &token.logprobs {
+            Some(l) => {
+                let top = l.top.iter().map(|a| TopLogprob { id: a.id, text: self.codec.decode(&[a.id]), logprob: a.logprob });
+                (Some(l.logprob), Some(top.collect()))
+            }
+            None => (None, None),
+        };
+        Event::Token { id: token.id, text, phase: token.phase, forced: token.forced, marker: token.marker, logprob, top_logprobs }
     }
 
     /// Counts come from the kept tokens' tags, the same tags the events carry.

@@ -1,5 +1,6 @@
 //! Choosing the next token from logits: greedy, or seeded sampling with temperature,
-//! top-k, top-p, min-p and a repetition penalty.
+//! top-k, top-p, min-p, a repetition penalty and per-token logit biases; and the
+//! log-probabilities a caller may ask for with each chosen token.
 //!
 //! Two promises shape this file:
 //! - **Same seed → same tokens on every platform** (native and wasm32). The PRNG is integer
@@ -14,6 +15,8 @@
 //! min_p, temperature, dist): the truncations see the temperature-1 distribution and the
 //! temperature only reshapes what survives them. The same options thus keep the same
 //! candidate set as llama.cpp whatever the temperature.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +45,14 @@ pub struct SamplerOptions {
     /// How many of the most recent tokens (prompt included) the penalty looks at.
     pub repeat_last_n: usize,
     pub seed: u64,
+    /// Added to a token's logit before anything else (OpenAI's `logit_bias`, in
+    /// [-LOGIT_BIAS_LIMIT, LOGIT_BIAS_LIMIT]; -100 in practice bans, +100 forces). In JSON an
+    /// object whose keys are token ids: `{"1234": -100}`.
+    pub logit_bias: BTreeMap<u32, f32>,
 }
+
+/// OpenAI's bound on a logit bias.
+pub const LOGIT_BIAS_LIMIT: f32 = 100.0;
 
 impl Default for SamplerOptions {
     /// llama.cpp's defaults, with a fixed seed so that runs are reproducible by default.
@@ -55,6 +65,7 @@ impl Default for SamplerOptions {
             repeat_penalty: 1.0,
             repeat_last_n: 64,
             seed: 0,
+            logit_bias: BTreeMap::new(),
         }
     }
 }
@@ -80,6 +91,11 @@ impl SamplerOptions {
         }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
             return bad("repeat_penalty", self.repeat_penalty, "must be a finite number > 0");
+        }
+        for &bias in self.logit_bias.values() {
+            if !(bias.is_finite() && bias.abs() <= LOGIT_BIAS_LIMIT) {
+                return bad("logit_bias", bias, "each bias must be a number in [-100, 100]");
+            }
         }
         Ok(())
     }
@@ -139,7 +155,9 @@ impl Sampler {
     /// Whether the choice is the plain argmax of the logits (no temperature, no penalty), so
     /// a backend may take it without handing the logits over.
     pub fn is_greedy(&self) -> bool {
-        self.options.temperature == 0.0 && (self.options.repeat_penalty == 1.0 || self.options.repeat_last_n == 0)
+        self.options.temperature == 0.0
+            && (self.options.repeat_penalty == 1.0 || self.options.repeat_last_n == 0)
+            && self.options.logit_bias.is_empty()
     }
 
     /// Sampling steps taken (uniforms drawn).
@@ -176,7 +194,7 @@ pub fn sample_with_uniform(
         .iter()
         .enumerate()
         .filter(|&(id, l)| l.is_finite() && !banned.contains(&(id as u32)))
-        .map(|(id, &l)| (id as u32, l))
+        .map(|(id, &l)| (id as u32, l + options.logit_bias.get(&(id as u32)).copied().unwrap_or(0.0)))
         .collect();
     if candidates.is_empty() {
         return Err(SamplerError::NoCandidates);
@@ -259,4 +277,58 @@ fn apply_repeat_penalty(options: &SamplerOptions, candidates: &mut [(u32, f32)],
             c.1 = if c.1 > 0.0 { c.1 / options.repeat_penalty } else { c.1 * options.repeat_penalty };
         }
     }
+}
+
+/// One alternative at a sampled position.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TopLogprob {
+    pub id: u32,
+    pub logprob: f64,
+}
+
+/// What a caller asked to know about each sampled token (OpenAI's `logprobs` /
+/// `top_logprobs`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    pub logprob: f64,
+    /// The `top` most likely ids, most likely first (equal ones in id order).
+    pub top: Vec<TopLogprob>,
+}
+
+/// Most alternatives `top_logprobs` may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// Log-probabilities of the distribution the truncations start from: the logits plus
+/// `logit_bias`, banned ids excluded, temperature 1, before the repetition penalty, top-k/p
+/// and min-p (as vLLM reports them by default: what the model thinks, not the sampler's
+/// reshaped draw). A log-softmax in f64. `logits`: (vocab,) f32. `None` when no token is
+/// possible.
+pub fn token_logprobs(options: &SamplerOptions, logits: &[f32], banned: &[u32], id: u32, top: usize) -> Option<TokenLogprobs> {
+    let biased = |i: usize| {
+        let l = *logits.get(i)?;
+        if !l.is_finite() || banned.contains(&(i as u32)) {
+            return None;
+        }
+        Some(l as f64 + options.logit_bias.get(&(i as u32)).copied().unwrap_or(0.0) as f64)
+    };
+    let max = (0..logits.len()).filter_map(biased).fold(f64::NEG_INFINITY, f64::max);
+    if !max.is_finite() {
+        return None;
+    }
+    let log_sum = (0..logits.len()).filter_map(biased).map(|l| (l - max).exp()).sum::<f64>().ln() + max;
+    let logprob = biased(id as usize).map_or(f64::NEG_INFINITY, |l| l - log_sum);
+    let mut best: Vec<TopLogprob> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for i in 0..logits.len() {
+            let Some(l) = biased(i) else { continue };
+            // Kept sorted descending; a later equal logit has a higher id and goes after.
+            if best.len() == top && best[top - 1].logprob >= l - log_sum {
+                continue;
+            }
+            let at = best.partition_point(|b| b.logprob >= l - log_sum);
+            best.insert(at, TopLogprob { id: i as u32, logprob: l - log_sum });
+            best.truncate(top);
+        }
+    }
+    Some(TokenLogprobs { logprob, top: best })
 }

@@ -15,7 +15,10 @@ if [ ! -x /usr/lib/chromium/chromium ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 scripts/wasm-toolchain.sh
-[ -d tests/browser/node_modules/playwright-core ] || npm ci --prefix tests/browser --no-audit --no-fund
+# playwright-core drives Chromium; typescript type-checks index.d.ts; vite bundles the packed package.
+for dep in playwright-core typescript vite; do
+  [ -d "tests/browser/node_modules/$dep" ] || { npm ci --prefix tests/browser --no-audit --no-fund; break; }
+done
 
 scripts/fetch-models.sh smollm2
 npm run build --prefix www

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: build the npm package (wasm + JS), fetch SmolLM2-135M-Instruct, and serve the
-# demo page on 127.0.0.1 — open the printed URL, press Load, ask, Generate. Also prints the
+# demo page on 127.0.0.1 — open the printed URL, press Load, chat (Send, Regenerate). Also prints the
 # same generation as a one-line native command.
 #
 # Usage: scripts/demo.sh [--port 8080]

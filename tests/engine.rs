@@ -110,6 +110,8 @@ fn strip_timing(mut events: Vec<Event>, like: &[Event]) -> Vec<Event> {
         // The second run reused the cached prompt prefix: a cost, not a result.
         a.processed_tokens = b.processed_tokens;
         a.cached_tokens = b.cached_tokens;
+        // Greedy requests without a seed: each drew its own, which changes nothing else.
+        a.seed = b.seed;
     }
     events
 }

@@ -4,8 +4,9 @@
 mod scripted;
 
 use pensive::backend::{block_on, Backend};
-use pensive::generate::{score, Completion, Event, FinishReason, GenerateError, GenerateOptions, Generation};
+use pensive::generate::{score, Completion, Event, FinishReason, GenerateError, GenerateOptions, Generation, TextCodec};
 use pensive::transcript::Transcript;
+use pensive::engine::{GenerateRequest, MAX_DRAWN_SEED};
 use pensive::sampler::SamplerOptions;
 use scripted::{ScriptedBackend, ToyCodec, FAVOURED};
 
@@ -30,6 +31,7 @@ fn greedy(max_tokens: usize, stop: &[&str]) -> GenerateOptions {
         stop_in_thinking: false,
         sampler: SamplerOptions::greedy(),
         thinking: None,
+        logprobs: None,
     }
 }
 
@@ -240,6 +242,7 @@ fn seeded_sampling_is_reproducible() {
         stop_in_thinking: false,
         sampler: SamplerOptions { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed, ..SamplerOptions::default() },
         thinking: None,
+        logprobs: None,
     };
     let sample = |seed| {
         // Flat logits over the pieces (never EOS): every draw is a real choice.
@@ -332,4 +335,94 @@ fn score_rejects_bad_input() {
     backend.max_context = 3;
     assert!(matches!(block_on(score(&mut backend, &[1, 2], &[1, 2, 3])), Err(GenerateError::PromptTooLong { .. })));
     assert!(matches!(block_on(score(&mut backend, &[1, 99], &[1])), Err(GenerateError::Backend(_))));
+}
+
+#[test]
+fn logprobs_ride_on_sampled_token_events_when_asked() {
+    let codec = codec();
+    let prompt = codec.ids(&["x"]);
+    let reply = codec.ids(&["Hel", "lo", "!"]);
+    let mut backend = says(&codec, 1, reply.clone());
+    let c = run(&codec, &mut backend, &prompt, GenerateOptions { logprobs: Some(2), ..greedy(100, &[]) });
+    assert_eq!(c.tokens, reply);
+    assert_eq!(backend.greedy_calls, 0, "log-probabilities need the logits on the host");
+    // The scripted model: FAVOURED for the scripted id, 0 for the other vocab − 1 ids.
+    let v = codec.vocab_size() as f64;
+    let favoured = FAVOURED as f64 - (f64::from(FAVOURED).exp() + (v - 1.0)).ln();
+    let other = -(f64::from(FAVOURED).exp() + (v - 1.0)).ln();
+    let mut seen = 0;
+    for e in &c.events {
+        let Event::Token { id, logprob, top_logprobs, .. } = e else { continue };
+        let (Some(logprob), Some(top)) = (logprob, top_logprobs) else { panic!("token {id} without logprobs") };
+        assert!((logprob - favoured).abs() < LOGPROB_TOLERANCE, "{logprob} vs {favoured}");
+        assert_eq!(top.len(), 2);
+        assert_eq!(top[0].id, *id);
+        assert_eq!(top[0].text, codec.decode(&[*id]));
+        // The runner-up: equal logits go to the lowest id, the EOS (0) unless it was chosen.
+        assert_eq!(top[1].id, 0);
+        assert!((top[1].logprob - other).abs() < LOGPROB_TOLERANCE);
+        seen += 1;
+    }
+    assert_eq!(seen, reply.len());
+    // Not asked: the events carry none and serialize without the fields.
+    let mut backend = says(&codec, 1, reply.clone());
+    let plain = run(&codec, &mut backend, &prompt, greedy(100, &[]));
+    assert!(plain.events.iter().all(|e| !matches!(e, Event::Token { logprob: Some(_), .. } | Event::Token { top_logprobs: Some(_), .. })));
+    assert!(!serde_json::to_string(&plain.events[0]).unwrap().contains("logprob"));
+}
+
+#[test]
+fn logit_bias_steers_the_choice_and_is_checked_against_the_vocabulary() {
+    let codec = codec();
+    let prompt = codec.ids(&["x"]);
+    let reply = codec.ids(&["Hel", "lo", "!"]);
+    let z = codec.id("z");
+    // +FAVOURED + 1 on "z" beats every scripted token; the model never wrote it.
+    let mut backend = says(&codec, 1, reply.clone());
+    let sampler = SamplerOptions { logit_bias: [(z, FAVOURED + 1.0)].into(), ..SamplerOptions::greedy() };
+    let c = run(&codec, &mut backend, &prompt, GenerateOptions { sampler, ..greedy(3, &[]) });
+    assert_eq!(c.tokens, vec![z; 3]);
+    assert_eq!(backend.greedy_calls, 0, "a bias needs the logits on the host");
+    // -100 on the scripted first token: the runner-up (lowest id at 0 = EOS) ends it.
+    let mut backend = says(&codec, 1, reply.clone());
+    let sampler = SamplerOptions { logit_bias: [(reply[0], -100.0)].into(), ..SamplerOptions::greedy() };
+    let c = run(&codec, &mut backend, &prompt, GenerateOptions { sampler, ..greedy(3, &[]) });
+    assert!(c.tokens.is_empty(), "{:?}", c.tokens);
+    assert_eq!(c.stats.finish_reason, Some(FinishReason::EndOfGeneration));
+    // Ids outside the vocabulary and biases outside [-100, 100] are refused.
+    let mut backend = says(&codec, 1, reply);
+    let mut t = Transcript::new(&mut backend).unwrap();
+    let outside = SamplerOptions { logit_bias: [(codec.vocab_size() as u32, 1.0)].into(), ..SamplerOptions::greedy() };
+    let err = Generation::new(&mut t, &codec, &prompt, GenerateOptions { sampler: outside, ..greedy(3, &[]) }).err();
+    assert!(matches!(err, Some(GenerateError::InvalidOption { option: "logit_bias", .. })), "{err:?}");
+    let huge = SamplerOptions { logit_bias: [(1, 101.0)].into(), ..SamplerOptions::greedy() };
+    assert!(Generation::new(&mut t, &codec, &prompt, GenerateOptions { sampler: huge, ..greedy(3, &[]) }).is_err());
+    let many = GenerateOptions { logprobs: Some(21), ..greedy(3, &[]) };
+    assert!(Generation::new(&mut t, &codec, &prompt, many).is_err(), "top_logprobs is at most 20");
+}
+
+#[test]
+fn the_seed_is_reported_and_an_engine_request_without_one_draws_one() {
+    let codec = codec();
+    let prompt = codec.ids(&["x"]);
+    let mut backend = says(&codec, 1, codec.ids(&["Hel"]));
+    let options = GenerateOptions { sampler: SamplerOptions { seed: 1234, ..SamplerOptions::greedy() }, ..greedy(4, &[]) };
+    assert_eq!(run(&codec, &mut backend, &prompt, options).stats.seed, 1234);
+
+    // The engine's request: no seed → a fresh one each time, exact in a JS number; a given
+    // seed is kept.
+    let seeds: Vec<u64> = (0..8).map(|_| GenerateRequest::default().into_options().unwrap().sampler.seed).collect();
+    assert!(seeds.iter().all(|&s| s <= MAX_DRAWN_SEED));
+    let mut distinct = seeds.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), seeds.len(), "drawn seeds repeat: {seeds:?}");
+    let given = GenerateRequest { seed: Some(u64::MAX), ..Default::default() };
+    assert_eq!(given.into_options().unwrap().sampler.seed, u64::MAX);
+    let bad = GenerateRequest { top_logprobs: Some(3), ..Default::default() };
+    assert!(bad.into_options().is_err(), "top_logprobs without logprobs");
+    let json: GenerateRequest = serde_json::from_str(r#"{"logit_bias": {"5": -100}, "logprobs": true, "top_logprobs": 2}"#).unwrap();
+    let options = json.into_options().unwrap();
+    assert_eq!(options.sampler.logit_bias.get(&5), Some(&-100.0));
+    assert_eq!(options.logprobs, Some(2));
 }

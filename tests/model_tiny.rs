@@ -175,3 +175,31 @@ fn bad_tokens_and_full_context_are_typed_errors() {
     assert_eq!(model.kv_len(), 0, "a refused forward must not touch the cache");
     block_on(model.forward(&[1; 8], 1)).unwrap();
 }
+
+/// A long prefill runs in passes of `PREFILL_CHUNK` tokens to bound its scratch memory.
+/// Chunking must change no bit: every row of a batched pass is computed independently, and a
+/// lone last token (which would take the mat-vec kernels) joins the pass before it.
+#[test]
+fn a_prefill_in_chunks_gives_the_same_bits_as_one_pass() {
+    let make = || gguf("qwen2", "model.gguf");
+    let vocab = make().config().vocab_size;
+    let ids: Vec<u32> = (0..41u32).map(|i| (i * 37 + 5) % vocab as u32).collect();
+    let mut whole = make();
+    whole.set_prefill_chunk(usize::MAX);
+    let want = block_on(whole.forward(&ids, ids.len())).unwrap();
+    let next_want = block_on(whole.forward(&[3], 1)).unwrap();
+    for chunk in [2, 5, 8, 20, 40] {
+        let mut model = make();
+        model.set_prefill_chunk(chunk);
+        let got = block_on(model.forward(&ids, ids.len())).unwrap();
+        assert!(got == want, "chunk {chunk}: prefill logits differ");
+        assert_eq!(model.kv_len(), ids.len());
+        // The cache it left is the same too.
+        assert!(block_on(model.forward(&[3], 1)).unwrap() == next_want, "chunk {chunk}: the next step differs");
+        // Logits of the last few positions only.
+        let mut model = make();
+        model.set_prefill_chunk(chunk);
+        let tail = block_on(model.forward(&ids, 3)).unwrap();
+        assert!(tail[..] == want[(ids.len() - 3) * vocab..], "chunk {chunk}: last 3 rows differ");
+    }
+}

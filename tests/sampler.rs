@@ -1,6 +1,6 @@
 //! Sampler semantics on hand-made logits, and seeded determinism.
 
-use pensive::sampler::{sample_with_uniform, Rng, Sampler, SamplerError, SamplerOptions};
+use pensive::sampler::{sample_with_uniform, token_logprobs, Rng, Sampler, SamplerError, SamplerOptions};
 
 /// Draws per frequency test: enough that a frequency is within FREQ_TOLERANCE of its
 /// probability at ~5 sigma (sigma <= 0.5/sqrt(20000) = 0.0035).
@@ -8,7 +8,7 @@ const DRAWS: usize = 20_000;
 const FREQ_TOLERANCE: f64 = 0.02;
 
 fn opts(temperature: f32) -> SamplerOptions {
-    SamplerOptions { temperature, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64, seed: 7 }
+    SamplerOptions { temperature, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64, seed: 7, logit_bias: Default::default() }
 }
 
 fn ln(p: f64) -> f32 {
@@ -213,4 +213,51 @@ fn options_deserialize_snake_case_with_defaults_and_reject_unknown_fields() {
     let o: SamplerOptions = serde_json::from_str(r#"{"temperature": 0, "top_k": 5, "seed": 9}"#).unwrap();
     assert_eq!(o, SamplerOptions { temperature: 0.0, top_k: 5, seed: 9, ..SamplerOptions::default() });
     assert!(serde_json::from_str::<SamplerOptions>(r#"{"temp": 0.5}"#).is_err());
+}
+
+/// log-softmax in f64 of f32 logits: two computations agree to this.
+const LOGPROB_TOLERANCE: f64 = 1e-12;
+
+#[test]
+fn logit_bias_is_added_before_everything_else() {
+    let logits = [2.0f32, 1.0, 0.0, -1.0];
+    // Greedy: +3 makes id 2 the argmax; -100 removes id 0 from contention.
+    let greedy = |bias: &[(u32, f32)]| {
+        let o = SamplerOptions { logit_bias: bias.iter().copied().collect(), ..SamplerOptions::greedy() };
+        sample_with_uniform(&o, &logits, &[], &[], 0.5).unwrap()
+    };
+    assert_eq!(greedy(&[]), 0);
+    assert_eq!(greedy(&[(2, 3.0)]), 2);
+    assert_eq!(greedy(&[(0, -100.0)]), 1);
+    assert!(!Sampler::new(SamplerOptions { logit_bias: [(2, 1.0)].into(), ..SamplerOptions::greedy() }).unwrap().is_greedy());
+    // Sampling: a bias of ln 3 on id 1 of two equal logits makes it three times as likely.
+    let o = SamplerOptions { logit_bias: [(1, ln(3.0))].into(), ..opts(1.0) };
+    let f = frequencies(o, &[0.0, 0.0], &[], &[]);
+    assert!((f[1] - 0.75).abs() < FREQ_TOLERANCE, "{f:?}");
+    for bad in [101.0, -100.5, f32::NAN, f32::INFINITY] {
+        let o = SamplerOptions { logit_bias: [(0, bad)].into(), ..opts(1.0) };
+        assert!(matches!(o.validate(), Err(SamplerError::InvalidOption { option: "logit_bias", .. })), "{bad}");
+    }
+    let o: SamplerOptions = serde_json::from_str(r#"{"logit_bias": {"3": -100, "7": 2.5}}"#).unwrap();
+    assert_eq!(o.logit_bias, [(3, -100.0), (7, 2.5)].into());
+}
+
+#[test]
+fn token_logprobs_are_a_log_softmax_of_the_biased_logits_without_banned_ids() {
+    let logits = [1.0f32, 3.0, 3.0, f32::NEG_INFINITY, 0.5];
+    let o = SamplerOptions { logit_bias: [(4, 1.0)].into(), ..opts(0.7) };
+    // Banned id 0; id 3 is -inf; id 4 gets +1 → 1.5. Remaining: {1: 3, 2: 3, 4: 1.5}.
+    let z = (2.0 * 3f64.exp() + 1.5f64.exp()).ln();
+    let l = token_logprobs(&o, &logits, &[0], 4, 3).unwrap();
+    assert!((l.logprob - (1.5 - z)).abs() < LOGPROB_TOLERANCE, "{l:?}");
+    let ids: Vec<u32> = l.top.iter().map(|t| t.id).collect();
+    assert_eq!(ids, [1, 2, 4], "most likely first, equal ones by id");
+    assert!((l.top[0].logprob - (3.0 - z)).abs() < LOGPROB_TOLERANCE);
+    let total: f64 = l.top.iter().map(|t| t.logprob.exp()).sum();
+    assert!((total - 1.0).abs() < 1e-12, "the three possible ids hold all the mass: {total}");
+    // A banned or impossible id has probability 0; asking for no alternatives gives none.
+    assert_eq!(token_logprobs(&o, &logits, &[0], 0, 0).unwrap().logprob, f64::NEG_INFINITY);
+    assert!(token_logprobs(&o, &logits, &[0], 1, 0).unwrap().top.is_empty());
+    assert_eq!(token_logprobs(&o, &logits, &[0], 99, 1).unwrap().logprob, f64::NEG_INFINITY);
+    assert!(token_logprobs(&o, &[f32::NAN], &[], 0, 1).is_none());
 }

@@ -516,7 +516,7 @@ fn options_validation_and_serde() {
 fn events_serialize_as_the_issue_specifies() {
     let json = |e: &Event| serde_json::to_string(e).unwrap();
     assert_eq!(
-        json(&Event::Token { id: 7, text: "Wait".into(), phase: Phase::Thinking, forced: true, marker: false }),
+        json(&Event::Token { id: 7, text: "Wait".into(), phase: Phase::Thinking, forced: true, marker: false, logprob: None, top_logprobs: None }),
         r#"{"type":"token","id":7,"text":"Wait","phase":"thinking","forced":true,"marker":false}"#
     );
     assert_eq!(json(&Event::Continuation { text: "Wait".into(), round: 2 }), r#"{"type":"continuation","text":"Wait","round":2}"#);
@@ -526,7 +526,7 @@ fn events_serialize_as_the_issue_specifies() {
     assert_eq!(done["type"], "done");
     for key in [
         "prompt_tokens", "sampled_tokens", "forced_tokens", "processed_tokens", "thinking_tokens", "answer_tokens",
-        "continuations", "ends_suppressed", "forced_exit", "prefill_tok_s", "decode_tok_s",
+        "continuations", "ends_suppressed", "forced_exit", "prefill_tok_s", "decode_tok_s", "finish_reason", "seed",
     ] {
         assert!(done["stats"].get(key).is_some(), "done.stats lacks {key}");
     }
@@ -854,4 +854,24 @@ fn repeated_and_extended_requests_on_one_transcript_equal_fresh_ones() {
         assert!(extended.stats.cached_tokens >= a.len(), "case {case}: the first exchange was reused");
         assert_eq!(strip_timing(extended), fresh(&longer), "case {case}: A extended");
     }
+}
+
+#[test]
+fn a_forced_exit_takes_back_a_half_written_end_marker_unless_thinking_would_fall_under_min() {
+    let codec = text_codec();
+    // "aaa" then "</" "think" ">": the cap of 4 falls on "</".
+    let mut backend = script(&codec, Model::default());
+    let opts = ThinkingOptions { max_tokens: Some(4), ..ThinkingOptions::default() };
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    assert_eq!(transcript(&c), "{think}aaa{budget}[</][think][>]{answer} b{done}");
+    assert_eq!((c.stats.thinking_tokens, c.stats.dropped_tokens, c.stats.rolled_back_tokens), (3, 2, 0));
+    assert!(c.events.contains(&Event::BudgetExhausted { thinking_tokens: 3 }), "the announcement counts what stays");
+    check_accounting(&c, &backend);
+    // With min = max = 4 the "</" is thinking the minimum needs: it stays.
+    let mut backend = script(&codec, Model::default());
+    let opts = ThinkingOptions { min_tokens: 4, max_tokens: Some(4), ..ThinkingOptions::default() };
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    assert_eq!(transcript(&c), "{think}aaa</{budget}[</][think][>]{answer} b{done}");
+    assert_eq!(c.stats.thinking_tokens, 4);
+    check_accounting(&c, &backend);
 }

@@ -179,14 +179,18 @@ fn engine_on(file: &str, backend: BackendChoice) -> Option<Engine> {
 }
 
 /// Run one generation; events with the cost fields (timings, cache reuse) zeroed so runs
-/// compare equal.
+/// compare equal, and the seed when the engine drew it (these requests are greedy).
 fn run(engine: &mut Engine, prompt: &Prompt, request: GenerateRequest) -> Vec<Event> {
+    let drawn = request.seed.is_none();
     engine.start(prompt, request).unwrap();
     let mut events = Vec::new();
     while let Some(mut e) = block_on(engine.next_event()).unwrap() {
         if let Event::Done { stats } = &mut e {
             (stats.prefill_s, stats.decode_s, stats.prefill_tok_s, stats.decode_tok_s) = (0.0, 0.0, 0.0, 0.0);
             (stats.cached_tokens, stats.processed_tokens) = (0, 0);
+            if drawn {
+                stats.seed = 0;
+            }
         }
         events.push(e);
     }

@@ -36,12 +36,15 @@ fn engine(backend: BackendChoice) -> Option<Engine> {
 }
 
 /// The request's events with the cost fields (timings, cache reuse) zeroed.
+/// A request without a seed gets a fresh one each time, reported in the stats: zeroed too
+/// (greedy, it changes nothing else).
 fn run(engine: &mut Engine, prompt: &Prompt, request: &GenerateRequest) -> Vec<Event> {
     engine.start(prompt, request.clone()).unwrap();
     let mut events = Vec::new();
     while let Some(mut e) = block_on(engine.next_event()).unwrap() {
         if let Event::Done { stats } = &mut e {
-            *stats = Stats { prefill_s: 0.0, decode_s: 0.0, prefill_tok_s: 0.0, decode_tok_s: 0.0, cached_tokens: 0, processed_tokens: 0, ..stats.clone() };
+            let seed = if request.seed.is_some() { stats.seed } else { 0 };
+            *stats = Stats { prefill_s: 0.0, decode_s: 0.0, prefill_tok_s: 0.0, decode_tok_s: 0.0, cached_tokens: 0, processed_tokens: 0, seed, ..stats.clone() };
         }
         events.push(e);
     }

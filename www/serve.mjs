@@ -79,6 +79,8 @@ export async function serve({ port = 8080, mounts = defaultMounts(), log = null 
         'content-type': TYPES[extname(file)] ?? 'application/octet-stream',
         'content-length': info.size,
         'cache-control': 'no-cache',
+        // nginx's form (size and mtime): the model cache keys its entries by it.
+        etag: `W/"${info.size.toString(16)}-${Math.floor(info.mtimeMs).toString(16)}"`,
       });
       log?.(`200 ${req.method} ${req.url}`);
       if (req.method === 'HEAD') return res.end();

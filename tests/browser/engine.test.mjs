@@ -42,8 +42,11 @@ const DECISIVE_MARGIN = 0.5;
  */
 const LOGPROB_TOLERANCE = 2e-2;
 
-/** Stats fields that measure time: they differ run to run. */
-const TIMING_FIELDS = ['prefill_s', 'decode_s', 'prefill_tok_s', 'decode_tok_s'];
+/**
+ * Stats fields that differ run to run: the timings, and the seed each of these greedy requests
+ * (none brings one) drew for itself.
+ */
+const TIMING_FIELDS = ['prefill_s', 'decode_s', 'prefill_tok_s', 'decode_tok_s', 'seed'];
 
 function withoutTimings(events) {
   return events.map((e) => {

@@ -1,6 +1,7 @@
 // The engine in the current thread (page or worker): wasm initialisation, streamed loading
 // with progress, and the async-iterator generation surface over the Rust engine.
 import init, * as wasm from '../pkg/pensive.js';
+import { chatNamespace } from './chat.js';
 import { PensiveError, toPensiveError } from './errors.js';
 import { openModelSource, readWhole } from './source.js';
 
@@ -39,7 +40,7 @@ export async function version() {
 }
 
 const BACKENDS = ['auto', 'webgpu', 'cpu'];
-export const LOAD_OPTIONS = ['model', 'tokenizer', 'backend', 'max_context', 'onProgress', 'cache', 'worker', 'signal', 'wasmUrl'];
+export const LOAD_OPTIONS = ['model', 'tokenizer', 'backend', 'max_context', 'onProgress', 'cache', 'persist', 'worker', 'signal', 'wasmUrl'];
 /** Progress is reported at most once per this many bytes (plus the first and last chunk). */
 const PROGRESS_STEP = 1 << 20;
 
@@ -62,9 +63,12 @@ export function checkLoadOptions(options) {
   if (options.max_context !== undefined && !(Number.isInteger(options.max_context) && options.max_context > 0)) {
     throw new PensiveError('invalid_options', 'max_context must be a positive integer');
   }
-  if (options.cache !== undefined && typeof options.cache !== 'boolean') {
-    throw new PensiveError('invalid_options', 'cache must be true or false');
+  for (const flag of ['cache', 'persist', 'worker']) {
+    if (options[flag] !== undefined && typeof options[flag] !== 'boolean') {
+      throw new PensiveError('invalid_options', `${flag} must be true or false`);
+    }
   }
+  checkSignal(options.signal);
   return { ...options, backend, cache: options.cache ?? true };
 }
 
@@ -82,8 +86,26 @@ function progressReporter(onProgress) {
   };
 }
 
-function checkAborted(signal) {
-  if (signal?.aborted) throw new PensiveError('aborted', 'load aborted', { cause: signal.reason });
+function checkAborted(signal, what = 'load') {
+  if (signal?.aborted) throw new PensiveError('aborted', `${what} aborted`, { cause: signal.reason });
+}
+
+export function checkSignal(signal) {
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw new PensiveError('invalid_options', 'signal must be an AbortSignal');
+}
+
+/**
+ * `promise`, or an 'aborted' rejection as soon as `signal` fires. What runs behind the
+ * promise (one wasm call) is not interrupted: it finishes and its result is dropped.
+ */
+export function untilAborted(promise, signal, what) {
+  if (!signal) return promise;
+  checkAborted(signal, what);
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(new PensiveError('aborted', `${what} aborted`, { cause: signal.reason }));
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
 }
 
 /**
@@ -115,12 +137,14 @@ async function streamInto(source, sink, report, signal) {
  */
 export async function inspect(options) {
   const opts = checkLoadOptions(options);
+  checkAborted(opts.signal, 'inspect');
   await initWasm(opts.wasmUrl);
   const report = progressReporter(opts.onProgress);
   const source = await openModelSource(opts.model, { cache: opts.cache, signal: opts.signal });
   if (source.kind !== 'gguf') throw new PensiveError('invalid_options', 'inspect() reads GGUF files only');
   const probe = new wasm.GgufProbe();
   try {
+    checkAborted(opts.signal, 'inspect');
     const loaded = await streamInto(source, probe, report, opts.signal);
     const config = probe.finish();
     return { config, bytes: loaded, origin: source.origin };
@@ -134,6 +158,7 @@ export async function inspect(options) {
 /** Load a model in this thread. `options` as `Pensive.load` (without `worker`). */
 export async function loadInThread(options) {
   const opts = checkLoadOptions(options);
+  checkAborted(opts.signal);
   await initWasm(opts.wasmUrl);
   const report = progressReporter(opts.onProgress);
   const source = await openModelSource(opts.model, { cache: opts.cache, tokenizer: opts.tokenizer, signal: opts.signal });
@@ -165,17 +190,41 @@ export async function loadInThread(options) {
       const tokenizer = source.tokenizer ? await readWhole(source.tokenizer) : undefined;
       const tokenizerConfig = source.tokenizerConfig ? await readWhole(source.tokenizerConfig) : undefined;
       report(0, null, 'finish', true);
+      checkAborted(opts.signal);
       raw = await wasm.RawLoader.fromSafetensors(config, weights, tokenizer, tokenizerConfig, engineOptions);
     }
   } catch (e) {
     throw toPensiveError(e, 'model_format');
   }
-  const engine = new Engine(raw);
+  if (opts.signal?.aborted) {
+    // The abort came while the engine was being built (one wasm call): free what was built.
+    raw.dispose();
+    raw.free();
+    checkAborted(opts.signal);
+  }
+  const engine = new Engine(raw, source.name);
   report(1, 1, 'ready', true);
   return engine;
 }
 
 const GENERATE_ONLY_JS = ['signal'];
+
+/**
+ * Let the thread's task queue run. A wasm step resolves through microtasks only, so without
+ * this a whole generation runs as one task: no Stop click, timer or worker 'abort' message
+ * could land before it ends. A message-channel task costs no timer clamping and, unlike
+ * `scheduler.yield()` (whose continuation jumps the queue), lets timers run too.
+ */
+function yieldToTasks() {
+  return new Promise((resolve) => {
+    const channel = new MessageChannel();
+    channel.port1.onmessage = () => {
+      channel.port1.close();
+      resolve();
+    };
+    channel.port2.postMessage(null);
+  });
+}
 
 /**
  * A loaded model. One generation (or score) runs at a time: `generate` while another
@@ -185,14 +234,20 @@ const GENERATE_ONLY_JS = ['signal'];
 export class Engine {
   #raw;
   #active = null;
+  /** While an aborted score's forward still runs: what the next request waits for. */
+  #settling = null;
 
-  constructor(raw) {
+  /** @param {string} model the model's name (file name), reported as `model` by `chat`. */
+  constructor(raw, model) {
     this.#raw = raw;
     /**
-     * `{backend, fallback_reason, config, vocab_size, max_context, has_chat_template}`: `backend`
-     * says what `auto` chose, `fallback_reason` why it is not WebGPU (else null).
+     * `{backend, fallback_reason, config, vocab_size, max_context, has_chat_template, model,
+     * persisted}`: `backend` says what `auto` chose, `fallback_reason` why it is not WebGPU
+     * (else null); `persisted` what `navigator.storage.persist()` answered (null: not asked).
      */
-    this.info = raw.info();
+    this.info = { ...raw.info(), model, persisted: null };
+    /** OpenAI-style `chat.completions.create` over `generate` (see chat.js). */
+    this.chat = chatNamespace(this);
   }
 
   #live() {
@@ -222,6 +277,7 @@ export class Engine {
     const engine = this;
     const signal = options?.signal;
     let pending = null; // an error to throw from the first next()
+    let starting = null; // the start, deferred until an aborted score has finished
     let finished = false;
     const onAbort = () => {
       if (engine.#active === iterator) engine.#raw?.abort();
@@ -236,12 +292,23 @@ export class Engine {
         return this;
       },
       async next() {
+        if (starting) {
+          const s = starting;
+          starting = null;
+          try {
+            await s;
+          } catch (e) {
+            pending = toPensiveError(e, 'invalid_options');
+          }
+        }
         if (pending) {
           const e = pending;
           pending = null;
           finish();
           throw e;
         }
+        if (finished) return { done: true, value: undefined };
+        await yieldToTasks();
         if (finished) return { done: true, value: undefined };
         if (signal?.aborted) {
           engine.#raw?.abort();
@@ -278,10 +345,14 @@ export class Engine {
       if (this.#active) throw new PensiveError('busy', 'a generation is already running on this engine; finish, break out of or abort it first');
       const request = { ...(options ?? {}) };
       for (const key of GENERATE_ONLY_JS) delete request[key];
-      if (signal !== undefined && !(signal instanceof AbortSignal)) throw new PensiveError('invalid_options', 'signal must be an AbortSignal');
-      this.#live().start(prompt, request);
+      checkSignal(signal);
+      const begin = () => {
+        this.#live().start(prompt, request);
+        signal?.addEventListener('abort', onAbort, { once: true });
+      };
       this.#active = iterator;
-      signal?.addEventListener('abort', onAbort, { once: true });
+      if (this.#settling) starting = this.#settling.then(begin);
+      else begin();
     } catch (e) {
       pending = toPensiveError(e, 'invalid_options');
     }
@@ -296,12 +367,33 @@ export class Engine {
     return collect(this.generate(prompt, options));
   }
 
-  /** Teacher-forced scoring of `continuation` (string or token ids) after `prompt`. */
-  async score(prompt, continuation) {
+  /**
+   * Teacher-forced scoring of `continuation` (string or token ids) after `prompt`.
+   * `options.signal`: rejects with 'aborted' at once; the forward in flight finishes (the
+   * engine reports 'busy' until it has) and its result is dropped.
+   */
+  async score(prompt, continuation, { signal } = {}) {
+    checkSignal(signal);
+    checkAborted(signal, 'score');
     if (this.#active) throw new PensiveError('busy', 'a generation is running on this engine');
+    await this.#settling;
+    let pending;
     try {
-      return await this.#live().score(prompt, continuation);
+      pending = this.#live().score(prompt, continuation);
     } catch (e) {
+      throw toPensiveError(e);
+    }
+    try {
+      return await untilAborted(pending, signal, 'score');
+    } catch (e) {
+      if (signal?.aborted) {
+        // The caller has its answer; the next request waits for the forward instead of 'busy'.
+        const settled = pending.then(() => {}, () => {});
+        this.#settling = settled;
+        settled.then(() => {
+          if (this.#settling === settled) this.#settling = null;
+        });
+      }
       throw toPensiveError(e);
     }
   }

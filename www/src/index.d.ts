@@ -61,8 +61,13 @@ export interface LoadOptions {
   /** KV cache capacity in tokens (default: min(model context, 8192)). */
   max_context?: number;
   onProgress?: (progress: LoadProgress) => void;
-  /** Cache downloads (Cache API, keyed by URL + size). Default true; quota errors only warn. */
+  /** Cache downloads (Cache API, keyed by URL + size + ETag). Default true; quota errors only warn. */
   cache?: boolean;
+  /**
+   * Ask the browser to keep the model cache under storage pressure
+   * (`navigator.storage.persist()`) before loading; its answer is `engine.info.persisted`.
+   */
+  persist?: boolean;
   /** Run the engine in a Web Worker; `load` then resolves to a {@link PensiveWorker}. */
   worker?: boolean;
   /** Abort the download/load. */
@@ -80,20 +85,29 @@ export interface ChatMessage {
 export type Prompt = string | ChatMessage[];
 
 export interface ThinkingOptions {
+  /** The end of thinking is refused (replaced by a continuation) before this many thinking tokens. */
   min_tokens?: number;
+  /** The budget: thinking is ended (wrap-up, end marker) at this many thinking tokens. */
   max_tokens?: number;
+  /** Text forced in place of an early end of thinking (default "Wait"). */
   continuations?: string[];
   continuation_order?: 'cycle' | 'random';
+  /** Ends of thinking to let through before the floor applies. */
   ignore_ends?: number;
   max_continuations?: number;
   on_early_end?: 'continue' | 'suppress';
+  /** Tokens past the budget the model may take to finish its sentence. */
   grace_tokens?: number;
   wrap_up?: string;
   answer_prefix?: string;
   answer_max_tokens?: number;
+  /** Thinking markers (default: the model's `<think>`/`</think>`). */
   start?: string;
   end?: string;
+  /** Force the start marker: thinking begins at once. */
   open?: boolean;
+  /** Seed of `continuation_order: 'random'` (default: the request's seed). */
+  seed?: number;
 }
 
 export interface GenerateOptions {
@@ -102,7 +116,19 @@ export interface GenerateOptions {
   top_p?: number;
   min_p?: number;
   repeat_penalty?: number;
+  /** How many recent tokens the repeat penalty looks at (default 64). */
+  repeat_last_n?: number;
+  /**
+   * Omitted: a fresh seed per request, reported as `done.stats.seed` (at most
+   * `Number.MAX_SAFE_INTEGER`); passing it back reproduces the answer.
+   */
   seed?: number;
+  /** Token id → bias added to its logit, in [-100, 100] (OpenAI's `logit_bias`). */
+  logit_bias?: Record<number, number>;
+  /** Put `logprob` on every sampled token event. */
+  logprobs?: boolean;
+  /** And this many most likely alternatives, 0..20 (needs `logprobs`). */
+  top_logprobs?: number;
   max_tokens?: number;
   /** Ends the answer when its text contains one of these (not emitted). */
   stop?: string[];
@@ -121,6 +147,12 @@ export interface GenerateOptions {
 
 export type Phase = 'thinking' | 'answer';
 
+export type FinishReason = 'end_of_generation' | 'stop_string' | 'max_tokens' | 'answer_max_tokens' | 'context_full';
+
+/**
+ * What a generation produced and cost. Cost fields (`cached_tokens`, `processed_tokens`, the
+ * timings) may differ between a repeated and a fresh request; the others never do.
+ */
 export interface GenerationStats {
   prompt_tokens: number;
   /** Cost: prompt tokens reused from the KV cache (a repeated or extended conversation). */
@@ -129,19 +161,52 @@ export interface GenerationStats {
   forced_tokens: number;
   /** Cost: tokens run through the model for this request (prompt − cached + sampled + forced). */
   processed_tokens: number;
+  /** Kept tokens later taken out again (a multi-token end marker, a stop string). */
+  rolled_back_tokens: number;
+  /** Tokens drawn but never kept (a replaced end of thinking, the end-of-generation token). */
+  dropped_tokens: number;
+  /** Tokens in the response: sampled + forced − rolled back. */
+  response_tokens: number;
   thinking_tokens: number;
   answer_tokens: number;
   continuations: number;
   ends_suppressed: number;
   forced_exit: boolean;
+  prefill_s: number;
+  decode_s: number;
   prefill_tok_s: number;
   decode_tok_s: number;
-  [key: string]: unknown;
+  finish_reason: FinishReason | null;
+  /** The sampler's seed: the request's, or the one drawn for it. */
+  seed: number;
+}
+
+export interface TopLogprob {
+  id: number;
+  text: string;
+  logprob: number;
+}
+
+export interface TokenEvent {
+  type: 'token';
+  id: number;
+  text: string;
+  phase: Phase;
+  /** Inserted by the engine (a continuation, wrap-up, marker, answer prefix), not sampled. */
+  forced: boolean;
+  /** (Part of) `<think>`/`</think>`, counted neither as thinking nor as answer. */
+  marker: boolean;
+  /**
+   * With `logprobs`, on sampled tokens: log p of this token under the model's logits plus
+   * `logit_bias` (temperature 1, before penalties and truncation).
+   */
+  logprob?: number;
+  /** With `logprobs`: the `top_logprobs` most likely alternatives, most likely first. */
+  top_logprobs?: TopLogprob[];
 }
 
 export type GenerationEvent =
-  /** `marker`: (part of) `<think>`/`</think>`, counted neither as thinking nor as answer. */
-  | { type: 'token'; id: number; text: string; phase: Phase; forced: boolean; marker: boolean }
+  | TokenEvent
   | { type: 'continuation'; text: string; round: number }
   | { type: 'budget_exhausted'; thinking_tokens: number }
   | { type: 'phase'; phase: Phase }
@@ -189,11 +254,28 @@ export interface EngineInfo {
   vocab_size: number;
   max_context: number;
   has_chat_template: boolean;
+  /** The model file's name; `chat` responses report it as `model`. */
+  model: string;
+  /** What `navigator.storage.persist()` answered for `persist: true`; null when not asked. */
+  persisted: boolean | null;
 }
 
 export interface ModelConfig {
-  arch: string;
-  [key: string]: unknown;
+  arch: 'llama' | 'qwen2' | 'qwen3';
+  n_layers: number;
+  dim: number;
+  n_heads: number;
+  n_kv_heads: number;
+  head_dim: number;
+  ffn_dim: number;
+  vocab_size: number;
+  rope_theta: number;
+  rope_layout: 'interleaved' | 'neo_x';
+  rms_eps: number;
+  qkv_bias: boolean;
+  qk_norm: boolean;
+  tied_embeddings: boolean;
+  context_length: number;
 }
 
 export interface InspectResult {
@@ -202,35 +284,170 @@ export interface InspectResult {
   origin: 'network' | 'cache' | 'file';
 }
 
+// ---------------------------------------------------------------------------
+// OpenAI-style chat completions (`engine.chat.completions.create`)
+
+/** Options of `chat.completions.create`: OpenAI's names, plus Pensive's `thinking` and the rest of {@link GenerateOptions}. */
+export interface ChatCompletionRequestBase extends Omit<GenerateOptions, 'stop'> {
+  messages: ChatMessage[];
+  /** Accepted for compatibility and ignored: the engine runs the model it loaded. */
+  model?: string;
+  stop?: string | string[];
+}
+
+export interface ChatCompletionRequestNonStreaming extends ChatCompletionRequestBase {
+  stream?: false;
+}
+
+export interface ChatCompletionRequestStreaming extends ChatCompletionRequestBase {
+  stream: true;
+  /** `include_usage`: one last chunk with no choices and the usage (earlier chunks: `usage: null`). */
+  stream_options?: { include_usage?: boolean };
+}
+
+export type ChatCompletionRequest = ChatCompletionRequestNonStreaming | ChatCompletionRequestStreaming;
+
+/** 'stop': the model ended or a stop string matched; 'length': a token or context limit. */
+export type ChatFinishReason = 'stop' | 'length';
+
+export interface ChatCompletionTokenLogprob {
+  token: string;
+  logprob: number;
+  bytes: number[];
+  top_logprobs: Array<{ token: string; logprob: number; bytes: number[] }>;
+}
+
+/** With `logprobs`: one entry per sampled token, answer and thinking apart. */
+export interface ChatLogprobs {
+  content?: ChatCompletionTokenLogprob[];
+  reasoning_content?: ChatCompletionTokenLogprob[];
+}
+
+export interface CompletionUsage {
+  prompt_tokens: number;
+  /** Response tokens (thinking, forced insertions and markers included). */
+  completion_tokens: number;
+  total_tokens: number;
+  completion_tokens_details: { reasoning_tokens: number };
+}
+
+export interface ChatCompletion {
+  id: string;
+  object: 'chat.completion';
+  /** Unix seconds. */
+  created: number;
+  model: string;
+  choices: [{
+    index: 0;
+    message: {
+      role: 'assistant';
+      content: string;
+      /** The thinking (forced continuations included, markers excluded); null when there was no thinking phase. */
+      reasoning_content: string | null;
+    };
+    logprobs: ChatLogprobs | null;
+    finish_reason: ChatFinishReason;
+  }];
+  usage: CompletionUsage;
+  /** Pensive's own: the `done` event's stats (budget, continuations, seed, speed). */
+  stats: GenerationStats;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: 'chat.completion.chunk';
+  created: number;
+  model: string;
+  /** Empty in the usage chunk (`stream_options.include_usage`). */
+  choices: Array<{
+    index: 0;
+    delta: { role?: 'assistant'; content?: string; reasoning_content?: string };
+    logprobs: ChatLogprobs | null;
+    finish_reason: ChatFinishReason | null;
+  }>;
+  /** With `include_usage`: null except on the last chunk. */
+  usage?: CompletionUsage | null;
+  /** Pensive's, on chunks with text: the engine inserted it (a continuation, the wrap-up, an answer prefix). */
+  forced?: boolean;
+  /** On the chunk that carries `finish_reason`. */
+  stats?: GenerationStats;
+}
+
+export interface ChatCompletions {
+  create(request: ChatCompletionRequestStreaming): Promise<AsyncIterableIterator<ChatCompletionChunk>>;
+  create(request: ChatCompletionRequestNonStreaming): Promise<ChatCompletion>;
+  create(request: ChatCompletionRequest): Promise<ChatCompletion | AsyncIterableIterator<ChatCompletionChunk>>;
+}
+
+export interface Chat {
+  readonly completions: ChatCompletions;
+}
+
+/** `signal`: rejects with code `aborted` at once; a forward already running finishes first. */
+export interface ScoreOptions {
+  signal?: AbortSignal;
+}
+
 /**
  * A loaded model. One generation or score runs at a time: `generate` while another is active
  * rejects (its iterator's first `next()`) with code `busy`; nothing is queued.
  */
 export declare class Engine {
   readonly info: EngineInfo;
+  /** OpenAI-style chat completions over `generate`. */
+  readonly chat: Chat;
   /** The token ids `generate` feeds for `prompt` (chat template applied). */
   promptIds(prompt: Prompt, options?: Pick<GenerateOptions, 'chat_template_kwargs'>): number[];
   generate(prompt: Prompt, options?: GenerateOptions): AsyncIterableIterator<GenerationEvent>;
   complete(prompt: Prompt, options?: GenerateOptions): Promise<Completion>;
-  score(prompt: Prompt, continuation: string | number[]): Promise<ScoreResult>;
+  score(prompt: Prompt, continuation: string | number[], options?: ScoreOptions): Promise<ScoreResult>;
   /** Frees the model (GPU buffers included); the engine is unusable afterwards. */
   dispose(): void;
 }
 
-/** The same API with the engine in a Web Worker. */
+/** The same API with the engine in a Web Worker; every call honours its `signal`. */
 export declare class PensiveWorker {
+  /**
+   * By default the worker is `new Worker(new URL('./worker.js', import.meta.url), { type: 'module' })`,
+   * which bundlers (Vite, webpack) detect; `worker`/`workerUrl` replace it.
+   */
   constructor(options?: { worker?: Worker; workerUrl?: string | URL });
   info: EngineInfo | null;
+  readonly chat: Chat;
   version(): Promise<string>;
+  /** The worker's wasm linear memory in bytes. */
+  wasmMemoryBytes(): Promise<number>;
   load(options: LoadOptions): Promise<PensiveWorker>;
   inspect(options: LoadOptions): Promise<InspectResult>;
   generate(prompt: Prompt, options?: GenerateOptions): AsyncIterableIterator<GenerationEvent>;
   complete(prompt: Prompt, options?: GenerateOptions): Promise<Completion>;
-  score(prompt: Prompt, continuation: string | number[]): Promise<ScoreResult>;
+  score(prompt: Prompt, continuation: string | number[], options?: ScoreOptions): Promise<ScoreResult>;
   dispose(): void;
 }
 
 export declare function resolveModelUrl(ref: string): string;
+
+export interface CachedModel {
+  /** The resolved URL the file was downloaded from. */
+  url: string;
+  size: number;
+  /** The server's ETag, when it sent one. */
+  etag: string | null;
+}
+
+/**
+ * The model cache (Cache API). A cached model loads without the network; `delete` it to pick
+ * up a file changed on the server. `model`: a URL or `hf:` reference, as given to `load`.
+ */
+export interface ModelCache {
+  list(): Promise<CachedModel[]>;
+  has(model: string | URL): Promise<boolean>;
+  /** Resolves to whether there was an entry. */
+  delete(model: string | URL): Promise<boolean>;
+  clear(): Promise<void>;
+  /** `navigator.storage.persist()`'s answer (false where it is missing, e.g. in a worker). */
+  persist(): Promise<boolean>;
+}
 
 export declare const Pensive: {
   load(options: LoadOptions & { worker: true }): Promise<PensiveWorker>;
@@ -238,6 +455,7 @@ export declare const Pensive: {
   inspect(options: LoadOptions): Promise<InspectResult>;
   version(): Promise<string>;
   init(wasmUrl?: string | URL): Promise<unknown>;
+  readonly cache: ModelCache;
   clearCache(): Promise<void>;
 };
 

@@ -99,21 +99,101 @@ async function openCache(enabled) {
   }
 }
 
-function cacheKey(url, size) {
-  return `${CACHE_KEY_BASE}?url=${encodeURIComponent(url)}&size=${size}`;
+/**
+ * An entry's key: the URL, the size and the server's ETag when it sent one, so that a file
+ * replaced on the server (same URL, another ETag or size) is told apart from the cached one.
+ */
+function cacheKey(url, size, etag) {
+  const key = `${CACHE_KEY_BASE}?url=${encodeURIComponent(url)}&size=${size}`;
+  return etag ? `${key}&etag=${encodeURIComponent(etag)}` : key;
 }
 
-/** Cached entries for `url`, as `{request, size}` (normally zero or one). */
-async function cachedEntries(cache, url) {
+/** Every entry, or those for `url`: `{request, url, size, etag}` (normally zero or one per URL). */
+async function cachedEntries(cache, url = null) {
   const out = [];
   for (const request of await cache.keys()) {
     const key = new URL(request.url);
-    if (key.origin + key.pathname === CACHE_KEY_BASE && key.searchParams.get('url') === url) {
-      out.push({ request, size: Number(key.searchParams.get('size')) });
+    if (key.origin + key.pathname !== CACHE_KEY_BASE) continue;
+    const entryUrl = key.searchParams.get('url');
+    if (url === null || entryUrl === url) {
+      out.push({ request, url: entryUrl, size: Number(key.searchParams.get('size')), etag: key.searchParams.get('etag') });
     }
   }
   return out;
 }
+
+/** The URL a model reference is cached under (an `hf:` reference resolved, made absolute). */
+function cachedUrl(model) {
+  if (typeof model !== 'string' && !(model instanceof URL)) {
+    throw new PensiveError('invalid_options', 'the model cache is keyed by URL: pass a URL or an hf: reference');
+  }
+  return absoluteUrl(resolveModelUrl(String(model)));
+}
+
+async function existingCache() {
+  if (typeof caches === 'undefined' || !(await caches.has(CACHE_NAME))) return null;
+  return caches.open(CACHE_NAME);
+}
+
+/**
+ * `Pensive.cache`: what the model cache holds, per model. Entries are whole files (a partial
+ * download is never stored); a cached model loads with no network at all, so a file changed
+ * on the server is picked up after `delete(model)` (its new ETag or size then keys the new entry).
+ */
+export const modelCache = Object.freeze({
+  /** `[{url, size, etag}]`, one per cached model file (`etag` null when the server sent none). */
+  async list() {
+    try {
+      const cache = await existingCache();
+      return cache ? (await cachedEntries(cache)).map(({ url, size, etag }) => ({ url, size, etag })) : [];
+    } catch (e) {
+      throw toPensiveError(e, 'io');
+    }
+  },
+  /** Whether `model` (a URL or `hf:` reference) is cached. */
+  async has(model) {
+    const url = cachedUrl(model);
+    try {
+      const cache = await existingCache();
+      return cache ? (await cachedEntries(cache, url)).length > 0 : false;
+    } catch (e) {
+      throw toPensiveError(e, 'io');
+    }
+  },
+  /** Remove `model`'s cached file; resolves to whether there was one. */
+  async delete(model) {
+    const url = cachedUrl(model);
+    try {
+      const cache = await existingCache();
+      if (!cache) return false;
+      let deleted = false;
+      for (const { request } of await cachedEntries(cache, url)) deleted = (await cache.delete(request)) || deleted;
+      return deleted;
+    } catch (e) {
+      throw toPensiveError(e, 'io');
+    }
+  },
+  /** Remove every cached model file. */
+  async clear() {
+    try {
+      if (typeof caches !== 'undefined') await caches.delete(CACHE_NAME);
+    } catch (e) {
+      throw toPensiveError(e, 'io');
+    }
+  },
+  /**
+   * Ask the browser to keep the cache under storage pressure (`navigator.storage.persist()`;
+   * it may say no, e.g. before the user interacted with the site). Resolves to its answer,
+   * or false where the API is missing (workers, insecure contexts).
+   */
+  async persist() {
+    try {
+      return (await globalThis.navigator?.storage?.persist?.()) === true;
+    } catch {
+      return false;
+    }
+  },
+});
 
 /** Yield a ReadableStream's chunks; cancels the stream if the consumer stops early. */
 async function* chunksOf(stream) {
@@ -177,6 +257,7 @@ export async function openModelSource(model, { cache = true, tokenizer, signal, 
   // With a Content-Encoding the length is of the compressed body, not of the bytes we read.
   const length = Number(res.headers.get('content-length'));
   const total = !res.headers.get('content-encoding') && Number.isFinite(length) && length > 0 ? length : null;
+  const etag = res.headers.get('etag');
 
   if (!store || total === null) {
     if (store) console.warn(`pensive: not caching ${name}: the server did not send its size`);
@@ -209,7 +290,7 @@ export async function openModelSource(model, { cache = true, tokenizer, signal, 
   );
   const settled = (async () => {
     for (const { request } of await cachedEntries(store, url)) await store.delete(request);
-    await store.put(cacheKey(url, total), new Response(forCache, {
+    await store.put(cacheKey(url, total, etag), new Response(forCache, {
       headers: { 'content-type': 'application/octet-stream', 'content-length': String(total) },
     }));
   })().catch((e) => stopCaching(`${e?.name ?? 'Error'}: ${e?.message ?? e}`));

@@ -1,8 +1,10 @@
 // The page side of the worker engine: the same API as `Engine`, with every call forwarded to
 // `worker.js`. Functions (onProgress) and AbortSignals cannot cross postMessage, so they stay
-// here and travel as progress messages and 'abort' requests.
+// here and travel as progress messages and 'abort' requests: a call whose signal fires
+// rejects with 'aborted' at once, and the worker stops its side at its next step.
+import { chatNamespace } from './chat.js';
 import { PensiveError, toPensiveError } from './errors.js';
-import { checkLoadOptions, collect } from './engine.js';
+import { checkLoadOptions, checkSignal, collect } from './engine.js';
 
 export class PensiveWorker {
   #worker;
@@ -12,10 +14,17 @@ export class PensiveWorker {
   #activeGeneration = null;
   /** The engine info after `load` (backend, adapter, model). */
   info = null;
+  /** OpenAI-style `chat.completions.create`, as on `Engine`. */
+  chat = chatNamespace(this);
 
   /** @param {{worker?: Worker, workerUrl?: string | URL}} [options] */
   constructor({ worker, workerUrl } = {}) {
-    this.#worker = worker ?? new Worker(workerUrl ?? new URL('./worker.js', import.meta.url), { type: 'module' });
+    // The default spelled out literally: Vite and webpack find the worker (and bundle it with
+    // its wasm) only in exactly this form.
+    this.#worker = worker
+      ?? (workerUrl !== undefined
+        ? new Worker(workerUrl, { type: 'module' })
+        : new Worker(new URL('./worker.js', import.meta.url), { type: 'module' }));
     this.#worker.onmessage = (e) => this.#receive(e.data);
     this.#worker.onerror = (e) => this.#failAll(new PensiveError('backend', `worker error: ${e.message ?? e}`));
   }
@@ -37,10 +46,26 @@ export class PensiveWorker {
     this.#calls.clear();
   }
 
-  #call(op, payload = {}, hooks = {}) {
+  /** Post `op`; `signal` (optional) rejects the call at once and asks the worker to stop it. */
+  #call(op, payload = {}, hooks = {}, signal = undefined) {
+    checkSignal(signal);
+    if (signal?.aborted) {
+      return { id: null, done: Promise.reject(new PensiveError('aborted', `${op} aborted`, { cause: signal.reason })) };
+    }
     const id = this.#nextId++;
     const done = new Promise((resolve, reject) => this.#calls.set(id, { resolve, reject, ...hooks }));
     this.#worker.postMessage({ id, op, ...payload });
+    if (signal) {
+      const onAbort = () => {
+        const call = this.#calls.get(id);
+        if (!call) return;
+        this.#calls.delete(id);
+        this.#worker.postMessage({ id: this.#nextId++, op: 'abort', target: id });
+        call.reject(new PensiveError('aborted', `${op} aborted`, { cause: signal.reason }));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      done.then(() => {}, () => {}).finally(() => signal.removeEventListener('abort', onAbort));
+    }
     return { id, done };
   }
 
@@ -55,15 +80,14 @@ export class PensiveWorker {
 
   /** Load a model into the worker; options as `Pensive.load`. Resolves to this object. */
   async load(options) {
-    const { onProgress, signal, worker: _worker, ...rest } = checkLoadOptions(options);
-    if (signal?.aborted) throw new PensiveError('aborted', 'load aborted');
-    this.info = await this.#call('load', { options: rest }, { onProgress }).done;
+    const { onProgress, signal, worker: _worker, persist: _persist, ...rest } = checkLoadOptions(options);
+    this.info = await this.#call('load', { options: rest }, { onProgress }, signal).done;
     return this;
   }
 
   async inspect(options) {
-    const { onProgress, signal: _signal, worker: _worker, ...rest } = checkLoadOptions(options);
-    return this.#call('inspect', { options: rest }, { onProgress }).done;
+    const { onProgress, signal, worker: _worker, persist: _persist, ...rest } = checkLoadOptions(options);
+    return this.#call('inspect', { options: rest }, { onProgress }, signal).done;
   }
 
   /** Same contract as `Engine.generate`, including 'busy' when a generation is active. */
@@ -136,8 +160,8 @@ export class PensiveWorker {
     return collect(this.generate(prompt, options));
   }
 
-  async score(prompt, continuation) {
-    return this.#call('score', { prompt, continuation }).done;
+  async score(prompt, continuation, { signal } = {}) {
+    return this.#call('score', { prompt, continuation }, {}, signal).done;
   }
 
   /** Free the model in the worker and stop the worker. */
