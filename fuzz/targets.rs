@@ -333,5 +333,5 @@ pub fn thinking(data: &[u8]) {
     if let Some(cap) = options.max_continuations {
         assert!(continuations <= cap, "{continuations} continuations above the cap {cap}");
     }
-    assert!(c.tokens.len() <= max_tokens, "{} response tokens above max_tokens {max_tokens}", c.tokens.len());
+    assert!(c.tokens.len() <= max_tokens, "{} response tokens above max_tokens {max_tokens}: {options:?}\n{:?}", c.tokens.len(), c.events);
 }
