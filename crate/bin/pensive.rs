@@ -130,6 +130,10 @@ mod cli {
         /// A system message to put before --chat.
         #[arg(long, requires = "chat")]
         system: Option<String>,
+        /// Special-token texts in --prompt ("<|im_start|>") become those tokens (a prompt
+        /// that writes the chat format itself). Message text never does.
+        #[arg(long, requires = "prompt")]
+        special_tokens: bool,
     }
 
     #[derive(Args)]
@@ -431,9 +435,10 @@ mod cli {
             stop_in_thinking: a.stop_in_thinking,
             thinking: a.thinking.options()?,
             chat_template_kwargs: a.chat_template_kwargs.clone(),
+            special_tokens_in_text: a.prompt.special_tokens,
         };
         let prompt = prompt(&a.prompt);
-        let prompt_ids = engine.prompt_ids(&prompt, a.chat_template_kwargs.as_ref())?;
+        let prompt_ids = engine.prompt_ids_with(&prompt, a.chat_template_kwargs.as_ref(), a.prompt.special_tokens)?;
         engine.start(&prompt, request)?;
         let mut events = Vec::new();
         let (mut tokens, mut text, mut stats) = (Vec::new(), String::new(), Stats::default());

@@ -173,6 +173,9 @@ export async function loadInThread(options) {
       const loader = await wasm.RawLoader.create(engineOptions);
       let loaded;
       try {
+        // A header that claims more bytes than the source has is refused before any
+        // tensor buffer is allocated.
+        if (source.total !== null && source.total !== undefined) loader.setSourceLen(source.total);
         loaded = await streamInto(source, loader, report, opts.signal);
         report(loaded, source.total, 'finish', true);
         raw = await loader.finish();
