@@ -59,8 +59,8 @@ pub enum GenerateError {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "snake_case")]
 pub struct GenerateOptions {
-    /// Stop sampling once the response holds this many tokens (forced ones included; a
-    /// forced insertion under way is not cut).
+    /// The most tokens the response may hold, forced ones included. A forced insertion that
+    /// would pass it is not started: the generation ends there with `max_tokens`.
     pub max_tokens: usize,
     /// Stop when the response text contains one of these; the stop string is not emitted.
     /// Only the model's own text is searched, never forced text.
@@ -840,11 +840,11 @@ impl<C: TextCodec> Generation<C> {
         if let Some(hit) = hit {
             self.release(hit.at);
         }
-        // Forced tokens that do not fit the context are not started: the actions before the
-        // first insertion run, then the generation ends, so that every event announces
-        // something that happened.
-        let context_full = !self.forced_fit(t, &actions);
-        if context_full {
+        // Forced tokens that do not fit the context or `max_tokens` are not started: the
+        // actions before the first insertion run, then the generation ends, so that every
+        // event announces something that happened and `max_tokens` is a hard cap.
+        let no_room = self.no_room_for(t, &actions);
+        if no_room.is_some() {
             let cut = actions.iter().position(|a| matches!(a, Action::Force { .. } | Action::Continuation { .. }));
             actions.truncate(cut.unwrap_or(actions.len()));
         }
@@ -904,8 +904,8 @@ impl<C: TextCodec> Generation<C> {
                 Action::Stop(StopReason::AnswerMaxTokens) => self.finish(t, FinishReason::AnswerMaxTokens).await?,
             }
         }
-        if context_full {
-            self.finish(t, FinishReason::ContextFull).await?;
+        if let Some(reason) = no_room {
+            self.finish(t, reason).await?;
         }
         if self.stage != Stage::Done {
             let hold_from = self.hold_from();
@@ -1030,18 +1030,29 @@ impl<C: TextCodec> Generation<C> {
         self.events.push_back(event);
     }
 
-    /// Whether the transcript has room for what `actions` would keep and force.
-    fn forced_fit<B: Backend>(&self, t: &Transcript<B>, actions: &[Action]) -> bool {
+    /// Why what `actions` would keep and force does not fit, if it does not: the context, or
+    /// the response's `max_tokens`.
+    fn no_room_for<B: Backend>(&self, t: &Transcript<B>, actions: &[Action]) -> Option<FinishReason> {
         let mut len = t.len();
+        let mut forced = false;
         for action in actions {
             match action {
                 Action::Keep { .. } => len += 1,
                 Action::Rollback { tokens } => len = len.saturating_sub(*tokens),
-                Action::Force { ids, .. } => len += ids.len(),
+                Action::Force { ids, .. } => {
+                    len += ids.len();
+                    forced = true;
+                }
                 _ => {}
             }
         }
-        len <= t.max_context()
+        if len > t.max_context() {
+            Some(FinishReason::ContextFull)
+        } else if forced && len - self.prompt_len > self.max_tokens {
+            Some(FinishReason::MaxTokens)
+        } else {
+            None
+        }
     }
 
     /// The watched string marker, if the token that starts at text offset `start` completed it.

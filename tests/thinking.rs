@@ -932,6 +932,20 @@ fn a_forced_exit_takes_back_a_half_written_end_marker_unless_thinking_would_fall
     check_accounting(&c, &backend);
 }
 
+#[test]
+fn a_forced_exit_that_would_pass_max_tokens_is_not_started() {
+    // The fuzzer's finding: the cap falls on the response's last allowed token, and the exit
+    // (wrap-up + end marker) would have made the response longer than max_tokens.
+    let codec = token_codec();
+    let mut backend = script(&codec, Model { end_with: EndWith::Never, ..Model::default() });
+    let opts = ThinkingOptions { max_tokens: Some(2), wrap_up: Some(" b b".into()), ..ThinkingOptions::default() };
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), GenerateOptions { max_tokens: 2, ..options(opts) });
+    assert!(c.tokens.len() <= 2, "{}", transcript(&c));
+    assert_eq!(c.stats.finish_reason, Some(FinishReason::MaxTokens));
+    assert!(!c.stats.forced_exit, "no exit was written");
+    check_accounting(&c, &backend);
+}
+
 // ----------------------------------------------------------------------------
 // Beyond s1 (issue 12): suppress, confidence exit, schedule, presets, per-phase sampling.
 
