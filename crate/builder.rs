@@ -226,6 +226,28 @@ pub(crate) fn check_vocab(tokenizer: &Tokenizer, config: &ModelConfig) -> Result
     Ok(())
 }
 
+/// What the CPU backend may use of wasm32's 4 GiB address space: the rest holds the module,
+/// the tokenizer, the stream's buffers and the activations.
+pub const WASM_CPU_MEMORY: u64 = 3 << 30;
+
+/// Refuse a model whose weights (the tensors the decoder reads, as stored) and KV cache
+/// (f32 keys and values for `max_context` positions) exceed `budget` bytes: a `too_large`
+/// error. All in u64, so a header's sizes cannot wrap on wasm32.
+pub fn check_cpu_memory(header: &GgufHeader, config: &ModelConfig, max_context: Option<usize>, budget: u64) -> Result<(), EngineError> {
+    let wanted: std::collections::HashSet<String> =
+        crate::loader::decoder_tensors(config)?.into_iter().map(|(name, _)| name).collect();
+    let weights = header.tensors.iter().filter(|t| wanted.contains(&t.name)).fold(0u64, |acc, t| acc.saturating_add(t.n_bytes));
+    let context = max_context.unwrap_or(crate::model::DEFAULT_MAX_CONTEXT).min(config.context_length).max(1) as u64;
+    let kv_cache = [2, config.n_layers as u64, context, config.n_kv_heads as u64, config.head_dim as u64, 4]
+        .into_iter()
+        .fold(1u64, u64::saturating_mul);
+    let need = weights.saturating_add(kv_cache);
+    if need > budget {
+        return Err(EngineError::TooLarge { need, limit: budget });
+    }
+    Ok(())
+}
+
 /// Options for loading a model.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -278,6 +300,12 @@ impl EngineLoader {
         Ok(Self { options: options.clone(), stream: GgufStream::new(), sink: Sink::Undecided(gpu) })
     }
 
+    /// The size of the whole file, when known (file size, HTTP Content-Length): tensors that
+    /// lie past it are refused with the header, before any tensor buffer is allocated.
+    pub fn set_source_len(&mut self, len: u64) {
+        self.stream.set_source_len(len);
+    }
+
     /// The next bytes of the file.
     pub fn push(&mut self, chunk: &[u8]) -> Result<LoadProgress, EngineError> {
         if let Sink::Failed = self.sink {
@@ -322,7 +350,14 @@ impl EngineLoader {
         let config = config_from_gguf(header)?;
         let tensors = header.tensors.iter().map(|t| (t.name.as_str(), t.ty, t.dims.as_slice()));
         Ok(match gpu.decide(options.backend, &config, tensors, options.max_context)? {
-            Target::Cpu { fallback_reason } => Sink::Keep { tensors: HashMap::new(), fallback_reason },
+            Target::Cpu { fallback_reason } => {
+                // In a page the CPU decoder holds every weight in wasm32's 4 GiB: a model that
+                // cannot fit is refused now, with the header, instead of aborting the module
+                // halfway through the download.
+                #[cfg(target_arch = "wasm32")]
+                check_cpu_memory(header, &config, options.max_context, WASM_CPU_MEMORY)?;
+                Sink::Keep { tensors: HashMap::new(), fallback_reason }
+            }
             Target::Gpu(ctx) => Sink::Upload(GpuModelBuilder::new(ctx, config, options.max_context).map_err(upload_error)?),
         })
     }
@@ -334,6 +369,7 @@ impl EngineLoader {
         use std::io::Read;
         let io = |e: std::io::Error| EngineError::Load(LoadError::Io(format!("{}: {e}", path.display())));
         let mut file = std::fs::File::open(path).map_err(io)?;
+        self.set_source_len(file.metadata().map_err(io)?.len());
         let mut buf = vec![0u8; 8 << 20];
         loop {
             let n = file.read(&mut buf).map_err(io)?;

@@ -21,6 +21,23 @@ impl AlignedBytes {
         out
     }
 
+    /// Append `bytes`, growing the allocation geometrically but never past `limit` bytes in
+    /// total (the size the caller expects to end with): memory follows the bytes that really
+    /// arrive, and a buffer filled to `limit` holds no slack.
+    pub fn extend_within(&mut self, bytes: &[u8], limit: u64) {
+        let new_len = self.len + bytes.len();
+        let words = new_len.div_ceil(8);
+        if words > self.words.capacity() {
+            let limit_words = usize::try_from(limit.div_ceil(8)).unwrap_or(usize::MAX);
+            let target = (self.words.capacity() * 2).max(words).min(limit_words.max(words));
+            self.words.reserve_exact(target - self.words.len());
+        }
+        self.words.resize(words, 0);
+        let len = self.len;
+        self.len = new_len;
+        self.as_mut_slice()[len..].copy_from_slice(bytes);
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

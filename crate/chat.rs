@@ -28,6 +28,11 @@ pub enum ChatError {
     Raised(String),
     #[error("chat template failed to render: {0:#}")]
     Render(#[source] minijinja::Error),
+    /// The template ran past [`MAX_FUEL`] instructions or wrote more than
+    /// [`MAX_OUTPUT_BYTES`]: a template in a downloaded file may loop or explode, and the
+    /// page must get an error rather than a frozen tab.
+    #[error("chat template exceeded its limit: {0}")]
+    Limit(String),
     /// An extra template variable may not replace what the conversation itself sets.
     #[error("chat template variable '{0}' comes from the conversation and cannot be passed as an extra variable")]
     ReservedVariable(String),
@@ -79,6 +84,43 @@ impl std::error::Error for RaisedByTemplate {}
 
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// Instructions one render may execute. The real templates (Qwen2.5, Qwen3, DeepSeek-R1,
+/// SmolLM2) render a 1,000-message conversation well within it (tests/chat.rs); a template
+/// that loops runs out in about a second.
+pub const MAX_FUEL: u64 = 5_000_000;
+
+/// Bytes one render may write: far beyond any context window's worth of text (a 128k-token
+/// context is well under 1 MiB).
+pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
+
+/// Collects the rendered prompt and refuses to grow past [`MAX_OUTPUT_BYTES`].
+struct BoundedOutput(Vec<u8>);
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_OUTPUT_BYTES {
+            return Err(std::io::Error::other(OutputLimit));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The marker of an output that hit [`MAX_OUTPUT_BYTES`].
+#[derive(Debug)]
+struct OutputLimit;
+
+impl std::fmt::Display for OutputLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the prompt grew past {MAX_OUTPUT_BYTES} bytes")
+    }
+}
+
+impl std::error::Error for OutputLimit {}
+
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -96,6 +138,7 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(MAX_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |message: String| -> Result<Value, minijinja::Error> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, "raise_exception")
@@ -146,10 +189,19 @@ impl ChatTemplate {
         for (name, value) in extra {
             context.insert(name.clone(), Value::from_serialize(value));
         }
-        template.render(Value::from(context)).map_err(|e| match raised_message(&e) {
-            Some(message) => ChatError::Raised(message),
-            None => ChatError::Render(e),
-        })
+        let mut out = BoundedOutput(Vec::new());
+        match template.render_captured_to(Value::from(context), &mut out) {
+            Ok(_) => String::from_utf8(out.0).map_err(|e| ChatError::Limit(format!("the template wrote invalid UTF-8: {e}"))),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => {
+                Err(ChatError::Limit(format!("it ran more than {MAX_FUEL} instructions")))
+            }
+            // The only writer that can fail is ours, and only at the limit.
+            Err(e) if e.kind() == ErrorKind::WriteFailure => Err(ChatError::Limit(OutputLimit.to_string())),
+            Err(e) => Err(match raised_message(&e) {
+                Some(message) => ChatError::Raised(message),
+                None => ChatError::Render(e),
+            }),
+        }
     }
 }
 

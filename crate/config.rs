@@ -16,6 +16,10 @@ pub enum ConfigError {
     Json(#[from] serde_json::Error),
 }
 
+/// Limits a config from a file must respect (see `ModelConfig::validate`).
+pub const MAX_LAYERS: usize = 4096;
+pub const MAX_HEADS: usize = 4096;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Arch {
@@ -192,6 +196,11 @@ impl ModelConfig {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.n_layers == 0 || self.dim == 0 || self.n_heads == 0 || self.n_kv_heads == 0 {
             return bad(format!("zero-sized model: {self:?}"));
+        }
+        // Far above any real model (hundreds of layers, heads in the hundreds), far below
+        // what would make the loader's per-layer bookkeeping a denial of service.
+        if self.n_layers > MAX_LAYERS || self.n_heads > MAX_HEADS {
+            return bad(format!("{} layers / {} heads is beyond any supported model", self.n_layers, self.n_heads));
         }
         if self.n_heads % self.n_kv_heads != 0 {
             return bad(format!("{} heads not a multiple of {} kv heads", self.n_heads, self.n_kv_heads));

@@ -38,6 +38,10 @@ pub enum EngineError {
     Idle,
     #[error("backend '{0}' is not available: {1}")]
     BackendUnavailable(String, String),
+    /// The model needs more memory than the backend can address (the CPU backend in a page:
+    /// wasm32's 4 GiB).
+    #[error("the model needs about {} MiB, more than the {} MiB this backend can hold", need >> 20, limit >> 20)]
+    TooLarge { need: u64, limit: u64 },
 }
 
 impl EngineError {
@@ -60,6 +64,7 @@ impl EngineError {
             Self::Busy => "busy",
             Self::Idle => "idle",
             Self::BackendUnavailable(..) => "backend_unavailable",
+            Self::TooLarge { .. } => "too_large",
         }
     }
 }
@@ -109,6 +114,9 @@ pub struct GenerateRequest {
     pub thinking: Option<ThinkingOptions>,
     /// Extra chat template variables (vLLM's name), e.g. `{"enable_thinking": false}`.
     pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A raw text prompt's special-token texts ("<|im_start|>") become those tokens, for a
+    /// page that writes the chat format itself. Message contents never do.
+    pub special_tokens_in_text: bool,
 }
 
 impl GenerateRequest {
@@ -161,6 +169,57 @@ pub fn draw_seed() -> u64 {
         rng.next_u64()
     };
     getrandom::u64().unwrap_or_else(|_| fallback()) & MAX_DRAWN_SEED
+}
+
+// Message contents through the template without token injection: each special-token text a
+// user wrote is wrapped in two private-use characters before rendering; after rendering the
+// marks are removed and what they enclosed is tokenized as plain text. Contents that hold no
+// special-token text pass unchanged, so their prompt ids are exactly llama.cpp's.
+const LITERAL_OPEN: char = '\u{F8FE}';
+const LITERAL_CLOSE: char = '\u{F8FF}';
+
+/// `m` with each special-token text in its content marked as literal (and any mark
+/// characters of its own replaced, so that a user cannot forge one).
+fn mark_literals(t: &Tokenizer, m: &Message) -> Result<Message, TokenizerError> {
+    let content = m.content.replace([LITERAL_OPEN, LITERAL_CLOSE], "\u{FFFD}");
+    let mut out = String::with_capacity(content.len());
+    let mut at = 0;
+    for span in t.special_spans(&content)? {
+        let Some(text) = content.get(span.clone()) else { continue };
+        if m.role == "assistant" && matches!(text, "<think>" | "</think>") {
+            continue;
+        }
+        out.push_str(content.get(at..span.start).unwrap_or_default());
+        out.push(LITERAL_OPEN);
+        out.push_str(text);
+        out.push(LITERAL_CLOSE);
+        at = span.end;
+    }
+    out.push_str(content.get(at..).unwrap_or_default());
+    Ok(Message { role: m.role.clone(), content: out })
+}
+
+/// The rendered prompt without the literal marks, and the byte ranges they enclosed (an
+/// opening mark the template cut from its closing one extends to the end).
+fn take_literal_marks(rendered: &str) -> (String, Vec<std::ops::Range<usize>>) {
+    let mut text = String::with_capacity(rendered.len());
+    let mut ranges = Vec::new();
+    let mut open: Option<usize> = None;
+    for c in rendered.chars() {
+        match c {
+            LITERAL_OPEN => open = open.or(Some(text.len())),
+            LITERAL_CLOSE => {
+                if let Some(start) = open.take() {
+                    ranges.push(start..text.len());
+                }
+            }
+            c => text.push(c),
+        }
+    }
+    if let Some(start) = open {
+        ranges.push(start..text.len());
+    }
+    (text, ranges)
 }
 
 /// What the engine runs, for display.
@@ -238,10 +297,27 @@ impl Engine {
     /// The prompt's token ids: raw text (BOS if the model asks for it) or the conversation
     /// through the chat template, given `template_kwargs` as extra variables, with the
     /// generation prompt appended.
+    ///
+    /// No text from a message becomes a special token: only what the template itself writes
+    /// can (the one exception: `<think>`/`</think>` in assistant messages, which templates
+    /// such as Qwen3's parse to strip old reasoning). Raw text is plain too unless
+    /// `special_tokens_in_text`, for pages that write the template themselves.
     pub fn prompt_ids(&self, prompt: &Prompt, template_kwargs: Option<&TemplateVariables>) -> Result<Vec<u32>, EngineError> {
+        self.prompt_ids_with(prompt, template_kwargs, false)
+    }
+
+    /// [`Engine::prompt_ids`], choosing whether special-token texts in a raw text prompt are
+    /// those tokens.
+    pub fn prompt_ids_with(
+        &self,
+        prompt: &Prompt,
+        template_kwargs: Option<&TemplateVariables>,
+        special_tokens_in_text: bool,
+    ) -> Result<Vec<u32>, EngineError> {
         let t = &self.tokenizer;
         match prompt {
-            Prompt::Text(text) => Ok(t.encode(text, t.add_bos())?),
+            Prompt::Text(text) if special_tokens_in_text => Ok(t.encode(text, t.add_bos())?),
+            Prompt::Text(text) => Ok(t.bos().filter(|_| t.add_bos()).into_iter().chain(t.encode_plain(text)?).collect()),
             Prompt::Messages(messages) => {
                 let chat = self
                     .chat
@@ -249,10 +325,12 @@ impl Engine {
                     .ok_or_else(|| EngineError::InvalidOptions("this model has no chat template".into()))?;
                 let token_text = |id: Option<u32>| id.and_then(|i| t.token_text(i)).unwrap_or_default();
                 let (bos, eos) = (token_text(t.bos()), token_text(t.eos()));
-                let text = chat.render_with(messages, true, &bos, &eos, template_kwargs.unwrap_or(&TemplateVariables::new()))?;
+                let marked = messages.iter().map(|m| mark_literals(t, m)).collect::<Result<Vec<_>, _>>()?;
+                let text = chat.render_with(&marked, true, &bos, &eos, template_kwargs.unwrap_or(&TemplateVariables::new()))?;
+                let (text, literals) = take_literal_marks(&text);
                 // Templates that write the BOS themselves must not get a second one.
                 let add_bos = t.add_bos() && !t.bos().is_some_and(|b| text.starts_with(&token_text(Some(b))));
-                Ok(t.encode(&text, add_bos)?)
+                Ok(t.encode_with_literals(&text, &literals, add_bos)?)
             }
         }
     }
@@ -265,8 +343,9 @@ impl Engine {
             return Err(EngineError::Busy);
         }
         let template_kwargs = request.chat_template_kwargs.clone();
+        let special_tokens_in_text = request.special_tokens_in_text;
         let options = request.into_options()?;
-        let ids = self.prompt_ids(prompt, template_kwargs.as_ref())?;
+        let ids = self.prompt_ids_with(prompt, template_kwargs.as_ref(), special_tokens_in_text)?;
         if ids.is_empty() {
             return Err(EngineError::InvalidOptions("the prompt is empty".into()));
         }

@@ -10,9 +10,10 @@
 //! costs one batched forward of its own tokens and nothing else: no recomputation.
 //!
 //! Accounting, exact by construction and checked by tests:
-//! `processed_tokens` (counted where `forward` is called) = `prompt_tokens` +
-//! `sampled_tokens` + `forced_tokens`, and the KV cache holds `processed_tokens` −
-//! `rolled_back_tokens` new positions. To keep that exact, the last kept token is fed
+//! `processed_tokens` (counted where `forward` is called) = `prompt_tokens` − `cached_tokens`
+//! + `sampled_tokens` + `forced_tokens` + `probe_tokens`, and the KV cache holds
+//! `processed_tokens` − `rolled_back_tokens` new positions (a confidence probe's tokens are
+//! fed, then rolled back: they never stay). To keep that exact, the last kept token is fed
 //! (without logits) when generation ends, so the cache always equals the transcript — which
 //! is also what a follow-up chat turn wants to reuse. Drawn-but-discarded tokens (an end of
 //! thinking replaced by "Wait", the end-of-generation token that stopped the response) are
@@ -26,7 +27,9 @@ use crate::backend::{Backend, BackendError, SampledToken};
 pub use crate::codec::{CodecError, TextCodec};
 use crate::sampler::{self, sample_with_uniform, Sampler, SamplerError, SamplerOptions, TokenLogprobs, MAX_TOP_LOGPROBS};
 use crate::transcript::Transcript;
-use crate::thinking::{Action, BeforeSample, Phase, StopReason, ThinkingController, ThinkingError, ThinkingOptions};
+use crate::thinking::{
+    Action, BeforeSample, ExitReason, Phase, StopReason, ThinkingController, ThinkingError, ThinkingOptions,
+};
 
 // ----------------------------------------------------------------------------
 // Options, events, stats
@@ -56,8 +59,8 @@ pub enum GenerateError {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "snake_case")]
 pub struct GenerateOptions {
-    /// Stop sampling once the response holds this many tokens (forced ones included; a
-    /// forced insertion under way is not cut).
+    /// The most tokens the response may hold, forced ones included. A forced insertion that
+    /// would pass it is not started: the generation ends there with `max_tokens`.
     pub max_tokens: usize,
     /// Stop when the response text contains one of these; the stop string is not emitted.
     /// Only the model's own text is searched, never forced text.
@@ -102,7 +105,8 @@ pub enum FinishReason {
 /// One schema for the CLI's `--json` and the JS API:
 /// `{"type":"token","id":N,"text":"…","phase":"thinking","forced":false,"marker":false}`, ...
 /// `marker`: the token is (part of) a thinking marker, `<think>` or `</think>`, which count
-/// neither as thinking nor as answer tokens.
+/// neither as thinking nor as answer tokens. `probe` (present only when true): a token of a
+/// confidence probe, rolled back right after: neither thinking nor answer, not in `tokens`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
@@ -112,6 +116,8 @@ pub enum Event {
         phase: Phase,
         forced: bool,
         marker: bool,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        probe: bool,
         /// Only when asked for (`logprobs`), on sampled tokens: see [`sampler::token_logprobs`].
         #[serde(skip_serializing_if = "Option::is_none")]
         logprob: Option<f64>,
@@ -120,6 +126,13 @@ pub enum Event {
     },
     Continuation { text: String, round: usize },
     BudgetExhausted { thinking_tokens: usize },
+    /// A confidence probe ran (its `tokens` probe token events came just before) and was
+    /// rolled back; `exit`: confident enough, thinking ends.
+    Probe { confidence: f64, tokens: usize, exit: bool },
+    /// Thinking ends before its budget (a confident probe, or a continuation word after α).
+    EarlyExit { reason: ExitReason, thinking_tokens: usize },
+    /// A `suppress` word was the most likely token and was masked.
+    Suppressed { id: u32, text: String },
     Phase { phase: Phase },
     Done { stats: Stats },
 }
@@ -139,7 +152,7 @@ pub struct Stats {
     /// marker, answer prefix.
     pub forced_tokens: usize,
     /// Cost: every token this request ran through `Backend::forward` = prompt − cached +
-    /// sampled + forced.
+    /// sampled + forced + probe.
     pub processed_tokens: usize,
     /// Kept tokens later removed from the cache (a multi-token end marker).
     pub rolled_back_tokens: usize,
@@ -161,6 +174,18 @@ pub struct Stats {
     pub ends_suppressed: usize,
     /// Thinking was cut by the budget: the engine wrote the end marker after `budget_exhausted`.
     pub forced_exit: bool,
+    /// Sampling steps where a `suppress` word was the most likely token: the `suppressed`
+    /// events.
+    pub words_suppressed: usize,
+    /// Confidence probes run: the `probe` events.
+    pub probes: usize,
+    /// Tokens the probes fed and rolled back (forced probe text and greedy trials): the
+    /// `token` events with `probe: true`. Counted in `processed_tokens` and
+    /// `rolled_back_tokens`, never in `sampled_tokens` or `forced_tokens`.
+    pub probe_tokens: usize,
+    /// Thinking ended early: `early_exit` events with reason `confidence` / `schedule`.
+    pub confidence_exit: bool,
+    pub schedule_exit: bool,
     pub prefill_s: f64,
     pub decode_s: f64,
     pub prefill_tok_s: f64,
@@ -358,7 +383,13 @@ enum Stage {
 /// that every method takes: pass the same one from `new` to the end.
 pub struct Generation<C: TextCodec> {
     codec: C,
+    /// The request's sampler: its options apply unless the phase has its own, its PRNG
+    /// serves every phase (one uniform per step, whichever options shape it).
     sampler: Sampler,
+    /// Per-phase sampler options: [thinking, answer].
+    phase_sampling: [Option<SamplerOptions>; 2],
+    /// Suppressed words masked at the current step (to tell their masking from an end's).
+    suppressed_now: Vec<u32>,
     thinking: Option<ThinkingController>,
     max_tokens: usize,
     stop: StopStrings,
@@ -403,6 +434,14 @@ impl<C: TextCodec> Generation<C> {
             return Err(GenerateError::InvalidOption { option: "max_tokens", reason: "must be at least 1".into() });
         }
         let sampler = Sampler::new(options.sampler.clone())?;
+        let phase_options = |pick: fn(&ThinkingOptions) -> &Option<crate::thinking::PhaseSampling>| {
+            let phase = options.thinking.as_ref().and_then(|t| pick(t).as_ref())?;
+            Some(phase.apply(&options.sampler))
+        };
+        let phase_sampling = [phase_options(|t| &t.thinking_sampling), phase_options(|t| &t.answer_sampling)];
+        for o in phase_sampling.iter().flatten() {
+            o.validate()?;
+        }
         let vocab = transcript.backend().config().vocab_size;
         if let Some(&id) = options.sampler.logit_bias.keys().find(|&&id| id as usize >= vocab) {
             return Err(GenerateError::InvalidOption {
@@ -450,6 +489,8 @@ impl<C: TextCodec> Generation<C> {
             end_of_generation: codec.end_of_generation_ids(),
             codec,
             sampler,
+            phase_sampling,
+            suppressed_now: Vec::new(),
             thinking,
             max_tokens: options.max_tokens,
             stop: StopStrings { texts: options.stop, longest, in_thinking: options.stop_in_thinking },
@@ -474,8 +515,9 @@ impl<C: TextCodec> Generation<C> {
     }
 
     /// The next event, running at most one sampling step (one forward, plus the resampling
-    /// of a taken-back marker from saved logits) to produce it; `None` once `done` has been
-    /// returned. After an error the generation is over.
+    /// of a taken-back marker from saved logits, or a confidence probe's few forwards) to
+    /// produce it; `None` once `done` has been returned. After an error the generation is
+    /// over.
     pub async fn next_event<B: Backend>(&mut self, t: &mut Transcript<B>) -> Result<Option<Event>, GenerateError> {
         loop {
             if let Some(event) = self.events.pop_front() {
@@ -538,7 +580,11 @@ impl<C: TextCodec> Generation<C> {
             Some(BeforeSample::Stop(StopReason::AnswerMaxTokens)) => {
                 return self.finish(t, FinishReason::AnswerMaxTokens).await;
             }
-            Some(BeforeSample::Sample { banned }) => banned,
+            Some(BeforeSample::Sample { mut banned, suppressed }) => {
+                banned.extend_from_slice(&suppressed);
+                self.suppressed_now = suppressed;
+                banned
+            }
             None => Vec::new(),
         };
         if self.thinking.as_ref().is_some_and(|t| t.under_min()) {
@@ -557,10 +603,20 @@ impl<C: TextCodec> Generation<C> {
             let piece = self.response.stream.push(&self.codec, id);
             self.response.text.push_str(&piece);
             let hit = self.find_marker_hit(start);
-            let actions = match self.thinking.as_mut() {
+            let mut actions = match self.thinking.as_mut() {
                 Some(c) => c.after_sample(id, &piece, hit.map(|h| h.tokens_before)),
                 None => vec![Action::Keep { phase: Phase::Answer, marker: false }],
             };
+            if let [Action::Probe { ids, max_tokens }] = actions.as_slice() {
+                let (ids, max_tokens) = (ids.clone(), *max_tokens);
+                let confidence = self.probe(t, &ids, max_tokens).await?;
+                if let Some(c) = self.thinking.as_mut() {
+                    actions = c.after_probe(confidence, &piece);
+                }
+                if let Some(Event::Probe { exit, .. }) = self.events.back_mut() {
+                    *exit = actions.iter().any(|a| matches!(a, Action::EarlyExit { .. }));
+                }
+            }
             let kept = actions.iter().any(|a| matches!(a, Action::Keep { .. })) && !self.end_of_generation.contains(&id);
             if !kept {
                 self.response.stream.pop(1);
@@ -600,6 +656,67 @@ impl<C: TextCodec> Generation<C> {
         self.early_end_bans.dedup();
     }
 
+    /// A confidence probe at the current position (the trigger token not kept yet): force
+    /// `probe_ids`, decode greedily up to `max_tokens` trial tokens (stopping at end of
+    /// generation or at the first newline), feed them all, then truncate the transcript back
+    /// so the KV cache holds what it held before. Returns the trial's mean top-1 probability
+    /// (over every greedy step, a final end of generation included), or `None` when no probe
+    /// could run here: text is held back (a possible marker or stop string, which forced
+    /// text would split) or the context has no room.
+    async fn probe<B: Backend>(&mut self, t: &mut Transcript<B>, probe_ids: &[u32], max_tokens: usize) -> Result<Option<f64>, GenerateError> {
+        let held = self.response.released < self.response.tokens.len();
+        if held || probe_ids.is_empty() || t.len() + probe_ids.len() + max_tokens > t.max_context() {
+            return Ok(None);
+        }
+        let base = t.len();
+        // The probe's text continues the response's, without the trigger just pushed.
+        let mut stream = self.response.stream.clone();
+        stream.pop(1);
+        for &id in probe_ids {
+            t.push(id);
+            let text = stream.push(&self.codec, id);
+            self.events.push_back(Event::Token { id, text, phase: Phase::Thinking, forced: true, marker: false, probe: true, logprob: None, top_logprobs: None });
+        }
+        let mut top1 = Vec::with_capacity(max_tokens);
+        let mut trial = String::new();
+        while top1.len() < max_tokens {
+            self.feed(t, true).await?;
+            let Some((id, p)) = top1_probability(&self.logits.current) else { break };
+            top1.push(p);
+            if self.end_of_generation.contains(&id) {
+                break;
+            }
+            t.push(id);
+            let text = stream.push(&self.codec, id);
+            trial.push_str(&text);
+            self.events.push_back(Event::Token { id, text, phase: Phase::Thinking, forced: false, marker: false, probe: true, logprob: None, top_logprobs: None });
+            if trial.contains('\n') {
+                break;
+            }
+        }
+        // Fed whole, so that the rollback removes exactly what ran.
+        self.feed(t, false).await?;
+        let tokens = t.len() - base;
+        t.truncate(base)?;
+        self.logits.at = None;
+        self.stats.probes += 1;
+        self.stats.probe_tokens += tokens;
+        self.stats.rolled_back_tokens += tokens;
+        let confidence = if top1.is_empty() { 0.0 } else { top1.iter().sum::<f64>() / top1.len() as f64 };
+        self.events.push_back(Event::Probe { confidence, tokens, exit: false });
+        Ok(Some(confidence))
+    }
+
+    /// The sampler options of the phase a token chosen now belongs to.
+    fn sampling_now(&self) -> &SamplerOptions {
+        let phase = self.thinking.as_ref().map_or(Phase::Answer, |c| c.phase());
+        let own = match phase {
+            Phase::Thinking => &self.phase_sampling[0],
+            Phase::Answer => &self.phase_sampling[1],
+        };
+        own.as_ref().unwrap_or(self.sampler.options())
+    }
+
     /// Feed the pending tokens and choose the next one.
     async fn forward_and_choose<B: Backend>(&mut self, t: &mut Transcript<B>, banned: &[u32]) -> Result<u32, GenerateError> {
         if self.stage == Stage::Prefill {
@@ -637,10 +754,11 @@ impl<C: TextCodec> Generation<C> {
         let uniform = self.sampler.next_uniform();
         let n = t.pending().len();
         let t0 = monotonic_seconds();
-        let taken = if banned.is_empty() && self.sampler.is_greedy() {
+        let options = self.sampling_now().clone();
+        let taken = if banned.is_empty() && options.is_greedy() {
             Some(t.feed_greedy(&[]).await.map(|id| SampledToken { id: Some(id), raw_argmax: None }))
         } else {
-            t.feed_sample(self.sampler.options(), banned, uniform, !banned.is_empty()).await
+            t.feed_sample(&options, banned, uniform, !banned.is_empty()).await
         };
         let Some(sampled) = taken else {
             // The backend does not sample this request itself: logits to the host.
@@ -650,8 +768,14 @@ impl<C: TextCodec> Generation<C> {
         let sampled = sampled?;
         self.account_feed(n, monotonic_seconds() - t0);
         self.logits.at = None;
-        if sampled.raw_argmax.is_some_and(|best| banned.contains(&best)) {
-            self.stats.ends_suppressed += 1;
+        if let Some(best) = sampled.raw_argmax {
+            // As `choose` counts from the host logits.
+            if self.suppressed_now.contains(&best) {
+                self.stats.words_suppressed += 1;
+                self.events.push_back(Event::Suppressed { id: best, text: self.codec.decode(&[best]) });
+            } else if banned.contains(&best) {
+                self.stats.ends_suppressed += 1;
+            }
         }
         Ok(sampled.id.ok_or(SamplerError::NoCandidates)?)
     }
@@ -663,15 +787,18 @@ impl<C: TextCodec> Generation<C> {
         let t0 = monotonic_seconds();
         if count_masked_end && !banned.is_empty() {
             if let Some(best) = raw_argmax(&self.logits.current) {
-                if banned.contains(&best) {
+                if self.suppressed_now.contains(&best) {
+                    self.stats.words_suppressed += 1;
+                    self.events.push_back(Event::Suppressed { id: best, text: self.codec.decode(&[best]) });
+                } else if banned.contains(&best) {
                     self.stats.ends_suppressed += 1;
                 }
             }
         }
-        let id = sample_with_uniform(self.sampler.options(), &self.logits.current, t.ids(), banned, uniform)?;
-        self.chosen_logprobs = self
-            .logprobs
-            .and_then(|top| sampler::token_logprobs(self.sampler.options(), &self.logits.current, banned, id, top));
+        let options = self.sampling_now().clone();
+        let id = sample_with_uniform(&options, &self.logits.current, t.ids(), banned, uniform)?;
+        self.chosen_logprobs =
+            self.logprobs.and_then(|top| sampler::token_logprobs(&options, &self.logits.current, banned, id, top));
         self.stats.decode_s += monotonic_seconds() - t0;
         Ok(id)
     }
@@ -738,11 +865,11 @@ impl<C: TextCodec> Generation<C> {
         if let Some(hit) = hit {
             self.release(hit.at);
         }
-        // Forced tokens that do not fit the context are not started: the actions before the
-        // first insertion run, then the generation ends, so that every event announces
-        // something that happened.
-        let context_full = !self.forced_fit(t, &actions);
-        if context_full {
+        // Forced tokens that do not fit the context or `max_tokens` are not started: the
+        // actions before the first insertion run, then the generation ends, so that every
+        // event announces something that happened and `max_tokens` is a hard cap.
+        let no_room = self.no_room_for(t, &actions);
+        if no_room.is_some() {
             let cut = actions.iter().position(|a| matches!(a, Action::Force { .. } | Action::Continuation { .. }));
             actions.truncate(cut.unwrap_or(actions.len()));
         }
@@ -790,11 +917,20 @@ impl<C: TextCodec> Generation<C> {
                     let thinking_tokens = self.stats.thinking_tokens;
                     self.announce(marker_floor, Event::BudgetExhausted { thinking_tokens });
                 }
+                Action::EarlyExit { reason, thinking_tokens } => {
+                    match reason {
+                        ExitReason::Confidence => self.stats.confidence_exit = true,
+                        ExitReason::Schedule => self.stats.schedule_exit = true,
+                    }
+                    self.announce(marker_floor, Event::EarlyExit { reason, thinking_tokens });
+                }
+                // Run by `step` before the actions get here.
+                Action::Probe { .. } => {}
                 Action::Stop(StopReason::AnswerMaxTokens) => self.finish(t, FinishReason::AnswerMaxTokens).await?,
             }
         }
-        if context_full {
-            self.finish(t, FinishReason::ContextFull).await?;
+        if let Some(reason) = no_room {
+            self.finish(t, reason).await?;
         }
         if self.stage != Stage::Done {
             let hold_from = self.hold_from();
@@ -880,7 +1016,7 @@ impl<C: TextCodec> Generation<C> {
             let end = self.response.text.len();
             self.response.tokens.push(ResponseToken { id, start, end, phase, forced: true, marker, logprobs: None });
             self.stats.forced_tokens += 1;
-            self.events.push_back(Event::Token { id, text: piece, phase, forced: true, marker, logprob: None, top_logprobs: None });
+            self.events.push_back(Event::Token { id, text: piece, phase, forced: true, marker, probe: false, logprob: None, top_logprobs: None });
         }
         self.response.released = self.response.tokens.len();
         self.response.match_floor = self.response.text.len();
@@ -919,18 +1055,29 @@ impl<C: TextCodec> Generation<C> {
         self.events.push_back(event);
     }
 
-    /// Whether the transcript has room for what `actions` would keep and force.
-    fn forced_fit<B: Backend>(&self, t: &Transcript<B>, actions: &[Action]) -> bool {
+    /// Why what `actions` would keep and force does not fit, if it does not: the context, or
+    /// the response's `max_tokens`.
+    fn no_room_for<B: Backend>(&self, t: &Transcript<B>, actions: &[Action]) -> Option<FinishReason> {
         let mut len = t.len();
+        let mut forced = false;
         for action in actions {
             match action {
                 Action::Keep { .. } => len += 1,
                 Action::Rollback { tokens } => len = len.saturating_sub(*tokens),
-                Action::Force { ids, .. } => len += ids.len(),
+                Action::Force { ids, .. } => {
+                    len += ids.len();
+                    forced = true;
+                }
                 _ => {}
             }
         }
-        len <= t.max_context()
+        if len > t.max_context() {
+            Some(FinishReason::ContextFull)
+        } else if forced && len - self.prompt_len > self.max_tokens {
+            Some(FinishReason::MaxTokens)
+        } else {
+            None
+        }
     }
 
     /// The watched string marker, if the token that starts at text offset `start` completed it.
@@ -1034,7 +1181,7 @@ impl<C: TextCodec> Generation<C> {
             }
             None => (None, None),
         };
-        Event::Token { id: token.id, text, phase: token.phase, forced: token.forced, marker: token.marker, logprob, top_logprobs }
+        Event::Token { id: token.id, text, phase: token.phase, forced: token.forced, marker: token.marker, probe: false, logprob, top_logprobs }
     }
 
     /// Counts come from the kept tokens' tags, the same tags the events carry.
@@ -1062,6 +1209,14 @@ impl<C: TextCodec> Generation<C> {
         self.events.push_back(Event::Done { stats: self.stats.clone() });
         Ok(())
     }
+}
+
+/// The argmax of `logits` and its softmax probability (in f64), `None` if none is finite.
+fn top1_probability(logits: &[f32]) -> Option<(u32, f64)> {
+    let best = raw_argmax(logits)?;
+    let max = logits[best as usize] as f64;
+    let sum: f64 = logits.iter().filter(|l| l.is_finite()).map(|&l| (l as f64 - max).exp()).sum();
+    Some((best, 1.0 / sum))
 }
 
 fn raw_argmax(logits: &[f32]) -> Option<u32> {

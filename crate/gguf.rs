@@ -256,15 +256,20 @@ impl GgufHeader {
     }
 
     /// Total file size the tensor infos imply (end of the last tensor).
+    /// Saturates at `u64::MAX` (a header that claims more cannot be backed by any file).
     pub fn implied_file_len(&self) -> u64 {
-        let end = self.tensors.iter().map(|t| t.offset + t.n_bytes).max().unwrap_or(0);
-        self.data_offset + end
+        self.tensors.iter().map(|t| self.tensor_end(t)).max().unwrap_or(self.data_offset)
+    }
+
+    /// Absolute file offset just past `t`'s data (saturating, as above).
+    pub fn tensor_end(&self, t: &TensorInfo) -> u64 {
+        self.data_offset.saturating_add(t.offset).saturating_add(t.n_bytes)
     }
 
     /// Check every tensor lies within a file of `file_len` bytes.
     pub fn check_bounds(&self, file_len: u64) -> Result<(), GgufError> {
         for t in &self.tensors {
-            let end = self.data_offset + t.offset + t.n_bytes;
+            let end = self.tensor_end(t);
             if end > file_len {
                 return Err(GgufError::TensorOutOfBounds { name: t.name.clone(), end, file_len });
             }

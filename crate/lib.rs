@@ -24,5 +24,6 @@ pub mod transcript;
 pub mod generate;
 pub mod builder;
 pub mod engine;
+pub mod eval;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;

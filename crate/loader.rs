@@ -68,7 +68,9 @@ enum StreamState {
 
 struct TensorsState {
     header: GgufHeader,
-    /// Tensor indices in ascending offset order.
+    /// Indices of the tensors the decoder reads, in ascending offset order. Others (a
+    /// vision tower, rope tables, anything unknown) are skipped: never allocated nor
+    /// handed to a sink, so never uploaded.
     order: Vec<usize>,
     next: usize,
     /// The tensor being filled and how many of its bytes have arrived.
@@ -78,9 +80,18 @@ struct TensorsState {
 }
 
 /// Push-based GGUF reader; see the module docs.
+///
+/// Memory is bounded by the bytes that really arrive, never by what the header declares:
+/// once the header is in, the model's config is derived and every tensor the decoder reads
+/// is checked against the shape the config implies (and against the source length when the
+/// caller knows it: file size, Content-Length); a tensor's buffer then grows with its bytes
+/// as they are received. A header that declares a 1 TB tensor in a 1 KB file is an error
+/// before any allocation, or at worst a buffer as large as what was sent.
 pub struct GgufStream {
     state: StreamState,
     progress: LoadProgress,
+    /// Total bytes the source will deliver, when known.
+    source_len: Option<u64>,
 }
 
 impl Default for GgufStream {
@@ -91,7 +102,14 @@ impl Default for GgufStream {
 
 impl GgufStream {
     pub fn new() -> Self {
-        Self { state: StreamState::Header { buf: Vec::new(), need: 0 }, progress: LoadProgress::default() }
+        Self { state: StreamState::Header { buf: Vec::new(), need: 0 }, progress: LoadProgress::default(), source_len: None }
+    }
+
+    /// Tell the stream how many bytes the source holds (a file's size, an HTTP
+    /// Content-Length): a header whose tensors lie past it is refused before any tensor
+    /// buffer is allocated, and a header that cannot fit in it fails at once.
+    pub fn set_source_len(&mut self, len: u64) {
+        self.source_len = Some(len);
     }
 
     pub fn header(&self) -> Option<&GgufHeader> {
@@ -121,6 +139,12 @@ impl GgufStream {
                 return Ok(());
             }
             match GgufHeader::parse(buf) {
+                // The whole source cannot hold the header: no point waiting for it.
+                Err(GgufError::Truncated { needed, .. }) if self.source_len.is_some_and(|len| needed > len) => {
+                    self.state = StreamState::Failed;
+                    let have = self.source_len.unwrap_or(0);
+                    return Err(LoadError::from(GgufError::Truncated { needed, have }).into());
+                }
                 Err(GgufError::Truncated { needed, .. }) => {
                     // Wait for at least `needed` bytes, and grow geometrically so a large
                     // header delivered in tiny chunks is not re-parsed once per chunk.
@@ -133,8 +157,13 @@ impl GgufStream {
                 }
                 Ok(header) => {
                     let buf = std::mem::take(buf);
-                    let mut order: Vec<usize> = (0..header.tensors.len()).collect();
-                    order.sort_by_key(|&i| header.tensors[i].offset);
+                    let order = match wanted_tensors(&header, self.source_len) {
+                        Ok(order) => order,
+                        Err(e) => {
+                            self.state = StreamState::Failed;
+                            return Err(e.into());
+                        }
+                    };
                     self.progress.bytes_total = Some(header.implied_file_len());
                     self.progress.tensors_total = Some(header.tensors.len());
                     self.state = StreamState::Tensors(TensorsState { header, order, next: 0, current: None, pos: 0 });
@@ -150,24 +179,33 @@ impl GgufStream {
         while !chunk.is_empty() {
             if st.current.is_none() {
                 let Some(&idx) = st.order.get(st.next) else { return Ok(()) }; // trailing bytes
-                st.current = Some((idx, AlignedBytes::zeroed(st.header.tensors[idx].n_bytes as usize), 0));
+                st.current = Some((idx, AlignedBytes::default(), 0));
             }
-            let Some((idx, data, filled)) = st.current.as_mut() else { break };
+            let Some((idx, data, _)) = st.current.as_mut() else { break };
             let info = &st.header.tensors[*idx];
-            let start = st.header.data_offset + info.offset;
-            if st.pos < start {
-                // Skip padding (or unused gaps) before this tensor.
-                let skip = ((start - st.pos) as usize).min(chunk.len());
+            let start = st.header.data_offset.saturating_add(info.offset);
+            // Where the next byte of this tensor lies in the file.
+            let at = start.saturating_add(data.len() as u64);
+            if st.pos < at {
+                // Skip padding, unused tensors and gaps before this tensor.
+                let skip = usize::try_from(at - st.pos).unwrap_or(usize::MAX).min(chunk.len());
                 chunk = &chunk[skip..];
                 st.pos += skip as u64;
                 continue;
             }
-            let n = (data.len() - *filled).min(chunk.len());
-            data.as_mut_slice()[*filled..*filled + n].copy_from_slice(&chunk[..n]);
-            *filled += n;
+            if st.pos > at {
+                // Overlapping tensors: this one began inside the previous one's bytes.
+                let e = GgufError::Corrupt(format!("tensor '{}' overlaps the tensor before it", info.name));
+                self.state = StreamState::Failed;
+                return Err(LoadError::from(e).into());
+            }
+            // Grow the buffer with the bytes received, up to the declared size.
+            let missing = info.n_bytes - data.len() as u64;
+            let n = usize::try_from(missing).unwrap_or(usize::MAX).min(chunk.len());
+            data.extend_within(&chunk[..n], info.n_bytes);
             chunk = &chunk[n..];
             st.pos += n as u64;
-            if *filled < data.len() {
+            if (data.len() as u64) < info.n_bytes {
                 continue;
             }
             if let Some((idx, data, _)) = st.current.take() {
@@ -183,7 +221,13 @@ impl GgufStream {
     /// End of input: every tensor must have arrived.
     pub fn finish(self) -> Result<GgufHeader, LoadError> {
         match self.state {
-            StreamState::Tensors(st) if st.next == st.order.len() => Ok(st.header),
+            // Every tensor the decoder reads arrived, and the whole file (skipped tensors too):
+            // a cut file is an error even where the cut only hits an unused tensor.
+            StreamState::Tensors(st)
+                if st.next == st.order.len() && self.progress.bytes_seen >= st.header.implied_file_len() =>
+            {
+                Ok(st.header)
+            }
             StreamState::Tensors(st) => {
                 Err(LoadError::Truncated { got: self.progress.bytes_seen, expected: st.header.implied_file_len() })
             }
@@ -195,6 +239,79 @@ impl GgufStream {
             StreamState::Failed => Err(LoadError::Other("model stream failed earlier".into())),
         }
     }
+}
+
+/// The indices of the tensors the decoder for this header's model reads, in offset order,
+/// after checking each one's shape against the config and, when known, that it lies within
+/// `source_len` bytes: all before any tensor data is allocated.
+fn wanted_tensors(header: &GgufHeader, source_len: Option<u64>) -> Result<Vec<usize>, LoadError> {
+    if let Some(len) = source_len {
+        header.check_bounds(len)?;
+    }
+    let config = config_from_gguf(header)?;
+    // Each layer has at least nine tensors: a count the header cannot back is refused before
+    // listing names for it.
+    if config.n_layers.saturating_mul(9) > header.tensors.len() {
+        let last = config.n_layers.saturating_sub(1);
+        return Err(LoadError::MissingTensor(format!("blk.{last}.attn_norm.weight")));
+    }
+    let mut order = Vec::new();
+    for (name, dims) in decoder_tensors(&config)? {
+        let i = header
+            .tensors
+            .iter()
+            .position(|t| t.name == name)
+            .ok_or_else(|| LoadError::MissingTensor(name.clone()))?;
+        check_dims(&name, &header.tensors[i].dims, &dims)?;
+        order.push(i);
+    }
+    order.sort_by_key(|&i| header.tensors[i].offset);
+    Ok(order)
+}
+
+/// Every tensor the decoder reads for `c`, with its GGUF dims (`[cols, rows]` for a matrix),
+/// computed in u64 so that no width overflows on wasm32.
+pub fn decoder_tensors(c: &ModelConfig) -> Result<Vec<(String, Vec<u64>)>, LoadError> {
+    let (dim, head, ffn, vocab) = (c.dim as u64, c.head_dim as u64, c.ffn_dim as u64, c.vocab_size as u64);
+    let width = |heads: usize| {
+        (heads as u64).checked_mul(head).ok_or_else(|| LoadError::Other(format!("{heads} heads of width {head} overflow")))
+    };
+    let (q_dim, kv_dim) = (width(c.n_heads)?, width(c.n_kv_heads)?);
+    let mut out = vec![("token_embd.weight".to_owned(), vec![dim, vocab]), ("output_norm.weight".to_owned(), vec![dim])];
+    if !c.tied_embeddings {
+        out.push(("output.weight".to_owned(), vec![dim, vocab]));
+    }
+    for l in 0..c.n_layers {
+        let mut layer = |part: &str, dims: Vec<u64>| out.push((format!("blk.{l}.{part}"), dims));
+        layer("attn_norm.weight", vec![dim]);
+        layer("attn_q.weight", vec![dim, q_dim]);
+        layer("attn_k.weight", vec![dim, kv_dim]);
+        layer("attn_v.weight", vec![dim, kv_dim]);
+        layer("attn_output.weight", vec![q_dim, dim]);
+        layer("ffn_norm.weight", vec![dim]);
+        layer("ffn_gate.weight", vec![dim, ffn]);
+        layer("ffn_up.weight", vec![dim, ffn]);
+        layer("ffn_down.weight", vec![ffn, dim]);
+        if c.qkv_bias {
+            layer("attn_q.bias", vec![q_dim]);
+            layer("attn_k.bias", vec![kv_dim]);
+            layer("attn_v.bias", vec![kv_dim]);
+        }
+        if c.qk_norm {
+            layer("attn_q_norm.weight", vec![head]);
+            layer("attn_k_norm.weight", vec![head]);
+        }
+    }
+    Ok(out)
+}
+
+/// GGUF drops trailing 1-sized dims; compare ignoring them.
+fn check_dims(name: &str, got: &[u64], expected: &[u64]) -> Result<(), LoadError> {
+    let trim = |d: &[u64]| d.iter().rposition(|&x| x != 1).map_or(0, |i| i + 1);
+    if got[..trim(got)] != expected[..trim(expected)] {
+        return Err(LoadError::BadShape { name: name.into(), got: got.to_vec(), expected: expected.to_vec() });
+    }
+    Ok(())
 }
 
 /// A model's tensors by GGUF name, plus what the file says about it.
@@ -243,6 +360,7 @@ impl GgufCollector {
 pub fn load_gguf_bytes(bytes: &[u8]) -> Result<LoadedModel, LoadError> {
     const CHUNK: usize = 16 << 20;
     let mut collector = GgufCollector::default();
+    collector.stream.set_source_len(bytes.len() as u64);
     for chunk in bytes.chunks(CHUNK) {
         collector.push(chunk)?;
     }
@@ -256,6 +374,7 @@ pub fn load_gguf_file(path: &std::path::Path) -> Result<LoadedModel, LoadError> 
     let io = |e: std::io::Error| LoadError::Io(format!("{}: {e}", path.display()));
     let mut file = std::fs::File::open(path).map_err(io)?;
     let mut collector = GgufCollector::default();
+    collector.stream.set_source_len(file.metadata().map_err(io)?.len());
     let mut buf = vec![0u8; 8 << 20];
     loop {
         let n = file.read(&mut buf).map_err(io)?;
@@ -354,11 +473,7 @@ impl LoadedModel {
     pub fn take(&mut self, name: &str, dims: &[usize]) -> Result<RawTensor, LoadError> {
         let t = self.tensors.remove(name).ok_or_else(|| LoadError::MissingTensor(name.into()))?;
         let expected: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
-        // GGUF drops trailing 1-sized dims; compare ignoring them.
-        let trim = |d: &[u64]| d.iter().rposition(|&x| x != 1).map_or(0, |i| i + 1);
-        if t.dims[..trim(&t.dims)] != expected[..trim(&expected)] {
-            return Err(LoadError::BadShape { name: name.into(), got: t.dims, expected });
-        }
+        check_dims(name, &t.dims, &expected)?;
         Ok(t)
     }
 }

@@ -76,6 +76,12 @@ impl SamplerOptions {
         Self { temperature: 0.0, repeat_penalty: 1.0, ..Self::default() }
     }
 
+    /// Whether the choice is the plain argmax of the logits (no temperature, no penalty, no
+    /// bias).
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0 && (self.repeat_penalty == 1.0 || self.repeat_last_n == 0) && self.logit_bias.is_empty()
+    }
+
     pub fn validate(&self) -> Result<(), SamplerError> {
         let bad = |option, value: f32, expected| {
             Err(SamplerError::InvalidOption { option, value: value.to_string(), expected })
@@ -155,9 +161,7 @@ impl Sampler {
     /// Whether the choice is the plain argmax of the logits (no temperature, no penalty), so
     /// a backend may take it without handing the logits over.
     pub fn is_greedy(&self) -> bool {
-        self.options.temperature == 0.0
-            && (self.options.repeat_penalty == 1.0 || self.options.repeat_last_n == 0)
-            && self.options.logit_bias.is_empty()
+        self.options.is_greedy()
     }
 
     /// Sampling steps taken (uniforms drawn).

@@ -17,11 +17,20 @@
 //! forced continuation and wrap-up tokens included, markers excluded. s1 ablations: "Wait"
 //! beat "Hmm"/"Alternatively"; gains flatten after ~6 insertions and suppressing too often
 //! pushes a model into loops, hence `max_continuations`.
+//!
+//! Beyond s1 (each an option of this same controller; see [`Preset`] for the sources):
+//! - `suppress` (NoWait): words masked while thinking, in their case and leading-space forms.
+//! - `confidence_exit` (DEER): at a trigger word the loop runs a *probe* — forced answer
+//!   inducer, a short greedy trial, then a rollback out of the KV cache — and reports the
+//!   trial's mean top-1 probability; above the threshold thinking ends there.
+//! - `schedule` (AlphaOne): before α × `max_tokens`, a continuation after a paragraph break
+//!   with a seeded, annealed probability; after it, a model-written continuation word ends
+//!   thinking instead.
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{CodecError, TextCodec};
-use crate::sampler::Rng;
+use crate::sampler::{Rng, SamplerOptions};
 
 /// The default markers of DeepSeek-R1-Distill and Qwen3.
 pub const DEFAULT_START_MARKER: &str = "<think>";
@@ -64,7 +73,7 @@ pub enum EarlyEnd {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "snake_case")]
+#[serde(remote = "Self", default, deny_unknown_fields, rename_all = "snake_case")]
 pub struct ThinkingOptions {
     /// Thinking may not end before this many thinking tokens.
     pub min_tokens: usize,
@@ -82,7 +91,9 @@ pub struct ThinkingOptions {
     /// After the budget is spent, let up to this many more tokens run to reach a newline or
     /// sentence end before cutting (0 = cut at once, as s1 does).
     pub grace_tokens: usize,
-    /// Text forced before the end marker on a forced exit.
+    /// Text forced before the end marker when the engine closes thinking (budget, confident
+    /// probe, schedule). It is part of the budget: the exit starts `len(wrap_up)` tokens before
+    /// `max_tokens`, and a wrap-up that cannot fit under `max_tokens + grace_tokens` is left out.
     pub wrap_up: Option<String>,
     /// Text forced after the end marker whenever thinking closes, e.g. "Final Answer:".
     pub answer_prefix: Option<String>,
@@ -96,8 +107,170 @@ pub struct ThinkingOptions {
     /// Force the start marker at the beginning of the response when the prompt has not
     /// opened thinking (for templates that do not).
     pub open: bool,
-    /// Seed of the `random` continuation order; `None` = derived from the sampler's seed.
+    /// Seed of the `random` continuation order and the schedule's draws; `None` = derived
+    /// from the sampler's seed.
     pub seed: Option<u64>,
+    /// The preset these options started from (informational: its values are already in the
+    /// other fields, and any field given next to it overrides it).
+    pub preset: Option<Preset>,
+    /// Words masked while thinking (NoWait): every single-token form of each word (as
+    /// written, lower case, capitalised, upper case; with and without a leading space).
+    pub suppress: Vec<String>,
+    pub confidence_exit: Option<ConfidenceExit>,
+    pub schedule: Option<Schedule>,
+    /// Sampling while thinking / while answering; fields left out keep the request's own.
+    pub thinking_sampling: Option<PhaseSampling>,
+    pub answer_sampling: Option<PhaseSampling>,
+    /// End of generation is masked in the answer until it holds this many answer tokens (an
+    /// answer prefix included): small models often end their turn right after `</think>`.
+    pub answer_min_tokens: usize,
+}
+
+/// DEER (Yang et al. 2025, arXiv 2504.15895): probe for a confident early answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "snake_case")]
+pub struct ConfidenceExit {
+    /// The answer inducer forced at a trigger (DEER's `\n**Final Answer**\n\boxed`).
+    pub probe: String,
+    /// Greedy trial tokens after the probe, at most (the trial also ends at end of
+    /// generation or at its first newline).
+    pub max_probe_tokens: usize,
+    /// Mean top-1 probability of the trial tokens at or above which thinking ends.
+    pub threshold: f64,
+    /// Sampled thinking tokens that trigger a probe: a token whose text, trimmed, equals a
+    /// word trigger ("Wait"), or that ends with a whitespace trigger ("\n\n", a paragraph
+    /// break, for models that never write "Wait").
+    pub triggers: Vec<String>,
+}
+
+impl Default for ConfidenceExit {
+    fn default() -> Self {
+        Self {
+            probe: "\n**Final Answer**\n\\boxed".to_string(),
+            max_probe_tokens: 8,
+            threshold: 0.95,
+            triggers: vec![DEFAULT_CONTINUATION.to_string()],
+        }
+    }
+}
+
+/// AlphaOne (Zhang et al. 2025, arXiv 2505.24863): scheduled slow thinking, then a fast exit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "snake_case")]
+pub struct Schedule {
+    /// The α moment as a fraction of `max_tokens` (which must be set). AlphaOne scales the
+    /// model's own average thinking length by α ≈ 1.4; a budgeted request has no such
+    /// average, so the budget stands in and α ≤ 1.
+    pub alpha: f64,
+    /// Probability of a continuation after a paragraph break at the start of thinking.
+    pub probability: f64,
+    /// How the probability changes up to the α moment.
+    pub anneal: Anneal,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Self { alpha: 0.6, probability: 0.5, anneal: Anneal::Linear }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Anneal {
+    Constant,
+    /// From `probability` at 0 thinking tokens down to 0 at the α moment (AlphaOne's best).
+    #[default]
+    Linear,
+}
+
+/// Per-phase overrides of the request's sampler.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "snake_case")]
+pub struct PhaseSampling {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+}
+
+impl PhaseSampling {
+    /// `base` with these overrides.
+    pub fn apply(&self, base: &SamplerOptions) -> SamplerOptions {
+        SamplerOptions {
+            temperature: self.temperature.unwrap_or(base.temperature),
+            top_p: self.top_p.unwrap_or(base.top_p),
+            top_k: self.top_k.unwrap_or(base.top_k),
+            min_p: self.min_p.unwrap_or(base.min_p),
+            ..base.clone()
+        }
+    }
+}
+
+/// Named starting points; any field given next to `preset` overrides the preset's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// s1 budget forcing (arXiv 2501.19393): "Wait" replaces an early end, the cap forces the
+    /// end marker. The default options.
+    S1,
+    /// Qwen3's technical report (arXiv 2505.09388 §4.3): at the budget, the model is told to
+    /// answer now; no floor.
+    Qwen3,
+    /// NoWait (arXiv 2506.08343): reflection words masked while thinking; no floor.
+    Nowait,
+    /// DEER (arXiv 2504.15895): confident early exit probed at each "Wait".
+    Deer,
+    /// AlphaOne (arXiv 2505.24863): "Wait" after paragraph breaks before α, "Wait" ends
+    /// thinking after it.
+    Alphaone,
+}
+
+/// NoWait's keyword list (arXiv 2506.08343, §3): reflection and self-verification words.
+pub const NOWAIT_WORDS: &[&str] = &[
+    "wait", "alternatively", "hmm", "but", "however", "alternative", "another", "check", "double-check", "oh",
+    "maybe", "verify", "other", "again", "now", "ah", "any",
+];
+
+/// Qwen3's forced exit text (technical report §4.3, "thinking budget").
+pub const QWEN3_WRAP_UP: &str =
+    "Considering the limited time by the user, I have to give the solution based on the thinking directly now.\n";
+
+impl Preset {
+    pub fn options(self) -> ThinkingOptions {
+        let d = ThinkingOptions { preset: Some(self), ..ThinkingOptions::default() };
+        match self {
+            Preset::S1 => d,
+            Preset::Qwen3 => ThinkingOptions {
+                continuations: Vec::new(),
+                wrap_up: Some(QWEN3_WRAP_UP.to_string()),
+                answer_prefix: Some(".\n\n".to_string()),
+                ..d
+            },
+            Preset::Nowait => ThinkingOptions {
+                continuations: Vec::new(),
+                suppress: NOWAIT_WORDS.iter().map(|w| w.to_string()).collect(),
+                ..d
+            },
+            Preset::Deer => ThinkingOptions { confidence_exit: Some(ConfidenceExit::default()), ..d },
+            Preset::Alphaone => ThinkingOptions { schedule: Some(Schedule::default()), ..d },
+        }
+    }
+
+    pub const ALL: [Preset; 5] = [Preset::S1, Preset::Qwen3, Preset::Nowait, Preset::Deer, Preset::Alphaone];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::S1 => "s1",
+            Preset::Qwen3 => "qwen3",
+            Preset::Nowait => "nowait",
+            Preset::Deer => "deer",
+            Preset::Alphaone => "alphaone",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
 }
 
 impl Default for ThinkingOptions {
@@ -118,7 +291,41 @@ impl Default for ThinkingOptions {
             end: None,
             open: false,
             seed: None,
+            preset: None,
+            suppress: Vec::new(),
+            confidence_exit: None,
+            schedule: None,
+            thinking_sampling: None,
+            answer_sampling: None,
+            answer_min_tokens: 0,
         }
+    }
+}
+
+/// Options deserialize with their preset underneath: `{"preset": "deer", "max_tokens": 64}`
+/// is the DEER preset with `max_tokens` 64. The fields themselves (`remote = "Self"` below)
+/// are read as usual, unknown ones refused.
+impl<'de> Deserialize<'de> for ThinkingOptions {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut fields = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        if let Some(name) = fields.get("preset").filter(|v| !v.is_null()) {
+            let preset: Preset = serde_json::from_value(name.clone()).map_err(D::Error::custom)?;
+            let serde_json::Value::Object(mut base) =
+                serde_json::to_value(preset.options()).map_err(D::Error::custom)?
+            else {
+                return Err(D::Error::custom("a preset serializes to an object"));
+            };
+            base.extend(fields);
+            fields = base;
+        }
+        ThinkingOptions::deserialize(serde_json::Value::Object(fields)).map_err(D::Error::custom)
+    }
+}
+
+impl Serialize for ThinkingOptions {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        ThinkingOptions::serialize(self, serializer)
     }
 }
 
@@ -153,6 +360,44 @@ impl ThinkingOptions {
         }
         if self.start_marker() == self.end_marker() {
             return bad("end", "start and end markers are the same".into());
+        }
+        if self.suppress.iter().any(|w| w.trim().is_empty()) {
+            return bad("suppress", "a word is empty or only whitespace".into());
+        }
+        if let Some(c) = &self.confidence_exit {
+            if c.probe.is_empty() {
+                return bad("confidence_exit.probe", "is empty".into());
+            }
+            if c.max_probe_tokens == 0 {
+                return bad("confidence_exit.max_probe_tokens", "must be at least 1".into());
+            }
+            if !(c.threshold > 0.0 && c.threshold <= 1.0) {
+                return bad("confidence_exit.threshold", format!("{} is not in (0, 1]", c.threshold));
+            }
+            if c.triggers.is_empty() || c.triggers.iter().any(|w| w.is_empty()) {
+                return bad("confidence_exit.triggers", "needs at least one non-empty trigger".into());
+            }
+        }
+        if let Some(s) = &self.schedule {
+            if self.max_tokens.is_none() {
+                return bad("schedule", "needs max_tokens (the α moment is a fraction of it)".into());
+            }
+            if !(s.alpha >= 0.0 && s.alpha <= 1.0) {
+                return bad("schedule.alpha", format!("{} is not in [0, 1]", s.alpha));
+            }
+            if !(0.0..=1.0).contains(&s.probability) {
+                return bad("schedule.probability", format!("{} is not in [0, 1]", s.probability));
+            }
+            if self.continuations.is_empty() {
+                return bad("schedule", "needs a continuation to insert and to recognise".into());
+            }
+        }
+        for (option, phase) in [("thinking_sampling", &self.thinking_sampling), ("answer_sampling", &self.answer_sampling)] {
+            if let Some(p) = phase {
+                p.apply(&SamplerOptions::default())
+                    .validate()
+                    .map_err(|e| ThinkingError::InvalidOption { option, reason: e.to_string() })?;
+            }
         }
         Ok(())
     }
@@ -193,8 +438,25 @@ pub enum Action {
     Phase(Phase),
     Continuation { text: String, round: usize },
     BudgetExhausted { thinking_tokens: usize },
+    /// Instead of keeping the sampled token (a trigger), run a probe: force `ids` after the
+    /// transcript, decode a greedy trial of at most `max_tokens`, roll both back out of the
+    /// KV cache, and hand the trial's mean top-1 probability to
+    /// [`ThinkingController::after_probe`], whose actions then apply to the sampled token.
+    /// Only ever the sole action of a list.
+    Probe { ids: Vec<u32>, max_tokens: usize },
+    /// Thinking ends before the budget: a confident probe, or a continuation word after α.
+    EarlyExit { reason: ExitReason, thinking_tokens: usize },
     /// Stop generating.
     Stop(StopReason),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    /// DEER: the probe's trial answer was confident enough.
+    Confidence,
+    /// AlphaOne: a continuation word written after the α moment.
+    Schedule,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,8 +467,9 @@ pub enum StopReason {
 /// What to do before sampling.
 #[derive(Clone, Debug, PartialEq)]
 pub enum BeforeSample {
-    /// Sample with these ids banned.
-    Sample { banned: Vec<u32> },
+    /// Sample with these ids banned: `banned` ends (of thinking under `min_tokens`, of the
+    /// answer under `answer_min_tokens`), `suppressed` words (NoWait).
+    Sample { banned: Vec<u32>, suppressed: Vec<u32> },
     Stop(StopReason),
 }
 
@@ -257,6 +520,10 @@ pub struct ThinkingController {
     counts: ThinkingCounts,
     /// String end markers taken back under `min_tokens` so far.
     take_backs: usize,
+    /// Every single-token form of the `suppress` words, sorted.
+    suppressed: Vec<u32>,
+    /// The confidence probe's ids.
+    probe_ids: Vec<u32>,
 }
 
 /// Take-backs of a string end marker before the controller gives up on `min_tokens`: the
@@ -304,6 +571,16 @@ impl ThinkingController {
             }
             continuations.push(Continuation { text: text.clone(), ids });
         }
+        let mut suppressed = Vec::new();
+        for word in &options.suppress {
+            suppressed.extend(single_token_forms(codec, word));
+        }
+        suppressed.sort_unstable();
+        suppressed.dedup();
+        let probe_ids = match &options.confidence_exit {
+            Some(c) => encode("confidence_exit.probe", &c.probe)?,
+            None => Vec::new(),
+        };
         // A different stream from the sampler's even when the seeds are equal.
         let seed = options.seed.unwrap_or(sampler_seed ^ 0x7468_696E_6B69_6E67);
         let opened_by_prompt = prompt_opens(codec, prompt_ids, &start, &end);
@@ -322,6 +599,8 @@ impl ThinkingController {
             opened_by_prompt,
             counts: ThinkingCounts::default(),
             take_backs: 0,
+            suppressed,
+            probe_ids,
             options,
         };
         controller.draw_next_continuation();
@@ -433,16 +712,21 @@ impl ThinkingController {
         match self.state {
             State::Thinking | State::Exiting { .. } => {
                 let t = self.counts.thinking_tokens;
-                if t < self.options.min_tokens && !self.may_continue(t, true) {
-                    BeforeSample::Sample { banned: self.end_ids_to_mask() }
+                let banned = if t < self.options.min_tokens && !self.may_continue(t, true) {
+                    self.end_ids_to_mask()
                 } else {
-                    BeforeSample::Sample { banned: Vec::new() }
-                }
+                    Vec::new()
+                };
+                BeforeSample::Sample { banned, suppressed: self.suppressed.clone() }
             }
             State::Answer | State::BeforeThinking => {
+                let answer = self.counts.answer_tokens;
                 match self.options.answer_max_tokens {
-                    Some(cap) if self.counts.answer_tokens >= cap => BeforeSample::Stop(StopReason::AnswerMaxTokens),
-                    _ => BeforeSample::Sample { banned: Vec::new() },
+                    Some(cap) if answer >= cap => BeforeSample::Stop(StopReason::AnswerMaxTokens),
+                    _ if answer < self.options.answer_min_tokens => {
+                        BeforeSample::Sample { banned: self.end_of_generation.clone(), suppressed: Vec::new() }
+                    }
+                    _ => BeforeSample::Sample { banned: Vec::new(), suppressed: Vec::new() },
                 }
             }
         }
@@ -497,21 +781,94 @@ impl ThinkingController {
                 if end_hit.is_some() || is_eog {
                     return self.on_end_attempt(end_hit.unwrap_or(0), is_eog && end_hit.is_none());
                 }
-                self.counts.thinking_tokens += 1;
-                let mut actions = vec![Action::Keep { phase: Phase::Thinking, marker: false }];
-                if let State::Exiting { grace_left } = self.state {
-                    let grace_left = grace_left.saturating_sub(1);
-                    if grace_left == 0 || ends_sentence(piece) {
-                        self.forced_exit(&mut actions);
-                    } else {
-                        self.state = State::Exiting { grace_left };
+                if self.state == State::Thinking && self.counts.thinking_tokens >= self.options.min_tokens {
+                    if let Some(c) = &self.options.confidence_exit {
+                        if c.triggers.iter().any(|w| is_trigger(w, piece)) {
+                            return vec![Action::Probe { ids: self.probe_ids.clone(), max_tokens: c.max_probe_tokens }];
+                        }
                     }
-                } else {
-                    self.check_budget(&mut actions, piece);
+                    if self.past_alpha() && self.continuations.iter().any(|c| c.text.trim() == piece.trim()) {
+                        // AlphaOne's fast thinking: the model's own "Wait" becomes the end.
+                        let mut actions = vec![Action::EarlyExit {
+                            reason: ExitReason::Schedule,
+                            thinking_tokens: self.counts.thinking_tokens,
+                        }];
+                        self.close_thinking(&mut actions);
+                        return actions;
+                    }
                 }
-                actions
+                self.keep_thinking(piece)
             }
         }
+    }
+
+    /// The probe asked for by [`Action::Probe`] ran: `confidence` is its trial's mean top-1
+    /// probability, or `None` when the loop could not run it (no room in the context, text
+    /// held back as a possible marker). The actions apply to the trigger token.
+    pub fn after_probe(&mut self, confidence: Option<f64>, piece: &str) -> Vec<Action> {
+        let threshold = self.options.confidence_exit.as_ref().map_or(f64::INFINITY, |c| c.threshold);
+        if confidence.is_some_and(|c| c >= threshold) {
+            // DEER replaces the trigger by the answer: it is dropped.
+            let mut actions =
+                vec![Action::EarlyExit { reason: ExitReason::Confidence, thinking_tokens: self.counts.thinking_tokens }];
+            self.close_thinking(&mut actions);
+            return actions;
+        }
+        self.keep_thinking(piece)
+    }
+
+    /// Keep a sampled thinking token, then: the grace period, the budget, or a scheduled
+    /// continuation after a paragraph break.
+    fn keep_thinking(&mut self, piece: &str) -> Vec<Action> {
+        self.counts.thinking_tokens += 1;
+        let mut actions = vec![Action::Keep { phase: Phase::Thinking, marker: false }];
+        if let State::Exiting { grace_left } = self.state {
+            let grace_left = grace_left.saturating_sub(1);
+            if grace_left == 0 || ends_sentence(piece) {
+                self.forced_exit(&mut actions);
+            } else {
+                self.state = State::Exiting { grace_left };
+            }
+        } else {
+            self.check_budget(&mut actions, piece);
+            if self.state == State::Thinking {
+                self.maybe_schedule_continuation(&mut actions, piece);
+            }
+        }
+        actions
+    }
+
+    /// Thinking tokens at which AlphaOne's α moment falls (`None` without a schedule).
+    fn alpha_moment(&self) -> Option<f64> {
+        let schedule = self.options.schedule.as_ref()?;
+        Some(schedule.alpha * self.options.max_tokens? as f64)
+    }
+
+    fn past_alpha(&self) -> bool {
+        self.alpha_moment().is_some_and(|at| self.counts.thinking_tokens as f64 >= at)
+    }
+
+    /// AlphaOne's slow thinking: before α, a paragraph break is followed by a continuation
+    /// with the scheduled probability (one seeded draw per paragraph break).
+    fn maybe_schedule_continuation(&mut self, actions: &mut Vec<Action>, piece: &str) {
+        let (Some(schedule), Some(alpha_at)) = (self.options.schedule.as_ref(), self.alpha_moment()) else { return };
+        let t = self.counts.thinking_tokens;
+        if !piece.ends_with("\n\n") || t as f64 >= alpha_at {
+            return;
+        }
+        let p = match schedule.anneal {
+            Anneal::Constant => schedule.probability,
+            Anneal::Linear => schedule.probability * (1.0 - t as f64 / alpha_at),
+        };
+        if self.rng.uniform() >= p || !self.may_continue(t, false) {
+            return;
+        }
+        let Continuation { text, ids } = self.continuations[self.next_continuation].clone();
+        self.counts.continuations += 1;
+        self.counts.thinking_tokens += ids.len();
+        self.draw_next_continuation();
+        actions.push(Action::Continuation { text, round: self.counts.continuations });
+        actions.push(Action::Force { ids, phase: Phase::Thinking, marker: false });
     }
 
     /// The model tried to end thinking: with the end marker (whose first `before` tokens are
@@ -576,7 +933,15 @@ impl ThinkingController {
         // The continuation must leave the model at least one token of its own under the cap,
         // else "Wait" would be followed at once by the forced exit.
         let len = self.continuations[self.next_continuation].ids.len();
-        self.options.max_tokens.is_none_or(|max| t + len < max)
+        self.exit_at().is_none_or(|exit_at| t + len < exit_at)
+    }
+
+    /// Thinking tokens at which the budget is spent: the wrap-up is part of the budget, so the
+    /// exit starts early enough for it to end at `max_tokens` (Qwen3's long wrap-up would
+    /// otherwise overshoot every budget). A wrap-up longer than the whole budget is left out.
+    fn exit_at(&self) -> Option<usize> {
+        let max = self.options.max_tokens?;
+        Some(max.checked_sub(self.wrap_up_ids.len()).unwrap_or(max))
     }
 
     fn draw_next_continuation(&mut self) {
@@ -593,8 +958,8 @@ impl ThinkingController {
     /// After thinking grew: at the cap, announce it and exit now (no grace, or `piece`
     /// already ends a sentence) or enter the grace period.
     fn check_budget(&mut self, actions: &mut Vec<Action>, piece: &str) {
-        let Some(max) = self.options.max_tokens else { return };
-        if self.counts.thinking_tokens < max {
+        let Some(exit_at) = self.exit_at() else { return };
+        if self.counts.thinking_tokens < exit_at {
             return;
         }
         actions.push(Action::BudgetExhausted { thinking_tokens: self.counts.thinking_tokens });
@@ -607,7 +972,14 @@ impl ThinkingController {
 
     fn forced_exit(&mut self, actions: &mut Vec<Action>) {
         self.counts.forced_exit = true;
-        if !self.wrap_up_ids.is_empty() {
+        self.close_thinking(actions);
+    }
+
+    /// Wrap-up, end marker, answer (prefix).
+    fn close_thinking(&mut self, actions: &mut Vec<Action>) {
+        let limit = self.options.max_tokens.map(|max| max + self.options.grace_tokens);
+        let fits = limit.is_none_or(|limit| self.counts.thinking_tokens + self.wrap_up_ids.len() <= limit);
+        if !self.wrap_up_ids.is_empty() && fits {
             self.counts.thinking_tokens += self.wrap_up_ids.len();
             actions.push(Action::Force { ids: self.wrap_up_ids.clone(), phase: Phase::Thinking, marker: false });
         }
@@ -622,6 +994,33 @@ impl ThinkingController {
             self.counts.answer_tokens += self.answer_prefix_ids.len();
             actions.push(Action::Force { ids: self.answer_prefix_ids.clone(), phase: Phase::Answer, marker: false });
         }
+    }
+}
+
+/// The ids of `word`'s single-token forms: as written, lower case, capitalised, upper case,
+/// each with and without a leading space (how BPE vocabularies hold a word mid-sentence).
+fn single_token_forms(codec: &dyn TextCodec, word: &str) -> Vec<u32> {
+    let word = word.trim();
+    let lower = word.to_lowercase();
+    let mut capitalised: String = lower.chars().take(1).flat_map(char::to_uppercase).collect();
+    capitalised.extend(lower.chars().skip(1));
+    let mut ids = Vec::new();
+    for form in [word.to_string(), lower.clone(), capitalised, word.to_uppercase()] {
+        for text in [form.clone(), format!(" {form}")] {
+            if let Ok([id]) = codec.encode(&text).as_deref() {
+                ids.push(*id);
+            }
+        }
+    }
+    ids
+}
+
+/// Does the sampled `piece` fire `trigger` (see [`ConfidenceExit::triggers`])?
+fn is_trigger(trigger: &str, piece: &str) -> bool {
+    if trigger.trim().is_empty() {
+        piece.ends_with(trigger)
+    } else {
+        piece.trim() == trigger.trim()
     }
 }
 

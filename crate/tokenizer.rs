@@ -210,7 +210,10 @@ mod token_type {
 
 /// A byte-level BPE tokenizer with llama.cpp's special-token semantics.
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    /// In a cell because plain-text encoding flips the library's "encode special tokens as
+    /// text" switch for the duration of one call (a second copy of a 150k vocabulary would
+    /// cost wasm memory instead).
+    inner: std::cell::RefCell<tokenizers::Tokenizer>,
     /// Per id: the bytes the token stands for when decoded (empty for unused tokens).
     pieces: Vec<Vec<u8>>,
     /// Per id: matched whole in text and rendered verbatim (control, user-defined, unknown).
@@ -366,7 +369,7 @@ impl Tokenizer {
         end_of_generation.dedup();
 
         Ok(Self {
-            inner,
+            inner: inner.into(),
             pieces,
             special,
             bos,
@@ -453,18 +456,85 @@ impl Tokenizer {
             _ => None,
         };
 
-        Ok(Self { inner, pieces, special, bos, eos, end_of_generation, add_bos, chat_template })
+        Ok(Self { inner: inner.into(), pieces, special, bos, eos, end_of_generation, add_bos, chat_template })
     }
 
     /// Token ids for `text`, with special-token texts in it (e.g. "<|im_start|>") parsed as
     /// those tokens. `add_bos` prepends the bos token when the vocabulary has one.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, TokenizerError> {
-        let encoding = self.inner.encode_fast(text, false).map_err(lib_err)?;
+        let inner = self.inner.try_borrow().map_err(|_| TokenizerError::Library("tokenizer in use".into()))?;
+        let encoding = inner.encode_fast(text, false).map_err(lib_err)?;
         let mut ids = Vec::with_capacity(encoding.len() + 1);
         if add_bos {
             ids.extend(self.bos);
         }
         ids.extend_from_slice(encoding.get_ids());
+        Ok(ids)
+    }
+
+    /// Byte ranges of the special-token texts in `text`, as [`Tokenizer::encode`] would
+    /// match them.
+    pub fn special_spans(&self, text: &str) -> Result<Vec<std::ops::Range<usize>>, TokenizerError> {
+        let inner = self.inner.try_borrow().map_err(|_| TokenizerError::Library("tokenizer in use".into()))?;
+        let encoding = inner.encode(text, false).map_err(lib_err)?;
+        Ok(encoding
+            .get_ids()
+            .iter()
+            .zip(encoding.get_offsets())
+            .filter(|(&id, _)| self.is_special(id))
+            .map(|(_, &(start, end))| start..end)
+            .collect())
+    }
+
+    /// Token ids for `text` as plain text: a special token's text in it ("<|im_end|>")
+    /// becomes the ordinary tokens that spell it, never that token. What users type goes
+    /// through here, so that it cannot end a turn or open a system message.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let mut inner = self.inner.try_borrow_mut().map_err(|_| TokenizerError::Library("tokenizer in use".into()))?;
+        inner.set_encode_special_tokens(true);
+        let encoding = inner.encode_fast(text, false);
+        inner.set_encode_special_tokens(false);
+        Ok(encoding.map_err(lib_err)?.get_ids().to_vec())
+    }
+
+    /// Token ids for a rendered prompt in which the byte ranges `literal` (ascending, not
+    /// overlapping) came from users: special-token texts outside them are those tokens,
+    /// inside them plain text. Without such a text inside a range this is exactly
+    /// [`Tokenizer::encode`], so ordinary prompts tokenize as llama.cpp does.
+    pub fn encode_with_literals(&self, text: &str, literal: &[std::ops::Range<usize>], add_bos: bool) -> Result<Vec<u32>, TokenizerError> {
+        let mut ids: Vec<u32> = Vec::new();
+        if add_bos {
+            ids.extend(self.bos);
+        }
+        let inner = self.inner.try_borrow().map_err(|_| TokenizerError::Library("tokenizer in use".into()))?;
+        // Which special tokens the library finds, and where (byte offsets).
+        let encoding = inner.encode(text, false).map_err(lib_err)?;
+        let inside = |r: &(usize, usize)| literal.iter().any(|l| r.0 < l.end && l.start < r.1);
+        let specials: Vec<(u32, (usize, usize))> = encoding
+            .get_ids()
+            .iter()
+            .zip(encoding.get_offsets())
+            .filter(|(&id, _)| self.is_special(id))
+            .map(|(&id, &o)| (id, o))
+            .collect();
+        if !specials.iter().any(|(_, o)| inside(o)) {
+            ids.extend_from_slice(encoding.get_ids());
+            return Ok(ids);
+        }
+        drop(inner);
+        // Split at the template's own special tokens, as the library does, and encode each
+        // stretch between them as plain text.
+        let mut at = 0;
+        for (id, (start, end)) in specials.into_iter().filter(|(_, o)| !inside(o)) {
+            if start > at {
+                ids.extend(self.encode_plain(text.get(at..start).unwrap_or_default())?);
+            }
+            ids.push(id);
+            at = end;
+        }
+        if at < text.len() {
+            ids.extend(self.encode_plain(text.get(at..).unwrap_or_default())?);
+        }
         Ok(ids)
     }
 

@@ -175,6 +175,18 @@ impl RawLoader {
         Ok(RawLoader { loader: Some(loader) })
     }
 
+    /// The file's size when the page knows it (Content-Length, `File.size`): a header that
+    /// claims more is refused before any tensor is allocated.
+    #[wasm_bindgen(js_name = setSourceLen)]
+    pub fn set_source_len(&mut self, len: f64) -> Result<(), JsValue> {
+        let loader = self.loader.as_mut().ok_or_else(|| js_error("invalid_options", "loader already finished"))?;
+        if !(len.is_finite() && len >= 0.0) {
+            return Err(js_error("invalid_options", format_args!("source length {len} is not a byte count")));
+        }
+        loader.set_source_len(len as u64);
+        Ok(())
+    }
+
     /// The next bytes of the GGUF; returns `{bytes_seen, bytes_total, tensors_done, tensors_total}`.
     pub fn push(&mut self, chunk: &[u8]) -> Result<JsValue, JsValue> {
         let loader = self.loader.as_mut().ok_or_else(|| js_error("invalid_options", "loader already finished"))?;

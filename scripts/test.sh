@@ -13,4 +13,8 @@ export PENSIVE_REQUIRE_MODELS=1 PENSIVE_REQUIRE_GPU=1
 export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 cargo test --release --all-targets
+# Fuzzing: every target a few seconds on the committed seeds and regressions (the crashes a
+# campaign found replay in `cargo test` above, tests/fuzz_regressions.rs). Installs nightly
+# and cargo-fuzz itself.
+FUZZ_CI=1 scripts/fuzz.sh 5
 scripts/browser-test.sh

@@ -194,3 +194,37 @@ fn qwen3_enable_thinking_false_renders_an_empty_thinking_block() {
     assert_eq!(render(r#"{"enable_thinking": true}"#), on);
     assert_eq!(render(r#"{"enable_thinking": false}"#), format!("{on}<think>\n\n</think>\n\n"));
 }
+
+#[test]
+fn looping_and_exploding_templates_hit_their_limit() {
+    // 100,000³ iterations: without fuel this would run for days.
+    let looping = ChatTemplate::new("{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}{% endfor %}{% endfor %}{% endfor %}").unwrap();
+    let started = std::time::Instant::now();
+    match looping.render(&[Message::user("x")], true, "", "") {
+        Err(ChatError::Limit(why)) => assert!(why.contains("instructions"), "{why}"),
+        other => panic!("expected Limit, got {other:?}"),
+    }
+    assert!(started.elapsed().as_secs() < 20, "fuel ran out only after {:?}", started.elapsed());
+    // Little fuel, much output: each instruction writes 1 MB.
+    let exploding = ChatTemplate::new("{% for a in range(100) %}{{ 'x' * 1000000 }}{% endfor %}").unwrap();
+    match exploding.render(&[Message::user("x")], true, "", "") {
+        Err(ChatError::Limit(why)) => assert!(why.contains("bytes"), "{why}"),
+        other => panic!("expected Limit, got {:?}", other.map(|s| s.len())),
+    }
+}
+
+#[test]
+fn real_templates_render_long_conversations_within_the_limits() {
+    for name in ["qwen2.5", "qwen3", "smollm2", "deepseek-r1-distill"] {
+        let fx = fixture(name);
+        let template = ChatTemplate::new(&fx.template).unwrap();
+        let mut messages = vec![Message::system("You are kind.")];
+        for i in 0..500 {
+            messages.push(Message::user(format!("question {i}?")));
+            messages.push(Message::assistant(format!("<think>\nhm {i}\n</think>\n\nanswer {i}")));
+        }
+        messages.push(Message::user("last?"));
+        let text = template.render(&messages, true, &fx.bos_token, &fx.eos_token).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(text.contains("question 499?") && text.ends_with('\n') || text.contains("last?"), "{name}");
+    }
+}

@@ -10,7 +10,7 @@ use pensive::generate::{Completion, Event, FinishReason, GenerateOptions, Genera
 use pensive::transcript::Transcript;
 use pensive::sampler::{Rng, SamplerOptions};
 use pensive::thinking::{
-    ContinuationOrder, EarlyEnd, Marker, Phase, ThinkingController, ThinkingError, ThinkingOptions,
+    Anneal, ConfidenceExit, ContinuationOrder, EarlyEnd, ExitReason, Marker, PhaseSampling, Preset, Schedule, Phase, ThinkingController, ThinkingError, ThinkingOptions,
 };
 use scripted::{ScriptedBackend, ToyCodec, FAVOURED};
 
@@ -18,7 +18,7 @@ use scripted::{ScriptedBackend, ToyCodec, FAVOURED};
 const RUNNER_UP: f32 = 5.0;
 
 const PIECES: &[&str] =
-    &["a", " b", ".", "\n", "Wait", "Hmm", " So", "Final", " Answer:", "<", "</", "think", ">", "x"];
+    &["a", " b", ".", "\n", "Wait", "Hmm", " So", "Final", " Answer:", "<", "</", "think", ">", "x", "\n\n", " wait"];
 
 /// `<think>`/`</think>` as single special tokens (DeepSeek-R1, Qwen3).
 fn token_codec() -> Rc<ToyCodec> {
@@ -141,6 +141,7 @@ fn transcript(c: &Completion) -> String {
     c.events
         .iter()
         .map(|e| match e {
+            Event::Token { text, probe: true, .. } => format!("<{text}>"),
             Event::Token { text, forced: true, .. } => format!("[{text}]"),
             Event::Token { text, .. } => text.clone(),
             Event::Continuation { .. } => "{cont}".into(),
@@ -148,6 +149,9 @@ fn transcript(c: &Completion) -> String {
             Event::Phase { phase: Phase::Thinking } => "{think}".into(),
             Event::Phase { phase: Phase::Answer } => "{answer}".into(),
             Event::Done { .. } => "{done}".into(),
+            Event::Probe { exit, .. } => format!("{{probe {exit}}}"),
+            Event::EarlyExit { .. } => "{exit}".into(),
+            Event::Suppressed { text, .. } => format!("{{-{text}}}"),
         })
         .collect()
 }
@@ -156,7 +160,7 @@ fn transcript(c: &Completion) -> String {
 fn check_accounting(c: &Completion, backend: &ScriptedBackend) {
     let s = &c.stats;
     assert_eq!(s.processed_tokens, backend.fed_tokens(), "processed counts what forward saw");
-    assert_eq!(s.processed_tokens, s.prompt_tokens - s.cached_tokens + s.sampled_tokens + s.forced_tokens);
+    assert_eq!(s.processed_tokens, s.prompt_tokens - s.cached_tokens + s.sampled_tokens + s.forced_tokens + s.probe_tokens);
     assert_eq!(backend.kv_len(), s.cached_tokens + s.processed_tokens - s.rolled_back_tokens);
     // The cache holds exactly the transcript: prompt then every kept response token.
     let mut transcript = c.prompt_ids.clone();
@@ -164,13 +168,18 @@ fn check_accounting(c: &Completion, backend: &ScriptedBackend) {
     assert_eq!(backend.cache, transcript);
     assert_eq!(s.response_tokens, c.tokens.len());
     // Events carry exactly the kept tokens (a stop string's tokens leave the transcript).
-    let event_ids: Vec<u32> =
-        c.events.iter().filter_map(|e| if let Event::Token { id, .. } = e { Some(*id) } else { None }).collect();
-    assert_eq!(event_ids, c.tokens, "token events = kept response tokens");
+    let event_ids: Vec<u32> = c
+        .events
+        .iter()
+        .filter_map(|e| if let Event::Token { id, probe: false, .. } = e { Some(*id) } else { None })
+        .collect();
+    assert_eq!(event_ids, c.tokens, "token events (probes aside) = kept response tokens");
     assert!(matches!(c.events.last(), Some(Event::Done { .. })));
     // The counts are the events' own: recounted here, never read from the controller.
     let recount = Recount::of(&c.events);
     assert_eq!((s.thinking_tokens, s.answer_tokens, s.continuations), (recount.thinking, recount.answer, recount.continuations));
+    assert_eq!((s.probes, s.probe_tokens, s.words_suppressed), (recount.probes, recount.probe_tokens, recount.suppressed));
+    assert_eq!((s.confidence_exit, s.schedule_exit), (recount.confidence_exit, recount.schedule_exit));
 }
 
 /// Thinking, answer and continuation counts as a client would take them from the events.
@@ -180,6 +189,11 @@ struct Recount {
     answer: usize,
     continuations: usize,
     closed: bool,
+    probes: usize,
+    probe_tokens: usize,
+    suppressed: usize,
+    confidence_exit: bool,
+    schedule_exit: bool,
 }
 
 impl Recount {
@@ -187,8 +201,13 @@ impl Recount {
         let mut r = Recount::default();
         for e in events {
             match e {
+                Event::Token { probe: true, .. } => r.probe_tokens += 1,
                 Event::Token { phase: Phase::Thinking, marker: false, .. } => r.thinking += 1,
                 Event::Token { phase: Phase::Answer, marker: false, .. } => r.answer += 1,
+                Event::Probe { .. } => r.probes += 1,
+                Event::Suppressed { .. } => r.suppressed += 1,
+                Event::EarlyExit { reason: ExitReason::Confidence, .. } => r.confidence_exit = true,
+                Event::EarlyExit { reason: ExitReason::Schedule, .. } => r.schedule_exit = true,
                 Event::Continuation { .. } => r.continuations += 1,
                 Event::Phase { phase: Phase::Answer } => r.closed = true,
                 _ => {}
@@ -346,14 +365,20 @@ fn forced_exit_with_wrap_up_and_answer_prefix() {
         answer_prefix: Some("Final Answer:".into()),
         ..ThinkingOptions::default()
     };
-    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
-    assert_eq!(transcript(&c), "{think}aaaa{budget}[\n][ So][</think>]{answer}[Final][ Answer:] b{done}");
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts.clone()));
+    // The wrap-up is part of the budget: the exit starts two tokens early.
+    assert_eq!(transcript(&c), "{think}aa{budget}[\n][ So][</think>]{answer}[Final][ Answer:] b{done}");
     let s = &c.stats;
     // The wrap-up is inside thinking; the prefix is answer.
-    assert_eq!((s.thinking_tokens, s.answer_tokens, s.forced_tokens), (6, 3, 5));
+    assert_eq!((s.thinking_tokens, s.answer_tokens, s.forced_tokens), (4, 3, 5));
     // The whole forced exit went to the model in one forward.
     let exit = codec.ids(&["\n", " So", "</think>", "Final", " Answer:"]);
     assert!(backend.calls.iter().any(|(t, n)| t.ends_with(&exit) && *n == 1), "{:?}", backend.calls);
+    check_accounting(&c, &backend);
+    // A wrap-up longer than the budget is left out (Qwen3's at a budget of 0).
+    let mut backend = script(&codec, Model { end_with: EndWith::Never, ..Model::default() });
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(ThinkingOptions { max_tokens: Some(1), ..opts }));
+    assert_eq!(transcript(&c), "{think}a{budget}[</think>]{answer}[Final][ Answer:] b{done}");
     check_accounting(&c, &backend);
 }
 
@@ -516,7 +541,7 @@ fn options_validation_and_serde() {
 fn events_serialize_as_the_issue_specifies() {
     let json = |e: &Event| serde_json::to_string(e).unwrap();
     assert_eq!(
-        json(&Event::Token { id: 7, text: "Wait".into(), phase: Phase::Thinking, forced: true, marker: false, logprob: None, top_logprobs: None }),
+        json(&Event::Token { id: 7, text: "Wait".into(), phase: Phase::Thinking, forced: true, marker: false, probe: false, logprob: None, top_logprobs: None }),
         r#"{"type":"token","id":7,"text":"Wait","phase":"thinking","forced":true,"marker":false}"#
     );
     assert_eq!(json(&Event::Continuation { text: "Wait".into(), round: 2 }), r#"{"type":"continuation","text":"Wait","round":2}"#);
@@ -540,7 +565,8 @@ fn events_serialize_as_the_issue_specifies() {
 /// string marker is always completed, so string ends really happen.
 fn random_model(codec: &Rc<ToyCodec>, salt: u64) -> ScriptedBackend {
     let c = codec.clone();
-    let candidates: Vec<u32> = ["a", " b", ".", "\n", "x", "<", "</", "think"].iter().map(|p| c.id(p)).collect();
+    let candidates: Vec<u32> =
+        ["a", " b", ".", "\n", "x", "<", "</", "think", "Wait", "\n\n", " wait", "Hmm"].iter().map(|p| c.id(p)).collect();
     let specials: Vec<u32> = (0..c.special.len() as u32).collect();
     let (slash, think, gt, lt) = (c.id("</"), c.id("think"), c.id(">"), c.id("<"));
     ScriptedBackend::new(
@@ -586,18 +612,39 @@ fn random_options(rng: &mut Rng) -> ThinkingOptions {
         answer_max_tokens: pick(rng, 0.3).then(|| 1 + rng.below(10)),
         open: pick(rng, 0.5),
         seed: Some(rng.next_u64()),
+        suppress: if pick(rng, 0.3) { vec!["wait".into()] } else { Vec::new() },
+        confidence_exit: pick(rng, 0.4).then(|| ConfidenceExit {
+            probe: "\nFinal Answer:".into(),
+            max_probe_tokens: 1 + rng.below(4),
+            threshold: 0.1 + rng.uniform() * 0.6,
+            triggers: vec!["Wait".into(), ".".into()],
+        }),
+        answer_min_tokens: if pick(rng, 0.3) { rng.below(6) } else { 0 },
+        thinking_sampling: pick(rng, 0.2).then(|| PhaseSampling { temperature: Some(1.5), ..PhaseSampling::default() }),
         ..ThinkingOptions::default()
     }
+}
+
+/// AlphaOne needs a cap; the property test adds it to half the capped cases.
+fn with_random_schedule(rng: &mut Rng, mut o: ThinkingOptions) -> ThinkingOptions {
+    if o.max_tokens.is_some() && !o.continuations.is_empty() && rng.uniform() < 0.5 {
+        let anneal = if rng.uniform() < 0.5 { Anneal::Constant } else { Anneal::Linear };
+        o.schedule = Some(Schedule { alpha: rng.uniform() * 0.6, probability: rng.uniform(), anneal });
+    }
+    o
 }
 
 #[test]
 fn property_budget_control_accounting_and_determinism() {
     const CASES: u64 = 300;
     let mut rng = Rng::new(2025);
-    let mut stats_seen = [0usize; 4]; // forced exits, continuations, rollbacks, suppressed
+    // forced exits, continuations, rollbacks, masked ends, probes, confident exits,
+    // scheduled exits, suppressed words
+    let mut stats_seen = [0usize; 8];
     for case in 0..CASES {
         let codec = if rng.uniform() < 0.5 { token_codec() } else { text_codec() };
         let thinking = random_options(&mut rng);
+        let thinking = with_random_schedule(&mut rng, thinking);
         let prompt = if rng.uniform() < 0.5 { opened_prompt(&codec) } else { codec.ids(&["x"]) };
         let sampler = if rng.uniform() < 0.5 {
             SamplerOptions::greedy()
@@ -626,8 +673,8 @@ fn property_budget_control_accounting_and_determinism() {
             assert!(thinking_tokens >= thinking.min_tokens, "{ctx}: thinking below min");
         }
         if let Some(max) = thinking.max_tokens {
-            let exit_text = thinking.wrap_up.as_deref().map_or(0, |w| codec.encode(w).unwrap().len());
-            assert!(thinking_tokens <= max + thinking.grace_tokens + exit_text, "{ctx}: thinking above max");
+            // The wrap-up is part of the budget.
+            assert!(thinking_tokens <= max + thinking.grace_tokens, "{ctx}: thinking above max");
         }
         if let Some(cap) = thinking.max_continuations {
             assert!(s.continuations <= cap, "{ctx}");
@@ -636,9 +683,18 @@ fn property_budget_control_accounting_and_determinism() {
         stats_seen[1] += (s.continuations > 0) as usize;
         stats_seen[2] += (s.rolled_back_tokens > 0) as usize;
         stats_seen[3] += (s.ends_suppressed > 0) as usize;
+        stats_seen[4] += (s.probes > 0) as usize;
+        stats_seen[5] += s.confidence_exit as usize;
+        stats_seen[6] += s.schedule_exit as usize;
+        stats_seen[7] += (s.words_suppressed > 0) as usize;
+        // Probes leave nothing behind: the cache is the transcript (check_accounting), and
+        // no kept token is a probe's.
+        if thinking.confidence_exit.is_none() {
+            assert_eq!(s.probes, 0, "{ctx}");
+        }
     }
     // The random cases must exercise every mechanism, or the property says little.
-    eprintln!("paths exercised (forced exits, continuations, rollbacks, masked ends): {stats_seen:?}");
+    eprintln!("paths exercised: {stats_seen:?}");
     assert!(stats_seen.iter().all(|&n| n >= 5), "paths exercised: {stats_seen:?}");
 }
 
@@ -874,4 +930,272 @@ fn a_forced_exit_takes_back_a_half_written_end_marker_unless_thinking_would_fall
     assert_eq!(transcript(&c), "{think}aaa</{budget}[</][think][>]{answer} b{done}");
     assert_eq!(c.stats.thinking_tokens, 4);
     check_accounting(&c, &backend);
+}
+
+#[test]
+fn a_forced_exit_that_would_pass_max_tokens_is_not_started() {
+    // The fuzzer's finding: the cap falls on the response's last allowed token, and the exit
+    // (wrap-up + end marker) would have made the response longer than max_tokens.
+    let codec = token_codec();
+    let mut backend = script(&codec, Model { end_with: EndWith::Never, ..Model::default() });
+    let opts = ThinkingOptions { max_tokens: Some(2), wrap_up: Some(" b b".into()), ..ThinkingOptions::default() };
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), GenerateOptions { max_tokens: 2, ..options(opts) });
+    assert!(c.tokens.len() <= 2, "{}", transcript(&c));
+    assert_eq!(c.stats.finish_reason, Some(FinishReason::MaxTokens));
+    assert!(!c.stats.forced_exit, "no exit was written");
+    check_accounting(&c, &backend);
+}
+
+// ----------------------------------------------------------------------------
+// Beyond s1 (issue 12): suppress, confidence exit, schedule, presets, per-phase sampling.
+
+/// Thinks "a", "a", then `word`, forever; answers " b" then EOS. After a probe
+/// ("\nFinal Answer:") it answers " b" and EOS; `confident: false` gives " b" four close
+/// rivals, so the trial's mean top-1 probability drops to about 0.64.
+fn word_thinker(codec: &Rc<ToyCodec>, word: &'static str, confident: bool) -> ScriptedBackend {
+    let c = codec.clone();
+    let [a, b, word_id, answer] = ["a", " b", word, " Answer:"].map(|p| c.id(p));
+    let end = c.id("</think>");
+    let runner_ups: Vec<u32> = ["x", ".", "Hmm", " So"].iter().map(|p| c.id(p)).collect();
+    ScriptedBackend::new(
+        c.vocab_size(),
+        Box::new(move |seq: &[u32]| {
+            let last = seq.last().copied();
+            if seq.contains(&answer) && last == Some(b) {
+                return vec![(0, FAVOURED)];
+            }
+            if last == Some(answer) {
+                // The probe's trial: " b", with or without close rivals.
+                let mut logits = vec![(b, FAVOURED)];
+                if !confident {
+                    logits.extend(runner_ups.iter().map(|&id| (id, FAVOURED - 0.5)));
+                }
+                return logits;
+            }
+            let closed = seq.contains(&end);
+            let next = if closed {
+                if last == Some(b) { 0 } else { b }
+            } else if seq.len() >= 2 && seq[seq.len() - 2..] == [a, a] {
+                word_id
+            } else {
+                a
+            };
+            let mut logits = vec![(next, FAVOURED)];
+            if next != a {
+                logits.push((a, RUNNER_UP));
+            }
+            logits
+        }),
+    )
+}
+
+fn deer(threshold: f64) -> ConfidenceExit {
+    ConfidenceExit { probe: "\nFinal Answer:".into(), max_probe_tokens: 3, threshold, triggers: vec!["Wait".into()] }
+}
+
+#[test]
+fn suppress_masks_every_single_token_form_while_thinking_only() {
+    let codec = token_codec();
+    // "WAIT" reaches "Wait" (capitalised) and " wait" (leading space, lower case).
+    let opts = ThinkingOptions { suppress: vec!["WAIT".into()], max_tokens: Some(9), ..ThinkingOptions::default() };
+    let mut backend = word_thinker(&codec, "Wait", true);
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts.clone()));
+    let wait = [codec.id("Wait"), codec.id(" wait")];
+    assert!(c.tokens.iter().all(|id| !wait.contains(id)), "{}", transcript(&c));
+    // Each masked "Wait" is one suppressed event; the runner-up "a" took its place.
+    assert_eq!(transcript(&c), format!("{{think}}aa{}{{budget}}[</think>]{{answer}} b{{done}}", "{-Wait}a".repeat(7)));
+    assert_eq!(c.stats.words_suppressed, 7);
+    check_accounting(&c, &backend);
+    // The same word in the answer is not masked.
+    let controller = ThinkingController::new(opts, &*codec, &opened_prompt(&codec), 0).unwrap();
+    assert!(matches!(controller.before_sample(), pensive::thinking::BeforeSample::Sample { suppressed, .. } if suppressed.len() == 2));
+}
+
+#[test]
+fn a_confident_probe_ends_thinking_and_leaves_the_cache_as_the_transcript() {
+    let codec = token_codec();
+    let opts = ThinkingOptions { confidence_exit: Some(deer(0.9)), max_tokens: Some(20), ..ThinkingOptions::default() };
+    let mut backend = word_thinker(&codec, "Wait", true);
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    // The probe (forced "\nFinal Answer:", trial " b" then EOS) shows as probe tokens, is
+    // rolled back, and the trigger "Wait" is replaced by the end of thinking.
+    assert_eq!(
+        transcript(&c),
+        "{think}aa<\n><Final>< Answer:>< b>{probe true}{exit}[</think>]{answer} b{done}"
+    );
+    let s = &c.stats;
+    assert_eq!((s.probes, s.probe_tokens, s.confidence_exit, s.forced_exit), (1, 4, true, false));
+    assert_eq!(s.thinking_tokens, 2);
+    assert_eq!(s.dropped_tokens, 2, "the trigger and the final EOS");
+    check_accounting(&c, &backend);
+    assert!(backend.truncations.contains(&(opened_prompt(&codec).len() + 2)), "the probe was truncated away");
+}
+
+#[test]
+fn an_unconfident_probe_is_rolled_back_and_thinking_goes_on_where_it_was() {
+    let codec = token_codec();
+    let opts = ThinkingOptions { confidence_exit: Some(deer(0.9)), max_tokens: Some(7), ..ThinkingOptions::default() };
+    let mut backend = word_thinker(&codec, "Wait", false);
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    let probe = "<\n><Final>< Answer:>< b>";
+    assert_eq!(
+        transcript(&c),
+        format!("{{think}}aa{probe}{{probe false}}Waitaa{probe}{{probe false}}Waita{{budget}}[</think>]{{answer}} b{{done}}")
+    );
+    let s = &c.stats;
+    assert_eq!((s.probes, s.probe_tokens, s.confidence_exit, s.forced_exit), (2, 8, false, true));
+    assert_eq!(s.thinking_tokens, 7);
+    check_accounting(&c, &backend);
+    // Without the probes the same tokens come out: the rollback left no trace.
+    let mut plain = word_thinker(&codec, "Wait", false);
+    let without = run(&codec, &mut plain, &opened_prompt(&codec), options(ThinkingOptions { max_tokens: Some(7), ..ThinkingOptions::default() }));
+    assert_eq!(without.tokens, c.tokens);
+}
+
+#[test]
+fn probes_wait_for_the_minimum() {
+    let codec = token_codec();
+    let opts =
+        ThinkingOptions { confidence_exit: Some(deer(0.5)), min_tokens: 5, max_tokens: Some(20), ..ThinkingOptions::default() };
+    let mut backend = word_thinker(&codec, "Wait", true);
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    // "aaWait" is 3 thinking tokens (no probe under 5), "aaWaitaa" 5: the next trigger
+    // probes and exits, replaced by the end of thinking.
+    assert_eq!(c.stats.probes, 1);
+    assert_eq!(c.stats.thinking_tokens, 5);
+    assert!(c.stats.confidence_exit);
+    check_accounting(&c, &backend);
+}
+
+/// Thinks "a", "a", "\n\n", "a", "a", "\n\n", ...; writes "Wait" itself after a paragraph
+/// break only once `wait_after` thinking tokens have gone by.
+fn paragraph_thinker(codec: &Rc<ToyCodec>, wait_after: usize) -> ScriptedBackend {
+    let c = codec.clone();
+    let [a, b, para, wait] = ["a", " b", "\n\n", "Wait"].map(|p| c.id(p));
+    let (start, end) = (c.id("<think>"), c.id("</think>"));
+    ScriptedBackend::new(
+        c.vocab_size(),
+        Box::new(move |seq: &[u32]| {
+            let last = seq.last().copied();
+            let next = if seq.contains(&end) {
+                if last == Some(b) { 0 } else { b }
+            } else {
+                let opened = seq.iter().rposition(|&t| t == start).map_or(0, |p| p + 1);
+                let thinking = &seq[opened..];
+                let run = thinking.iter().rev().take_while(|&&t| t == a).count();
+                if last == Some(para) && thinking.len() >= wait_after {
+                    wait
+                } else if run >= 2 {
+                    para
+                } else {
+                    a
+                }
+            };
+            let mut logits = vec![(next, FAVOURED)];
+            if next != a {
+                logits.push((a, RUNNER_UP));
+            }
+            logits
+        }),
+    )
+}
+
+#[test]
+fn schedule_inserts_before_alpha_and_ends_at_a_wait_after_it() {
+    let codec = token_codec();
+    let schedule = Schedule { alpha: 0.5, probability: 1.0, anneal: Anneal::Constant };
+    let opts = ThinkingOptions { schedule: Some(schedule), max_tokens: Some(20), ..ThinkingOptions::default() };
+    let mut backend = paragraph_thinker(&codec, 12);
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    // Before α (10 thinking tokens) every paragraph break gets a forced "Wait"; the third
+    // break comes at 11 (past α: none), and the model's own "Wait" after it is dropped and
+    // thinking closes.
+    assert_eq!(
+        transcript(&c),
+        "{think}aa\n\n{cont}[Wait]aa\n\n{cont}[Wait]aa\n\n{exit}[</think>]{answer} b{done}"
+    );
+    assert!(c.stats.schedule_exit && !c.stats.forced_exit);
+    assert_eq!(c.stats.continuations, 2);
+    check_accounting(&c, &backend);
+}
+
+#[test]
+fn schedule_draws_are_seeded() {
+    let codec = token_codec();
+    let run_with = |seed| {
+        let schedule = Schedule { alpha: 1.0, probability: 0.5, anneal: Anneal::Linear };
+        let opts = ThinkingOptions { schedule: Some(schedule), max_tokens: Some(60), seed: Some(seed), ..ThinkingOptions::default() };
+        let mut backend = paragraph_thinker(&codec, 1000);
+        let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+        check_accounting(&c, &backend);
+        c
+    };
+    let rounds = |c: &Completion| continuation_texts(c).len();
+    assert_eq!(strip_timing(run_with(1)), strip_timing(run_with(1)));
+    let counts: Vec<usize> = (0..8).map(|seed| rounds(&run_with(seed))).collect();
+    assert!(counts.iter().any(|&n| n != counts[0]), "seeds give different schedules: {counts:?}");
+    assert!(counts.iter().all(|&n| n < 60 / 3), "p < 1 skips some breaks: {counts:?}");
+}
+
+#[test]
+fn answer_min_tokens_masks_the_end_of_the_answer() {
+    let codec = token_codec();
+    let opts = ThinkingOptions { answer_min_tokens: 3, ..ThinkingOptions::default() };
+    let mut backend = script(&codec, Model::default());
+    let c = run(&codec, &mut backend, &opened_prompt(&codec), options(opts));
+    // " b", then EOS is masked (the runner-up "a" instead), " b", and EOS ends the turn.
+    assert_eq!(transcript(&c), "{think}aaa</think>{answer} ba b{done}");
+    assert_eq!(c.stats.answer_tokens, 3);
+    assert_eq!(c.stats.finish_reason, Some(FinishReason::EndOfGeneration));
+    check_accounting(&c, &backend);
+}
+
+#[test]
+fn thinking_and_answer_sample_with_their_own_options() {
+    let codec = token_codec();
+    // Thinking at a high temperature, the answer greedy: thinking varies with the seed, the
+    // answer never does (" b" then EOS), and without the override everything is greedy.
+    let run_seed = |seed, thinking_sampling: Option<PhaseSampling>| {
+        let opts = ThinkingOptions { max_tokens: Some(8), thinking_sampling, ..ThinkingOptions::default() };
+        let mut generate = options(opts);
+        generate.sampler.seed = seed;
+        let mut backend = script(&codec, Model { end_with: EndWith::Never, ..Model::default() });
+        let c = run(&codec, &mut backend, &opened_prompt(&codec), generate);
+        check_accounting(&c, &backend);
+        c
+    };
+    let hot = Some(PhaseSampling { temperature: Some(50.0), top_k: Some(0), top_p: Some(1.0), min_p: Some(0.0) });
+    let texts: Vec<String> = (0..6).map(|seed| transcript(&run_seed(seed, hot.clone()))).collect();
+    assert!(texts.iter().any(|t| t != &texts[0]), "thinking is sampled: {texts:?}");
+    assert!(texts.iter().all(|t| t.ends_with("[</think>]{answer} b{done}")), "{texts:?}");
+    let greedy: Vec<String> = (0..3).map(|seed| transcript(&run_seed(seed, None))).collect();
+    assert!(greedy.iter().all(|t| t == "{think}aaaaaaaa{budget}[</think>]{answer} b{done}"), "{greedy:?}");
+}
+
+#[test]
+fn presets_sit_under_the_fields_given_with_them() {
+    let parse = |json: &str| serde_json::from_str::<ThinkingOptions>(json);
+    let deer = parse(r#"{"preset": "deer", "max_tokens": 64}"#).unwrap();
+    assert_eq!(deer.preset, Some(Preset::Deer));
+    assert_eq!(deer.max_tokens, Some(64));
+    assert_eq!(deer.confidence_exit.as_ref().map(|c| c.threshold), Some(0.95));
+    let qwen3 = parse(r#"{"preset": "qwen3", "answer_prefix": null}"#).unwrap();
+    assert!(qwen3.wrap_up.as_deref().is_some_and(|w| w.starts_with("Considering the limited time")));
+    assert_eq!(qwen3.answer_prefix, None, "a field overrides the preset, null included");
+    assert!(qwen3.continuations.is_empty());
+    let nowait = parse(r#"{"preset": "nowait", "suppress": ["Hmm"]}"#).unwrap();
+    assert_eq!(nowait.suppress, ["Hmm"]);
+    assert_eq!(parse(r#"{"preset": "s1"}"#).unwrap(), Preset::S1.options());
+    assert_eq!(Preset::S1.options(), ThinkingOptions { preset: Some(Preset::S1), ..ThinkingOptions::default() });
+    assert!(parse(r#"{"preset": "r2d2"}"#).is_err());
+    assert!(parse(r#"{"preset": "deer", "confidence_exit": {"probe": "x", "oops": 1}}"#).is_err());
+    // Every preset round-trips and validates (AlphaOne once it has a cap).
+    for preset in Preset::ALL {
+        let o = ThinkingOptions { max_tokens: Some(32), ..preset.options() };
+        o.validate().unwrap();
+        assert_eq!(parse(&serde_json::to_string(&o).unwrap()).unwrap(), o);
+        assert_eq!(Preset::from_name(preset.name()), Some(preset));
+    }
+    let no_cap = ThinkingOptions { schedule: Some(Schedule::default()), ..ThinkingOptions::default() };
+    assert!(matches!(no_cap.validate(), Err(ThinkingError::InvalidOption { option: "schedule", .. })));
 }

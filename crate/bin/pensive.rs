@@ -25,7 +25,8 @@ mod cli {
     };
     use pensive::generate::{Event, Stats};
     use pensive::loader;
-    use pensive::thinking::{ContinuationOrder, EarlyEnd, Phase, ThinkingOptions};
+    use pensive::eval;
+    use pensive::thinking::{Phase, Preset, ThinkingOptions};
     use pensive::tokenizer::Tokenizer;
 
     #[derive(Parser)]
@@ -43,6 +44,55 @@ mod cli {
         Score(ScoreArgs),
         /// Measure prefill and decode speed.
         Bench(BenchArgs),
+        /// Thinking policies x budgets on the project's problem set: s1's Control, Scaling,
+        /// Performance per policy.
+        Eval(EvalArgs),
+    }
+
+    #[derive(Args)]
+    struct EvalArgs {
+        /// GGUF files (repeatable).
+        #[arg(long, required = true)]
+        model: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendArg,
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        max_context: Option<usize>,
+        /// Presets to compare, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "s1,qwen3,nowait,deer,alphaone")]
+        policies: Vec<String>,
+        /// Another policy, `LABEL=JSON` (thinking options, a preset among them if wanted),
+        /// e.g. 'deer-para={"preset":"deer","confidence_exit":{"triggers":["Wait","\n\n"]}}'
+        /// (repeatable; run after --policies).
+        #[arg(long, value_parser = labelled_policy)]
+        policy: Vec<(String, serde_json::Map<String, serde_json::Value>)>,
+        /// Thinking budgets (max_tokens), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0,64,256")]
+        budgets: Vec<usize>,
+        /// Thinking floor as a fraction of each budget (min_tokens = floor × budget): s1's
+        /// forcing in both directions. 0 = a cap only.
+        #[arg(long, default_value_t = 0.0)]
+        floor: f64,
+        /// How many problems (the generator's first N).
+        #[arg(long, default_value_t = 60)]
+        problems: usize,
+        /// Problem generator seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Thinking options as JSON applied over every preset (the budget goes over them). The
+        /// default opens thinking for templates that do not and starts every answer with
+        /// s1's "Final Answer:" and a `\boxed{`, so that a small model answers at once.
+        #[arg(long, value_parser = json_object,
+              default_value = r#"{"open": true, "answer_prefix": "\nFinal Answer: \\boxed{", "answer_max_tokens": 16}"#)]
+        thinking: serde_json::Map<String, serde_json::Value>,
+        /// Print {results, summaries} as JSON.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// Print one CSV line per run.
+        #[arg(long)]
+        csv: bool,
     }
 
     #[derive(Args)]
@@ -81,6 +131,10 @@ mod cli {
         /// A system message to put before --chat.
         #[arg(long, requires = "chat")]
         system: Option<String>,
+        /// Special-token texts in --prompt ("<|im_start|>") become those tokens (a prompt
+        /// that writes the chat format itself). Message text never does.
+        #[arg(long, requires = "prompt")]
+        special_tokens: bool,
     }
 
     #[derive(Args)]
@@ -161,53 +215,101 @@ mod cli {
         /// Open thinking at the start of the response (for templates that do not).
         #[arg(long)]
         think_open: bool,
+        /// Mask end of generation in the answer until it holds N tokens.
+        #[arg(long)]
+        answer_min_tokens: Option<usize>,
+        /// Mask these words (and their case / leading-space forms) while thinking (repeatable).
+        #[arg(long)]
+        suppress: Vec<String>,
+        /// A preset: s1, qwen3, nowait, deer, alphaone (see the README); flags override it.
+        #[arg(long, value_parser = ["s1", "qwen3", "nowait", "deer", "alphaone"])]
+        policy: Option<String>,
+        /// Thinking options as JSON (every field of ThinkingOptions: confidence_exit,
+        /// schedule, thinking_sampling, ...), over the preset and under the flags.
+        #[arg(long, value_parser = json_object)]
+        thinking: Option<serde_json::Map<String, serde_json::Value>>,
     }
 
     impl ThinkingArgs {
-        /// `None` when no thinking flag was given: no budget control at all.
-        fn options(&self) -> Option<ThinkingOptions> {
-            let any = self.think_min.is_some()
-                || self.think_max.is_some()
-                || !self.continuations.is_empty()
-                || self.continuation_order.is_some()
-                || self.ignore_ends.is_some()
-                || self.max_continuations.is_some()
-                || self.on_early_end.is_some()
-                || self.grace_tokens.is_some()
-                || self.wrap_up.is_some()
-                || self.answer_prefix.is_some()
-                || self.answer_max_tokens.is_some()
-                || self.think_start.is_some()
-                || self.think_end.is_some()
-                || self.think_open;
-            if !any {
-                return None;
+        /// `None` when no thinking flag was given: no budget control at all. Otherwise the
+        /// layers, each over the one before: the preset (`--policy`), `--thinking` JSON, the
+        /// flags.
+        fn options(&self) -> Result<Option<ThinkingOptions>, EngineError> {
+            let mut fields = serde_json::Map::new();
+            if let Some(policy) = &self.policy {
+                fields.insert("preset".into(), policy.clone().into());
             }
-            let d = ThinkingOptions::default();
-            Some(ThinkingOptions {
-                min_tokens: self.think_min.unwrap_or(d.min_tokens),
-                max_tokens: self.think_max.or(d.max_tokens),
-                continuations: if self.continuations.is_empty() { d.continuations } else { self.continuations.clone() },
-                continuation_order: match self.continuation_order.as_deref() {
-                    Some("random") => ContinuationOrder::Random,
-                    _ => ContinuationOrder::Cycle,
-                },
-                ignore_ends: self.ignore_ends.unwrap_or(d.ignore_ends),
-                max_continuations: self.max_continuations.or(d.max_continuations),
-                on_early_end: match self.on_early_end.as_deref() {
-                    Some("suppress") => EarlyEnd::Suppress,
-                    _ => EarlyEnd::Continue,
-                },
-                grace_tokens: self.grace_tokens.unwrap_or(d.grace_tokens),
-                wrap_up: self.wrap_up.clone(),
-                answer_prefix: self.answer_prefix.clone(),
-                answer_max_tokens: self.answer_max_tokens,
-                start: self.think_start.clone(),
-                end: self.think_end.clone(),
-                open: self.think_open,
-                ..d
-            })
+            if let Some(json) = &self.thinking {
+                fields.extend(json.clone());
+            }
+            let mut set = |key: &str, value: serde_json::Value| {
+                fields.insert(key.to_string(), value);
+            };
+            if let Some(v) = self.think_min {
+                set("min_tokens", v.into());
+            }
+            if let Some(v) = self.think_max {
+                set("max_tokens", v.into());
+            }
+            if !self.continuations.is_empty() {
+                set("continuations", self.continuations.clone().into());
+            }
+            if let Some(v) = &self.continuation_order {
+                set("continuation_order", v.clone().into());
+            }
+            if let Some(v) = self.ignore_ends {
+                set("ignore_ends", v.into());
+            }
+            if let Some(v) = self.max_continuations {
+                set("max_continuations", v.into());
+            }
+            if let Some(v) = &self.on_early_end {
+                set("on_early_end", v.clone().into());
+            }
+            if let Some(v) = self.grace_tokens {
+                set("grace_tokens", v.into());
+            }
+            if let Some(v) = &self.wrap_up {
+                set("wrap_up", v.clone().into());
+            }
+            if let Some(v) = &self.answer_prefix {
+                set("answer_prefix", v.clone().into());
+            }
+            if let Some(v) = self.answer_max_tokens {
+                set("answer_max_tokens", v.into());
+            }
+            if let Some(v) = self.answer_min_tokens {
+                set("answer_min_tokens", v.into());
+            }
+            if !self.suppress.is_empty() {
+                set("suppress", self.suppress.clone().into());
+            }
+            if let Some(v) = &self.think_start {
+                set("start", v.clone().into());
+            }
+            if let Some(v) = &self.think_end {
+                set("end", v.clone().into());
+            }
+            if self.think_open {
+                set("open", true.into());
+            }
+            if fields.is_empty() {
+                return Ok(None);
+            }
+            thinking_options(fields).map(Some)
         }
+    }
+
+    /// Thinking options from JSON fields (a `preset` among them goes underneath the rest).
+    fn thinking_options(fields: serde_json::Map<String, serde_json::Value>) -> Result<ThinkingOptions, EngineError> {
+        let options: ThinkingOptions = serde_json::from_value(serde_json::Value::Object(fields))
+            .map_err(|e| EngineError::InvalidOptions(format!("thinking: {e}")))?;
+        options.validate().map_err(|e| EngineError::InvalidOptions(e.to_string()))?;
+        Ok(options)
+    }
+
+    fn json_object(json: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        serde_json::from_str(json).map_err(|e| format!("not a JSON object: {e}"))
     }
 
     #[derive(Args)]
@@ -264,6 +366,7 @@ mod cli {
             Command::Generate(a) => generate(a),
             Command::Score(a) => score(a),
             Command::Bench(a) => bench(a),
+            Command::Eval(a) => run_eval(a),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -350,11 +453,12 @@ mod cli {
             max_tokens: Some(a.max_tokens),
             stop: a.stop.clone(),
             stop_in_thinking: a.stop_in_thinking,
-            thinking: a.thinking.options(),
+            thinking: a.thinking.options()?,
             chat_template_kwargs: a.chat_template_kwargs.clone(),
+            special_tokens_in_text: a.prompt.special_tokens,
         };
         let prompt = prompt(&a.prompt);
-        let prompt_ids = engine.prompt_ids(&prompt, a.chat_template_kwargs.as_ref())?;
+        let prompt_ids = engine.prompt_ids_with(&prompt, a.chat_template_kwargs.as_ref(), a.prompt.special_tokens)?;
         engine.start(&prompt, request)?;
         let mut events = Vec::new();
         let (mut tokens, mut text, mut stats) = (Vec::new(), String::new(), Stats::default());
@@ -409,6 +513,69 @@ mod cli {
                 info.backend,
                 info.fallback_reason.map(|why| format!(" (not WebGPU: {why})")).unwrap_or_default(),
             );
+        }
+        Ok(())
+    }
+
+    fn labelled_policy(spec: &str) -> Result<(String, serde_json::Map<String, serde_json::Value>), String> {
+        let (label, json) = spec.split_once('=').ok_or("expected LABEL=JSON")?;
+        Ok((label.to_string(), json_object(json)?))
+    }
+
+    fn run_eval(a: EvalArgs) -> Result<(), EngineError> {
+        let problems = eval::problems(a.seed, a.problems);
+        // (label, the policy's own fields): presets by name, then the labelled ones.
+        let mut policies = Vec::new();
+        for name in &a.policies {
+            let preset = Preset::from_name(name)
+                .ok_or_else(|| EngineError::InvalidOptions(format!("unknown policy {name:?} (s1, qwen3, nowait, deer, alphaone)")))?;
+            let mut fields = serde_json::Map::new();
+            fields.insert("preset".into(), preset.name().into());
+            policies.push((preset.name().to_string(), fields));
+        }
+        policies.extend(a.policy.iter().cloned());
+        let mut results = Vec::new();
+        for path in &a.model {
+            let args = ModelArgs {
+                model: path.clone(),
+                tokenizer: None,
+                backend: a.backend,
+                threads: a.threads,
+                max_context: a.max_context,
+            };
+            let mut engine = load(&args)?;
+            let model = path.file_name().map_or(path.display().to_string(), |f| f.to_string_lossy().into_owned());
+            for (label, own) in &policies {
+                for &budget in &a.budgets {
+                    let mut fields = own.clone();
+                    fields.extend(a.thinking.clone());
+                    fields.insert("max_tokens".into(), budget.into());
+                    // Rounded down, so the floor never exceeds the budget.
+                    fields.insert("min_tokens".into(), ((a.floor.clamp(0.0, 1.0) * budget as f64) as usize).into());
+                    let thinking = thinking_options(fields)?;
+                    for problem in &problems {
+                        let r = block_on(eval::run_item(&mut engine, &model, label, thinking.clone(), problem))?;
+                        eprintln!(
+                            "{model} {label} budget {budget} #{}: thinking {} answer {:?} expected {} {}",
+                            problem.id,
+                            r.thinking_tokens,
+                            r.predicted,
+                            r.expected,
+                            if r.correct { "ok" } else { "wrong" }
+                        );
+                        results.push(r);
+                    }
+                }
+            }
+        }
+        let summaries = eval::summarize(&results);
+        if a.json {
+            let json = serde_json::json!({ "problems": problems, "results": results, "summaries": summaries });
+            println!("{json}");
+        } else if a.csv {
+            print!("{}", eval::render_csv(&results));
+        } else {
+            print!("{}", eval::render_tables(&summaries));
         }
         Ok(())
     }

@@ -82,11 +82,12 @@ function logprobEntry(event) {
 
 /**
  * Where a token event's text goes: 'reasoning_content' (thinking, forced continuations
- * included), 'content' (the answer), or null (a `<think>`/`</think>` marker, or an empty
- * piece still waiting for the rest of its UTF-8 character).
+ * included), 'content' (the answer), or null (a `<think>`/`</think>` marker, a confidence
+ * probe's token — rolled back, part of neither — or an empty piece still waiting for the
+ * rest of its UTF-8 character).
  */
 function fieldOf(event) {
-  if (event.type !== 'token' || event.marker || event.text === '') return null;
+  if (event.type !== 'token' || event.marker || event.probe || event.text === '') return null;
   return event.phase === 'thinking' ? 'reasoning_content' : 'content';
 }
 

@@ -173,6 +173,9 @@ export async function loadInThread(options) {
       const loader = await wasm.RawLoader.create(engineOptions);
       let loaded;
       try {
+        // A header that claims more bytes than the source has is refused before any
+        // tensor buffer is allocated.
+        if (source.total !== null && source.total !== undefined) loader.setSourceLen(source.total);
         loaded = await streamInto(source, loader, report, opts.signal);
         report(loaded, source.total, 'finish', true);
         raw = await loader.finish();
@@ -416,6 +419,8 @@ export async function collect(events) {
   for await (const event of events) {
     all.push(event);
     if (event.type === 'token') {
+      // A confidence probe's tokens were rolled back: neither thinking nor answer.
+      if (event.probe) continue;
       if (event.phase === 'thinking') thinking += event.text;
       else text += event.text;
     } else if (event.type === 'done') {

@@ -14,6 +14,8 @@ export const ERROR_CODES = Object.freeze([
   'backend_unavailable', // backend 'webgpu' was asked for and no adapter exists or it cannot hold the model
   'chat_template', // the model's chat template cannot render these messages
   'io', // network, cache or file read failure
+  'too_large', // the model cannot fit this backend's memory (wasm32's 4 GiB on the CPU backend)
+  'device_lost', // the WebGPU device was lost (driver reset, destroy()); load the model again
 ]);
 
 export class PensiveError extends Error {

@@ -108,6 +108,26 @@ export interface ThinkingOptions {
   open?: boolean;
   /** Seed of `continuation_order: 'random'` (default: the request's seed). */
   seed?: number;
+  /** A named starting point; every other field given overrides it (see the README). */
+  preset?: 's1' | 'qwen3' | 'nowait' | 'deer' | 'alphaone';
+  /** Words masked while thinking, in their case and leading-space forms (NoWait). */
+  suppress?: string[];
+  /** DEER: at a trigger, probe a greedy trial answer (rolled back); exit if confident. */
+  confidence_exit?: { probe?: string; max_probe_tokens?: number; threshold?: number; triggers?: string[] };
+  /** AlphaOne: continuations after paragraph breaks before alpha × max_tokens, then "Wait" ends thinking. */
+  schedule?: { alpha?: number; probability?: number; anneal?: 'constant' | 'linear' };
+  thinking_sampling?: PhaseSampling;
+  answer_sampling?: PhaseSampling;
+  /** End of generation is masked in the answer until it holds this many tokens. */
+  answer_min_tokens?: number;
+}
+
+/** Per-phase overrides of the request's sampling options. */
+export interface PhaseSampling {
+  temperature?: number;
+  top_p?: number;
+  top_k?: number;
+  min_p?: number;
 }
 
 export interface GenerateOptions {
@@ -159,7 +179,7 @@ export interface GenerationStats {
   cached_tokens: number;
   sampled_tokens: number;
   forced_tokens: number;
-  /** Cost: tokens run through the model for this request (prompt − cached + sampled + forced). */
+  /** Cost: tokens run through the model for this request (prompt − cached + sampled + forced + probe). */
   processed_tokens: number;
   /** Kept tokens later taken out again (a multi-token end marker, a stop string). */
   rolled_back_tokens: number;
@@ -172,6 +192,13 @@ export interface GenerationStats {
   continuations: number;
   ends_suppressed: number;
   forced_exit: boolean;
+  /** Steps where a `suppress` word was the most likely token (the `suppressed` events). */
+  words_suppressed: number;
+  /** Confidence probes run, and the tokens they fed and rolled back. */
+  probes: number;
+  probe_tokens: number;
+  confidence_exit: boolean;
+  schedule_exit: boolean;
   prefill_s: number;
   decode_s: number;
   prefill_tok_s: number;
@@ -203,12 +230,17 @@ export interface TokenEvent {
   logprob?: number;
   /** With `logprobs`: the `top_logprobs` most likely alternatives, most likely first. */
   top_logprobs?: TopLogprob[];
+  /** A confidence probe's token, rolled back right after: neither thinking nor answer. */
+  probe?: true;
 }
 
 export type GenerationEvent =
   | TokenEvent
   | { type: 'continuation'; text: string; round: number }
   | { type: 'budget_exhausted'; thinking_tokens: number }
+  | { type: 'probe'; confidence: number; tokens: number; exit: boolean }
+  | { type: 'early_exit'; reason: 'confidence' | 'schedule'; thinking_tokens: number }
+  | { type: 'suppressed'; id: number; text: string }
   | { type: 'phase'; phase: Phase }
   | { type: 'done'; stats: GenerationStats };
 
