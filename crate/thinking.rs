@@ -520,6 +520,8 @@ pub struct ThinkingController {
     counts: ThinkingCounts,
     /// String end markers taken back under `min_tokens` so far.
     take_backs: usize,
+    /// `BudgetExhausted` has been sent.
+    budget_announced: bool,
     /// Every single-token form of the `suppress` words, sorted.
     suppressed: Vec<u32>,
     /// The confidence probe's ids.
@@ -599,6 +601,7 @@ impl ThinkingController {
             opened_by_prompt,
             counts: ThinkingCounts::default(),
             take_backs: 0,
+            budget_announced: false,
             suppressed,
             probe_ids,
             options,
@@ -877,6 +880,11 @@ impl ThinkingController {
         // The marker's earlier tokens were counted as thinking tokens when they were kept.
         self.counts.thinking_tokens -= before.min(self.counts.thinking_tokens);
         let t = self.counts.thinking_tokens;
+        // Those tokens may be what reached the budget: without them the exit is no longer due
+        // (else a grace period could close thinking under `min_tokens`).
+        if matches!(self.state, State::Exiting { .. }) && self.exit_at().is_some_and(|at| t < at) {
+            self.state = State::Thinking;
+        }
         let early = t < self.options.min_tokens;
         let ignored = self.counts.natural_ends < self.options.ignore_ends;
         self.counts.natural_ends += 1;
@@ -962,7 +970,11 @@ impl ThinkingController {
         if self.counts.thinking_tokens < exit_at {
             return;
         }
-        actions.push(Action::BudgetExhausted { thinking_tokens: self.counts.thinking_tokens });
+        // Announced once per response, even when a taken-back marker made the exit wait.
+        if !self.budget_announced {
+            self.budget_announced = true;
+            actions.push(Action::BudgetExhausted { thinking_tokens: self.counts.thinking_tokens });
+        }
         if self.options.grace_tokens == 0 || ends_sentence(piece) {
             self.forced_exit(actions);
         } else {

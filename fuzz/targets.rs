@@ -324,7 +324,12 @@ pub fn thinking(data: &[u8]) {
     }
     assert_eq!((s.thinking_tokens, s.continuations), (thinking_tokens, continuations));
     if opened && closed {
-        assert!(thinking_tokens >= options.min_tokens, "thinking {thinking_tokens} below min {}", options.min_tokens);
+        assert!(
+            thinking_tokens >= options.min_tokens,
+            "thinking {thinking_tokens} below min {}: {options:?} max_tokens {max_tokens}\n{:?}",
+            options.min_tokens,
+            c.events
+        );
     }
     if let Some(max) = options.max_tokens {
         let exit_text = options.wrap_up.as_deref().map_or(0, |w| codec.encode(w).map_or(0, |ids| ids.len()));

@@ -37,15 +37,18 @@ for t in "${TARGETS[@]}"; do
   mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
   dirs=("fuzz/corpus/$t" "fuzz/seeds/$t")
   [ -d "fuzz/regressions/$t" ] && dirs+=("fuzz/regressions/$t")
-  # CI: read the committed inputs, write nothing back into the checkout.
-  [ "${FUZZ_CI:-0}" = 1 ] && dirs=("$(mktemp -d)" "${dirs[@]:1}")
+  # CI: read the committed inputs, write nothing back into the checkout, and draw the same
+  # mutations every time (-seed): a short CI run repeats the start of what a longer run with
+  # the same seed explored, instead of drawing new inputs each time; campaigns find those.
+  seed=()
+  [ "${FUZZ_CI:-0}" = 1 ] && { dirs=("$(mktemp -d)" "${dirs[@]:1}"); seed=(-seed=1); }
   log="fuzz/artifacts/$t/last-run.log"
   set +e
   # -rss_limit_mb / -malloc_limit_mb: an allocation the input did not pay for (a size taken
   # from a header) is a finding, not a slow run. -timeout: a template or tokenizer that
   # loops is one too.
   cargo +nightly fuzz run "${FLAGS[@]}" "$t" "${dirs[@]}" -- \
-    -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=2048 -malloc_limit_mb=1024 -timeout=10 \
+    -max_total_time="$SECONDS_PER_TARGET" "${seed[@]}" -rss_limit_mb=2048 -malloc_limit_mb=1024 -timeout=10 \
     -max_len=65536 -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1 >"$log" 2>&1
   rc=$?
   set -e
