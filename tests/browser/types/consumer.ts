@@ -77,6 +77,12 @@ function describeEvent(e: GenerationEvent): string {
       return `${e.text} ${e.round}`;
     case 'budget_exhausted':
       return String(e.thinking_tokens);
+    case 'probe':
+      return `${e.confidence.toFixed(3)} ${e.tokens} ${e.exit}`;
+    case 'early_exit':
+      return `${e.reason} ${e.thinking_tokens}`;
+    case 'suppressed':
+      return `${e.id} ${e.text}`;
     case 'phase':
       return e.phase;
     case 'done':
