@@ -24,7 +24,7 @@ use pensive::thinking::{ContinuationOrder, EarlyEnd, Phase, ThinkingOptions};
 use pensive::tokenizer::Tokenizer;
 use pensive::transcript::Transcript;
 
-use crate::scripted::{ScriptedBackend, ToyCodec, FAVOURED};
+use crate::scripted::{ScriptedBackend, ToyCodec};
 
 /// Every target by name, for the regression replayer.
 pub const TARGETS: &[(&str, fn(&[u8]))] = &[
@@ -209,33 +209,8 @@ impl Bytes<'_> {
     }
 }
 
-/// A model whose logits are a hash of the sequence (deterministic, so reruns agree), with
-/// special tokens competing; a started string marker is always completed.
 fn random_model(codec: &Rc<ToyCodec>, salt: u64) -> ScriptedBackend {
-    let c = codec.clone();
-    let candidates: Vec<u32> = ["a", " b", ".", "\n", "x", "<", "</", "think"].iter().map(|p| c.id(p)).collect();
-    let specials: Vec<u32> = (0..c.special.len() as u32).collect();
-    let (slash, think, gt, lt) = (c.id("</"), c.id("think"), c.id(">"), c.id("<"));
-    ScriptedBackend::new(
-        c.vocab_size(),
-        Box::new(move |seq: &[u32]| {
-            let mut h = salt;
-            for &t in seq {
-                h = (h ^ u64::from(t)).wrapping_mul(0x100_0000_01B3).rotate_left(17);
-            }
-            let mut rng = Rng::new(h);
-            let last = seq.last().copied();
-            if last == Some(slash) || last == Some(lt) {
-                return vec![(think, FAVOURED)];
-            }
-            if last == Some(think) {
-                return vec![(gt, FAVOURED)];
-            }
-            let mut logits: Vec<(u32, f32)> = candidates.iter().map(|&id| (id, (rng.uniform() * 6.0) as f32)).collect();
-            logits.extend(specials.iter().map(|&id| (id, (rng.uniform() * 7.0) as f32)));
-            logits
-        }),
-    )
+    crate::scripted::random_model(codec, salt, &["a", " b", ".", "\n", "x", "<", "</", "think"])
 }
 
 /// The thinking controller driven through the real generation loop by a random scripted

@@ -560,37 +560,8 @@ fn events_serialize_as_the_issue_specifies() {
 // ----------------------------------------------------------------------------
 // Property test: random scripted models, random options.
 
-/// A model whose logits are a hash of the sequence: deterministic (so resampling and reruns
-/// agree), varied, and it tries to end thinking or generation now and then. A started
-/// string marker is always completed, so string ends really happen.
 fn random_model(codec: &Rc<ToyCodec>, salt: u64) -> ScriptedBackend {
-    let c = codec.clone();
-    let candidates: Vec<u32> =
-        ["a", " b", ".", "\n", "x", "<", "</", "think", "Wait", "\n\n", " wait", "Hmm"].iter().map(|p| c.id(p)).collect();
-    let specials: Vec<u32> = (0..c.special.len() as u32).collect();
-    let (slash, think, gt, lt) = (c.id("</"), c.id("think"), c.id(">"), c.id("<"));
-    ScriptedBackend::new(
-        c.vocab_size(),
-        Box::new(move |seq: &[u32]| {
-            let mut h = salt;
-            for &t in seq {
-                h = (h ^ t as u64).wrapping_mul(0x100_0000_01B3).rotate_left(17);
-            }
-            let mut rng = Rng::new(h);
-            let last = seq.last().copied();
-            if last == Some(slash) || last == Some(lt) {
-                return vec![(think, FAVOURED)];
-            }
-            if last == Some(think) {
-                return vec![(gt, FAVOURED)];
-            }
-            let mut logits: Vec<(u32, f32)> = candidates.iter().map(|&id| (id, (rng.uniform() * 6.0) as f32)).collect();
-            for &id in &specials {
-                logits.push((id, (rng.uniform() * 7.0) as f32));
-            }
-            logits
-        }),
-    )
+    scripted::random_model(codec, salt, &["a", " b", ".", "\n", "x", "<", "</", "think", "Wait", "\n\n", " wait", "Hmm"])
 }
 
 fn random_options(rng: &mut Rng) -> ThinkingOptions {

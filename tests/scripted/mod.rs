@@ -205,3 +205,35 @@ impl Backend for ScriptedBackend {
         Ok(best as u32)
     }
 }
+
+/// A model whose logits are a hash of the sequence so far (deterministic, so reruns agree):
+/// `pieces` and the special tokens compete with random logits, so it tries to end thinking
+/// or generation now and then; a started string marker ("<" or "</") is always completed
+/// ("think", then ">"), so string ends really happen. Used by the property test and the
+/// thinking fuzz target.
+pub fn random_model(codec: &std::rc::Rc<ToyCodec>, salt: u64, pieces: &[&str]) -> ScriptedBackend {
+    let c = codec.clone();
+    let candidates: Vec<u32> = pieces.iter().map(|p| c.id(p)).collect();
+    let specials: Vec<u32> = (0..c.special.len() as u32).collect();
+    let (slash, think, gt, lt) = (c.id("</"), c.id("think"), c.id(">"), c.id("<"));
+    ScriptedBackend::new(
+        c.vocab_size(),
+        Box::new(move |seq: &[u32]| {
+            let mut h = salt;
+            for &t in seq {
+                h = (h ^ u64::from(t)).wrapping_mul(0x100_0000_01B3).rotate_left(17);
+            }
+            let mut rng = pensive::sampler::Rng::new(h);
+            let last = seq.last().copied();
+            if last == Some(slash) || last == Some(lt) {
+                return vec![(think, FAVOURED)];
+            }
+            if last == Some(think) {
+                return vec![(gt, FAVOURED)];
+            }
+            let mut logits: Vec<(u32, f32)> = candidates.iter().map(|&id| (id, (rng.uniform() * 6.0) as f32)).collect();
+            logits.extend(specials.iter().map(|&id| (id, (rng.uniform() * 7.0) as f32)));
+            logits
+        }),
+    )
+}
