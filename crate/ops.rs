@@ -2,9 +2,9 @@
 //!
 //! These are the numerics every other backend is tested against, so they stay plain:
 //! one obvious loop per operator, shapes in the signatures' comments. The one exception is
-//! [`attention_f16`], the CPU backend's attention over its f16 KV cache: blocked, threaded
-//! and vectorized because at long contexts it costs more than the weights; it is tested
-//! against the plain [`attention`].
+//! [`attention_cached`], the CPU backend's attention over its (f16) KV cache: blocked,
+//! threaded and vectorized because at long contexts it costs more than the weights; it is
+//! tested against the plain [`attention`].
 
 use half::f16;
 
@@ -166,18 +166,55 @@ const LANES: usize = 8;
 /// keys, and four independent accumulators hide the FMA latency.
 const KEYS_PER_STEP: usize = 4;
 
-/// Causal grouped-query attention of n query positions `pos0..pos0 + n` over an f16 KV cache.
+/// How a KV cache stores a value: f16 (the CPU backend's cache) or f32 (a reference for
+/// tests that compare with f32 implementations at tight tolerances).
+pub trait KvElement: Copy + Send + Sync + 'static {
+    /// dst = src as f32.  dst.len() == src.len()
+    fn widen(src: &[Self], dst: &mut [f32]);
+    /// dst = src rounded to Self (nearest, ties to even).  dst.len() == src.len()
+    fn narrow(src: &[f32], dst: &mut [Self]);
+}
+
+impl KvElement for f16 {
+    /// Written so that it vectorizes (bit operations, a multiply and a select per lane; see
+    /// [`crate::quant::f16_bits_to_f32`]), F16C or not.
+    #[inline(always)]
+    fn widen(src: &[f16], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = crate::quant::f16_bits_to_f32(s.to_bits());
+        }
+    }
+
+    fn narrow(src: &[f32], dst: &mut [f16]) {
+        use half::slice::HalfFloatSliceExt;
+        dst.convert_from_f32_slice(src);
+    }
+}
+
+impl KvElement for f32 {
+    #[inline(always)]
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+
+    fn narrow(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+/// Causal grouped-query attention of n query positions `pos0..pos0 + n` over a KV cache of
+/// f16 (or f32) values.
 ///
-/// q, out: (n, n_heads × head_dim) f32; keys[g], values[g]: (≥ pos0 + n, head_dim) f16, the
+/// q, out: (n, n_heads × head_dim) f32; keys[g], values[g]: (≥ pos0 + n, head_dim), the
 /// cache of kv head g (g < n_kv_heads), already holding the n new positions. Query i sees
-/// positions 0..=pos0 + i. The same result as [`attention`] on the f16 values widened to
+/// positions 0..=pos0 + i. The same result as [`attention`] on the cached values widened to
 /// f32, up to rounding: softmax runs online over tiles (flash attention's running max and
 /// sum) with a polynomial `exp`, and dot products sum in several partial sums.
 ///
 /// Natively the (kv head, block of query rows) tasks run on rayon's current pool; a row's
 /// result does not depend on how rows are split into tasks, so it does not depend on the
 /// thread count either.
-pub fn attention_f16(out: &mut [f32], q: &[f32], keys: &[Vec<f16>], values: &[Vec<f16>], pos0: usize, heads: Heads) {
+pub fn attention_cached<E: KvElement>(out: &mut [f32], q: &[f32], keys: &[Vec<E>], values: &[Vec<E>], pos0: usize, heads: Heads) {
     let Heads { n_heads, n_kv_heads, head_dim } = heads;
     let q_dim = n_heads * head_dim;
     if q_dim == 0 || n_kv_heads == 0 {
@@ -232,9 +269,9 @@ fn row_blocks_per_head(rows: usize, n_kv_heads: usize, work_per_row: usize) -> u
     1
 }
 
-/// One task of [`attention_f16`]: the query rows `rows` of kv head `g` over that head's
+/// One task of [`attention_cached`]: the query rows `rows` of kv head `g` over that head's
 /// cache. Returns their outputs, (rows.len(), head_dim) f32.
-fn attend_rows(q: &[f32], keys: &[f16], values: &[f16], pos0: usize, heads: Heads, g: usize, rows: std::ops::Range<usize>) -> Vec<f32> {
+fn attend_rows<E: KvElement>(q: &[f32], keys: &[E], values: &[E], pos0: usize, heads: Heads, g: usize, rows: std::ops::Range<usize>) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma_f16c() {
         // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
@@ -242,7 +279,7 @@ fn attend_rows(q: &[f32], keys: &[f16], values: &[f16], pos0: usize, heads: Head
     }
     // aarch64 (NEON) always has FMA; SSE2 and wasm simd128 have none, and `f32::mul_add`
     // without hardware FMA is a slow libm call.
-    attend_rows_impl::<{ cfg!(target_arch = "aarch64") }>(q, keys, values, pos0, heads, g, rows)
+    attend_rows_impl::<E, { cfg!(target_arch = "aarch64") }>(q, keys, values, pos0, heads, g, rows)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -256,8 +293,8 @@ fn has_avx2_fma_f16c() -> bool {
 // `unsafe fn`: safe `#[target_feature]` functions need Rust 1.86 (MSRV is 1.85).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_rows_avx2(q: &[f32], keys: &[f16], values: &[f16], pos0: usize, heads: Heads, g: usize, rows: std::ops::Range<usize>) -> Vec<f32> {
-    attend_rows_impl::<true>(q, keys, values, pos0, heads, g, rows)
+unsafe fn attend_rows_avx2<E: KvElement>(q: &[f32], keys: &[E], values: &[E], pos0: usize, heads: Heads, g: usize, rows: std::ops::Range<usize>) -> Vec<f32> {
+    attend_rows_impl::<E, true>(q, keys, values, pos0, heads, g, rows)
 }
 
 /// acc + a × b, fused where `FUSED` (the target has hardware FMA).
@@ -271,10 +308,10 @@ fn madd<const FUSED: bool>(a: f32, b: f32, acc: f32) -> f32 {
 }
 
 #[inline(always)]
-fn attend_rows_impl<const FUSED: bool>(
-    q: &[f32],       // (n, n_heads × head_dim)
-    keys: &[f16],    // (≥ visible positions, head_dim)
-    values: &[f16],  // (≥ visible positions, head_dim)
+fn attend_rows_impl<E: KvElement, const FUSED: bool>(
+    q: &[f32],     // (n, n_heads × head_dim)
+    keys: &[E],    // (≥ visible positions, head_dim)
+    values: &[E],  // (≥ visible positions, head_dim)
     pos0: usize,
     heads: Heads,
     g: usize,
@@ -307,8 +344,8 @@ fn attend_rows_impl<const FUSED: bool>(
     let end = visible(rows.end - 1);
     for t0 in (0..end).step_by(TILE) {
         let t1 = (t0 + TILE).min(end);
-        widen_f16(&keys[t0 * hd..t1 * hd], &mut kt[..(t1 - t0) * hd]);
-        widen_f16(&values[t0 * hd..t1 * hd], &mut vt[..(t1 - t0) * hd]);
+        E::widen(&keys[t0 * hd..t1 * hd], &mut kt[..(t1 - t0) * hd]);
+        E::widen(&values[t0 * hd..t1 * hd], &mut vt[..(t1 - t0) * hd]);
         for (k, r) in rows.clone().enumerate() {
             if visible(r) <= t0 {
                 continue; // this row's last position lies before the tile (causal mask)
@@ -345,15 +382,6 @@ fn attend_rows_impl<const FUSED: bool>(
         }
     }
     acc
-}
-
-/// f16 → f32, written so that it vectorizes (bit operations, a multiply and a select per
-/// lane; see [`crate::quant::f16_bits_to_f32`]). dst.len() == src.len().
-#[inline(always)]
-fn widen_f16(src: &[f16], dst: &mut [f32]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = crate::quant::f16_bits_to_f32(s.to_bits());
-    }
 }
 
 /// scores[j] = q · keys[j].  q: (hd); keys: (m, hd); scores: (m).

@@ -1,6 +1,7 @@
-//! The CPU backend's attention over its f16 KV cache (`ops::attention_f16`: tiled, online
+//! The CPU backend's attention over its f16 KV cache (`ops::attention_cached`: tiled, online
 //! softmax, vectorized, threaded over heads) against the plain reference `ops::attention`
-//! run on the same f16 values widened to f32.
+//! run on the same f16 values widened to f32; and over an f32 cache (the tests' reference
+//! option) against the same.
 
 use half::f16;
 use pensive::ops::{self, Heads};
@@ -61,15 +62,21 @@ fn max_error(rng: &mut Rng, heads: Heads, pos0: usize, n: usize, q_scale: f32) -
         ops::attention(o, &q[t * q_dim..(t + 1) * q_dim], &keys_f32, &values_f32, pos0 + t + 1, n_heads, n_kv_heads, head_dim, &mut scores);
     }
     let mut got = vec![f32::NAN; n * q_dim];
-    ops::attention_f16(&mut got, &q, &keys, &values, pos0, heads);
+    ops::attention_cached(&mut got, &q, &keys, &values, pos0, heads);
     assert!(got.iter().all(|v| v.is_finite()), "{heads:?} pos0 {pos0} n {n}: non-finite output");
-    got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max)
+    // The f32 cache (the tests' reference option) through the same kernel.
+    let split = |x: &[f32]| -> Vec<Vec<f32>> {
+        (0..n_kv_heads).map(|g| x.chunks_exact(kv_dim).flat_map(|row| row[g * head_dim..][..head_dim].to_vec()).collect()).collect()
+    };
+    let mut got_f32 = vec![f32::NAN; n * q_dim];
+    ops::attention_cached(&mut got_f32, &q, &split(&keys_f32), &split(&values_f32), pos0, heads);
+    got.iter().chain(&got_f32).zip(want.iter().chain(&want)).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max)
 }
 
 /// Decode and prefill, head widths that are and are not a multiple of the vector width,
 /// contexts inside one tile, across tile borders and long, GQA groups of 1 to 7.
 #[test]
-fn attention_f16_matches_reference() {
+fn attention_cached_matches_reference() {
     let mut rng = Rng(1);
     // (n_heads, n_kv_heads, head_dim, pos0, n)
     let shapes = [
@@ -96,7 +103,7 @@ fn attention_f16_matches_reference() {
 /// Scores far apart (q scaled up: logits spread over about ±60, weights down to e^-100) stay finite
 /// and match: the running max keeps every exp argument ≤ 0, whichever tile holds the max.
 #[test]
-fn attention_f16_is_stable_for_large_scores() {
+fn attention_cached_is_stable_for_large_scores() {
     let mut rng = Rng(2);
     for (pos0, n) in [(200, 1), (0, 40)] {
         let heads = Heads { n_heads: 4, n_kv_heads: 2, head_dim: 32 };
@@ -107,7 +114,7 @@ fn attention_f16_is_stable_for_large_scores() {
 
 /// Rows are split into tasks by thread count; a row's result must not depend on it.
 #[test]
-fn attention_f16_is_identical_across_thread_counts() {
+fn attention_cached_is_identical_across_thread_counts() {
     let mut rng = Rng(3);
     let heads = Heads { n_heads: 14, n_kv_heads: 2, head_dim: 64 };
     let (pos0, n) = (500, 40);
@@ -118,7 +125,7 @@ fn attention_f16_is_identical_across_thread_counts() {
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
         let mut out = vec![0.0; q.len()];
-        pool.install(|| ops::attention_f16(&mut out, &q, &keys, &values, pos0, heads));
+        pool.install(|| ops::attention_cached(&mut out, &q, &keys, &values, pos0, heads));
         out
     };
     let one = run(1);
