@@ -4,7 +4,7 @@
 Measures what `pensive bench` measures, the same way: synthetic prompt ids
 ((i * 7919 + 13) % vocab, as `pensive bench` makes them), the prefill of the prompt up to
 the first greedy token, then `gen` greedy decode steps of one token each; one warm-up
-round, then the fastest of `repeats` rounds. Prints one JSON line with the same keys as
+round (--warmup), then the fastest of `repeats` rounds. Prints one JSON line with the same keys as
 `pensive bench` (prefill_tok_s, decode_tok_s, peak_rss_mb).
 """
 import argparse
@@ -23,6 +23,7 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -55,7 +56,8 @@ def main():
             nxt = greedy()
         return prefill_s, time.perf_counter() - t
 
-    round_()  # warm-up: page faults, first-use allocations
+    for _ in range(args.warmup):
+        round_()  # page faults, first-use allocations
     best_prefill, best_decode = float("inf"), float("inf")
     for _ in range(max(1, args.repeats)):
         p, d = round_()
