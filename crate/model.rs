@@ -71,8 +71,9 @@ enum LayerKv {
 /// One layer's cache, one vector per kv head so that a head's positions are contiguous for
 /// [`ops::attention_cached`]. Each holds len × head_dim values, with capacity reserved for
 /// `max_context` positions when the model is built: it never reallocates (no doubling, no
-/// copy), and a context that does not fit fails at load rather than mid-generation.
-/// (Reserved, not written: the OS maps the pages as positions fill them.)
+/// copy), and a reservation the allocator refuses is a load error, not an abort
+/// mid-generation. (Reserved, not written: natively the OS maps the pages as positions
+/// fill them.)
 struct KvHeads<E> {
     keys: Vec<Vec<E>>,   // n_kv_heads × (len, head_dim)
     values: Vec<Vec<E>>, // n_kv_heads × (len, head_dim)

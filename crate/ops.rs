@@ -458,8 +458,8 @@ fn weighted_sum<const FUSED: bool>(out: &mut [f32], p: &[f32], values: &[f32]) {
     }
 }
 
-/// e^x for x ≤ 0 (a score minus the running max), to about 2 ulp, in operations that
-/// vectorize (std's `exp` is a scalar libm call, and a 4k-token prefill needs billions).
+/// e^x for x ≤ 0 (a score minus the running max), in operations that vectorize (std's
+/// `exp` is a scalar libm call, and a 4k-token prefill needs billions of them).
 ///
 /// Cody–Waite: x = n ln2 + r with |r| ≤ ln2/2, e^r by its degree-6 Taylor polynomial
 /// (truncation error < r⁷/7! ≈ 1.2e-7 relative), 2^n built in the exponent bits. Below

@@ -101,7 +101,7 @@ for line in open(sys.argv[1]):
 def ratio(a, b):
     return f"{a / b:.2f}x" if a and b else "-"
 
-print(f"{'model':<42} {'engine':<10} {'prefill tok/s':>13} {'decode tok/s':>13} {'peak RSS MB':>12}")
+print(f"{'model':<48} {'engine':<10} {'prefill tok/s':>13} {'decode tok/s':>13} {'peak RSS MB':>12}")
 models = sorted({t.split("|")[1] for t in best}, key=lambda m: ("qwen" in m, m))
 for m in models:
     for kind in ("short", "long"):
@@ -109,7 +109,7 @@ for m in models:
             b = best.get(f"{eng}|{m}|{kind}")
             if b:
                 name = os.path.basename(m) + (" @4096" if kind == "long" else " @128")
-                print(f"{name:<42} {eng:<10} {b['prefill']:>13.1f} {b['decode']:>13.2f} {b['rss']:>12.0f}")
+                print(f"{name:<48} {eng:<10} {b['prefill']:>13.1f} {b['decode']:>13.2f} {b['rss']:>12.0f}")
 print()
 for m in models:
     p, l = best.get(f"pensive|{m}|short"), best.get(f"llama.cpp|{m}|short")
