@@ -41,8 +41,10 @@ def main():
     prompt = [(i * 7919 + 13) % vocab for i in range(args.prompt_tokens)]
 
     def greedy():
-        # Logits of the last evaluated position.
-        return int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        # Logits of the last evaluated position: without logits_all, llama-cpp-python
+        # keeps none in llm.scores, so read the context's own buffer (the batch's last row).
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(vocab,))
+        return int(np.argmax(logits))
 
     def round_():
         llm.reset()
