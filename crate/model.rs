@@ -16,10 +16,10 @@ use crate::quant::{self, QMatrix};
 /// enough that a 32k-context model does not reserve gigabytes up front.
 pub const DEFAULT_MAX_CONTEXT: usize = 8192;
 
-/// Tokens per pass of a long prefill. The scratch of a pass is (n, 2 × ffn + 3 × dim + 4 × q
-/// + 2 × kv) f32 (attention's tasks hold a scaled copy of q and their outputs): with 256
-/// tokens about 17 MB for Qwen2.5-0.5B and 30 MB for a 1.5B model,
-/// whatever the prompt's length (a 16k-token prompt in one pass would need over 1 GB, more
+/// Tokens per pass of a long prefill. The scratch of a pass is (n, 2 × ffn + 3 × dim +
+/// 4 × q + 2 × kv) f32 (attention's tasks hold a scaled copy of q and their outputs): with
+/// 256 tokens about 17 MB for Qwen2.5-0.5B and 30 MB for a 1.5B model, whatever the
+/// prompt's length (a 16k-token prompt in one pass would need over 1 GB, more
 /// than wasm32 can give).
 pub const PREFILL_CHUNK: usize = 256;
 
