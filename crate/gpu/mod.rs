@@ -88,6 +88,7 @@ impl DeviceFaults {
         self.uncaptured.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))] // no handler in the browser: see from_device
     fn record(&self, e: wgpu::Error) {
         let e = GpuError::from(e);
         // Shown where it happened, as wgpu's default handler would (which then panics).
