@@ -112,6 +112,40 @@ test('100+ hostile GGUF files in one page: each a typed error, none hangs, the m
   await page.close();
 });
 
+test('an allocation the GPU refuses during the load is a backend error; the next load runs', async () => {
+  const page = await browser.newPage();
+  const r = await withPensive(page, async (m, { base, greedy, prompt }) => {
+    // The KV cache buffers (labelled by the engine) are asked for one word more than the
+    // device's largest buffer: the GPU refuses them as it would refuse memory it lacks.
+    const createBuffer = GPUDevice.prototype.createBuffer;
+    let refused = 0;
+    GPUDevice.prototype.createBuffer = function (descriptor) {
+      if (descriptor?.label !== 'k_cache') return createBuffer.call(this, descriptor);
+      refused += 1;
+      return createBuffer.call(this, { ...descriptor, size: this.limits.maxBufferSize + 4 });
+    };
+    const load = () => m.Pensive.load({ model: base, backend: 'webgpu', max_context: 64, cache: false });
+    let failure = null;
+    try {
+      (await load()).dispose();
+    } catch (e) {
+      failure = { pensive: e instanceof m.PensiveError, code: e?.code, message: String(e?.message ?? e) };
+    }
+    GPUDevice.prototype.createBuffer = createBuffer;
+    const engine = await load();
+    const ids = (await engine.complete(prompt, greedy)).events.filter((e) => e.type === 'token').map((e) => e.id);
+    engine.dispose();
+    return { refused, failure, ids };
+  }, { base: BASE, greedy: GREEDY, prompt: PROMPT });
+  assert.equal(r.error, undefined, JSON.stringify(r.error));
+  console.log(`refused allocation: ${JSON.stringify(r)}`);
+  assert.ok(r.refused > 0);
+  assert.deepEqual(r.failure && { pensive: r.failure.pensive, code: r.failure.code }, { pensive: true, code: 'backend' }, JSON.stringify(r.failure));
+  assert.equal(r.ids.length, GREEDY.max_tokens);
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
 test('device.destroy() mid-generation: the pending generate rejects with device_lost, the engine is unusable, a new load generates', async () => {
   const page = await browser.newPage();
   const r = await withPensive(page, async (m, { base, greedy, prompt }) => {
