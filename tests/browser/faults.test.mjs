@@ -25,6 +25,8 @@ const GPU_TIMEOUT_MS = 60_000;
 /** Every this-many-th variant is loaded on WebGPU too (each load creates a device). */
 const GPU_EVERY = 6;
 const GREEDY = { max_tokens: 6, temperature: 0 };
+/** A generation the worker test interrupts (within the tiny model's 256-token context). */
+const LONG = { max_tokens: 200, temperature: 0 };
 const PROMPT = 'hello world';
 
 let browser;
@@ -204,6 +206,53 @@ test('device.destroy() mid-generation: the pending generate rejects with device_
   assert.equal(r.score?.code, 'device_lost', JSON.stringify(r.score));
   assert.equal(r.devices, 2, 'the new load did not create a device of its own');
   assert.ok(r.freshUsable);
+  assert.deepEqual(r.again, r.reference);
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
+test('the same in a Web Worker: device_lost crosses postMessage, PensiveWorker.usable turns false, a new load generates', async () => {
+  const page = await browser.newPage();
+  const r = await withPensive(page, async (m, { base, greedy, long, prompt }) => {
+    const ids = (events) => events.filter((e) => e.type === 'token').map((e) => e.id);
+    const options = { model: base, backend: 'webgpu', max_context: 256, cache: false };
+    const worker = new Worker('/tests/lost-worker.js', { type: 'module' });
+    const engine = await new m.PensiveWorker({ worker }).load(options);
+    const reference = ids((await engine.complete(prompt, greedy)).events);
+    const seen = [];
+    let pending = null;
+    try {
+      // Long: the worker keeps stepping while the message to destroy travels.
+      for await (const event of engine.generate(prompt, long)) {
+        if (event.type !== 'token') continue;
+        seen.push(event.id);
+        if (seen.length === 2) worker.postMessage({ op: 'test-destroy' });
+      }
+    } catch (e) {
+      pending = { pensive: e instanceof m.PensiveError, code: e?.code };
+    }
+    const usable = engine.usable;
+    let later = null;
+    try {
+      await engine.complete(prompt, greedy);
+    } catch (e) {
+      later = e?.code;
+    }
+    await engine.load(options);
+    const again = ids((await engine.complete(prompt, greedy)).events);
+    const reloaded = engine.usable;
+    engine.dispose();
+    return { reference, seen, pending, usable, later, again, reloaded };
+  }, { base: BASE, greedy: GREEDY, long: LONG, prompt: PROMPT });
+  assert.equal(r.error, undefined, JSON.stringify(r.error));
+  console.log(`device loss in a worker: ${JSON.stringify({ ...r, seen: r.seen.length })}`);
+  assert.equal(r.reference.length, GREEDY.max_tokens);
+  assert.ok(r.seen.length >= 2 && r.seen.length < LONG.max_tokens, `${r.seen.length} tokens: the loss went unnoticed`);
+  assert.deepEqual(r.seen.slice(0, GREEDY.max_tokens), r.reference.slice(0, r.seen.length));
+  assert.deepEqual(r.pending, { pensive: true, code: 'device_lost' });
+  assert.equal(r.usable, false);
+  assert.equal(r.later, 'device_lost');
+  assert.ok(r.reloaded);
   assert.deepEqual(r.again, r.reference);
   assert.deepEqual(page.errors, []);
   await page.close();
