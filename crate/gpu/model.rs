@@ -464,9 +464,11 @@ impl GpuModel {
             None => Ok(()),
         };
         let load = self.settle().await;
+        // Only a failure on the device (a rejected readback) waits for the loss to be reported;
+        // the host's own refusals (context full, a bad id) are not the device's.
         let lost = match result {
-            Err(_) => self.ctx.lost_after_failure().await,
-            Ok(_) => self.ctx.faults.lost(),
+            Err(BackendError::Gpu(_)) => self.ctx.lost_after_failure().await,
+            _ => self.ctx.faults.lost(),
         };
         if let Some(why) = lost {
             return Err(BackendError::DeviceLost(why));
