@@ -131,9 +131,10 @@ fn last_integer(text: &str) -> Option<i64> {
 // ----------------------------------------------------------------------------
 // One run
 
-/// What the eval asks each model (and how it reads the reply).
+/// What the eval asks each model (and how it reads the reply). No placeholder such as
+/// `\boxed{N}`: small models copy it literally.
 pub const SYSTEM_PROMPT: &str =
-    "Think step by step between <think> and </think>, then give only the final answer as \\boxed{N}.";
+    "Think step by step between <think> and </think>, then give only the final answer: one integer inside \\boxed{}.";
 
 /// Thinking options every policy gets unless a sweep says otherwise: thinking opened for
 /// templates that do not open it, and every answer started with s1's "Final Answer:" and a
