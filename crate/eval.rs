@@ -213,7 +213,7 @@ impl Default for Sweep {
             policies: Preset::ALL.iter().filter_map(|p| Policy::preset(p.name()).ok()).collect(),
             budgets: vec![0, 64, 256],
             floor: 0.0,
-            // A constant that parses: the test `the_default_thinking_options_parse` holds it so.
+            // A constant that parses: `sweeps_plan_every_policy_budget_and_problem` checks it.
             thinking: serde_json::from_str(DEFAULT_THINKING).unwrap_or_default(),
         }
     }
