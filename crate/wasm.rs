@@ -194,10 +194,15 @@ impl RawLoader {
         to_js(&progress)
     }
 
-    /// End of the file: build the engine.
-    pub fn finish(&mut self) -> Result<RawEngine, JsValue> {
-        let loader = self.loader.take().ok_or_else(|| js_error("invalid_options", "loader already finished"))?;
-        Ok(RawEngine::wrap(loader.finish(None).map_err(engine_error)?))
+    /// End of the file: build the engine. Resolves once the device has checked every upload
+    /// (an allocation it refused rejects with `backend`, a lost device with `device_lost`).
+    pub fn finish(&mut self) -> Promise {
+        let loader = self.loader.take();
+        future_to_promise(async move {
+            let loader = loader.ok_or_else(|| js_error("invalid_options", "loader already finished"))?;
+            let engine = loader.finish(None).await.map_err(engine_error)?;
+            Ok(RawEngine::wrap(engine).into())
+        })
     }
 
     /// A Hugging Face folder: config.json, the *.safetensors files, tokenizer.json (and
@@ -229,6 +234,8 @@ impl RawLoader {
 struct Shared {
     /// `None` after `dispose`.
     engine: RefCell<Option<Engine>>,
+    /// The GPU device's loss reports (none on the CPU): readable while a step holds `engine`.
+    device_faults: Option<std::sync::Arc<crate::gpu::DeviceFaults>>,
     abort_requested: Cell<bool>,
     dispose_requested: Cell<bool>,
 }
@@ -259,6 +266,7 @@ impl RawEngine {
     fn wrap(engine: Engine) -> RawEngine {
         RawEngine {
             shared: Rc::new(Shared {
+                device_faults: engine.device_faults(),
                 engine: RefCell::new(Some(engine)),
                 abort_requested: Cell::new(false),
                 dispose_requested: Cell::new(false),
@@ -332,6 +340,14 @@ impl RawEngine {
         }
     }
 
+    /// Whether the engine can still run its model: false once disposed or once its WebGPU
+    /// device was lost (requests then fail with `device_lost`; load the model again).
+    pub fn usable(&self) -> bool {
+        let lost = self.shared.device_faults.as_ref().is_some_and(|f| f.lost().is_some());
+        let disposed = self.shared.engine.try_borrow().is_ok_and(|slot| slot.is_none()) || self.shared.dispose_requested.get();
+        !lost && !disposed
+    }
+
     /// Whether a generation is active (started and not yet finished or aborted).
     #[wasm_bindgen(js_name = isBusy)]
     pub fn is_busy(&self) -> bool {
@@ -373,4 +389,44 @@ impl RawEngine {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// `pensive eval` for the demo's sweep panel. The page runs each planned item through the
+// engine's ordinary `generate` (in a worker or not, on the one KV cache) and hands the
+// item's events back; the problems, the requests, answer extraction and s1's metrics stay
+// in `crate::eval`, the one implementation the CLI uses too.
+
+/// `sweep`: `{seed, problems, policies, budgets, floor, thinking}` as `pensive eval`'s flags
+/// (a policy is a preset's name or `{label, thinking}`; left-out fields take the CLI's
+/// defaults). Returns the runs in order: `[{policy, budget, problem: {id, question, answer},
+/// prompt, request}]`, `prompt` and `request` ready for `generate`.
+#[wasm_bindgen(js_name = evalPlan)]
+pub fn eval_plan(sweep: JsValue) -> Result<JsValue, JsValue> {
+    let sweep: crate::eval::Sweep = options_from_js(sweep, "sweep")?;
+    to_js(&sweep.plan().map_err(engine_error)?)
+}
+
+/// The result of a planned run (`evalPlan`'s element) from the events its `generate` yielded
+/// (every one, `done` last) and its wall time: the `pensive eval --json` result object.
+#[wasm_bindgen(js_name = evalItem)]
+pub fn eval_item(run: JsValue, model: &str, events: JsValue, wall_s: f64) -> Result<JsValue, JsValue> {
+    let run: crate::eval::PlannedRun = from_js(run, "planned run")?;
+    let events: Vec<crate::generate::Event> = from_js(events, "events")?;
+    if !matches!(events.last(), Some(crate::generate::Event::Done { .. })) {
+        return Err(js_error("invalid_options", "events: a finished run ends with its done event"));
+    }
+    let mut folded = crate::eval::RunEvents::default();
+    for event in &events {
+        folded.observe(event);
+    }
+    to_js(&crate::eval::item_result(model, &run.policy, run.budget, &run.problem, folded, wall_s))
+}
+
+/// s1's Control, Scaling and Performance per (model, policy) over `evalItem` results: the
+/// `summaries` of `pensive eval --json`.
+#[wasm_bindgen(js_name = evalSummarize)]
+pub fn eval_summarize(results: JsValue) -> Result<JsValue, JsValue> {
+    let results: Vec<crate::eval::ItemResult> = from_js(results, "results")?;
+    to_js(&crate::eval::summarize(&results))
 }
