@@ -129,20 +129,33 @@ function checkShared(outDir) {
 }
 
 /**
- * wasm-bindgen-rayon's worker script finds the module's JS with `import('../../..')`: a folder,
- * which bundlers resolve through a package.json but a browser cannot load. Point it at the
- * file itself (pkg/threads/pensive.js), which works in both. Fails loudly if a new version
- * of the crate changes the line, instead of shipping a pool that never starts.
+ * Two edits to wasm-bindgen-rayon's worker script (the pool workers run it; the threaded
+ * module's JS imports it). It finds the module's JS with `await import('../../..')`: a folder,
+ * which bundlers resolve through a package.json but a browser cannot load, and a dynamic
+ * import, which Vite's default worker format (iife, no code splitting) refuses: it imports the
+ * file itself (pkg/threads/pensive.js) statically instead, which works unbundled and bundled
+ * (the two modules import each other; neither uses the other's bindings before both have
+ * run). And its top level listens on `self`, which node (a server-side render importing the
+ * package) has not. Fails loudly if a new version of the crate changes either line, instead
+ * of shipping a pool that never starts.
  */
+const RAYON_WORKER_EDITS = [
+  ["const pkg = await import('../../..');", 'const pkg = pensive;'],
+  ["waitForMsgType(self, 'wasm_bindgen_worker_init').then(",
+    "if (typeof self !== 'undefined') waitForMsgType(self, 'wasm_bindgen_worker_init').then("],
+];
+
 function patchRayonWorker(outDir) {
   const snippets = join(outDir, 'snippets');
   const dirs = existsSync(snippets) ? readdirSync(snippets).filter((d) => d.startsWith('wasm-bindgen-rayon-')) : [];
   if (dirs.length !== 1) fail(`expected one wasm-bindgen-rayon snippet in ${snippets}, found ${dirs.length}`);
   const file = join(snippets, dirs[0], 'src', 'workerHelpers.js');
-  const text = readFileSync(file, 'utf8');
-  const from = "import('../../..')";
-  if (text.split(from).length !== 2) fail(`${file} no longer has exactly one ${from}: update patchRayonWorker`);
-  writeFileSync(file, text.replace(from, "import('../../../pensive.js')"));
+  let text = readFileSync(file, 'utf8');
+  for (const [from, to] of RAYON_WORKER_EDITS) {
+    if (text.split(from).length !== 2) fail(`${file} no longer has exactly one ${from}: update RAYON_WORKER_EDITS`);
+    text = text.replace(from, to);
+  }
+  writeFileSync(file, `// Edited by www/scripts/build.mjs (RAYON_WORKER_EDITS).\nimport * as pensive from '../../../pensive.js';\n${text}`);
 }
 
 rmSync(outDir, { recursive: true, force: true });

@@ -1,5 +1,9 @@
 // The engine in the current thread (page or worker): wasm initialisation, streamed loading
 // with progress, and the async-iterator generation surface over the Rust engine.
+// Both builds' JS glue is imported statically (tens of KB; nothing is instantiated until
+// initWasm picks one): Vite's default worker format cannot bundle a dynamic import.
+import initSingle, * as single from '../pkg/pensive.js';
+import initThreads, * as threaded from '../pkg/threads/pensive.js';
 import { chatNamespace } from './chat.js';
 import { PensiveError, toPensiveError } from './errors.js';
 import { openModelSource, readWhole } from './source.js';
@@ -65,13 +69,12 @@ async function instantiate(wasmUrl, wasmThreadsUrl, threads) {
   let reason = wanted === 1 ? (threads === 1 ? 'threads: 1 was asked' : 'the browser reports one core') : threadsUnavailable();
   if (reason === null) {
     try {
-      const mod = await import('../pkg/threads/pensive.js');
-      wasmExports = await mod.default({ module_or_path: wasmThreadsUrl ?? new URL('../pkg/threads/pensive_bg.wasm', import.meta.url) });
+      wasmExports = await initThreads({ module_or_path: wasmThreadsUrl ?? new URL('../pkg/threads/pensive_bg.wasm', import.meta.url) });
       // wasm-bindgen-rayon waits for every worker's 'ready' and never hears of one that failed
       // to load: a pool that has not started in this long is given up on.
-      await withTimeout(mod.initThreadPool(wanted), POOL_START_MS, `the pool of ${wanted} workers did not start in ${POOL_START_MS / 1000} s`);
-      wasm = mod;
-      wasmBuild = { module: 'threads', threads: mod.cpuThreads(), reason: null };
+      await withTimeout(threaded.initThreadPool(wanted), POOL_START_MS, `the pool of ${wanted} workers did not start in ${POOL_START_MS / 1000} s`);
+      wasm = threaded;
+      wasmBuild = { module: 'threads', threads: threaded.cpuThreads(), reason: null };
       return wasmExports;
     } catch (e) {
       // A browser without nested workers, a bundle without the threaded files: one thread
@@ -81,9 +84,8 @@ async function instantiate(wasmUrl, wasmThreadsUrl, threads) {
       wasmExports = null;
     }
   }
-  const mod = await import('../pkg/pensive.js');
-  wasmExports = await mod.default({ module_or_path: wasmUrl ?? new URL('../pkg/pensive_bg.wasm', import.meta.url) });
-  wasm = mod;
+  wasmExports = await initSingle({ module_or_path: wasmUrl ?? new URL('../pkg/pensive_bg.wasm', import.meta.url) });
+  wasm = single;
   wasmBuild = { module: 'single', threads: 1, reason };
   return wasmExports;
 }
