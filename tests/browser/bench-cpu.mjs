@@ -26,6 +26,8 @@ const { values: args } = parseArgs({
     threads: { type: 'string', default: '2' },
     engines: { type: 'string', default: 'pensive,wllama' },
     prompt: { type: 'string', default: 'Write a short story about a robot learning to paint.' },
+    // Per measurement: a run past it (or a crashed page) is recorded as an error, and the rest go on.
+    'timeout-s': { type: 'string', default: '300' },
   },
 });
 const tokens = Number(args.tokens);
@@ -101,12 +103,21 @@ try {
       if (!existsSync(join(root, model))) throw new Error(`${model} is missing (scripts/fetch-models.sh)`);
       for (const c of configs) {
         const page = await browser.newPage();
+        const base = { run: r, model: model.split('/').pop(), asked_threads: c.threads };
+        let timer;
         try {
-          const out = await c.run(page, { model: `/${model}`, threads: c.threads, tokens, prompt: args.prompt });
-          const row = { run: r, model: model.split('/').pop(), asked_threads: c.threads, ...out, load: loadavg()[0] };
+          const timeout = new Promise((_, reject) => {
+            timer = setTimeout(() => reject(new Error(`no result in ${args['timeout-s']} s`)), Number(args['timeout-s']) * 1000);
+          });
+          const out = await Promise.race([c.run(page, { model: `/${model}`, threads: c.threads, tokens, prompt: args.prompt }), timeout]);
+          const row = { ...base, ...out, load: loadavg()[0] };
           results.push(row);
           console.log(JSON.stringify(row));
+        } catch (e) {
+          const engine = c.run === runPensive ? 'pensive' : 'wllama';
+          console.log(JSON.stringify({ ...base, engine, error: String(e?.message ?? e).split('\n')[0], load: loadavg()[0] }));
         } finally {
+          clearTimeout(timer);
           if (page.errors.length) console.error(`page errors: ${page.errors.join(' | ')}`);
           await page.close();
         }
