@@ -349,7 +349,9 @@ impl Backend for CpuModel {
     fn name(&self) -> String {
         #[cfg(not(target_arch = "wasm32"))]
         return format!("cpu ({} threads)", rayon::current_num_threads());
-        #[cfg(target_arch = "wasm32")]
+        #[cfg(all(target_arch = "wasm32", feature = "wasm-threads"))]
+        return format!("cpu (wasm, {} threads)", rayon::current_num_threads());
+        #[cfg(all(target_arch = "wasm32", not(feature = "wasm-threads")))]
         return "cpu (wasm)".to_string();
     }
 

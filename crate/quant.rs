@@ -739,18 +739,19 @@ impl QMatrix {
 /// Below this many multiply-adds a task costs more to schedule than it saves: a rayon
 /// task costs a few microseconds, 64K multiply-adds take 7-15 us at 5-9 G/s. (So decode
 /// runs SmolLM2's 192x576 k/v projections on one thread and splits everything larger.)
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(any(not(target_arch = "wasm32"), feature = "wasm-threads"))]
 const MIN_WORK_PER_TASK: usize = 1 << 16;
 
 /// Tasks per thread: a few, so a thread that is descheduled (2 cores shared with the OS)
 /// does not hold up the whole matrix, but not so many that scheduling shows.
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(any(not(target_arch = "wasm32"), feature = "wasm-threads"))]
 const TASKS_PER_THREAD: usize = 2;
 
 /// Run `f(first_row, chunk)` over `out` — rows of `row_len` values, each row costing
 /// `work_per_row` multiply-adds — split into chunks of whole rows (a multiple of
-/// `row_align` rows, except the last). Natively the chunks run on rayon's current pool
-/// when the work is worth it; on wasm32 (no threads) in one call.
+/// `row_align` rows, except the last). The chunks run on rayon's current pool when the work
+/// is worth it: natively, and in the threaded browser build (feature `wasm-threads`, a pool
+/// of Web Workers); in the single-thread wasm build in one call.
 fn parallel_rows<F>(out: &mut [f32], row_len: usize, work_per_row: usize, row_align: usize, f: F)
 where
     F: Fn(usize, &mut [f32]) + Sync + Send,
@@ -758,7 +759,7 @@ where
     if out.is_empty() || row_len == 0 {
         return;
     }
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), feature = "wasm-threads"))]
     {
         use rayon::prelude::*;
         let rows = out.len() / row_len;

@@ -64,6 +64,23 @@ pub fn start() {
     console_error_panic_hook::set_once();
 }
 
+/// `initThreadPool(n)` (threaded build only): starts `n` Web Workers that instantiate this
+/// module on the same shared memory and become rayon's global pool. The JS side calls it
+/// once, from the thread that runs the engine (a Web Worker: a page's main thread may not
+/// block, and rayon's caller waits for the pool's results).
+#[cfg(feature = "wasm-threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
+/// Threads the CPU backend's mat-vecs run on: rayon's pool in the threaded build (after
+/// `initThreadPool`), 1 in the single-thread one.
+#[wasm_bindgen(js_name = cpuThreads)]
+pub fn cpu_threads() -> usize {
+    #[cfg(feature = "wasm-threads")]
+    return rayon::current_num_threads();
+    #[cfg(not(feature = "wasm-threads"))]
+    return 1;
+}
+
 /// The crate version, e.g. "0.1.0"; the JS package reports it as `Pensive.version`.
 #[wasm_bindgen]
 pub fn version() -> String {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what building the npm package needs, if missing: node/npm, the wasm32 Rust target,
-# wasm-bindgen-cli of exactly the crate's version (minutes, once) and the npm dev dependencies
+# nightly Rust with rust-src (the threaded build), wasm-bindgen-cli of exactly the crate's version (minutes, once) and the npm dev dependencies
 # (wasm-opt from the npm package binaryen; never Debian's, which breaks the module).
 # Used by scripts/demo.sh and scripts/browser-test.sh.
 set -euo pipefail
@@ -11,6 +11,11 @@ command -v node >/dev/null && command -v npm >/dev/null || {
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
 }
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+# The threaded build (www/scripts/build.mjs) rebuilds std with atomics: nightly and its sources
+# (scripts/fuzz.sh uses the same nightly). No wasm32 target needed: -Z build-std builds it.
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+rustup component list --toolchain nightly --installed | grep -q '^rust-src' \
+  || rustup component add --toolchain nightly rust-src
 # wasm-bindgen-cli must be exactly the crate's version from Cargo.lock.
 want=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"$/\1/p')
 have=$(wasm-bindgen --version 2>/dev/null | cut -d' ' -f2 || true)

@@ -2,10 +2,15 @@
 // A tiny static file server for the demo and the browser tests (node only, no framework).
 // Serves www/ at `/` and the repository's models/ at `/models/`, on 127.0.0.1 only.
 //
-//   node www/serve.mjs [--port 8080] [--mount /prefix=dir ...]
+//   node www/serve.mjs [--port 8080] [--mount /prefix=dir ...] [--no-isolation] [--quiet]
 //
 // Files are streamed (a 1 GB model never sits in this process's memory) with a
 // Content-Length, which the page's progress bar and cache key need.
+//
+// Every response carries COOP/COEP, which make the pages cross-origin isolated: only then do
+// browsers hand out SharedArrayBuffer, and the package runs its threaded wasm build (see
+// README: what a host page needs). `--no-isolation` / `isolated: false` leaves them out
+// (the package then runs its single-thread build).
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { createServer } from 'node:http';
@@ -25,6 +30,16 @@ const TYPES = {
   '.png': 'image/png',
   '.svg': 'image/svg+xml',
   '.ts': 'text/plain; charset=utf-8',
+};
+
+/**
+ * Cross-origin isolation: the opener policy severs the page from cross-origin windows, the
+ * embedder policy refuses subresources that do not opt in (same-origin ones and CORS fetches
+ * do). A page needs both on its document; workers get them from their scripts' responses.
+ */
+export const ISOLATION_HEADERS = {
+  'cross-origin-opener-policy': 'same-origin',
+  'cross-origin-embedder-policy': 'require-corp',
 };
 
 /** `{'/': www, '/models/': <repo>/models}` plus extra mounts; longest prefix wins. */
@@ -49,8 +64,11 @@ function locate(mounts, pathname) {
  * Start serving. `port` 0 picks a free port. Resolves to `{url, server, close()}`.
  * `log` receives one line per request when given.
  */
-export async function serve({ port = 8080, mounts = defaultMounts(), log = null } = {}) {
+export async function serve({ port = 8080, mounts = defaultMounts(), log = null, isolated = true } = {}) {
   const server = createServer(async (req, res) => {
+    if (isolated) {
+      for (const [name, value] of Object.entries(ISOLATION_HEADERS)) res.setHeader(name, value);
+    }
     const done = (status, body = '') => {
       res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8' });
       res.end(body);
@@ -98,7 +116,7 @@ export async function serve({ port = 8080, mounts = defaultMounts(), log = null 
 }
 
 function parseArgs(argv) {
-  const opts = { port: 8080, mounts: defaultMounts() };
+  const opts = { port: 8080, mounts: defaultMounts(), isolated: true };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--port') opts.port = Number(argv[++i]);
@@ -106,6 +124,7 @@ function parseArgs(argv) {
       const [prefix, dir] = String(argv[++i]).split('=');
       opts.mounts[prefix.endsWith('/') ? prefix : `${prefix}/`] = resolve(dir);
     } else if (a === '--quiet') opts.quiet = true;
+    else if (a === '--no-isolation') opts.isolated = false;
     else throw new Error(`unknown argument '${a}'`);
   }
   return opts;

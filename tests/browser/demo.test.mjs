@@ -88,7 +88,8 @@ test('demo chat: two turns with SmolLM2, then Regenerate replaces the last answe
   await page.click('#load');
   await page.waitForFunction(() => !document.getElementById('send').disabled, null, { timeout: LOAD_TIMEOUT_MS });
   assert.match(await page.textContent('#status'), /^Loaded/);
-  assert.match(await page.textContent('#backend-info'), /cpu \(wasm\)/);
+  // The test server makes the page cross-origin isolated: the worker runs the threaded build.
+  assert.match(await page.textContent('#backend-info'), /cpu \(wasm, \d+ threads\) — wasm: \d+ threads$/);
 
   // Record what the page sends: the chat API's requests, and what reaches the engine's own
   // generate underneath (the chat API is built on it).

@@ -30,10 +30,11 @@ export const CHROMIUM_ARGS = [
 /**
  * Start the server and a browser with a fresh on-disk profile (a persistent profile, unlike
  * an incognito context, has a real Cache API quota, which the cache tests need).
- * `extraMounts` maps URL prefixes to folders. Returns {url, context, newPage, close}.
+ * `extraMounts` maps URL prefixes to folders; `isolated: false` serves the pages without
+ * COOP/COEP (not cross-origin isolated). Returns {url, context, newPage, close}.
  */
-export async function startBrowser({ extraMounts = {} } = {}) {
-  const server = await serve({ port: 0, mounts: { ...defaultMounts(), '/tests/': join(here, 'pages'), ...extraMounts } });
+export async function startBrowser({ extraMounts = {}, isolated = true } = {}) {
+  const server = await serve({ port: 0, isolated, mounts: { ...defaultMounts(), '/tests/': join(here, 'pages'), ...extraMounts } });
   const profile = mkdtempSync(join(tmpdir(), 'pensive-chromium-'));
   let context;
   try {

@@ -28,22 +28,29 @@ after(() => {
 
 test('the packed tarball holds the built module, the JS API and its types, and nothing else', () => {
   const files = tarball.files.map((f) => f.path).sort();
-  for (const f of ['package.json', 'src/index.js', 'src/index.d.ts', 'src/worker.js', 'pkg/pensive.js', 'pkg/pensive_bg.wasm']) {
+  for (const f of ['package.json', 'src/index.js', 'src/index.d.ts', 'src/worker.js', 'pkg/pensive.js', 'pkg/pensive_bg.wasm',
+    'pkg/threads/pensive.js', 'pkg/threads/pensive_bg.wasm']) {
     assert.ok(files.includes(f), `${f} missing from the tarball: ${files.join(', ')}`);
   }
+  // The threaded build's pool workers run wasm-bindgen-rayon's script from the package.
+  assert.ok(files.some((f) => /^pkg\/threads\/snippets\/wasm-bindgen-rayon-[^/]+\/src\/workerHelpers\.js$/.test(f)), files.join(', '));
   assert.ok(!files.some((f) => f.startsWith('demo/') || f.startsWith('node_modules/') || f.startsWith('scripts/')), files.join(', '));
-  const wasm = tarball.files.find((f) => f.path === 'pkg/pensive_bg.wasm');
-  assert.ok(wasm.size > 100_000, `suspiciously small wasm: ${wasm.size} bytes`);
+  for (const path of ['pkg/pensive_bg.wasm', 'pkg/threads/pensive_bg.wasm']) {
+    const wasm = tarball.files.find((f) => f.path === path);
+    assert.ok(wasm.size > 100_000, `suspiciously small ${path}: ${wasm.size} bytes`);
+  }
 });
 
 test('the installed package resolves through its exports map in node', () => {
   const script = `
     const m = await import('pensive');
     const wasm = import.meta.resolve('pensive/wasm');
-    console.log(JSON.stringify({ keys: Object.keys(m).sort(), wasm, types: import.meta.resolve('pensive/package.json') }));`;
+    const wasmThreads = import.meta.resolve('pensive/wasm-threads');
+    console.log(JSON.stringify({ keys: Object.keys(m).sort(), wasm, wasmThreads, types: import.meta.resolve('pensive/package.json') }));`;
   const out = JSON.parse(execFileSync('node', ['--input-type=module', '-e', script], { cwd: app, encoding: 'utf8' }));
   assert.deepEqual(out.keys, ['ERROR_CODES', 'Engine', 'Pensive', 'PensiveError', 'PensiveWorker', 'default', 'resolveModelUrl']);
   assert.ok(existsSync(new URL(out.wasm)), out.wasm);
+  assert.ok(existsSync(new URL(out.wasmThreads)), out.wasmThreads);
   const pkg = JSON.parse(readFileSync(new URL(out.types), 'utf8'));
   assert.ok(existsSync(join(app, 'node_modules', 'pensive', pkg.types)), `types file ${pkg.types} missing`);
 });

@@ -144,7 +144,7 @@ async function load() {
     setStatus(`Loaded ${typeof model === 'string' ? model : model.name} in ${seconds} s.`);
     $('sweep-status').textContent = 'Ready: choose the problems, budgets and presets, then Run sweep.';
     $('backend-info').textContent = `backend: ${info.backend ?? '?'}${info.adapter ? ` (${info.adapter})` : ''}` +
-      (info.fallback_reason ? ` — not WebGPU: ${info.fallback_reason}` : '');
+      (info.fallback_reason ? ` — not WebGPU: ${info.fallback_reason}` : '') + ` — ${wasmSummary(info.wasm)}`;
   } catch (e) {
     setStatus(`Load failed — ${describeError(e)}`, true);
   } finally {
@@ -268,6 +268,12 @@ function append(view, text, forced) {
   const last = view.lastChild;
   if (last?.nodeName === 'MARK') last.textContent += text;
   else view.append(element('mark', 'forced', text));
+}
+
+/** Which wasm build runs the engine, e.g. "wasm: 2 threads" or "wasm: 1 thread (why)". */
+function wasmSummary(wasm) {
+  if (!wasm) return 'wasm: ?';
+  return wasm.module === 'threads' ? `wasm: ${wasm.threads} threads` : `wasm: 1 thread${wasm.reason ? ` (${wasm.reason})` : ''}`;
 }
 
 function statsTable(stats, info) {

@@ -1,29 +1,93 @@
 // The engine in the current thread (page or worker): wasm initialisation, streamed loading
 // with progress, and the async-iterator generation surface over the Rust engine.
-import init, * as wasm from '../pkg/pensive.js';
+// Both builds' JS glue is imported statically (tens of KB; nothing is instantiated until
+// initWasm picks one): Vite's default worker format cannot bundle a dynamic import.
+import initSingle, * as single from '../pkg/pensive.js';
+import initThreads, * as threaded from '../pkg/threads/pensive.js';
 import { chatNamespace } from './chat.js';
 import { PensiveError, toPensiveError } from './errors.js';
 import { openModelSource, readWhole } from './source.js';
 
 let wasmReady = null;
+/** The chosen build's JS bindings (`RawLoader`, `GgufProbe`, ...), once initialised. */
+let wasm = null;
 /** The instantiated module's exports (for its linear memory), once initialised. */
 let wasmExports = null;
+/** Which build runs in this thread: `{module: 'threads' | 'single', threads, reason}`. */
+let wasmBuild = null;
 
 /**
- * Instantiate the wasm module once per thread. `wasmUrl` overrides where the .wasm file is
- * fetched from (bundlers that move assets); by default it sits next to pkg/pensive.js.
+ * The default size of the threaded build's pool: one worker per logical core the browser
+ * reports, at most 8 (a decode step streams the weights once; past that many threads the
+ * memory bus, not the cores, sets its pace).
  */
-export function initWasm(wasmUrl) {
-  wasmReady ??= init({ module_or_path: wasmUrl ?? new URL('../pkg/pensive_bg.wasm', import.meta.url) })
-    .then((exports) => {
-      wasmExports = exports;
-      return exports;
-    })
+const MAX_DEFAULT_THREADS = 8;
+
+/**
+ * Why the threaded build cannot run in this thread, or null when it can. Its memory is a
+ * SharedArrayBuffer, which browsers only hand to cross-origin isolated pages (COOP/COEP), and
+ * rayon's caller blocks (Atomics.wait) until the pool has finished a mat-vec, which a page's
+ * main thread may not do: only a Web Worker (`worker: true`) runs the engine on threads.
+ */
+function threadsUnavailable() {
+  if (typeof SharedArrayBuffer !== 'function') return 'SharedArrayBuffer is unavailable (the page is not cross-origin isolated)';
+  if (!globalThis.crossOriginIsolated) return 'the page is not cross-origin isolated (it needs the COOP/COEP headers)';
+  if (typeof WorkerGlobalScope === 'undefined' || !(globalThis instanceof WorkerGlobalScope)) {
+    return "the engine runs on the page's main thread, which may not block (load with worker: true)";
+  }
+  return null;
+}
+
+/**
+ * Instantiate a wasm module once per thread: the threaded build (shared memory, rayon on
+ * `threads` Web Workers) when this thread can run it, else the single-thread build.
+ * `wasmUrl` / `wasmThreadsUrl` override where each .wasm file is fetched from (bundlers that
+ * move assets); by default they sit next to their JS. Options count at the first call only.
+ */
+export function initWasm(wasmUrl, { threads, wasmThreadsUrl } = {}) {
+  if (threads !== undefined && !(Number.isInteger(threads) && threads > 0)) {
+    return Promise.reject(new PensiveError('invalid_options', 'threads must be a positive integer'));
+  }
+  wasmReady ??= instantiate(wasmUrl, wasmThreadsUrl, threads)
     .catch((e) => {
       wasmReady = null;
       throw new PensiveError('backend', `cannot instantiate the wasm module: ${e?.message ?? e}`, { cause: e });
     });
   return wasmReady;
+}
+
+const POOL_START_MS = 30_000;
+
+function withTimeout(promise, ms, message) {
+  let timer;
+  const timeout = new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(message)), ms)));
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+async function instantiate(wasmUrl, wasmThreadsUrl, threads) {
+  const wanted = threads ?? Math.min(globalThis.navigator?.hardwareConcurrency || 1, MAX_DEFAULT_THREADS);
+  let reason = wanted === 1 ? (threads === 1 ? 'threads: 1 was asked' : 'the browser reports one core') : threadsUnavailable();
+  if (reason === null) {
+    try {
+      wasmExports = await initThreads({ module_or_path: wasmThreadsUrl ?? new URL('../pkg/threads/pensive_bg.wasm', import.meta.url) });
+      // wasm-bindgen-rayon waits for every worker's 'ready' and never hears of one that failed
+      // to load: a pool that has not started in this long is given up on.
+      await withTimeout(threaded.initThreadPool(wanted), POOL_START_MS, `the pool of ${wanted} workers did not start in ${POOL_START_MS / 1000} s`);
+      wasm = threaded;
+      wasmBuild = { module: 'threads', threads: threaded.cpuThreads(), reason: null };
+      return wasmExports;
+    } catch (e) {
+      // A browser without nested workers, a bundle without the threaded files: one thread
+      // still works, and the info says why it is one.
+      reason = `the threaded module failed to start: ${e?.message ?? e}`;
+      console.warn(`pensive: ${reason}; using the single-thread module`);
+      wasmExports = null;
+    }
+  }
+  wasmExports = await initSingle({ module_or_path: wasmUrl ?? new URL('../pkg/pensive_bg.wasm', import.meta.url) });
+  wasm = single;
+  wasmBuild = { module: 'single', threads: 1, reason };
+  return wasmExports;
 }
 
 /**
@@ -40,7 +104,8 @@ export async function version() {
 }
 
 const BACKENDS = ['auto', 'webgpu', 'cpu'];
-export const LOAD_OPTIONS = ['model', 'tokenizer', 'backend', 'max_context', 'onProgress', 'cache', 'persist', 'worker', 'signal', 'wasmUrl'];
+export const LOAD_OPTIONS = ['model', 'tokenizer', 'backend', 'max_context', 'onProgress', 'cache', 'persist', 'worker', 'signal', 'wasmUrl',
+  'wasmThreadsUrl', 'threads'];
 /** Progress is reported at most once per this many bytes (plus the first and last chunk). */
 const PROGRESS_STEP = 1 << 20;
 
@@ -67,6 +132,9 @@ export function checkLoadOptions(options) {
     if (options[flag] !== undefined && typeof options[flag] !== 'boolean') {
       throw new PensiveError('invalid_options', `${flag} must be true or false`);
     }
+  }
+  if (options.threads !== undefined && !(Number.isInteger(options.threads) && options.threads > 0)) {
+    throw new PensiveError('invalid_options', 'threads must be a positive integer');
   }
   checkSignal(options.signal);
   return { ...options, backend, cache: options.cache ?? true };
@@ -138,7 +206,7 @@ async function streamInto(source, sink, report, signal) {
 export async function inspect(options) {
   const opts = checkLoadOptions(options);
   checkAborted(opts.signal, 'inspect');
-  await initWasm(opts.wasmUrl);
+  await initWasm(opts.wasmUrl, opts);
   const report = progressReporter(opts.onProgress);
   const source = await openModelSource(opts.model, { cache: opts.cache, signal: opts.signal });
   if (source.kind !== 'gguf') throw new PensiveError('invalid_options', 'inspect() reads GGUF files only');
@@ -159,7 +227,7 @@ export async function inspect(options) {
 export async function loadInThread(options) {
   const opts = checkLoadOptions(options);
   checkAborted(opts.signal);
-  await initWasm(opts.wasmUrl);
+  await initWasm(opts.wasmUrl, opts);
   const report = progressReporter(opts.onProgress);
   const source = await openModelSource(opts.model, { cache: opts.cache, tokenizer: opts.tokenizer, signal: opts.signal });
   // The Rust side's LoadOptions (snake_case, unknown fields refused).
@@ -242,10 +310,12 @@ export class Engine {
     this.#raw = raw;
     /**
      * `{backend, fallback_reason, config, vocab_size, max_context, has_chat_template, model,
-     * persisted}`: `backend` says what `auto` chose, `fallback_reason` why it is not WebGPU
-     * (else null); `persisted` what `navigator.storage.persist()` answered (null: not asked).
+     * persisted, wasm}`: `backend` says what `auto` chose, `fallback_reason` why it is not
+     * WebGPU (else null); `persisted` what `navigator.storage.persist()` answered (null: not
+     * asked); `wasm` which module build runs (`{module: 'threads' | 'single', threads,
+     * reason}`, `reason` saying why it is the single-thread one).
      */
-    this.info = { ...raw.info(), model, persisted: null };
+    this.info = { ...raw.info(), model, persisted: null, wasm: { ...wasmBuild } };
     /** OpenAI-style `chat.completions.create` over `generate` (see chat.js). */
     this.chat = chatNamespace(this);
   }

@@ -72,8 +72,29 @@ export interface LoadOptions {
   worker?: boolean;
   /** Abort the download/load. */
   signal?: AbortSignal;
-  /** Where to fetch pensive_bg.wasm from when a bundler moved it. */
+  /** Where to fetch pensive_bg.wasm (the single-thread build) from when a bundler moved it. */
   wasmUrl?: string | URL;
+  /** Where to fetch threads/pensive_bg.wasm (the threaded build) from when a bundler moved it. */
+  wasmThreadsUrl?: string | URL;
+  /**
+   * Threads of the wasm CPU backend (default: `navigator.hardwareConcurrency`, at most 8).
+   * More than 1 runs the threaded build, whose memory is shared with a pool of Web Workers:
+   * it needs a cross-origin isolated page (COOP `same-origin` + COEP `require-corp`) and
+   * `worker: true`; elsewhere the single-thread build runs and `engine.info.wasm.reason`
+   * says why. 1 always runs the single-thread build. Counts at the module's first
+   * initialisation in its thread (each `worker: true` engine has a thread of its own).
+   */
+  threads?: number;
+}
+
+/** Which wasm build runs the engine (`engine.info.wasm`). */
+export interface WasmBuildInfo {
+  /** `threads`: shared memory, rayon on a pool of Web Workers; `single`: one thread. */
+  module: 'threads' | 'single';
+  /** Threads the CPU backend's mat-vecs run on (1 for `single`). */
+  threads: number;
+  /** Why the single-thread build runs (not cross-origin isolated, not in a worker, ...); null for `threads`. */
+  reason: string | null;
 }
 
 export interface ChatMessage {
@@ -274,7 +295,7 @@ export interface ScoreResult {
 }
 
 export interface EngineInfo {
-  /** The backend actually used (what `auto` chose), e.g. "cpu (wasm)" or "webgpu (<adapter>, F32)". */
+  /** The backend actually used (what `auto` chose), e.g. "cpu (wasm)", "cpu (wasm, 2 threads)" or "webgpu (<adapter>, F32)". */
   backend: string;
   /**
    * Why `auto` runs on the CPU rather than WebGPU: no adapter, or one that cannot hold the
@@ -290,6 +311,8 @@ export interface EngineInfo {
   model: string;
   /** What `navigator.storage.persist()` answered for `persist: true`; null when not asked. */
   persisted: boolean | null;
+  /** Which wasm build runs the engine and on how many threads. */
+  wasm: WasmBuildInfo;
 }
 
 export interface ModelConfig {
@@ -497,7 +520,8 @@ export declare const Pensive: {
   load(options: LoadOptions): Promise<Engine>;
   inspect(options: LoadOptions): Promise<InspectResult>;
   version(): Promise<string>;
-  init(wasmUrl?: string | URL): Promise<unknown>;
+  /** Instantiate the wasm module ahead of time (options as `load`'s of the same names). */
+  init(wasmUrl?: string | URL, options?: { threads?: number; wasmThreadsUrl?: string | URL }): Promise<unknown>;
   readonly cache: ModelCache;
   clearCache(): Promise<void>;
 };

@@ -29,6 +29,8 @@ const load: LoadOptions = {
   persist: true,
   signal: controller.signal,
   wasmUrl: new URL('https://example.invalid/pensive_bg.wasm'),
+  wasmThreadsUrl: 'https://example.invalid/threads/pensive_bg.wasm',
+  threads: 2,
   onProgress: ({ loaded, total, phase }) => console.log(loaded, total ?? 0, phase),
 };
 
@@ -100,6 +102,9 @@ async function main(): Promise<void> {
   const engine: Engine = await Pensive.load(load);
   const worker: PensiveWorker = await Pensive.load({ ...load, worker: true });
   console.log(describeConfig(engine.info.config), engine.info.model, engine.info.persisted, engine.info.fallback_reason);
+  const build: 'threads' | 'single' = engine.info.wasm.module;
+  console.log(build, engine.info.wasm.threads.toFixed(0), engine.info.wasm.reason ?? 'threads');
+  await Pensive.init(undefined, { threads: 2, wasmThreadsUrl: '/threads/pensive_bg.wasm' });
   for await (const event of engine.generate([{ role: 'user', content: 'Hi' }], options)) console.log(describeEvent(event));
 
   const whole: ChatCompletion = await engine.chat.completions.create({
