@@ -22,12 +22,13 @@ fn embed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
     if t >= p.n_tok || id < p.row0 || id - p.row0 >= p.rows {
         return;
     }
-    let upb = units_per_block();
-    let epb = elems_per_block();
+    let upb = units_per_block(WTYPE);
+    let epb = elems_per_block(WTYPE);
+    let wpb = words_per_block(WTYPE);
     let bpr = (p.cols + epb - 1u) / epb;
     for (var i = lid; i < bpr * upb; i += 64u) {
         let blk = i / upb;
-        let un = dequant_unit((id - p.row0) * bpr + blk, i % upb);
+        let un = dequant_unit(WTYPE, ((id - p.row0) * bpr + blk) * wpb, i % upb);
         let c = blk * epb;
         for (var k = 0u; k < 4u; k++) {
             if c + un.lo_off + k < p.cols {
