@@ -34,7 +34,8 @@
 // Knobs (prelude): WTYPE, WTYPE1, WTYPE2 (types of segments 0, 1, 2), TT (tokens per
 // workgroup), LANES (lanes per row group, a power of two ≤ 32), act (activation type),
 // ACT_F16, X_EVEN (x_off and x_stride even: f16 runs of 4 start on a word), out_t (y's
-// type), NORM_COLS / X_SH_LEN (the folded RMSNorm's width, 0: none), ROPE.
+// type), NORM_COLS / X_SH_LEN (the folded RMSNorm's width, 0: none), ROPE, X_F32 (x is
+// f32 whatever act is: the residual stream, which the folded RMSNorm reads).
 
 struct Params {
     rows: u32,     // rows of W in this binding (all segments; a big plain matrix is split by rows across bindings)
@@ -58,10 +59,11 @@ const HALF: u32 = max(GROUPS / 2u, 1u); // matmul_gate_up: row groups per segmen
 const RPL: u32 = 4u;         // rows per lane: each loaded x serves this many rows
 const ROWS_PER_WG: u32 = GROUPS * RPL;
 const ACC: u32 = RPL * TT;   // accumulators per lane: (row, token)
+const X_F16: bool = ACT_F16 && !X_F32;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w: array<u32>;              // (rows, blocks_per_row, words_per_block) repacked
-@group(0) @binding(2) var<storage, read> x: array<u32>;              // (n_tok, x_stride) act from x_off, as words (f16: 2 per word)
+@group(0) @binding(2) var<storage, read> x: array<u32>;              // (n_tok, x_stride) act (f32 with X_F32) from x_off, as words (f16: 2 per word)
 @group(0) @binding(3) var<storage, read_write> y: array<out_t>;      // matmul: (n_tok, y_stride); matmul_gate_up: (n_tok, y_stride) act
 @group(0) @binding(4) var<storage, read> bias: array<f32>;           // (row0 + rows); a dummy without flag bit 0
 @group(0) @binding(5) var<storage, read> norm_w: array<f32>;         // NORM_COLS > 0: (cols), else a dummy
@@ -75,7 +77,7 @@ var<workgroup> x_sh: array<vec4<f32>, X_SH_LEN>;    // NORM_COLS > 0: rms_norm(x
 
 // Element i of x.
 fn x1(i: u32) -> f32 {
-    if ACT_F16 {
+    if X_F16 {
         return unpack2x16float(x[i / 2u])[i % 2u];
     }
     return bitcast<f32>(x[i]);
@@ -89,9 +91,9 @@ fn x4(t: u32, c: u32, ragged: bool) -> vec4<f32> {
     }
     let i = p.x_off + t * p.x_stride + c;
     var v: vec4<f32>;
-    if ACT_F16 && X_EVEN {
+    if X_F16 && X_EVEN {
         v = vec4<f32>(unpack2x16float(x[i / 2u]), unpack2x16float(x[i / 2u + 1u]));
-    } else if ACT_F16 {
+    } else if X_F16 {
         v = vec4<f32>(x1(i), x1(i + 1u), x1(i + 2u), x1(i + 3u));
     } else {
         v = bitcast<vec4<f32>>(vec4<u32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]));
@@ -239,23 +241,31 @@ fn matmul_qkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     if NORM_COLS > 0u {
         norm_prologue(lid, t0);
     }
-    // Segment sizes are multiples of 4 (head_dim is), so a row group lies in one segment;
-    // groups past the end redo the last one and write nothing.
-    let r0 = ((wid.x + wid.y * p.groups_x) * GROUPS + g) * RPL;
-    let rc = min(r0, p.rows - RPL);
+    // Each workgroup lies in one segment (the segment is uniform across it, so a CPU
+    // adapter branches instead of running every segment's loop under a mask). Segment sizes
+    // are multiples of 4 (head_dim is): row groups past a segment's end redo its last rows
+    // and write nothing.
+    let wg = wid.x + wid.y * p.groups_x;
     let q_rows = p.seg_rows.x;
     let kv_rows = p.seg_rows.y;
+    let q_wgs = (q_rows + ROWS_PER_WG - 1u) / ROWS_PER_WG;
+    let kv_wgs = (kv_rows + ROWS_PER_WG - 1u) / ROWS_PER_WG;
     var seg = 0u;
-    var start = 0u;
-    if rc >= q_rows {
+    var start = 0u;     // the segment's first row in w's rows
+    var seg_wg = wg;    // the workgroup's index within its segment
+    if wg >= q_wgs {
         seg = 1u;
         start = q_rows;
+        seg_wg = wg - q_wgs;
     }
-    if rc >= q_rows + kv_rows {
+    if wg >= q_wgs + kv_wgs {
         seg = 2u;
         start = q_rows + kv_rows;
+        seg_wg = wg - q_wgs - kv_wgs;
     }
-    let local = rc - start;
+    let n_seg = select(kv_rows, q_rows, seg == 0u);
+    let r0 = (seg_wg * GROUPS + g) * RPL; // within the segment
+    let local = min(r0, n_seg - RPL);
     let hd = p.head_dim;
     let neox = ROPE && seg < 2u && (p.flags & 4u) != 0u;
     // Rows of the segment this group computes: (a, b) rotation pairs are rows (k, k + 2)
@@ -272,7 +282,7 @@ fn matmul_qkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     }
     partial[lid] = segment_dot(seg, rows, lane, t0);
     reduce_lanes(lane, lid);
-    if r0 >= p.rows {
+    if r0 >= n_seg {
         return;
     }
     for (var j = lane; j < 2u * TT; j += LANES) {

@@ -76,9 +76,10 @@ fn rms_norm_matches_cpu() {
     for ctx in contexts() {
         let mut rng = Rng::new(1);
         for (dim, n_tok) in [(7, 1), (576, 3), (897, 2)] {
-            let x = as_act(&ctx, &rng.vec(dim * n_tok));
+            // x is the residual stream: f32 on both paths.
+            let x = rng.vec(dim * n_tok);
             let w = rng.vec(dim);
-            let xb = ctx.act_from_f32("x", &x);
+            let xb = ctx.storage_init("x", bytemuck::cast_slice(&x));
             let wb = ctx.storage_init("w", bytemuck::cast_slice(&w));
             let out = ctx.storage("out", (dim * n_tok * 4) as u64);
             let mut rec = ctx.recorder();
@@ -257,9 +258,9 @@ fn embedding_lookup_matches_dequantized_rows_for_every_type() {
             rec.embed(&m, &idb, &out, ids.len());
             rec.submit();
             let want: Vec<f32> = ids.iter().flat_map(|&i| table[i as usize * cols..(i as usize + 1) * cols].to_vec()).collect();
-            let want = as_act(&ctx, &want);
-            // Dequantization is exact in f32; the f16 path rounds once on store (already in `want`).
-            assert_close(&format!("embed {ty:?} {:?}", ctx.act()), &read_act(&ctx, &out, want.len()), &want, TOL_F32, 1.0);
+            // Dequantization is exact in f32, and the residual stream is f32 on both paths.
+            let got = block_on(ctx.read_f32(&out, 0, want.len())).expect("read");
+            assert_close(&format!("embed {ty:?} {:?}", ctx.act()), &got, &want, TOL_F32, 1.0);
         }
     }
 }
@@ -339,7 +340,7 @@ fn tensors_larger_than_the_binding_limit_are_split() {
     let got = block_on(ctx.read_f32(&yb, 0, rows)).expect("read");
     assert_close("split matmul", &got, &want, TOL_F32, (cols as f32).sqrt());
     let want: Vec<f32> = ids.iter().flat_map(|&i| w[i as usize * cols..(i as usize + 1) * cols].to_vec()).collect();
-    assert_close("split embed", &read_act(&ctx, &eb, want.len()), &want, TOL_F32, 1.0);
+    assert_close("split embed", &block_on(ctx.read_f32(&eb, 0, want.len())).expect("read"), &want, TOL_F32, 1.0);
 
     // A row that cannot fit any binding is a clear error, not a panic.
     let err = GpuMatrix::upload(&ctx, "wide", GgmlType::F32, 2, 2048, &vec![0u8; 2 * 2048 * 4]).err().expect("must fail");
@@ -386,6 +387,19 @@ fn normed_ref(x: &[f32], weight: &[f32], cols: usize) -> Vec<f32> {
 
 const NORM_EPS: f32 = 1e-6;
 
+/// A fused matmul's input: the f32 residual stream when it folds the norm, else act.
+fn fused_input(ctx: &GpuContext, rng: &mut Rng, n: usize, fold: bool) -> (Vec<f32>, wgpu::Buffer) {
+    if fold {
+        let x = rng.vec(n);
+        let xb = ctx.storage_init("x", bytemuck::cast_slice(&x));
+        (x, xb)
+    } else {
+        let x = as_act(ctx, &rng.vec(n));
+        let xb = ctx.act_from_f32("x", &x);
+        (x, xb)
+    }
+}
+
 /// Upload `types.len()` random matrices of `rows[i] × cols` and fuse them; also return
 /// their dequantized values.
 fn random_fused(ctx: &GpuContext, rng: &mut Rng, types: &[GgmlType], rows: &[usize], cols: usize) -> (FusedMatrix, Vec<Vec<f32>>) {
@@ -421,9 +435,8 @@ fn fused_qkv_matmul_matches_cpu() {
             let nb = ctx.storage_init("norm", bytemuck::cast_slice(&norm_w));
             for rope in [Some(RopeLayout::NeoX), Some(RopeLayout::Interleaved), None] {
                 for (n_tok, fold) in [(1, true), (1, false), (11, false)] {
-                    let x = as_act(&ctx, &rng.vec(n_tok * cols));
+                    let (x, xb) = fused_input(&ctx, &mut rng, n_tok * cols, fold);
                     let cache0 = as_act(&ctx, &rng.vec(max_ctx * kv_dim));
-                    let xb = ctx.act_from_f32("x", &x);
                     let qb = ctx.act_from_f32("q", &vec![0.0; n_tok * q_dim]);
                     let (kc, vc) = (ctx.act_from_f32("kc", &cache0), ctx.act_from_f32("vc", &cache0));
                     let out = QkvOut { q: &qb, k_cache: &kc, v_cache: &vc, bias: Some(&bb), inv_freq: &fb, rope, head_dim: hd, pos0 };
@@ -468,8 +481,7 @@ fn fused_gate_up_matmul_matches_cpu() {
             let norm_w = rng.vec(cols);
             let nb = ctx.storage_init("norm", bytemuck::cast_slice(&norm_w));
             for (n_tok, fold) in [(1, true), (1, false), (11, false)] {
-                let x = as_act(&ctx, &rng.vec(n_tok * cols));
-                let xb = ctx.act_from_f32("x", &x);
+                let (x, xb) = fused_input(&ctx, &mut rng, n_tok * cols, fold);
                 let yb = ctx.act_from_f32("y", &vec![0.0; n_tok * ffn]);
                 let norm = fold.then_some(FoldedNorm { weight: &nb, eps: NORM_EPS });
                 let mut rec = ctx.recorder();

@@ -174,7 +174,8 @@ impl Recorder<'_> {
         self.ctx().knobs()
     }
 
-    /// out = rms_norm(x) * weight.  x, out: (n_tok, dim) act; weight: (dim) f32.
+    /// out = rms_norm(x) * weight.  x: (n_tok, dim) f32, the residual stream; out: (n_tok,
+    /// dim) act; weight: (dim) f32.
     pub fn rms_norm(&mut self, x: &wgpu::Buffer, weight: &wgpu::Buffer, out: &wgpu::Buffer, dim: usize, n_tok: usize, eps: f32) {
         let p = NormParams { dim: dim as u32, n_tok: n_tok as u32, eps, _pad: 0 };
         self.dispatch(Shader::Norm, "rms_norm", self.knobs(), &p, &[b(x), b(weight), b(out)], [n_tok as u32, 1, 1]);
@@ -277,7 +278,8 @@ impl Recorder<'_> {
         self.dispatch(Shader::Elementwise, entry, self.knobs(), &p, &[b(a), b(bb)], [gx, gy, 1]);
     }
 
-    /// out[t] = table row ids[t], dequantized.  ids: (n_tok) u32; out: (n_tok, cols) act.
+    /// out[t] = table row ids[t], dequantized.  ids: (n_tok) u32; out: (n_tok, cols) f32,
+    /// the residual stream.
     pub fn embed(&mut self, table: &GpuMatrix, ids: &wgpu::Buffer, out: &wgpu::Buffer, n_tok: usize) {
         let knobs = Knobs { wtype: wtype_id(table.ty), ..self.knobs() };
         for part in &table.parts {
@@ -287,7 +289,8 @@ impl Recorder<'_> {
     }
 
     /// y = W x (+ bias) (+ y), for n_tok tokens.  W: (rows, cols); x: (n_tok, x_stride) act
-    /// from element x_off; y: (n_tok, rows) — f32 when `out_f32` (logits), else act;
+    /// from element x_off; y: (n_tok, rows) — f32 when `out_f32` (logits, the residual
+    /// stream), else act;
     /// bias: (rows) f32.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
@@ -332,12 +335,13 @@ impl Recorder<'_> {
     }
 
     /// q, k, v = W_qkv x (+ bias), rotated and stored (see [`QkvOut`]); x: (n_tok, cols) act,
-    /// or the residual stream to normalize first with `norm` (then n_tok is 1).
+    /// or with `norm` the f32 residual stream to normalize first (then n_tok is 1).
     /// W: q | k | v, segment rows multiples of 4 (head_dim is).
     pub fn matmul_qkv(&mut self, w: &FusedMatrix, x: &wgpu::Buffer, n_tok: usize, norm: Option<FoldedNorm<'_>>, out: &QkvOut<'_>) {
-        let lanes = self.knobs().lanes;
-        let rows = w.rows() as u32;
-        let [gx, gy] = grid(rows.div_ceil(matmul_rows_per_group(lanes)));
+        let per_group = matmul_rows_per_group(self.knobs().lanes) as usize;
+        // Whole workgroups per segment (matmul.wgsl matmul_qkv).
+        let groups: usize = w.segments.iter().map(|s| s.rows.div_ceil(per_group)).sum();
+        let [gx, gy] = grid(groups as u32);
         let rope = out.rope.map_or(0, |l| u32::from(l == RopeLayout::NeoX) << 2);
         let mut p = self.fused_params(w, n_tok, norm, gx);
         p.flags = u32::from(out.bias.is_some()) | rope;
@@ -382,6 +386,7 @@ impl Recorder<'_> {
             tt: if n_tok == 1 { 1 } else { MATMUL_TT },
             x_even: w.cols % 2 == 0,
             norm_cols: if norm.is_some() { w.cols as u32 } else { 0 },
+            x_f32: norm.is_some(),
             ..self.knobs()
         }
     }

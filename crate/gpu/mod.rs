@@ -150,11 +150,14 @@ pub struct Knobs {
     pub norm_cols: u32,
     /// `ROPE`: matmul_qkv rotates q and k in its epilogue.
     pub rope: bool,
+    /// `X_F32`: matmul's x is f32 whatever `act` is (the residual stream, which a folded
+    /// RMSNorm reads).
+    pub x_f32: bool,
 }
 
 impl Knobs {
     pub fn new(act: Dtype) -> Self {
-        Knobs { act, wtype: 0, tt: 1, out_f32: false, x_even: true, lanes: 32, wtype1: 0, wtype2: 0, norm_cols: 0, rope: false }
+        Knobs { act, wtype: 0, tt: 1, out_f32: false, x_even: true, lanes: 32, wtype1: 0, wtype2: 0, norm_cols: 0, rope: false, x_f32: false }
     }
 
     pub fn prelude(&self) -> String {
@@ -167,8 +170,8 @@ impl Knobs {
         // x_sh holds the normed row in vec4s, zero padded to whole 8-element units.
         let x_sh_len = (self.norm_cols.div_ceil(8) * 2).max(1);
         format!(
-            "{enable}alias act = {act};\nalias out_t = {out};\nconst ACT_F16: bool = {};\nconst WTYPE: u32 = {}u;\nconst WTYPE1: u32 = {}u;\nconst WTYPE2: u32 = {}u;\nconst TT: u32 = {}u;\nconst X_EVEN: bool = {};\nconst LANES: u32 = {}u;\nconst NORM_COLS: u32 = {}u;\nconst X_SH_LEN: u32 = {x_sh_len}u;\nconst ROPE: bool = {};\n",
-            self.act == Dtype::F16, self.wtype, self.wtype1, self.wtype2, self.tt, self.x_even, self.lanes, self.norm_cols, self.rope
+            "{enable}alias act = {act};\nalias out_t = {out};\nconst ACT_F16: bool = {};\nconst WTYPE: u32 = {}u;\nconst WTYPE1: u32 = {}u;\nconst WTYPE2: u32 = {}u;\nconst TT: u32 = {}u;\nconst X_EVEN: bool = {};\nconst LANES: u32 = {}u;\nconst NORM_COLS: u32 = {}u;\nconst X_SH_LEN: u32 = {x_sh_len}u;\nconst ROPE: bool = {};\nconst X_F32: bool = {};\n",
+            self.act == Dtype::F16, self.wtype, self.wtype1, self.wtype2, self.tt, self.x_even, self.lanes, self.norm_cols, self.rope, self.x_f32
         )
     }
 }

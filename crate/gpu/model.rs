@@ -82,7 +82,7 @@ struct QkNorm {
 /// Per-step working buffers, sized for PREFILL_CHUNK tokens.
 struct Scratch {
     ids: wgpu::Buffer,         // (chunk) u32
-    x: wgpu::Buffer,           // (chunk, dim) act, the residual stream
+    x: wgpu::Buffer,           // (chunk, dim) f32, the residual stream (f32 on every adapter, as llama.cpp: an f16 stream drifts over thousands of tokens)
     h: wgpu::Buffer,           // (chunk, dim) act, normed block input
     q: wgpu::Buffer,           // (chunk, q_dim) act
     k: wgpu::Buffer,           // (chunk, kv_dim) act
@@ -202,7 +202,7 @@ pub fn check_fits<'a>(
     // The buffers of `Scratch`, in its order, then inv_freq.
     let scratch = [
         n * 4,
-        n * dim * act,
+        n * dim * 4,
         n * dim * act,
         n * q_dim * act,
         n * kv_dim * act,
@@ -338,7 +338,7 @@ impl GpuModelBuilder {
         }
         let scratch = Scratch {
             ids: ctx.storage("ids", n * 4),
-            x: ctx.storage("x", n * dim as u64 * act),
+            x: ctx.storage("x", n * dim as u64 * 4),
             h: ctx.storage("h", n * dim as u64 * act),
             q: ctx.storage("q", n * q_dim as u64 * act),
             k: ctx.storage("k", n * kv_dim as u64 * act),
@@ -594,7 +594,7 @@ impl GpuModel {
             }
             // a = attention(q, cache); x += Wo a
             rec.attention(&s.q, &layer.k_cache, &layer.v_cache, &s.attn_parts, &s.att, c.n_heads, c.n_kv_heads, c.head_dim, pos0, n);
-            rec.matmul(&layer.wo, &s.att, 0, q_dim, &s.x, n, None, true, false);
+            rec.matmul(&layer.wo, &s.att, 0, q_dim, &s.x, n, None, true, true);
             // gate = silu(W_gate h) * W_up h, h = rms_norm(x)
             match &layer.gate_up {
                 GateUp::Fused(w) => {
@@ -609,7 +609,7 @@ impl GpuModel {
                 }
             }
             // x += W_down gate
-            rec.matmul(&layer.w_down, &s.gate, 0, ffn, &s.x, n, None, true, false);
+            rec.matmul(&layer.w_down, &s.gate, 0, ffn, &s.x, n, None, true, true);
         }
         let head = self.output.as_ref().unwrap_or(&self.token_embd);
         let vocab = c.vocab_size;
