@@ -16,6 +16,9 @@ pub enum BackendError {
     BadTruncate { to: usize, len: usize },
     #[error("GPU: {0}")]
     Gpu(String),
+    /// The GPU device is gone; the model cannot run again (load it again).
+    #[error("the WebGPU device was lost ({0}); load the model again")]
+    DeviceLost(String),
 }
 
 /// What a backend needs to choose the next token itself ([`Backend::forward_sample`]).

@@ -51,7 +51,18 @@ impl AnyBackend {
             ..GpuOptions::default()
         };
         let gpu = Gpu::request(options.backend, &gpu_options).await?;
-        Self::build(model, options, gpu)
+        let mut backend = Self::build(model, options, gpu)?;
+        backend.settle().await?;
+        Ok(backend)
+    }
+
+    /// The device's verdict on a GPU load (see [`GpuModel::settle`]): an allocation it
+    /// refused is a `backend` error here, a lost device `device_lost`.
+    pub async fn settle(&mut self) -> Result<(), EngineError> {
+        match self {
+            Self::Gpu(m) => m.settle().await.map_err(upload_error),
+            Self::Cpu { .. } => Ok(()),
+        }
     }
 
     /// [`AnyBackend::new`] on a device the caller brings (or the reason it has none), e.g. a
@@ -196,10 +207,13 @@ fn unavailable(why: String) -> EngineError {
 }
 
 /// A failure while uploading a model that passed [`check_fits`]: a tensor that does not
-/// match the decoder is the file's fault; anything else is the device's.
+/// match the decoder is the file's fault; an allocation or a pipeline the device refused is a
+/// `backend` error, its loss `device_lost`; anything else says the device cannot run it.
 fn upload_error(e: GpuError) -> EngineError {
     match e {
         GpuError::Tensor { .. } | GpuError::Model(_) => LoadError::Other(e.to_string()).into(),
+        GpuError::DeviceLost(why) => BackendError::DeviceLost(why).into(),
+        GpuError::OutOfMemory(_) | GpuError::Fault(_) | GpuError::Readback(_) => BackendError::Gpu(e.to_string()).into(),
         e => unavailable(e.to_string()),
     }
 }
@@ -381,8 +395,9 @@ impl EngineLoader {
     }
 
     /// End of the file: the backend and the header (tokenizer, chat template), for callers
-    /// that want the backend alone (benchmarks).
-    pub fn finish_backend(self) -> Result<(AnyBackend, GgufHeader), EngineError> {
+    /// that want the backend alone (benchmarks). Async for the device's verdict on the
+    /// uploads ([`AnyBackend::settle`]), which in the browser only a promise brings.
+    pub async fn finish_backend(self) -> Result<(AnyBackend, GgufHeader), EngineError> {
         let header = self.stream.finish()?;
         let backend = match self.sink {
             Sink::Keep { tensors, fallback_reason } => {
@@ -396,12 +411,14 @@ impl EngineLoader {
             }
             Sink::Failed => return Err(LoadError::Other("the model load already failed".into()).into()),
         };
+        let mut backend = backend;
+        backend.settle().await?;
         Ok((backend, header))
     }
 
     /// End of the file: the engine, with `tokenizer` or else the GGUF's own.
-    pub fn finish(self, tokenizer: Option<Tokenizer>) -> Result<Engine, EngineError> {
-        let (backend, header) = self.finish_backend()?;
+    pub async fn finish(self, tokenizer: Option<Tokenizer>) -> Result<Engine, EngineError> {
+        let (backend, header) = self.finish_backend().await?;
         let tokenizer = match tokenizer {
             Some(t) => t,
             None => Tokenizer::from_gguf(&header.metadata)?,

@@ -107,6 +107,13 @@ impl ModelConfig {
                 return Err(ConfigError::Invalid(format!("value head width {v} differs from key head width {head_dim}")));
             }
         }
+        // Rope over only the first dimensions of each head (partial rotary embeddings) is not
+        // implemented: a file that asks for it would run, wrongly.
+        if let Some(v) = meta.get_u64(&key("rope.dimension_count")) {
+            if v as usize != head_dim {
+                return Err(ConfigError::Invalid(format!("rope over {v} of {head_dim} head dimensions is not supported")));
+            }
+        }
         let config = Self {
             arch,
             n_layers: usize_of("block_count")?,
@@ -211,8 +218,9 @@ impl ModelConfig {
         if self.vocab_size == 0 || self.ffn_dim == 0 {
             return bad("zero vocab or ffn size".into());
         }
-        if !(self.rope_theta > 0.0 && self.rms_eps > 0.0) {
-            return bad(format!("rope_theta {} / rms_eps {} must be > 0", self.rope_theta, self.rms_eps));
+        let positive = |v: f32| v > 0.0 && v.is_finite();
+        if !(positive(self.rope_theta) && positive(self.rms_eps)) {
+            return bad(format!("rope_theta {} / rms_eps {} must be finite and > 0", self.rope_theta, self.rms_eps));
         }
         Ok(())
     }

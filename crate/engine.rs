@@ -59,6 +59,9 @@ impl EngineError {
             Self::Generate(GenerateError::PromptTooLong { .. }) => "context_overflow",
             Self::Generate(GenerateError::Backend(BackendError::ContextFull { .. }))
             | Self::Backend(BackendError::ContextFull { .. }) => "context_overflow",
+            Self::Generate(GenerateError::Backend(BackendError::DeviceLost(_))) | Self::Backend(BackendError::DeviceLost(_)) => {
+                "device_lost"
+            }
             Self::Generate(GenerateError::Backend(_)) | Self::Backend(_) => "backend",
             Self::Generate(_) | Self::InvalidOptions(_) => "invalid_options",
             Self::Busy => "busy",
@@ -282,6 +285,37 @@ impl Engine {
         &self.tokenizer
     }
 
+    /// Whether the engine can still run the model: `false` once its GPU device was lost
+    /// (every request then fails with `device_lost`; load the model again).
+    pub fn usable(&self) -> bool {
+        self.lost_reason().is_none()
+    }
+
+    /// Why the engine's GPU device was lost, once it has been.
+    pub fn lost_reason(&self) -> Option<String> {
+        match self.transcript.backend() {
+            AnyBackend::Gpu(m) => m.lost_reason(),
+            AnyBackend::Cpu { .. } => None,
+        }
+    }
+
+    /// The loss and fault reports of the engine's GPU device (shared with its callbacks), for
+    /// callers that must ask while a step holds the engine (the browser bindings).
+    pub fn device_faults(&self) -> Option<std::sync::Arc<crate::gpu::DeviceFaults>> {
+        match self.transcript.backend() {
+            AnyBackend::Gpu(m) => Some(std::sync::Arc::clone(&m.context().faults)),
+            AnyBackend::Cpu { .. } => None,
+        }
+    }
+
+    /// A request on a lost device fails at once rather than at its first step.
+    fn check_usable(&self) -> Result<(), EngineError> {
+        match self.lost_reason() {
+            Some(why) => Err(BackendError::DeviceLost(why).into()),
+            None => Ok(()),
+        }
+    }
+
     pub fn info(&self) -> Result<EngineInfo, EngineError> {
         let b = self.transcript.backend();
         Ok(EngineInfo {
@@ -342,6 +376,7 @@ impl Engine {
         if self.active.is_some() {
             return Err(EngineError::Busy);
         }
+        self.check_usable()?;
         let template_kwargs = request.chat_template_kwargs.clone();
         let special_tokens_in_text = request.special_tokens_in_text;
         let options = request.into_options()?;
@@ -416,6 +451,7 @@ impl Engine {
         if self.active.is_some() {
             return Err(EngineError::Busy);
         }
+        self.check_usable()?;
         let ids = self.prompt_ids(prompt, None)?;
         let cont = match continuation {
             Continuation::Text(text) => self.tokenizer.encode(text, false)?,

@@ -251,6 +251,11 @@ impl GgufHeader {
             })?;
             tensors.push(TensorInfo { name, dims, ty, offset, n_bytes });
         }
+        // Two infos under one name: which one the model gets would be the loader's accident.
+        let mut names = std::collections::HashSet::with_capacity(tensors.len());
+        if let Some(t) = tensors.iter().find(|t| !names.insert(t.name.as_str())) {
+            return Err(GgufError::Corrupt(format!("tensor '{}' appears twice", t.name)));
+        }
         let data_offset = (r.pos as u64).div_ceil(alignment) * alignment;
         Ok(Self { version, metadata, tensors, alignment, data_offset })
     }

@@ -4,6 +4,8 @@
 //! fly. The forward pass below reads top to bottom, one step per line of transformers'
 //! `LlamaDecoderLayer.forward` / `Qwen2DecoderLayer.forward` / `Qwen3DecoderLayer.forward`.
 
+use half::f16;
+
 use crate::backend::{Backend, BackendError};
 use crate::config::ModelConfig;
 use crate::loader::{LoadError, LoadedModel, RawTensor};
@@ -14,9 +16,10 @@ use crate::quant::{self, QMatrix};
 /// enough that a 32k-context model does not reserve gigabytes up front.
 pub const DEFAULT_MAX_CONTEXT: usize = 8192;
 
-/// Tokens per pass of a long prefill. The scratch of a pass is (n, 2 × ffn + 3 × dim + q +
-/// 2 × kv) f32: with 256 tokens about 11 MB for Qwen2.5-0.5B and 25 MB for a 1.5B model,
-/// whatever the prompt's length (a 16k-token prompt in one pass would need over 1 GB, more
+/// Tokens per pass of a long prefill. The scratch of a pass is (n, 2 × ffn + 3 × dim +
+/// 4 × q + 2 × kv) f32 (attention's tasks hold a scaled copy of q and their outputs): with
+/// 256 tokens about 17 MB for Qwen2.5-0.5B and 30 MB for a 1.5B model, whatever the
+/// prompt's length (a 16k-token prompt in one pass would need over 1 GB, more
 /// than wasm32 can give).
 pub const PREFILL_CHUNK: usize = 256;
 
@@ -42,11 +45,104 @@ struct QkNorm {
     k: Vec<f32>, // (head_dim)
 }
 
-/// Keys and values of every processed position, per layer.
+/// How the CPU backend stores keys and values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvPrecision {
+    /// Half the memory of f32 (1.5 GB less for a 1.5B model at 32k positions) and half the
+    /// bytes a long-context decode step reads; what the GPU backend keeps too.
+    #[default]
+    F16,
+    /// The reference for tests against f32 implementations (transformers) at tolerances
+    /// that f16's three significant digits would not meet.
+    F32,
+}
+
+/// Keys and values of every processed position.
 struct KvCache {
-    keys: Vec<Vec<f32>>,   // n_layers × (len, kv_dim)
-    values: Vec<Vec<f32>>, // n_layers × (len, kv_dim)
+    layers: Vec<LayerKv>,
     len: usize,
+}
+
+enum LayerKv {
+    F16(KvHeads<f16>),
+    F32(KvHeads<f32>),
+}
+
+/// One layer's cache, one vector per kv head so that a head's positions are contiguous for
+/// [`ops::attention_cached`]. Each holds len × head_dim values, with capacity reserved for
+/// `max_context` positions when the model is built: it never reallocates (no doubling, no
+/// copy), and a reservation the allocator refuses is a load error, not an abort
+/// mid-generation. (Reserved, not written: natively the OS maps the pages as positions
+/// fill them.)
+struct KvHeads<E> {
+    keys: Vec<Vec<E>>,   // n_kv_heads × (len, head_dim)
+    values: Vec<Vec<E>>, // n_kv_heads × (len, head_dim)
+}
+
+impl<E: ops::KvElement + Default> KvHeads<E> {
+    fn new(c: &ModelConfig, max_context: usize) -> Result<Self, LoadError> {
+        let per_head = max_context.checked_mul(c.head_dim).ok_or_else(|| LoadError::Other("KV cache size overflows".into()))?;
+        let head = || -> Result<Vec<E>, LoadError> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(per_head).map_err(|e| {
+                LoadError::Other(format!("cannot reserve the KV cache for {max_context} positions: {e}"))
+            })?;
+            Ok(v)
+        };
+        let heads = || (0..c.n_kv_heads).map(|_| head()).collect::<Result<Vec<_>, _>>();
+        Ok(Self { keys: heads()?, values: heads()? })
+    }
+
+    /// Append k and v (n, n_kv_heads × head_dim) f32, rounded to E, then attend q's rows
+    /// (n, n_heads × head_dim) over the whole cache into att (same shape as q).
+    fn update_and_attend(&mut self, k: &[f32], v: &[f32], q: &[f32], att: &mut [f32], pos0: usize, heads: ops::Heads) {
+        for (cache, x) in [(&mut self.keys, k), (&mut self.values, v)] {
+            for row in x.chunks_exact(heads.n_kv_heads * heads.head_dim) {
+                for (head, src) in cache.iter_mut().zip(row.chunks_exact(heads.head_dim)) {
+                    let start = head.len();
+                    head.resize(start + heads.head_dim, E::default());
+                    E::narrow(src, &mut head[start..]);
+                }
+            }
+        }
+        ops::attention_cached(att, q, &self.keys, &self.values, pos0, heads);
+    }
+
+    fn truncate(&mut self, per_head: usize) {
+        for head in self.keys.iter_mut().chain(&mut self.values) {
+            head.truncate(per_head);
+        }
+    }
+}
+
+impl KvCache {
+    fn new(c: &ModelConfig, max_context: usize, precision: KvPrecision) -> Result<Self, LoadError> {
+        let layers = (0..c.n_layers)
+            .map(|_| {
+                Ok(match precision {
+                    KvPrecision::F16 => LayerKv::F16(KvHeads::new(c, max_context)?),
+                    KvPrecision::F32 => LayerKv::F32(KvHeads::new(c, max_context)?),
+                })
+            })
+            .collect::<Result<_, LoadError>>()?;
+        Ok(Self { layers, len: 0 })
+    }
+}
+
+impl LayerKv {
+    fn update_and_attend(&mut self, k: &[f32], v: &[f32], q: &[f32], att: &mut [f32], pos0: usize, heads: ops::Heads) {
+        match self {
+            LayerKv::F16(c) => c.update_and_attend(k, v, q, att, pos0, heads),
+            LayerKv::F32(c) => c.update_and_attend(k, v, q, att, pos0, heads),
+        }
+    }
+
+    fn truncate(&mut self, per_head: usize) {
+        match self {
+            LayerKv::F16(c) => c.truncate(per_head),
+            LayerKv::F32(c) => c.truncate(per_head),
+        }
+    }
 }
 
 pub struct CpuModel {
@@ -81,7 +177,12 @@ fn matrix(t: RawTensor) -> Result<QMatrix, LoadError> {
 impl CpuModel {
     /// Build the decoder from loaded tensors. `max_context` caps the KV cache (default:
     /// the smaller of the model's context and [`DEFAULT_MAX_CONTEXT`]).
-    pub fn new(mut m: LoadedModel, max_context: Option<usize>) -> Result<Self, LoadError> {
+    pub fn new(m: LoadedModel, max_context: Option<usize>) -> Result<Self, LoadError> {
+        Self::with_kv_precision(m, max_context, KvPrecision::default())
+    }
+
+    /// [`CpuModel::new`] with keys and values stored as `kv`.
+    pub fn with_kv_precision(mut m: LoadedModel, max_context: Option<usize>, kv: KvPrecision) -> Result<Self, LoadError> {
         let c = m.config.clone();
         let (dim, q_dim, kv_dim, ffn) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim);
         let token_embd = matrix(m.take("token_embd.weight", &[dim, c.vocab_size])?)?;
@@ -129,7 +230,7 @@ impl CpuModel {
         let max_context = max_context.unwrap_or(DEFAULT_MAX_CONTEXT).min(c.context_length).max(1);
         Ok(Self {
             inv_freq: ops::rope_inv_freq(c.head_dim, c.rope_theta),
-            cache: KvCache { keys: vec![Vec::new(); c.n_layers], values: vec![Vec::new(); c.n_layers], len: 0 },
+            cache: KvCache::new(&c, max_context, kv)?,
             config: c,
             token_embd,
             layers,
@@ -162,11 +263,9 @@ impl CpuModel {
         let mut o = vec![0.0f32; n * dim];       // (n, dim) block output
         let mut gate = vec![0.0f32; n * ffn];    // (n, ffn)
         let mut up = vec![0.0f32; n * ffn];      // (n, ffn)
-        let mut scores = vec![0.0f32; pos0 + n]; // (n_pos) scratch
+        let heads = ops::Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
 
-        for (layer, (keys, values)) in
-            self.layers.iter().zip(self.cache.keys.iter_mut().zip(self.cache.values.iter_mut()))
-        {
+        for (layer, kv) in self.layers.iter().zip(self.cache.layers.iter_mut()) {
             // h = input_layernorm(x)
             for (hr, xr) in h.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
                 ops::rms_norm(hr, xr, &layer.attn_norm, c.rms_eps);
@@ -192,23 +291,9 @@ impl CpuModel {
                 ops::rope(&mut q[i * q_dim..(i + 1) * q_dim], c.head_dim, pos0 + i, &self.inv_freq, c.rope_layout);
                 ops::rope(&mut k[i * kv_dim..(i + 1) * kv_dim], c.head_dim, pos0 + i, &self.inv_freq, c.rope_layout);
             }
-            // past_key_value.update(k, v)
-            keys.extend_from_slice(&k);
-            values.extend_from_slice(&v);
+            // past_key_value.update(k, v);
             // attn = softmax(q kᵀ / √d + causal mask) v, query i sees positions 0..=pos0+i
-            for i in 0..n {
-                ops::attention(
-                    &mut att[i * q_dim..(i + 1) * q_dim],
-                    &q[i * q_dim..(i + 1) * q_dim],
-                    keys,
-                    values,
-                    pos0 + i + 1,
-                    c.n_heads,
-                    c.n_kv_heads,
-                    c.head_dim,
-                    &mut scores,
-                );
-            }
+            kv.update_and_attend(&k, &v, &q, &mut att, pos0, heads);
             // x = x + o_proj(attn)
             layer.wo.matmul(&att, &mut o);
             ops::add_assign(&mut x, &o);
@@ -280,10 +365,9 @@ impl Backend for CpuModel {
         if len > self.cache.len {
             return Err(BackendError::BadTruncate { to: len, len: self.cache.len });
         }
-        let kv_dim = self.config.kv_dim();
-        for (k, v) in self.cache.keys.iter_mut().zip(&mut self.cache.values) {
-            k.truncate(len * kv_dim);
-            v.truncate(len * kv_dim);
+        let per_head = len * self.config.head_dim;
+        for layer in &mut self.cache.layers {
+            layer.truncate(per_head);
         }
         self.cache.len = len;
         Ok(())

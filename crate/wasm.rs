@@ -194,10 +194,15 @@ impl RawLoader {
         to_js(&progress)
     }
 
-    /// End of the file: build the engine.
-    pub fn finish(&mut self) -> Result<RawEngine, JsValue> {
-        let loader = self.loader.take().ok_or_else(|| js_error("invalid_options", "loader already finished"))?;
-        Ok(RawEngine::wrap(loader.finish(None).map_err(engine_error)?))
+    /// End of the file: build the engine. Resolves once the device has checked every upload
+    /// (an allocation it refused rejects with `backend`, a lost device with `device_lost`).
+    pub fn finish(&mut self) -> Promise {
+        let loader = self.loader.take();
+        future_to_promise(async move {
+            let loader = loader.ok_or_else(|| js_error("invalid_options", "loader already finished"))?;
+            let engine = loader.finish(None).await.map_err(engine_error)?;
+            Ok(RawEngine::wrap(engine).into())
+        })
     }
 
     /// A Hugging Face folder: config.json, the *.safetensors files, tokenizer.json (and
@@ -229,6 +234,8 @@ impl RawLoader {
 struct Shared {
     /// `None` after `dispose`.
     engine: RefCell<Option<Engine>>,
+    /// The GPU device's loss reports (none on the CPU): readable while a step holds `engine`.
+    device_faults: Option<std::sync::Arc<crate::gpu::DeviceFaults>>,
     abort_requested: Cell<bool>,
     dispose_requested: Cell<bool>,
 }
@@ -259,6 +266,7 @@ impl RawEngine {
     fn wrap(engine: Engine) -> RawEngine {
         RawEngine {
             shared: Rc::new(Shared {
+                device_faults: engine.device_faults(),
                 engine: RefCell::new(Some(engine)),
                 abort_requested: Cell::new(false),
                 dispose_requested: Cell::new(false),
@@ -330,6 +338,14 @@ impl RawEngine {
             }
             Err(_) => self.shared.abort_requested.set(true),
         }
+    }
+
+    /// Whether the engine can still run its model: false once disposed or once its WebGPU
+    /// device was lost (requests then fail with `device_lost`; load the model again).
+    pub fn usable(&self) -> bool {
+        let lost = self.shared.device_faults.as_ref().is_some_and(|f| f.lost().is_some());
+        let disposed = self.shared.engine.try_borrow().is_ok_and(|slot| slot.is_none()) || self.shared.dispose_requested.get();
+        !lost && !disposed
     }
 
     /// Whether a generation is active (started and not yet finished or aborted).

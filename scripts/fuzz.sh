@@ -2,6 +2,10 @@
 # Coverage-guided fuzzing (cargo-fuzz, libFuzzer, nightly Rust).
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
+#   FUZZ_RUNS=1000000 scripts/fuzz.sh 0 TARGET...   (a campaign: stop after that many executions;
+#                                                   SECONDS_PER_TARGET 0 = no time limit)
+#   FUZZ_TIMEOUT=N: seconds one input may take before it counts as a hang (default 10; a
+#   render at the template's fuel bound takes ~1.3 s on an idle core, more on a busy machine)
 #
 # Runs each target for SECONDS_PER_TARGET (default 300) on fuzz/corpus/<target> (grown from
 # the committed seeds fuzz/seeds/<target> and fuzz/regressions/<target>), one after the
@@ -42,13 +46,15 @@ for t in "${TARGETS[@]}"; do
   # the same seed explored, instead of drawing new inputs each time; campaigns find those.
   seed=()
   [ "${FUZZ_CI:-0}" = 1 ] && { dirs=("$(mktemp -d)" "${dirs[@]:1}"); seed=(-seed=1); }
+  runs=()
+  [ -n "${FUZZ_RUNS:-}" ] && runs=(-runs="$FUZZ_RUNS")
   log="fuzz/artifacts/$t/last-run.log"
   set +e
   # -rss_limit_mb / -malloc_limit_mb: an allocation the input did not pay for (a size taken
   # from a header) is a finding, not a slow run. -timeout: a template or tokenizer that
   # loops is one too.
   cargo +nightly fuzz run "${FLAGS[@]}" "$t" "${dirs[@]}" -- \
-    -max_total_time="$SECONDS_PER_TARGET" "${seed[@]}" -rss_limit_mb=2048 -malloc_limit_mb=1024 -timeout=10 \
+    -max_total_time="$SECONDS_PER_TARGET" "${runs[@]}" "${seed[@]}" -rss_limit_mb=2048 -malloc_limit_mb=1024 -timeout="${FUZZ_TIMEOUT:-10}" \
     -max_len=65536 -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1 >"$log" 2>&1
   rc=$?
   set -e

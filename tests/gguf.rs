@@ -118,3 +118,41 @@ fn real_smollm2_header() {
     h.check_bounds(bytes.len() as u64).unwrap();
     assert_eq!(h.implied_file_len(), bytes.len() as u64);
 }
+
+#[test]
+fn a_tensor_named_twice_is_corrupt() {
+    let one = tiny_gguf(1, &[4], 0, 0);
+    // After magic, version, the two counts and the one metadata entry (69 bytes): the tensor
+    // info of "w" — name, n_dims, dims, type, offset (33 bytes). Written twice, the second
+    // at offset 32, and the count raised to 2.
+    let (head, info) = (&one[..69], &one[69..102]);
+    let mut file = head.to_vec();
+    file[8..16].copy_from_slice(&2u64.to_le_bytes());
+    file.extend_from_slice(info);
+    file.extend_from_slice(&info[..25]);
+    file.extend_from_slice(&32u64.to_le_bytes());
+    file.resize(file.len().next_multiple_of(32) + 64, 0);
+    match GgufHeader::parse(&file) {
+        Err(GgufError::Corrupt(msg)) => assert!(msg.contains("'w' appears twice"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn hyperparameters_the_decoder_cannot_honour_are_refused() {
+    let bytes = std::fs::read(common::root_path("tests/fixtures/tiny/llama/model.gguf")).unwrap();
+    let header = GgufHeader::parse(&bytes).unwrap();
+    pensive::loader::config_from_gguf(&header).unwrap();
+    for (key, value) in [
+        ("llama.attention.layer_norm_rms_epsilon", MetaValue::F32(f32::INFINITY)),
+        ("llama.rope.freq_base", MetaValue::F32(f32::INFINITY)),
+        ("llama.rope.freq_base", MetaValue::F32(f32::NAN)),
+        // Rope over 8 of the 16 head dimensions (partial rotary embeddings).
+        ("llama.rope.dimension_count", MetaValue::U32(8)),
+    ] {
+        let mut h = header.clone();
+        h.metadata.0.insert(key.into(), value.clone());
+        let err = pensive::loader::config_from_gguf(&h).expect_err(key);
+        eprintln!("{key} = {value:?}: {err}");
+    }
+}

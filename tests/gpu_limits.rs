@@ -76,7 +76,7 @@ fn options(backend: BackendChoice) -> LoadOptions {
 fn streamed(path: &Path, backend: BackendChoice, ctx: &Rc<GpuContext>) -> Result<Engine, EngineError> {
     let mut loader = EngineLoader::with_gpu(&options(backend), Ok(Rc::clone(ctx)))?;
     loader.push_file(path)?;
-    loader.finish(None)
+    block_on(loader.finish(None))
 }
 
 /// The plain CPU engine, through the other loading path (the whole file collected first).
@@ -229,7 +229,7 @@ fn no_adapter_sends_auto_to_the_cpu_and_fails_gpu_at_once() {
     let none = || Err(GpuError::NoAdapter("none in this test".into()));
     let mut loader = EngineLoader::with_gpu(&options(BackendChoice::Auto), none()).unwrap();
     loader.push_file(&path).unwrap();
-    let info = loader.finish(None).unwrap().info().unwrap();
+    let info = block_on(loader.finish(None)).unwrap().info().unwrap();
     assert!(info.backend.starts_with("cpu"));
     assert!(info.fallback_reason.is_some_and(|r| r.contains("none in this test")));
     // `gpu` without an adapter fails before any byte is read.
@@ -237,5 +237,5 @@ fn no_adapter_sends_auto_to_the_cpu_and_fails_gpu_at_once() {
     // `cpu` never asks, and no reason is given.
     let mut loader = EngineLoader::with_gpu(&options(BackendChoice::Cpu), none()).unwrap();
     loader.push_file(&path).unwrap();
-    assert_eq!(loader.finish(None).unwrap().info().unwrap().fallback_reason, None);
+    assert_eq!(block_on(loader.finish(None)).unwrap().info().unwrap().fallback_reason, None);
 }

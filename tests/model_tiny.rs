@@ -9,12 +9,15 @@
 
 use pensive::backend::{block_on, Backend};
 use pensive::loader;
-use pensive::model::CpuModel;
+use pensive::model::{CpuModel, KvPrecision};
 
 mod common;
 
-/// f32 path vs transformers' f32: only summation order differs.
+/// f32 path (f32 KV cache) vs transformers' f32: only summation order differs.
 const F32_TOLERANCE: f32 = 1e-4;
+/// The default f16 KV cache vs transformers' f32 (tiny models: logits up to ~13, 2 layers):
+/// each cached key and value rounded to 11 significant bits.
+const F16_KV_TOLERANCE: f32 = 1e-2;
 /// The Q8_0 file vs transformers on the *original* f32 weights: the quantization error itself
 /// (each weight rounded to 1/254 of its block's largest magnitude) through 2 layers. The two
 /// reference files differ by up to 0.38 on logits up to 12.8 (tiny Qwen3).
@@ -68,12 +71,25 @@ fn check_within(make: &dyn Fn() -> CpuModel, reference: &Reference, what: &str, 
 
 fn safetensors(arch: &str) -> CpuModel {
     let dir = common::root_path(&format!("tests/fixtures/tiny/{arch}"));
-    CpuModel::new(loader::load_safetensors_dir(&dir).unwrap(), None).unwrap()
+    CpuModel::with_kv_precision(loader::load_safetensors_dir(&dir).unwrap(), None, KvPrecision::F32).unwrap()
+}
+
+fn gguf_with(arch: &str, file: &str, kv: KvPrecision) -> CpuModel {
+    let path = common::root_path(&format!("tests/fixtures/tiny/{arch}/{file}"));
+    CpuModel::with_kv_precision(loader::load_gguf_file(&path).unwrap(), None, kv).unwrap()
 }
 
 fn gguf(arch: &str, file: &str) -> CpuModel {
-    let path = common::root_path(&format!("tests/fixtures/tiny/{arch}/{file}"));
-    CpuModel::new(loader::load_gguf_file(&path).unwrap(), None).unwrap()
+    gguf_with(arch, file, KvPrecision::F32)
+}
+
+/// The backend as it runs, with its f16 KV cache.
+#[test]
+fn f16_kv_cache_is_close_to_transformers() {
+    for arch in ["llama", "qwen2", "qwen3"] {
+        let what = format!("{arch} gguf, f16 KV cache");
+        check_within(&|| gguf_with(arch, "model.gguf", KvPrecision::F16), &reference(arch, "logits.json"), &what, F16_KV_TOLERANCE);
+    }
 }
 
 #[test]
@@ -181,7 +197,8 @@ fn bad_tokens_and_full_context_are_typed_errors() {
 /// lone last token (which would take the mat-vec kernels) joins the pass before it.
 #[test]
 fn a_prefill_in_chunks_gives_the_same_bits_as_one_pass() {
-    let make = || gguf("qwen2", "model.gguf");
+    // The backend as it runs: f16 KV cache.
+    let make = || gguf_with("qwen2", "model.gguf", KvPrecision::F16);
     let vocab = make().config().vocab_size;
     let ids: Vec<u32> = (0..41u32).map(|i| (i * 37 + 5) % vocab as u32).collect();
     let mut whole = make();

@@ -419,7 +419,7 @@ mod cli {
             // A safetensors folder is read whole; the backend decision is the same.
             return block_on(Engine::new(loader::load_safetensors_dir(&args.model)?, tokenizer, &options));
         }
-        gguf_loader(args, &options)?.finish(tokenizer)
+        block_on(gguf_loader(args, &options)?.finish(tokenizer))
     }
 
     fn prompt(args: &PromptArgs) -> Prompt {
@@ -599,7 +599,7 @@ mod cli {
         let mut backend = if a.model.model.is_dir() {
             block_on(AnyBackend::new(loader::load_safetensors_dir(&a.model.model)?, &options))?
         } else {
-            gguf_loader(&a.model, &options)?.finish_backend()?.0
+            block_on(gguf_loader(&a.model, &options)?.finish_backend())?.0
         };
         let load_s = t0.elapsed().as_secs_f64();
         let vocab = backend.config().vocab_size as u32;

@@ -41,6 +41,98 @@ pub enum GpuError {
     Model(String),
     #[error("invalid GPU option: {0}")]
     Option(String),
+    /// The device is gone (driver reset, `GPUDevice.destroy()`, a crashed GPU process): every
+    /// buffer with it. Only a new device (a new load) can run the model again.
+    #[error("the WebGPU device was lost: {0}")]
+    DeviceLost(String),
+    #[error("the GPU is out of memory: {0}")]
+    OutOfMemory(String),
+    /// A WebGPU validation or internal error: a limit the checks before it missed, or a bug.
+    #[error("WebGPU error: {0}")]
+    Fault(String),
+}
+
+impl From<wgpu::Error> for GpuError {
+    fn from(e: wgpu::Error) -> Self {
+        match e {
+            // Its Display is only "Out of Memory"; the source says which call.
+            wgpu::Error::OutOfMemory { source } => GpuError::OutOfMemory(source.to_string()),
+            wgpu::Error::Validation { description, .. } | wgpu::Error::Internal { description, .. } => {
+                GpuError::Fault(description.trim_end().to_string())
+            }
+        }
+    }
+}
+
+/// What the device reports outside the result of any one call: its loss (the device-lost
+/// callback) and errors that no error scope caught (the uncaptured-error handler). Shared
+/// with those callbacks, which wgpu may call from its own threads natively.
+#[derive(Debug, Default)]
+pub struct DeviceFaults {
+    lost: Mutex<Option<String>>,
+    uncaptured: Mutex<Option<GpuError>>,
+}
+
+impl DeviceFaults {
+    /// Why the device was lost, once it has been.
+    pub fn lost(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_lost(&self, why: String) {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(why);
+    }
+
+    /// The first error no scope caught since the last call, if any.
+    pub fn take_uncaptured(&self) -> Option<GpuError> {
+        self.uncaptured.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))] // no handler in the browser: see from_device
+    fn record(&self, e: wgpu::Error) {
+        let e = GpuError::from(e);
+        // Shown where it happened, as wgpu's default handler would (which then panics).
+        #[cfg(not(target_arch = "wasm32"))]
+        eprintln!("pensive: uncaptured WebGPU error: {e}");
+        self.uncaptured.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+    }
+}
+
+/// WebGPU error scopes for out-of-memory and validation errors: everything recorded on the
+/// device between [`GpuContext::fault_scope`] and [`FaultScope::close`] reports its errors
+/// here instead of to the uncaptured-error handler. Scopes form a stack: close them in the
+/// reverse order of opening, and never hold one across a call that opens another.
+pub struct FaultScope {
+    // Dropped (and so popped) in field order: the inner scope first.
+    validation: wgpu::ErrorScopeGuard,
+    out_of_memory: wgpu::ErrorScopeGuard,
+}
+
+/// The outcome of a closed [`FaultScope`]: natively known at once, in the browser once the
+/// GPU process has checked every call made inside the scope.
+pub struct FaultCheck(std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), GpuError>>>>);
+
+impl FaultScope {
+    /// Close the scope now (later calls are outside it); its first error, out-of-memory
+    /// before validation, arrives through the returned check.
+    pub fn close(self) -> FaultCheck {
+        let FaultScope { validation, out_of_memory } = self;
+        let validation = validation.pop();
+        let out_of_memory = out_of_memory.pop();
+        FaultCheck(Box::pin(async move {
+            let (validation, out_of_memory) = (validation.await, out_of_memory.await);
+            match out_of_memory.or(validation) {
+                Some(e) => Err(e.into()),
+                None => Ok(()),
+            }
+        }))
+    }
+}
+
+impl FaultCheck {
+    pub async fn result(self) -> Result<(), GpuError> {
+        self.0.await
+    }
 }
 
 /// Element type of activations and the KV cache on the GPU.
@@ -291,6 +383,8 @@ pub struct GpuContext {
     pub bind_groups_created: Cell<u64>,
     /// Bytes mapped back to the host since creation.
     pub readback_bytes: Cell<u64>,
+    /// Loss of the device and errors outside any scope, as its callbacks report them.
+    pub faults: Arc<DeviceFaults>,
 }
 
 /// Bytes of one dispatch's uniform slot (the largest Params struct is 48 bytes).
@@ -341,7 +435,8 @@ impl GpuContext {
     }
 
     /// Wrap an existing device. f16 is used when the device has `SHADER_F16` enabled and
-    /// `options.prefer_f16` is set.
+    /// `options.prefer_f16` is set. Takes over the device's lost callback and (natively) its
+    /// uncaptured-error handler: see [`DeviceFaults`].
     pub fn from_device(
         device: wgpu::Device,
         queue: wgpu::Queue,
@@ -366,6 +461,19 @@ impl GpuContext {
             None if info.device_type == wgpu::DeviceType::Cpu => 8,
             None => 32,
         };
+        let faults = Arc::new(DeviceFaults::default());
+        let on_lost = Arc::clone(&faults);
+        device.set_device_lost_callback(move |reason, message| on_lost.set_lost(format!("{reason:?} {message}").trim_end().into()));
+        // Natively wgpu's default handler panics on any error outside a scope (an allocation
+        // the driver refuses, say); ours records it for the next call to report. In the
+        // browser the default only logs, and wgpu's web handler would itself panic on a
+        // GPUInternalError (it converts only validation and out-of-memory errors), so the
+        // default stays there: the scopes and the lost flag carry what the calls report.
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let on_error = Arc::clone(&faults);
+            device.on_uncaptured_error(Arc::new(move |e| on_error.record(e)));
+        }
         let params = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params arena"),
             size: PARAM_SLOT * PARAM_SLOTS,
@@ -390,7 +498,39 @@ impl GpuContext {
             submits: Cell::new(0),
             bind_groups_created: Cell::new(0),
             readback_bytes: Cell::new(0),
+            faults,
         })
+    }
+
+    /// Open an error scope for out-of-memory and validation errors ([`FaultScope`]).
+    pub fn fault_scope(&self) -> FaultScope {
+        let out_of_memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        FaultScope { validation, out_of_memory }
+    }
+
+    /// Before work on the device: a lost device, or an error no scope caught since the last
+    /// check, is the error of the call about to start.
+    pub fn check_faults(&self) -> Result<(), GpuError> {
+        if let Some(why) = self.faults.lost() {
+            return Err(GpuError::DeviceLost(why));
+        }
+        self.faults.take_uncaptured().map_or(Ok(()), Err)
+    }
+
+    /// After work on the device failed: whether the device was lost, which then is the
+    /// failure's real cause. In the browser a destroyed device rejects a pending readback and
+    /// resolves `device.lost` in separate tasks, in either order: a few tasks are let run
+    /// before the answer is no.
+    pub async fn lost_after_failure(&self) -> Option<String> {
+        #[cfg(target_arch = "wasm32")]
+        for _ in 0..LOST_TASKS {
+            if self.faults.lost().is_some() {
+                break;
+            }
+            next_task().await;
+        }
+        self.faults.lost()
     }
 
     /// Activation / KV cache element type.
@@ -550,6 +690,26 @@ impl GpuContext {
             ops: Vec::new(),
             params: Vec::new(),
         }
+    }
+}
+
+/// Tasks [`GpuContext::lost_after_failure`] waits for the device-lost callback.
+#[cfg(target_arch = "wasm32")]
+const LOST_TASKS: usize = 10;
+
+/// Resolves in a later task of the page's (or worker's) event loop: `setTimeout(0)`.
+#[cfg(target_arch = "wasm32")]
+async fn next_task() {
+    use wasm_bindgen::JsCast;
+    let global = js_sys::global();
+    let Ok(set_timeout) = js_sys::Reflect::get(&global, &"setTimeout".into()) else { return };
+    let Ok(set_timeout) = set_timeout.dyn_into::<js_sys::Function>() else { return };
+    let mut scheduled = true;
+    let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+        scheduled = set_timeout.call2(&global, &resolve, &0.into()).is_ok();
+    });
+    if scheduled {
+        let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
     }
 }
 

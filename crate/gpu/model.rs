@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use super::kernels::{argmax_scratch_len, attention_scratch_len, FoldedNorm, QkvOut, MAX_FOLDED_NORM, MAX_HEAD_DIM};
 use super::repack::{matrix_layout, FusedMatrix, GpuMatrix};
-use super::{storage_bytes, GpuContext, GpuError, Recorder};
+use super::{storage_bytes, FaultCheck, GpuContext, GpuError, Recorder};
 use crate::backend::{Backend, BackendError, SampleRequest, SampledToken};
 use crate::config::ModelConfig;
 use crate::loader::{LoadedModel, RawTensor};
@@ -112,6 +112,11 @@ pub struct GpuModel {
     scratch: Scratch,
     kv_len: usize,
     max_context: usize,
+    /// The error scopes of the load (uploads, allocations, pipelines), closed but not yet
+    /// awaited: [`GpuModel::settle`] or the first step awaits them.
+    load_checks: Vec<FaultCheck>,
+    /// Whether a step has run (the first runs inside an error scope of its own).
+    stepped: bool,
 }
 
 enum Uploaded {
@@ -126,6 +131,10 @@ pub struct GpuModelBuilder {
     config: ModelConfig,
     max_context: usize,
     tensors: HashMap<String, Uploaded>,
+    /// One per upload, each closed before the call returns (so scopes never interleave with
+    /// another builder's on the same device): an allocation the device refuses is an error of
+    /// the load, not a panic and not a model that "loads" with invalid buffers.
+    checks: Vec<FaultCheck>,
 }
 
 /// KV cache capacity in tokens for a requested `max_context` (as the CPU backend).
@@ -242,11 +251,20 @@ impl GpuModelBuilder {
     pub fn new(ctx: Rc<GpuContext>, config: ModelConfig, max_context: Option<usize>) -> Result<Self, GpuError> {
         check_head_dim(&config)?;
         let max_context = kv_capacity(&config, max_context);
-        Ok(GpuModelBuilder { ctx, config, max_context, tensors: HashMap::new() })
+        Ok(GpuModelBuilder { ctx, config, max_context, tensors: HashMap::new(), checks: Vec::new() })
     }
 
     /// Upload one tensor. Matrices (2-D) stay quantized; vectors (norms, biases) become f32.
     pub fn add(&mut self, t: &RawTensor) -> Result<(), GpuError> {
+        self.ctx.check_faults()?;
+        let scope = self.ctx.fault_scope();
+        let uploaded = self.upload(t);
+        self.checks.push(scope.close());
+        self.tensors.insert(t.name.clone(), uploaded?);
+        Ok(())
+    }
+
+    fn upload(&self, t: &RawTensor) -> Result<Uploaded, GpuError> {
         let rows: u64 = t.dims.iter().skip(1).product();
         let cols = t.dims.first().copied().unwrap_or(0);
         let uploaded = if rows > 1 {
@@ -262,8 +280,7 @@ impl GpuModelBuilder {
             }
             Uploaded::Vector(self.ctx.storage_init(&t.name, bytemuck::cast_slice(&values)))
         };
-        self.tensors.insert(t.name.clone(), uploaded);
-        Ok(())
+        Ok(uploaded)
     }
 
     fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<GpuMatrix, GpuError> {
@@ -289,7 +306,21 @@ impl GpuModelBuilder {
         }
     }
 
+    /// The model, once every tensor is in: allocates the KV cache and the scratch buffers and
+    /// compiles the pipelines, in an error scope of its own. The device's verdict on the whole
+    /// load comes with [`GpuModel::settle`] (or the first step).
     pub fn finish(mut self) -> Result<GpuModel, GpuError> {
+        self.ctx.check_faults()?;
+        let scope = self.ctx.fault_scope();
+        let model = self.build();
+        let mut load_checks = std::mem::take(&mut self.checks);
+        load_checks.push(scope.close());
+        let mut model = model?;
+        model.load_checks = load_checks;
+        Ok(model)
+    }
+
+    fn build(&mut self) -> Result<GpuModel, GpuError> {
         let c = self.config.clone();
         let (dim, q_dim, kv_dim, ffn, vocab) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.vocab_size);
         let ctx = self.ctx.clone();
@@ -314,7 +345,7 @@ impl GpuModelBuilder {
             let wq = self.matrix(&name("attn_q.weight"), q_dim, dim)?;
             let wk = self.matrix(&name("attn_k.weight"), kv_dim, dim)?;
             let wv = self.matrix(&name("attn_v.weight"), kv_dim, dim)?;
-            let (bq, bk, bv) = (bias(&mut self, "attn_q.bias", q_dim)?, bias(&mut self, "attn_k.bias", kv_dim)?, bias(&mut self, "attn_v.bias", kv_dim)?);
+            let (bq, bk, bv) = (bias(self, "attn_q.bias", q_dim)?, bias(self, "attn_k.bias", kv_dim)?, bias(self, "attn_v.bias", kv_dim)?);
             let gate = self.matrix(&name("ffn_gate.weight"), ffn, dim)?;
             let up = self.matrix(&name("ffn_up.weight"), ffn, dim)?;
             layers.push(Layer {
@@ -381,6 +412,8 @@ impl GpuModelBuilder {
             scratch,
             kv_len: 0,
             max_context: self.max_context,
+            load_checks: Vec::new(),
+            stepped: false,
         };
         model.warm_up();
         Ok(model)
@@ -467,6 +500,57 @@ impl GpuModel {
 
     pub fn context(&self) -> &GpuContext {
         &self.ctx
+    }
+
+    /// The device's verdict on the load: the first out-of-memory or validation error of any
+    /// upload, allocation or pipeline, or the loss of the device. Natively known at once; in
+    /// the browser it waits for the GPU process. The first step awaits it if no one did.
+    pub async fn settle(&mut self) -> Result<(), GpuError> {
+        let checks = std::mem::take(&mut self.load_checks);
+        let mut first = Ok(());
+        for check in checks {
+            let result = check.result().await;
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        if let Some(why) = self.ctx.faults.lost() {
+            return Err(GpuError::DeviceLost(why));
+        }
+        first
+    }
+
+    /// Why the device was lost, once it has been: the model cannot run again.
+    pub fn lost_reason(&self) -> Option<String> {
+        self.ctx.faults.lost()
+    }
+
+    /// Every step the engine runs goes through here. Before it: a lost device or an error no
+    /// scope caught is this call's error. The first step runs in an error scope of its own
+    /// and awaits the load's scopes too. After it: a device that turns out lost is the
+    /// error, whatever the step itself returned (a rejected readback, garbage).
+    async fn guarded<T>(&mut self, run: impl AsyncFnOnce(&mut Self) -> Result<T, BackendError>) -> Result<T, BackendError> {
+        self.ctx.check_faults().map_err(gpu)?;
+        let scope = (!self.stepped).then(|| self.ctx.fault_scope());
+        let result = run(self).await;
+        let scope = scope.map(|s| s.close());
+        self.stepped = true;
+        let step_faults = match scope {
+            Some(check) => check.result().await,
+            None => Ok(()),
+        };
+        let load = self.settle().await;
+        // Only a failure on the device (a rejected readback) waits for the loss to be reported;
+        // the host's own refusals (context full, a bad id) are not the device's.
+        let lost = match result {
+            Err(BackendError::Gpu(_)) => self.ctx.lost_after_failure().await,
+            _ => self.ctx.faults.lost(),
+        };
+        if let Some(why) = lost {
+            return Err(BackendError::DeviceLost(why));
+        }
+        load.and(step_faults).and_then(|()| self.ctx.faults.take_uncaptured().map_or(Ok(()), Err)).map_err(gpu)?;
+        result
     }
 
     /// Bytes of weights one decode step reads: every layer's matrices and vectors, the
@@ -751,7 +835,10 @@ impl GpuModel {
 const BANNED_FLAG: u32 = 1 << 31;
 
 fn gpu(e: GpuError) -> BackendError {
-    BackendError::Gpu(e.to_string())
+    match e {
+        GpuError::DeviceLost(why) => BackendError::DeviceLost(why),
+        e => BackendError::Gpu(e.to_string()),
+    }
 }
 
 impl Backend for GpuModel {
@@ -781,14 +868,15 @@ impl Backend for GpuModel {
     }
 
     async fn forward(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError> {
-        self.forward_logits(tokens, n_logits).await
+        self.guarded(async |m: &mut Self| m.forward_logits(tokens, n_logits).await).await
     }
 
     async fn forward_greedy(&mut self, tokens: &[u32], banned: &[u32]) -> Result<u32, BackendError> {
-        self.forward_greedy_gpu(tokens, banned).await
+        self.guarded(async |m: &mut Self| m.forward_greedy_gpu(tokens, banned).await).await
     }
 
     async fn forward_sample(&mut self, tokens: &[u32], request: &SampleRequest<'_>) -> Option<Result<SampledToken, BackendError>> {
-        self.forward_sample_gpu(tokens, request).await
+        // `None` (nothing ran) passes through as `Ok(None)`.
+        self.guarded(async |m: &mut Self| m.forward_sample_gpu(tokens, request).await.transpose()).await.transpose()
     }
 }

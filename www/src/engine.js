@@ -398,6 +398,14 @@ export class Engine {
     }
   }
 
+  /**
+   * False once disposed, or once the WebGPU device was lost: every request then rejects with
+   * 'device_lost' (load the model again).
+   */
+  get usable() {
+    return this.#raw !== null && this.#raw.usable();
+  }
+
   /** Free the model's memory (GPU buffers included). The engine is unusable afterwards. */
   dispose() {
     if (!this.#raw) return;

@@ -433,6 +433,12 @@ export declare class Engine {
   generate(prompt: Prompt, options?: GenerateOptions): AsyncIterableIterator<GenerationEvent>;
   complete(prompt: Prompt, options?: GenerateOptions): Promise<Completion>;
   score(prompt: Prompt, continuation: string | number[], options?: ScoreOptions): Promise<ScoreResult>;
+  /**
+   * False once disposed, or once the WebGPU device was lost (driver reset, GPU process
+   * crash, `GPUDevice.destroy()`): every request then rejects with `device_lost`; load the
+   * model again with `Pensive.load`.
+   */
+  readonly usable: boolean;
   /** Frees the model (GPU buffers included); the engine is unusable afterwards. */
   dispose(): void;
 }
@@ -454,6 +460,11 @@ export declare class PensiveWorker {
   generate(prompt: Prompt, options?: GenerateOptions): AsyncIterableIterator<GenerationEvent>;
   complete(prompt: Prompt, options?: GenerateOptions): Promise<Completion>;
   score(prompt: Prompt, continuation: string | number[], options?: ScoreOptions): Promise<ScoreResult>;
+  /**
+   * False before a load, after `dispose`, and once a call has rejected with `device_lost`
+   * (the worker's WebGPU device is gone; load again).
+   */
+  readonly usable: boolean;
   dispose(): void;
 }
 

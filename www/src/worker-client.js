@@ -12,6 +12,8 @@ export class PensiveWorker {
   /** id → {resolve, reject, onProgress?, onEvent?} */
   #calls = new Map();
   #activeGeneration = null;
+  /** Whether a model is loaded and its device has not been reported lost. */
+  #usable = false;
   /** The engine info after `load` (backend, adapter, model). */
   info = null;
   /** OpenAI-style `chat.completions.create`, as on `Engine`. */
@@ -37,7 +39,11 @@ export class PensiveWorker {
     else {
       this.#calls.delete(id);
       if (type === 'result') call.resolve(msg.value);
-      else call.reject(toPensiveError(msg.error));
+      else {
+        const error = toPensiveError(msg.error);
+        if (error.code === 'device_lost') this.#usable = false;
+        call.reject(error);
+      }
     }
   }
 
@@ -81,8 +87,18 @@ export class PensiveWorker {
   /** Load a model into the worker; options as `Pensive.load`. Resolves to this object. */
   async load(options) {
     const { onProgress, signal, worker: _worker, persist: _persist, ...rest } = checkLoadOptions(options);
+    this.#usable = false;
     this.info = await this.#call('load', { options: rest }, { onProgress }, signal).done;
+    this.#usable = true;
     return this;
+  }
+
+  /**
+   * False before a load, after `dispose`, and once a call rejected with 'device_lost' (the
+   * worker's WebGPU device is gone: load again).
+   */
+  get usable() {
+    return this.#usable;
   }
 
   async inspect(options) {
@@ -166,6 +182,7 @@ export class PensiveWorker {
 
   /** Free the model in the worker and stop the worker. */
   dispose() {
+    this.#usable = false;
     this.#call('dispose').done.catch(() => {});
     this.#failAll(new PensiveError('aborted', 'engine disposed'));
     // Let the dispose message go first; terminate frees everything the worker held.
