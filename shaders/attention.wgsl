@@ -2,8 +2,15 @@
 // ("flash-decoding"): decode has one query per head, far too little parallelism for a long
 // cache, so positions are cut into splits that run in parallel and are merged afterwards.
 //
-// attend_split: one workgroup per (split, head, token). It walks its positions 64 at a time
-//   with an online softmax and writes (max score m, sum of exp l, unnormalized output acc).
+// attend_group_split: one workgroup per (split, kv head, token) serving all G = n_heads /
+//   n_kv_heads query heads that share the kv head (GQA), so each K and V row is read once
+//   per group, not once per query head (Qwen2.5-0.5B: 7 times fewer loads). It walks its
+//   positions 64 at a time with an online softmax per head: lane = position for the scores
+//   (its K row read 16 bytes at a time, dotted with the G queries in workgroup memory),
+//   lane = dimension for the values (neighbouring lanes read neighbouring dims). It writes,
+//   per query head, (max score m, sum of exp l, unnormalized output acc).
+// attend_split: the same per query head, for head_dim not a multiple of 8 or groups larger
+//   than MAX_GROUP.
 // attend_merge: one workgroup per (head, token) rescales the splits by exp(m_s - M) and
 //   normalizes. Token t sees positions < pos0 + t + 1, so prefill (many tokens) and decode
 //   (one) are the same kernels. Query head h reads kv head h / (n_heads / n_kv_heads).
@@ -28,9 +35,126 @@ const NEG_BIG: f32 = -3.0e38; // "no score yet": exp(NEG_BIG - m) is 0 without i
 @group(0) @binding(4) var<storage, read_write> parts: array<f32>;    // (n_tok, n_heads, n_splits, head_dim + 2)
 @group(0) @binding(5) var<storage, read> parts_in: array<f32>;       // attend_merge: the same buffer
 @group(0) @binding(6) var<storage, read_write> out: array<act>;      // (n_tok, n_heads, head_dim)
+@group(0) @binding(7) var<storage, read> k_words: array<vec4<u32>>;  // attend_group_split: k_cache in 16-byte words
 
 var<workgroup> q_sh: array<f32, 256>;   // (head_dim)
 var<workgroup> probs: array<f32, 64>;   // scores, then exp(score - m) of the current 64 positions
+
+const MAX_GROUP: u32 = 8u;              // query heads per kv head that attend_group_split serves
+const WORD_ELEMS: u32 = select(4u, 8u, ACT_F16); // act elements per 16-byte word
+var<workgroup> qg_sh: array<f32, 2048>;            // (G, head_dim): the group's queries × scale
+var<workgroup> pg: array<array<f32, 64>, MAX_GROUP>; // (G, 64 positions): scores, then exp(score - m)
+var<workgroup> mg: array<f32, MAX_GROUP>;          // the running max of each head after this chunk
+
+// act elements 4w..4w+4 of a 16-byte word read as f32: half 0 or 1 of it (f16), or all of it.
+fn word_half(kw: vec4<u32>, half: u32) -> vec4<f32> {
+    if ACT_F16 {
+        if half == 0u {
+            return vec4<f32>(unpack2x16float(kw.x), unpack2x16float(kw.y));
+        }
+        return vec4<f32>(unpack2x16float(kw.z), unpack2x16float(kw.w));
+    }
+    return bitcast<vec4<f32>>(kw);
+}
+
+@compute @workgroup_size(64)
+fn attend_group_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let s = wid.x;
+    let kvh = wid.y;
+    let t = wid.z;
+    let hd = p.head_dim;
+    let group = p.n_heads / p.n_kv_heads;
+    let h0 = kvh * group;
+    let kv_dim = p.n_kv_heads * hd;
+    let len = p.pos0 + t + 1u;
+    let start = s * p.split_len;
+    let end = min(start + p.split_len, len);
+    for (var i = lid; i < group * hd; i += 64u) {
+        qg_sh[i] = f32(q[(t * p.n_heads + h0) * hd + i]) * p.scale;
+    }
+    workgroupBarrier();
+    var m: array<f32, MAX_GROUP>;  // running max per head (the same in every lane)
+    var l: array<f32, MAX_GROUP>;  // running sum of exp per head
+    var acc: array<vec4<f32>, MAX_GROUP>; // (head, dims lid, lid + 64, lid + 128, lid + 192)
+    for (var g = 0u; g < MAX_GROUP; g++) {
+        m[g] = NEG_BIG;
+    }
+    let halves = WORD_ELEMS / 4u;
+    for (var c0 = start; c0 < end; c0 += 64u) {
+        let pos = c0 + lid;
+        var sc: array<f32, MAX_GROUP>;
+        for (var g = 0u; g < MAX_GROUP; g++) {
+            sc[g] = NEG_BIG;
+        }
+        if pos < end {
+            for (var g = 0u; g < group; g++) {
+                sc[g] = 0.0;
+            }
+            let kb = (pos * kv_dim + kvh * hd) / WORD_ELEMS;
+            for (var wd = 0u; wd < hd / WORD_ELEMS; wd++) {
+                let kw = k_words[kb + wd];
+                for (var hh = 0u; hh < halves; hh++) {
+                    let k4 = word_half(kw, hh);
+                    let d = wd * WORD_ELEMS + 4u * hh;
+                    for (var g = 0u; g < group; g++) {
+                        let qb = g * hd + d;
+                        sc[g] += dot(k4, vec4<f32>(qg_sh[qb], qg_sh[qb + 1u], qg_sh[qb + 2u], qg_sh[qb + 3u]));
+                    }
+                }
+            }
+        }
+        for (var g = 0u; g < group; g++) {
+            pg[g][lid] = sc[g];
+        }
+        workgroupBarrier();
+        if lid < group {
+            var mc = NEG_BIG;
+            for (var j = 0u; j < 64u; j++) {
+                mc = max(mc, pg[lid][j]);
+            }
+            mg[lid] = max(m[lid], mc);
+        }
+        workgroupBarrier();
+        for (var g = 0u; g < group; g++) {
+            pg[g][lid] = select(0.0, exp(sc[g] - mg[g]), pos < end);
+            let corr = exp(m[g] - mg[g]);
+            acc[g] *= corr;
+            l[g] *= corr;
+            m[g] = mg[g];
+        }
+        workgroupBarrier();
+        let n = min(64u, end - c0);
+        for (var j = 0u; j < n; j++) {
+            let vb = (c0 + j) * kv_dim + kvh * hd;
+            var vv = vec4<f32>(0.0);
+            for (var r = 0u; r < 4u; r++) {
+                let d = lid + 64u * r;
+                if d < hd {
+                    vv[r] = f32(v_cache[vb + d]);
+                }
+            }
+            for (var g = 0u; g < group; g++) {
+                let pj = pg[g][j];
+                l[g] += pj;
+                acc[g] += pj * vv;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var g = 0u; g < group; g++) {
+        let base = ((t * p.n_heads + h0 + g) * p.n_splits + s) * (hd + 2u);
+        if lid == 0u {
+            parts[base] = m[g];
+            parts[base + 1u] = l[g];
+        }
+        for (var r = 0u; r < 4u; r++) {
+            let d = lid + 64u * r;
+            if d < hd {
+                parts[base + 2u + d] = acc[g][r];
+            }
+        }
+    }
+}
 
 @compute @workgroup_size(64)
 fn attend_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

@@ -1,8 +1,9 @@
 // Dequantization of repacked GGUF blocks: the library that matmul.wgsl and embed.wgsl share.
 //
 // It reads the module-scope binding `w: array<u32>` that the including kernel declares, and
-// the knob `WTYPE` (a GGUF ggml_type id) from the prelude; `switch WTYPE` on a constant folds
-// away, so each pipeline carries the code of one format only.
+// the knob `WTYPE` (a GGUF ggml_type id) from the prelude. Every function takes the type as
+// its first argument; kernels pass constants (WTYPE, or the fused mat-mul's WTYPE1/WTYPE2),
+// so after inlining each `switch` folds away and a loop carries the code of one format only.
 //
 // Repacked layout (crate/gpu/repack.rs): every GGUF block is kept byte for byte except that
 // a lone leading f16 scale is padded to a whole word (Q4_0, Q5_0, Q8_0) and Q6_K gets two
@@ -32,8 +33,8 @@ const T_Q4_K: u32 = 12u;
 const T_Q5_K: u32 = 13u;
 const T_Q6_K: u32 = 14u;
 
-fn words_per_block() -> u32 {
-    switch WTYPE {
+fn words_per_block(ty: u32) -> u32 {
+    switch ty {
         case T_F32: { return 8u; }
         case T_F16: { return 4u; }
         case T_Q4_0, T_Q4_1: { return 5u; }
@@ -45,21 +46,21 @@ fn words_per_block() -> u32 {
     }
 }
 
-fn elems_per_block() -> u32 {
-    switch WTYPE {
+fn elems_per_block(ty: u32) -> u32 {
+    switch ty {
         case T_F32, T_F16: { return 8u; }
         case T_Q4_K, T_Q5_K, T_Q6_K: { return 256u; }
         default: { return 32u; }
     }
 }
 
-fn units_per_block() -> u32 {
-    return elems_per_block() / 8u;
+fn units_per_block(ty: u32) -> u32 {
+    return elems_per_block(ty) / 8u;
 }
 
 // F16/F32 rows may end inside a block (zero padded at repack); quantized rows never do.
-fn has_ragged_rows() -> bool {
-    return WTYPE == T_F32 || WTYPE == T_F16;
+fn has_ragged_rows(ty: u32) -> bool {
+    return ty == T_F32 || ty == T_F16;
 }
 
 fn f16_at(word: u32) -> f32 {
@@ -118,11 +119,10 @@ fn k_scales(base: u32, j: u32) -> vec4<f32> {
     return vec4<f32>(r);
 }
 
-// Unit `u` (0..units_per_block) of block `b` (counted from the start of the binding).
-fn dequant_unit(b: u32, u: u32) -> Unit {
-    let base = b * words_per_block();
+// Unit `u` (0..units_per_block) of the `ty` block starting at word `base` of the binding.
+fn dequant_unit(ty: u32, base: u32, u: u32) -> Unit {
     var r: Unit;
-    switch WTYPE {
+    switch ty {
         case T_F32: {
             r.lo = bitcast<vec4<f32>>(vec4<u32>(w[base], w[base + 1u], w[base + 2u], w[base + 3u]));
             r.hi = bitcast<vec4<f32>>(vec4<u32>(w[base + 4u], w[base + 5u], w[base + 6u], w[base + 7u]));

@@ -1,4 +1,5 @@
-// out[t] = row ids[t] of a quantized embedding table, dequantized (dequant.wgsl).
+// out[t] = row ids[t] of a quantized embedding table, dequantized (dequant.wgsl), into the
+// residual stream: f32 on every adapter (over thousands of tokens an f16 stream drifts).
 //
 // A table split by rows across bindings is looked up with one dispatch per part; each
 // workgroup writes only when its token's row lies in this part.
@@ -13,7 +14,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w: array<u32>;         // (rows, blocks_per_row, words_per_block) repacked
 @group(0) @binding(2) var<storage, read> ids: array<u32>;       // (n_tok) token ids
-@group(0) @binding(3) var<storage, read_write> out: array<act>; // (n_tok, cols)
+@group(0) @binding(3) var<storage, read_write> out: array<f32>; // (n_tok, cols)
 
 @compute @workgroup_size(64)
 fn embed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -22,19 +23,20 @@ fn embed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
     if t >= p.n_tok || id < p.row0 || id - p.row0 >= p.rows {
         return;
     }
-    let upb = units_per_block();
-    let epb = elems_per_block();
+    let upb = units_per_block(WTYPE);
+    let epb = elems_per_block(WTYPE);
+    let wpb = words_per_block(WTYPE);
     let bpr = (p.cols + epb - 1u) / epb;
     for (var i = lid; i < bpr * upb; i += 64u) {
         let blk = i / upb;
-        let un = dequant_unit((id - p.row0) * bpr + blk, i % upb);
+        let un = dequant_unit(WTYPE, ((id - p.row0) * bpr + blk) * wpb, i % upb);
         let c = blk * epb;
         for (var k = 0u; k < 4u; k++) {
             if c + un.lo_off + k < p.cols {
-                out[t * p.cols + c + un.lo_off + k] = act(un.lo[k]);
+                out[t * p.cols + c + un.lo_off + k] = un.lo[k];
             }
             if c + un.hi_off + k < p.cols {
-                out[t * p.cols + c + un.hi_off + k] = act(un.hi[k]);
+                out[t * p.cols + c + un.hi_off + k] = un.hi[k];
             }
         }
     }

@@ -1,6 +1,7 @@
 // RMSNorm: out = x / sqrt(mean(x²) + eps) * weight, one workgroup per row.
 //
-// rms_norm: the rows are tokens of the residual stream. rms_norm_heads: the rows are the
+// rms_norm: the rows are tokens of the residual stream (f32 on every adapter), normalized
+// into act. rms_norm_heads: the rows are the
 // heads of q or k (Qwen3's q_norm / k_norm), normalized in place before RoPE.
 
 struct Params {
@@ -11,7 +12,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<act>;            // rms_norm: (n_tok, dim)
+@group(0) @binding(1) var<storage, read> x: array<f32>;            // rms_norm: (n_tok, dim)
 @group(0) @binding(2) var<storage, read> weight: array<f32>;       // (dim)
 @group(0) @binding(3) var<storage, read_write> out: array<act>;    // rms_norm: (n_tok, dim)
 @group(0) @binding(4) var<storage, read_write> heads: array<act>;  // rms_norm_heads: (n_tok, dim), in place

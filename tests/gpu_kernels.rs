@@ -8,8 +8,8 @@ mod gpu_common;
 
 use gpu_common::{as_act, assert_close, context, contexts, contexts_both_matmul_shapes, tol, Rng, TOL_F32};
 use pensive::config::RopeLayout;
-use pensive::gpu::kernels::{argmax_scratch_len, attention_scratch_len};
-use pensive::gpu::{GpuContext, GpuMatrix};
+use pensive::gpu::kernels::{argmax_scratch_len, attention_scratch_len, FoldedNorm, QkvOut};
+use pensive::gpu::{FusedMatrix, GpuContext, GpuMatrix};
 use pensive::ops;
 use pensive::quant::{self, GgmlType};
 
@@ -76,9 +76,10 @@ fn rms_norm_matches_cpu() {
     for ctx in contexts() {
         let mut rng = Rng::new(1);
         for (dim, n_tok) in [(7, 1), (576, 3), (897, 2)] {
-            let x = as_act(&ctx, &rng.vec(dim * n_tok));
+            // x is the residual stream: f32 on both paths.
+            let x = rng.vec(dim * n_tok);
             let w = rng.vec(dim);
-            let xb = ctx.act_from_f32("x", &x);
+            let xb = ctx.storage_init("x", bytemuck::cast_slice(&x));
             let wb = ctx.storage_init("w", bytemuck::cast_slice(&w));
             let out = ctx.storage("out", (dim * n_tok * 4) as u64);
             let mut rec = ctx.recorder();
@@ -179,8 +180,19 @@ fn rope_store_kv_writes_rotated_keys_and_values_into_the_cache() {
 fn attention_matches_cpu_decode_and_prefill() {
     for ctx in contexts() {
         let mut rng = Rng::new(4);
-        // (n_heads, n_kv_heads, head_dim, pos0, n_tok)
-        for (nh, nkv, hd, pos0, n_tok) in [(6, 2, 64, 0, 1), (6, 2, 64, 299, 1), (14, 2, 64, 2999, 1), (4, 4, 250, 40, 1), (9, 3, 64, 37, 5), (2, 1, 16, 0, 13)] {
+        // (n_heads, n_kv_heads, head_dim, pos0, n_tok): GQA groups of 1 to 8 query heads
+        // (attend_group_split), and head_dim 250 or a group of 9 (attend_split).
+        let shapes = [
+            (6, 2, 64, 0, 1),
+            (6, 2, 64, 299, 1),
+            (14, 2, 64, 2999, 1),
+            (16, 2, 128, 700, 2),
+            (4, 4, 250, 40, 1),
+            (18, 2, 64, 100, 1),
+            (9, 3, 64, 37, 5),
+            (2, 1, 16, 0, 13),
+        ];
+        for (nh, nkv, hd, pos0, n_tok) in shapes {
             let len = pos0 + n_tok;
             let (q_dim, kv_dim) = (nh * hd, nkv * hd);
             let q = as_act(&ctx, &rng.vec(n_tok * q_dim));
@@ -246,9 +258,9 @@ fn embedding_lookup_matches_dequantized_rows_for_every_type() {
             rec.embed(&m, &idb, &out, ids.len());
             rec.submit();
             let want: Vec<f32> = ids.iter().flat_map(|&i| table[i as usize * cols..(i as usize + 1) * cols].to_vec()).collect();
-            let want = as_act(&ctx, &want);
-            // Dequantization is exact in f32; the f16 path rounds once on store (already in `want`).
-            assert_close(&format!("embed {ty:?} {:?}", ctx.act()), &read_act(&ctx, &out, want.len()), &want, TOL_F32, 1.0);
+            // Dequantization is exact in f32, and the residual stream is f32 on both paths.
+            let got = block_on(ctx.read_f32(&out, 0, want.len())).expect("read");
+            assert_close(&format!("embed {ty:?} {:?}", ctx.act()), &got, &want, TOL_F32, 1.0);
         }
     }
 }
@@ -328,7 +340,7 @@ fn tensors_larger_than_the_binding_limit_are_split() {
     let got = block_on(ctx.read_f32(&yb, 0, rows)).expect("read");
     assert_close("split matmul", &got, &want, TOL_F32, (cols as f32).sqrt());
     let want: Vec<f32> = ids.iter().flat_map(|&i| w[i as usize * cols..(i as usize + 1) * cols].to_vec()).collect();
-    assert_close("split embed", &read_act(&ctx, &eb, want.len()), &want, TOL_F32, 1.0);
+    assert_close("split embed", &block_on(ctx.read_f32(&eb, 0, want.len())).expect("read"), &want, TOL_F32, 1.0);
 
     // A row that cannot fit any binding is a clear error, not a panic.
     let err = GpuMatrix::upload(&ctx, "wide", GgmlType::F32, 2, 2048, &vec![0u8; 2 * 2048 * 4]).err().expect("must fail");
@@ -361,5 +373,162 @@ fn argmax_with_banned_ids_matches_cpu() {
             row[b as usize] = f32::NEG_INFINITY;
         }
         assert_eq!(got as usize, ops::argmax(&row), "argmax with banned {banned:?}");
+    }
+}
+
+/// CPU reference of the folded RMSNorm: rms_norm(x_t) · weight for each token.
+fn normed_ref(x: &[f32], weight: &[f32], cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for (o, row) in out.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
+        ops::rms_norm(o, row, weight, NORM_EPS);
+    }
+    out
+}
+
+const NORM_EPS: f32 = 1e-6;
+
+/// A fused matmul's input: the f32 residual stream when it folds the norm, else act.
+fn fused_input(ctx: &GpuContext, rng: &mut Rng, n: usize, fold: bool) -> (Vec<f32>, wgpu::Buffer) {
+    if fold {
+        let x = rng.vec(n);
+        let xb = ctx.storage_init("x", bytemuck::cast_slice(&x));
+        (x, xb)
+    } else {
+        let x = as_act(ctx, &rng.vec(n));
+        let xb = ctx.act_from_f32("x", &x);
+        (x, xb)
+    }
+}
+
+/// Upload `types.len()` random matrices of `rows[i] × cols` and fuse them; also return
+/// their dequantized values.
+fn random_fused(ctx: &GpuContext, rng: &mut Rng, types: &[GgmlType], rows: &[usize], cols: usize) -> (FusedMatrix, Vec<Vec<f32>>) {
+    let mut mats = Vec::new();
+    let mut values = Vec::new();
+    for (&ty, &r) in types.iter().zip(rows) {
+        let bytes = random_weights(rng, ty, r, cols);
+        values.push(dequant(ty, &bytes, r * cols));
+        mats.push(GpuMatrix::upload(ctx, "w", ty, r, cols, &bytes).expect("upload"));
+    }
+    let fused = FusedMatrix::concat(ctx, "fused", mats).unwrap_or_else(|_| panic!("{types:?} do not fuse"));
+    (fused, values)
+}
+
+/// matmul_qkv: q | k | v of mixed types (the Q4_K_M mix, and three other formats), bias,
+/// rope in both layouts (or none: the Qwen3 path), the cache store at pos0.., decode with
+/// and without the folded RMSNorm and an 11-token prefill, both matmul shapes, both
+/// activation paths. 3 q heads and 2 kv heads of 16: 112 rows, not a multiple of the rows
+/// per workgroup.
+#[test]
+fn fused_qkv_matmul_matches_cpu() {
+    let (n_heads, n_kv, hd, cols, pos0, max_ctx) = (3, 2, 16, 256, 5, 20);
+    let (q_dim, kv_dim) = (n_heads * hd, n_kv * hd);
+    let inv_freq = ops::rope_inv_freq(hd, 1e4);
+    for ctx in contexts_both_matmul_shapes() {
+        let mut rng = Rng::new(21);
+        let fb = ctx.storage_init("inv_freq", bytemuck::cast_slice(&inv_freq));
+        for types in [[GgmlType::Q5_0, GgmlType::Q5_0, GgmlType::Q8_0], [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16]] {
+            let (w, values) = random_fused(&ctx, &mut rng, &types, &[q_dim, kv_dim, kv_dim], cols);
+            let bias = rng.vec(q_dim + 2 * kv_dim);
+            let bb = ctx.storage_init("bias", bytemuck::cast_slice(&bias));
+            let norm_w = rng.vec(cols);
+            let nb = ctx.storage_init("norm", bytemuck::cast_slice(&norm_w));
+            for rope in [Some(RopeLayout::NeoX), Some(RopeLayout::Interleaved), None] {
+                for (n_tok, fold) in [(1, true), (1, false), (11, false)] {
+                    let (x, xb) = fused_input(&ctx, &mut rng, n_tok * cols, fold);
+                    let cache0 = as_act(&ctx, &rng.vec(max_ctx * kv_dim));
+                    let qb = ctx.act_from_f32("q", &vec![0.0; n_tok * q_dim]);
+                    let (kc, vc) = (ctx.act_from_f32("kc", &cache0), ctx.act_from_f32("vc", &cache0));
+                    let out = QkvOut { q: &qb, k_cache: &kc, v_cache: &vc, bias: Some(&bb), inv_freq: &fb, rope, head_dim: hd, pos0 };
+                    let norm = fold.then_some(FoldedNorm { weight: &nb, eps: NORM_EPS });
+                    let mut rec = ctx.recorder();
+                    rec.matmul_qkv(&w, &xb, n_tok, norm, &out);
+                    rec.submit();
+                    let h = if fold { normed_ref(&x, &norm_w, cols) } else { x.clone() };
+                    let mut want_q = matmul_ref(&values[0], q_dim, cols, &h, n_tok, Some(&bias[..q_dim]), None);
+                    let k = matmul_ref(&values[1], kv_dim, cols, &h, n_tok, Some(&bias[q_dim..q_dim + kv_dim]), None);
+                    let v = matmul_ref(&values[2], kv_dim, cols, &h, n_tok, Some(&bias[q_dim + kv_dim..]), None);
+                    let (mut want_k, mut want_v) = (cache0.clone(), cache0.clone());
+                    for t in 0..n_tok {
+                        let row = (pos0 + t) * kv_dim..(pos0 + t + 1) * kv_dim;
+                        want_k[row.clone()].copy_from_slice(&k[t * kv_dim..(t + 1) * kv_dim]);
+                        want_v[row.clone()].copy_from_slice(&v[t * kv_dim..(t + 1) * kv_dim]);
+                        if let Some(layout) = rope {
+                            ops::rope(&mut want_q[t * q_dim..(t + 1) * q_dim], hd, pos0 + t, &inv_freq, layout);
+                            ops::rope(&mut want_k[row], hd, pos0 + t, &inv_freq, layout);
+                        }
+                    }
+                    let scale = (cols as f32).sqrt() * 0.3;
+                    let what = format!("qkv {types:?} {:?} lanes {} rope {rope:?} tokens {n_tok} norm {fold}", ctx.act(), ctx.matmul_lanes());
+                    assert_close(&format!("{what} q"), &read_act(&ctx, &qb, want_q.len()), &want_q, tol(&ctx), scale);
+                    assert_close(&format!("{what} k cache"), &read_act(&ctx, &kc, want_k.len()), &want_k, tol(&ctx), scale);
+                    assert_close(&format!("{what} v cache"), &read_act(&ctx, &vc, want_v.len()), &want_v, tol(&ctx), scale);
+                }
+            }
+        }
+    }
+}
+
+/// matmul_gate_up: silu(gate) * up with gate and up of the same or of different types,
+/// 37 rows (not a multiple of 4), decode with and without the folded norm, prefill.
+#[test]
+fn fused_gate_up_matmul_matches_cpu() {
+    let (ffn, cols) = (37, 256);
+    for ctx in contexts_both_matmul_shapes() {
+        let mut rng = Rng::new(22);
+        for types in [[GgmlType::Q5_0, GgmlType::Q5_0], [GgmlType::Q4_K, GgmlType::Q8_0], [GgmlType::F32, GgmlType::Q6_K]] {
+            let (w, values) = random_fused(&ctx, &mut rng, &types, &[ffn, ffn], cols);
+            let norm_w = rng.vec(cols);
+            let nb = ctx.storage_init("norm", bytemuck::cast_slice(&norm_w));
+            for (n_tok, fold) in [(1, true), (1, false), (11, false)] {
+                let (x, xb) = fused_input(&ctx, &mut rng, n_tok * cols, fold);
+                let yb = ctx.act_from_f32("y", &vec![0.0; n_tok * ffn]);
+                let norm = fold.then_some(FoldedNorm { weight: &nb, eps: NORM_EPS });
+                let mut rec = ctx.recorder();
+                rec.matmul_gate_up(&w, &xb, n_tok, norm, &yb);
+                rec.submit();
+                let h = if fold { normed_ref(&x, &norm_w, cols) } else { x.clone() };
+                let mut want = matmul_ref(&values[0], ffn, cols, &h, n_tok, None, None);
+                let up = matmul_ref(&values[1], ffn, cols, &h, n_tok, None, None);
+                ops::silu_mul(&mut want, &up);
+                let what = format!("gate_up {types:?} {:?} lanes {} tokens {n_tok} norm {fold}", ctx.act(), ctx.matmul_lanes());
+                assert_close(&what, &read_act(&ctx, &yb, want.len()), &want, tol(&ctx), (cols as f32).sqrt() * 3.0);
+            }
+        }
+    }
+}
+
+/// qk_norm_rope: Qwen3's per-head RMSNorm of q (in place) and of k (in the cache at
+/// pos0..), then rope, in both layouts.
+#[test]
+fn qk_norm_rope_matches_cpu() {
+    let (n_heads, n_kv, hd, pos0, n_tok, max_ctx) = (4, 2, 32, 3, 3, 8);
+    let (q_dim, kv_dim) = (n_heads * hd, n_kv * hd);
+    let inv_freq = ops::rope_inv_freq(hd, 1e6);
+    for ctx in contexts() {
+        let mut rng = Rng::new(23);
+        let q = as_act(&ctx, &rng.vec(n_tok * q_dim));
+        let cache0 = as_act(&ctx, &rng.vec(max_ctx * kv_dim));
+        let (qn, kn) = (rng.vec(hd), rng.vec(hd));
+        let fb = ctx.storage_init("inv_freq", bytemuck::cast_slice(&inv_freq));
+        let (qnb, knb) = (ctx.storage_init("qn", bytemuck::cast_slice(&qn)), ctx.storage_init("kn", bytemuck::cast_slice(&kn)));
+        for layout in [RopeLayout::NeoX, RopeLayout::Interleaved] {
+            let (qb, kc) = (ctx.act_from_f32("q", &q), ctx.act_from_f32("kc", &cache0));
+            let mut rec = ctx.recorder();
+            rec.qk_norm_rope(&qb, &kc, &qnb, &knb, &fb, (n_heads, n_kv, hd), pos0, n_tok, layout, NORM_EPS);
+            rec.submit();
+            let (mut want_q, mut want_k) = (q.clone(), cache0.clone());
+            for t in 0..n_tok {
+                let qrow = &mut want_q[t * q_dim..(t + 1) * q_dim];
+                ops::rms_norm_heads(qrow, &qn, NORM_EPS);
+                ops::rope(qrow, hd, pos0 + t, &inv_freq, layout);
+                let krow = &mut want_k[(pos0 + t) * kv_dim..(pos0 + t + 1) * kv_dim];
+                ops::rms_norm_heads(krow, &kn, NORM_EPS);
+                ops::rope(krow, hd, pos0 + t, &inv_freq, layout);
+            }
+            let what = format!("qk_norm_rope {:?} {layout:?}", ctx.act());
+            assert_close(&format!("{what} q"), &read_act(&ctx, &qb, want_q.len()), &want_q, tol(&ctx), 1.0);
+            assert_close(&format!("{what} k cache"), &read_act(&ctx, &kc, want_k.len()), &want_k, tol(&ctx), 1.0);
+        }
     }
 }

@@ -14,7 +14,7 @@ use gpu_common::{context, Rng};
 use pensive::backend::Backend;
 use pensive::bytes::AlignedBytes;
 use pensive::config::{Arch, ModelConfig, RopeLayout};
-use pensive::gpu::{GpuContext, GpuModel};
+use pensive::gpu::{GpuContext, GpuModel, GpuOptions};
 use pensive::loader::{LoadedModel, RawTensor};
 use pensive::model::CpuModel;
 use pensive::ops;
@@ -87,7 +87,9 @@ fn tiny_model(c: &ModelConfig, seed: u64) -> LoadedModel {
         add(n("attn_v.weight"), GgmlType::F32, vec![dim, kv], &mut rng);
         add(n("attn_output.weight"), GgmlType::Q8_0, vec![q, dim], &mut rng);
         add(n("ffn_gate.weight"), GgmlType::Q8_0, vec![dim, ffn], &mut rng);
-        add(n("ffn_up.weight"), GgmlType::Q8_0, vec![dim, ffn], &mut rng);
+        // Layer 1's up differs in type from its gate (as v from q and k): the fused matmuls'
+        // segments each keep their own type.
+        add(n("ffn_up.weight"), if l == 1 { GgmlType::F32 } else { GgmlType::Q8_0 }, vec![dim, ffn], &mut rng);
         add(n("ffn_down.weight"), GgmlType::Q8_0, vec![ffn, dim], &mut rng);
         if c.qk_norm {
             add(n("attn_q_norm.weight"), GgmlType::F32, vec![c.head_dim as u64], &mut rng);
@@ -113,7 +115,7 @@ fn check_tiny(ctx: Rc<GpuContext>, arch: Arch) {
         pensive::gpu::Dtype::F32 => TINY_LOGIT_TOL_F32,
         pensive::gpu::Dtype::F16 => TINY_LOGIT_TOL_F16,
     };
-    let what = format!("{arch:?} {:?}", ctx.act());
+    let what = format!("{arch:?} {:?} lanes {} binding {}", ctx.act(), ctx.matmul_lanes(), ctx.max_binding());
     let mut cpu = CpuModel::new(tiny_model(&c, 11), None).expect("cpu model");
     let mut gpu = GpuModel::from_loaded(ctx.clone(), tiny_model(&c, 11), None).expect("gpu model");
     let mut rng = Rng::new(12);
@@ -155,12 +157,19 @@ fn check_tiny(ctx: Rc<GpuContext>, arch: Arch) {
 
 #[test]
 fn tiny_models_match_the_cpu_decoder() {
-    for f16 in [false, true] {
-        let Some(ctx) = context(f16, None) else { continue };
+    // Fused layers on both activation paths and both matmul shapes.
+    for ctx in gpu_common::contexts_both_matmul_shapes() {
         let ctx = Rc::new(ctx);
-        check_tiny(ctx.clone(), Arch::Llama);
-        check_tiny(ctx.clone(), Arch::Qwen2);
-        check_tiny(ctx, Arch::Qwen3);
+        for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
+            check_tiny(ctx.clone(), arch);
+        }
+    }
+    // Separate projections (the path of matrices too large to fuse), f16.
+    if let Some(ctx) = gpu_common::context_with(GpuOptions { separate_projections: true, ..Default::default() }) {
+        let ctx = Rc::new(ctx);
+        for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
+            check_tiny(ctx.clone(), arch);
+        }
     }
 }
 
@@ -168,8 +177,10 @@ fn tiny_models_match_the_cpu_decoder() {
 fn decode_step_is_one_submit() {
     let Some(ctx) = context(true, None) else { return };
     let ctx = Rc::new(ctx);
-    // Per layer: 14 dispatches, and Qwen3's q and k norms.
-    for (arch, per_layer) in [(Arch::Qwen2, 14), (Arch::Qwen3, 16)] {
+    // Per layer: qkv (norm folded in, rope and the cache store in its epilogue), attention
+    // split and merge, o-proj (+ residual), gate·up (norm folded in), down (+ residual);
+    // Qwen3's per-head q/k norm and rope take one more.
+    for (arch, per_layer) in [(Arch::Qwen2, 6), (Arch::Qwen3, 7)] {
         let c = tiny_config(arch);
         let mut gpu = GpuModel::from_loaded(ctx.clone(), tiny_model(&c, 3), None).expect("gpu model");
         block_on(gpu.forward_greedy(&[1, 2, 3], &[])).expect("prefill");

@@ -35,7 +35,8 @@ fn every_shader_validates_under_every_knob() {
                 for ty in weight_types() {
                     // Every flag and both matmul shapes, in four combinations.
                     for (tt, out_f32, x_even, lanes) in [(1, false, true, 32), (8, false, true, 8), (1, true, false, 8), (8, true, false, 32)] {
-                        validate(shader, &Knobs { act, wtype: wtype_id(ty), tt, out_f32, x_even, lanes });
+                        let knobs = Knobs { wtype: wtype_id(ty), wtype1: wtype_id(ty), wtype2: wtype_id(ty), tt, out_f32, x_even, lanes, ..Knobs::new(act) };
+                        validate(shader, &knobs);
                         checked += 1;
                     }
                 }
@@ -46,4 +47,26 @@ fn every_shader_validates_under_every_knob() {
         }
     }
     assert_eq!(checked, 2 * (6 + 2 * 10 * 4));
+}
+
+/// The fused matmuls (matmul_qkv, matmul_gate_up) under mixed segment types, with and
+/// without the folded RMSNorm and the rope epilogue, both lane counts and token tiles.
+#[test]
+fn fused_matmul_variants_validate() {
+    let types: Vec<u32> = weight_types().map(wtype_id).collect();
+    let mut checked = 0;
+    for act in [Dtype::F32, Dtype::F16] {
+        for (i, &ty) in types.iter().enumerate() {
+            // Segment types: all equal, and three different ones (every type in each slot).
+            let (t1, t2) = (types[(i + 3) % types.len()], types[(i + 7) % types.len()]);
+            for (wtype1, wtype2) in [(ty, ty), (t1, t2), (t1, t1)] {
+                for (tt, norm_cols, rope, lanes) in [(1, 896, true, 8), (1, 0, false, 32), (8, 0, true, 32), (1, 3072, false, 8), (8, 0, false, 8)] {
+                    let knobs = Knobs { wtype: ty, wtype1, wtype2, tt, norm_cols, rope, lanes, ..Knobs::new(act) };
+                    validate(Shader::Matmul, &knobs);
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 2 * 10 * 3 * 5);
 }

@@ -5,7 +5,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::repack::{wtype_id, GpuMatrix};
+use super::repack::{wtype_id, FusedMatrix, GpuMatrix};
 use super::{grid, Knobs, Recorder, Shader};
 use crate::config::RopeLayout;
 
@@ -15,6 +15,29 @@ pub const MATMUL_TT: u32 = 8;
 const MATMUL_ROWS_PER_LANE: u32 = 4;
 /// Invocations per matmul workgroup.
 const MATMUL_WORKGROUP: u32 = 64;
+/// Widest RMSNorm the fused matmuls fold into their prologue: the normed row lives in
+/// workgroup memory (f32), next to the reduction's (WebGPU guarantees 16 KiB in all).
+pub const MAX_FOLDED_NORM: usize = 3072;
+
+/// The RMSNorm a fused matmul applies to its input first (decode only: one token).
+#[derive(Clone, Copy)]
+pub struct FoldedNorm<'a> {
+    pub weight: &'a wgpu::Buffer, // (cols) f32
+    pub eps: f32,
+}
+
+/// Where matmul_qkv puts q, k and v, and how it rotates them.
+pub struct QkvOut<'a> {
+    pub q: &'a wgpu::Buffer,       // (n_tok, q_dim) act
+    pub k_cache: &'a wgpu::Buffer, // (max_context, kv_dim) act, rows pos0.. written
+    pub v_cache: &'a wgpu::Buffer, // (max_context, kv_dim) act
+    pub bias: Option<&'a wgpu::Buffer>, // (q_dim + 2 kv_dim) f32: bq | bk | bv
+    pub inv_freq: &'a wgpu::Buffer, // (head_dim / 2) f32
+    /// Rotate q and k (else they are stored as computed: rope.wgsl qk_norm_rope follows).
+    pub rope: Option<RopeLayout>,
+    pub head_dim: usize,
+    pub pos0: usize,
+}
 
 /// Rows one matmul workgroup computes: (64 / lanes) row groups × 4 rows per lane.
 fn matmul_rows_per_group(lanes: u32) -> u32 {
@@ -22,6 +45,8 @@ fn matmul_rows_per_group(lanes: u32) -> u32 {
 }
 /// Attention splits a sequence into at most this many parts (see attention.wgsl).
 pub const MAX_ATTENTION_SPLITS: usize = 32;
+/// Query heads per kv head that attention.wgsl attend_group_split serves (its MAX_GROUP).
+pub const MAX_ATTENTION_GROUP: usize = 8;
 /// Logits per argmax_part workgroup.
 const ARGMAX_PER_GROUP: u32 = 4096;
 /// Largest head_dim the attention kernel holds (4 dims per lane × 64 lanes).
@@ -48,7 +73,9 @@ struct RopeParams {
     pos0: u32,
     n_tok: u32,
     neox: u32,
-    _pad: [u32; 3],
+    n_kv_heads: u32,
+    eps: f32,
+    _pad: u32,
 }
 
 #[repr(C)]
@@ -83,7 +110,11 @@ struct MatmulParams {
     y_stride: u32,
     flags: u32,
     groups_x: u32,
-    _pad: [u32; 3],
+    eps: f32,
+    pos0: u32,
+    head_dim: u32,
+    seg_rows: [u32; 4],
+    seg_word: [u32; 4],
 }
 
 #[repr(C)]
@@ -143,7 +174,8 @@ impl Recorder<'_> {
         self.ctx().knobs()
     }
 
-    /// out = rms_norm(x) * weight.  x, out: (n_tok, dim) act; weight: (dim) f32.
+    /// out = rms_norm(x) * weight.  x: (n_tok, dim) f32, the residual stream; out: (n_tok,
+    /// dim) act; weight: (dim) f32.
     pub fn rms_norm(&mut self, x: &wgpu::Buffer, weight: &wgpu::Buffer, out: &wgpu::Buffer, dim: usize, n_tok: usize, eps: f32) {
         let p = NormParams { dim: dim as u32, n_tok: n_tok as u32, eps, _pad: 0 };
         self.dispatch(Shader::Norm, "rms_norm", self.knobs(), &p, &[b(x), b(weight), b(out)], [n_tok as u32, 1, 1]);
@@ -217,8 +249,14 @@ impl Recorder<'_> {
             scale: 1.0 / (head_dim as f32).sqrt(),
         };
         let k = self.knobs();
-        let split = [b(q), b(k_cache), b(v_cache), b(scratch)];
-        self.dispatch(Shader::Attention, "attend_split", k, &p, &split, [n_splits as u32, n_heads as u32, n_tok as u32]);
+        let group = n_heads / n_kv_heads.max(1);
+        if head_dim % 8 == 0 && group <= MAX_ATTENTION_GROUP && n_heads % n_kv_heads.max(1) == 0 {
+            let split = [b(q), None, b(v_cache), b(scratch), None, None, b(k_cache)];
+            self.dispatch(Shader::Attention, "attend_group_split", k, &p, &split, [n_splits as u32, n_kv_heads as u32, n_tok as u32]);
+        } else {
+            let split = [b(q), b(k_cache), b(v_cache), b(scratch)];
+            self.dispatch(Shader::Attention, "attend_split", k, &p, &split, [n_splits as u32, n_heads as u32, n_tok as u32]);
+        }
         let merge = [None, None, None, None, b(scratch), b(out)];
         self.dispatch(Shader::Attention, "attend_merge", k, &p, &merge, [n_heads as u32, n_tok as u32, 1]);
     }
@@ -240,7 +278,8 @@ impl Recorder<'_> {
         self.dispatch(Shader::Elementwise, entry, self.knobs(), &p, &[b(a), b(bb)], [gx, gy, 1]);
     }
 
-    /// out[t] = table row ids[t], dequantized.  ids: (n_tok) u32; out: (n_tok, cols) act.
+    /// out[t] = table row ids[t], dequantized.  ids: (n_tok) u32; out: (n_tok, cols) f32,
+    /// the residual stream.
     pub fn embed(&mut self, table: &GpuMatrix, ids: &wgpu::Buffer, out: &wgpu::Buffer, n_tok: usize) {
         let knobs = Knobs { wtype: wtype_id(table.ty), ..self.knobs() };
         for part in &table.parts {
@@ -250,7 +289,8 @@ impl Recorder<'_> {
     }
 
     /// y = W x (+ bias) (+ y), for n_tok tokens.  W: (rows, cols); x: (n_tok, x_stride) act
-    /// from element x_off; y: (n_tok, rows) — f32 when `out_f32` (logits), else act;
+    /// from element x_off; y: (n_tok, rows) — f32 when `out_f32` (logits, the residual
+    /// stream), else act;
     /// bias: (rows) f32.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
@@ -281,13 +321,124 @@ impl Recorder<'_> {
                 y_stride: w.rows as u32,
                 flags,
                 groups_x: gx,
-                _pad: [0; 3],
+                eps: 0.0,
+                pos0: 0,
+                head_dim: 0,
+                seg_rows: [part.n_rows as u32, 0, 0, 0],
+                seg_word: [0; 4],
             };
             // The bias binding must exist even when unused: any small buffer will do.
             let bias_buf = bias.unwrap_or(&part.buffer);
             let bufs = [b(&part.buffer), b(x), b(y), b(bias_buf)];
             self.dispatch(Shader::Matmul, "matmul", knobs, &p, &bufs, [gx, gy, (n_tok as u32).div_ceil(tt)]);
         }
+    }
+
+    /// q, k, v = W_qkv x (+ bias), rotated and stored (see [`QkvOut`]); x: (n_tok, cols) act,
+    /// or with `norm` the f32 residual stream to normalize first (then n_tok is 1).
+    /// W: q | k | v, segment rows multiples of 4 (head_dim is).
+    pub fn matmul_qkv(&mut self, w: &FusedMatrix, x: &wgpu::Buffer, n_tok: usize, norm: Option<FoldedNorm<'_>>, out: &QkvOut<'_>) {
+        let per_group = matmul_rows_per_group(self.knobs().lanes) as usize;
+        // Whole workgroups per segment (matmul.wgsl matmul_qkv).
+        let groups: usize = w.segments.iter().map(|s| s.rows.div_ceil(per_group)).sum();
+        let [gx, gy] = grid(groups as u32);
+        let rope = out.rope.map_or(0, |l| u32::from(l == RopeLayout::NeoX) << 2);
+        let mut p = self.fused_params(w, n_tok, norm, gx);
+        p.flags = u32::from(out.bias.is_some()) | rope;
+        p.pos0 = out.pos0 as u32;
+        p.head_dim = out.head_dim as u32;
+        let knobs = Knobs { rope: out.rope.is_some(), ..self.fused_knobs(w, n_tok, norm) };
+        let dummy = &w.buffer;
+        let bufs = [
+            b(&w.buffer),
+            b(x),
+            None,
+            b(out.bias.unwrap_or(dummy)),
+            b(norm.map_or(dummy, |n| n.weight)),
+            b(out.inv_freq),
+            b(out.q),
+            b(out.k_cache),
+            b(out.v_cache),
+        ];
+        self.dispatch(Shader::Matmul, "matmul_qkv", knobs, &p, &bufs, [gx, gy, (n_tok as u32).div_ceil(knobs.tt)]);
+    }
+
+    /// out = silu(W_gate x) * (W_up x); W: gate | up; x as for [`Self::matmul_qkv`];
+    /// out: (n_tok, ffn_dim) act. Needs matmul lanes ≤ 32 (two row groups per workgroup).
+    pub fn matmul_gate_up(&mut self, w: &FusedMatrix, x: &wgpu::Buffer, n_tok: usize, norm: Option<FoldedNorm<'_>>, out: &wgpu::Buffer) {
+        let lanes = self.knobs().lanes;
+        let ffn = w.segments.first().map_or(0, |s| s.rows) as u32;
+        let [gx, gy] = grid(ffn.div_ceil(matmul_rows_per_group(lanes) / 2));
+        let mut p = self.fused_params(w, n_tok, norm, gx);
+        p.y_stride = ffn;
+        let knobs = self.fused_knobs(w, n_tok, norm);
+        let dummy = &w.buffer;
+        let bufs = [b(&w.buffer), b(x), b(out), None, b(norm.map_or(dummy, |n| n.weight))];
+        self.dispatch(Shader::Matmul, "matmul_gate_up", knobs, &p, &bufs, [gx, gy, (n_tok as u32).div_ceil(knobs.tt)]);
+    }
+
+    fn fused_knobs(&self, w: &FusedMatrix, n_tok: usize, norm: Option<FoldedNorm<'_>>) -> Knobs {
+        let ty = |i: usize| w.segments.get(i).or(w.segments.first()).map_or(0, |s| wtype_id(s.ty));
+        Knobs {
+            wtype: ty(0),
+            wtype1: ty(1),
+            wtype2: ty(2),
+            tt: if n_tok == 1 { 1 } else { MATMUL_TT },
+            x_even: w.cols % 2 == 0,
+            norm_cols: if norm.is_some() { w.cols as u32 } else { 0 },
+            x_f32: norm.is_some(),
+            ..self.knobs()
+        }
+    }
+
+    /// Params of a fused matmul over x: (n_tok, cols) dense from element 0.
+    fn fused_params(&self, w: &FusedMatrix, n_tok: usize, norm: Option<FoldedNorm<'_>>, groups_x: u32) -> MatmulParams {
+        // The folded norm normalizes one token: the decode step's.
+        debug_assert!(norm.is_none() || n_tok == 1, "a folded RMSNorm serves one token");
+        let mut seg_rows = [0; 4];
+        let mut seg_word = [0; 4];
+        for (i, s) in w.segments.iter().enumerate().take(4) {
+            seg_rows[i] = s.rows as u32;
+            seg_word[i] = s.word0 as u32;
+        }
+        MatmulParams {
+            rows: w.rows() as u32,
+            cols: w.cols as u32,
+            row0: 0,
+            n_tok: n_tok as u32,
+            x_off: 0,
+            x_stride: w.cols as u32,
+            y_stride: 0,
+            flags: 0,
+            groups_x,
+            eps: norm.map_or(0.0, |n| n.eps),
+            pos0: 0,
+            head_dim: 0,
+            seg_rows,
+            seg_word,
+        }
+    }
+
+    /// Qwen3 after [`Self::matmul_qkv`] without rope: RMS-normalize each head of q (in place)
+    /// and of k (at cache rows pos0..), then rotate them. q: (n_tok, n_heads, head_dim) act;
+    /// k_cache: (max_context, n_kv_heads, head_dim) act; norms: (head_dim) f32.
+    #[allow(clippy::too_many_arguments)]
+    pub fn qk_norm_rope(
+        &mut self,
+        q: &wgpu::Buffer,
+        k_cache: &wgpu::Buffer,
+        q_norm: &wgpu::Buffer,
+        k_norm: &wgpu::Buffer,
+        inv_freq: &wgpu::Buffer,
+        (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+        pos0: usize,
+        n_tok: usize,
+        layout: RopeLayout,
+        eps: f32,
+    ) {
+        let p = RopeParams { n_kv_heads: n_kv_heads as u32, eps, ..rope_params(n_heads, head_dim, pos0, n_tok, layout) };
+        let bufs = [b(inv_freq), b(q), None, None, b(k_cache), None, b(q_norm), b(k_norm)];
+        self.dispatch(Shader::Rope, "qk_norm_rope", self.knobs(), &p, &bufs, [(n_heads + n_kv_heads) as u32, n_tok as u32, 1]);
     }
 
     /// result[0] = argmax of logits[offset..offset+n] after setting banned ids to -inf.
@@ -359,6 +510,8 @@ fn rope_params(n_heads: usize, head_dim: usize, pos0: usize, n_tok: usize, layou
         pos0: pos0 as u32,
         n_tok: n_tok as u32,
         neox: u32::from(layout == RopeLayout::NeoX),
-        _pad: [0; 3],
+        n_kv_heads: 0,
+        eps: 0.0,
+        _pad: 0,
     }
 }

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 pub use model::{check_fits, GpuFootprint, GpuModel, GpuModelBuilder};
-pub use repack::GpuMatrix;
+pub use repack::{FusedMatrix, GpuMatrix};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
@@ -166,6 +166,8 @@ pub enum Shader {
 
 /// Shared by the weight-reading kernels (matmul, embed); see its header for the layout.
 pub const DEQUANT_WGSL: &str = include_str!("../../shaders/dequant.wgsl");
+/// Shared by the kernels that rotate (rope, and matmul's fused q/k/v epilogue).
+pub const ROTARY_WGSL: &str = include_str!("../../shaders/rotary.wgsl");
 
 impl Shader {
     pub const ALL: [Shader; 8] = [
@@ -197,14 +199,18 @@ impl Shader {
         matches!(self, Shader::Matmul | Shader::Embed)
     }
 
+    pub fn uses_rotary(self) -> bool {
+        matches!(self, Shader::Matmul | Shader::Rope)
+    }
+
     /// Entry points, for tests that validate every one.
     pub fn entries(self) -> &'static [&'static str] {
         match self {
             Shader::Norm => &["rms_norm", "rms_norm_heads"],
-            Shader::Rope => &["rope", "rope_store_kv"],
-            Shader::Attention => &["attend_split", "attend_merge"],
+            Shader::Rope => &["rope", "rope_store_kv", "qk_norm_rope"],
+            Shader::Attention => &["attend_split", "attend_group_split", "attend_merge"],
             Shader::Elementwise => &["silu_mul", "add"],
-            Shader::Matmul => &["matmul"],
+            Shader::Matmul => &["matmul", "matmul_qkv", "matmul_gate_up"],
             Shader::Embed => &["embed"],
             Shader::Argmax => &["ban", "argmax_part", "argmax_final"],
             Shader::Sample => &["adjust", "sample"],
@@ -229,11 +235,21 @@ pub struct Knobs {
     pub x_even: bool,
     /// `LANES`: matmul lanes per row group (see matmul.wgsl); [`GpuContext::matmul_lanes`].
     pub lanes: u32,
+    /// `WTYPE1`, `WTYPE2`: weight types of segments 1 and 2 of a fused matmul (k, v / up).
+    pub wtype1: u32,
+    pub wtype2: u32,
+    /// `NORM_COLS`: width of the RMSNorm a fused matmul folds into its prologue (0: none).
+    pub norm_cols: u32,
+    /// `ROPE`: matmul_qkv rotates q and k in its epilogue.
+    pub rope: bool,
+    /// `X_F32`: matmul's x is f32 whatever `act` is (the residual stream, which a folded
+    /// RMSNorm reads).
+    pub x_f32: bool,
 }
 
 impl Knobs {
     pub fn new(act: Dtype) -> Self {
-        Knobs { act, wtype: 0, tt: 1, out_f32: false, x_even: true, lanes: 32 }
+        Knobs { act, wtype: 0, tt: 1, out_f32: false, x_even: true, lanes: 32, wtype1: 0, wtype2: 0, norm_cols: 0, rope: false, x_f32: false }
     }
 
     pub fn prelude(&self) -> String {
@@ -243,9 +259,11 @@ impl Knobs {
         };
         let out = if self.out_f32 { "f32" } else { act };
         let enable = if self.act == Dtype::F16 { "enable f16;\n" } else { "" };
+        // x_sh holds the normed row in vec4s, zero padded to whole 8-element units.
+        let x_sh_len = (self.norm_cols.div_ceil(8) * 2).max(1);
         format!(
-            "{enable}alias act = {act};\nalias out_t = {out};\nconst ACT_F16: bool = {};\nconst WTYPE: u32 = {}u;\nconst TT: u32 = {}u;\nconst X_EVEN: bool = {};\nconst LANES: u32 = {}u;\n",
-            self.act == Dtype::F16, self.wtype, self.tt, self.x_even, self.lanes
+            "{enable}alias act = {act};\nalias out_t = {out};\nconst ACT_F16: bool = {};\nconst WTYPE: u32 = {}u;\nconst WTYPE1: u32 = {}u;\nconst WTYPE2: u32 = {}u;\nconst TT: u32 = {}u;\nconst X_EVEN: bool = {};\nconst LANES: u32 = {}u;\nconst NORM_COLS: u32 = {}u;\nconst X_SH_LEN: u32 = {x_sh_len}u;\nconst ROPE: bool = {};\nconst X_F32: bool = {};\n",
+            self.act == Dtype::F16, self.wtype, self.wtype1, self.wtype2, self.tt, self.x_even, self.lanes, self.norm_cols, self.rope, self.x_f32
         )
     }
 }
@@ -255,6 +273,9 @@ pub fn shader_source(shader: Shader, knobs: &Knobs) -> String {
     let mut s = knobs.prelude();
     if shader.uses_dequant() {
         s.push_str(DEQUANT_WGSL);
+    }
+    if shader.uses_rotary() {
+        s.push_str(ROTARY_WGSL);
     }
     s.push_str(shader.source());
     s
@@ -276,11 +297,14 @@ pub struct GpuOptions {
     pub matmul_lanes: Option<u32>,
     /// Bytes of GPU memory a model may use; `None`: [`default_memory_budget`].
     pub memory_budget: Option<u64>,
+    /// Keep each layer's q/k/v and gate/up as separate matrices run by separate kernels, as
+    /// when they cannot be fused (tests of that path; before/after comparisons).
+    pub separate_projections: bool,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { largest_tensor_bytes: 0, prefer_f16: true, binding_cap: None, matmul_lanes: None, memory_budget: None }
+        GpuOptions { largest_tensor_bytes: 0, prefer_f16: true, binding_cap: None, matmul_lanes: None, memory_budget: None, separate_projections: false }
     }
 }
 
@@ -346,6 +370,8 @@ pub struct GpuContext {
     uniform_align: u64,
     /// Matmul lanes per row (matmul.wgsl LANES).
     matmul_lanes: u32,
+    /// [`GpuOptions::separate_projections`].
+    pub separate_projections: bool,
     pipelines: RefCell<HashMap<PipelineKey, (wgpu::ComputePipeline, wgpu::BindGroupLayout)>>,
     bind_groups: RefCell<HashMap<BindKey, wgpu::BindGroup>>,
     /// Per-step uniform arena: every dispatch of a step gets one slot.
@@ -457,6 +483,7 @@ impl GpuContext {
         Ok(GpuContext {
             uniform_align: limits.min_uniform_buffer_offset_alignment as u64,
             matmul_lanes,
+            separate_projections: options.separate_projections,
             device,
             queue,
             info,
@@ -577,6 +604,13 @@ impl GpuContext {
     }
 
     /// A storage buffer holding `data` (padded to 4 bytes).
+    /// Give back a buffer made by [`Self::storage`] (its memory is freed once the GPU is done
+    /// with it), so that `storage_allocated` counts only what the model holds.
+    pub fn release(&self, buffer: wgpu::Buffer) {
+        self.storage_allocated.set(self.storage_allocated.get().saturating_sub(buffer.size()));
+        drop(buffer);
+    }
+
     pub fn storage_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
         let buf = self.storage(label, data.len() as u64);
         if data.len() % 4 == 0 {

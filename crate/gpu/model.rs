@@ -10,8 +10,8 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::kernels::{argmax_scratch_len, attention_scratch_len, MAX_HEAD_DIM};
-use super::repack::{matrix_layout, GpuMatrix};
+use super::kernels::{argmax_scratch_len, attention_scratch_len, FoldedNorm, QkvOut, MAX_FOLDED_NORM, MAX_HEAD_DIM};
+use super::repack::{matrix_layout, FusedMatrix, GpuMatrix};
 use super::{storage_bytes, FaultCheck, GpuContext, GpuError, Recorder};
 use crate::backend::{Backend, BackendError, SampleRequest, SampledToken};
 use crate::config::ModelConfig;
@@ -34,20 +34,43 @@ pub const DEFAULT_MAX_CONTEXT: usize = 8192;
 
 struct Layer {
     attn_norm: wgpu::Buffer,      // (dim) f32
-    wq: GpuMatrix,                // (q_dim, dim)
-    wk: GpuMatrix,                // (kv_dim, dim)
-    wv: GpuMatrix,                // (kv_dim, dim)
-    bq: Option<wgpu::Buffer>,     // (q_dim) f32, Qwen2 only
-    bk: Option<wgpu::Buffer>,     // (kv_dim) f32
-    bv: Option<wgpu::Buffer>,     // (kv_dim) f32
+    qkv: Qkv,
     qk_norm: Option<QkNorm>,      // Qwen3 only
     wo: GpuMatrix,                // (dim, q_dim)
     ffn_norm: wgpu::Buffer,       // (dim) f32
-    w_gate: GpuMatrix,            // (ffn_dim, dim)
-    w_up: GpuMatrix,              // (ffn_dim, dim)
+    gate_up: GateUp,
     w_down: GpuMatrix,            // (dim, ffn_dim)
     k_cache: wgpu::Buffer,        // (max_context, kv_dim) act, keys already rotated
     v_cache: wgpu::Buffer,        // (max_context, kv_dim) act
+}
+
+/// The q, k, v projections.
+enum Qkv {
+    /// One matrix q | k | v (matmul.wgsl matmul_qkv: bias, RoPE and the cache store in its
+    /// epilogue); bias: (q_dim + 2 kv_dim) f32, Qwen2 only.
+    Fused { w: FusedMatrix, bias: Option<wgpu::Buffer> },
+    /// Three matrices, where they cannot be fused (one is split across bindings, or
+    /// head_dim is not a multiple of 4).
+    Separate {
+        wq: GpuMatrix,            // (q_dim, dim)
+        wk: GpuMatrix,            // (kv_dim, dim)
+        wv: GpuMatrix,            // (kv_dim, dim)
+        bq: Option<wgpu::Buffer>, // (q_dim) f32, Qwen2 only
+        bk: Option<wgpu::Buffer>, // (kv_dim) f32
+        bv: Option<wgpu::Buffer>, // (kv_dim) f32
+    },
+}
+
+/// The FFN's gate and up projections.
+enum GateUp {
+    /// One matrix gate | up (matmul.wgsl matmul_gate_up: SiLU·mul in its epilogue).
+    Fused(FusedMatrix),
+    /// Two matrices, where they cannot be fused (split across bindings, or a matmul lane
+    /// count of 64).
+    Separate {
+        gate: GpuMatrix, // (ffn_dim, dim)
+        up: GpuMatrix,   // (ffn_dim, dim)
+    },
 }
 
 /// Qwen3's per-head RMSNorm weights of q and k.
@@ -59,7 +82,7 @@ struct QkNorm {
 /// Per-step working buffers, sized for PREFILL_CHUNK tokens.
 struct Scratch {
     ids: wgpu::Buffer,         // (chunk) u32
-    x: wgpu::Buffer,           // (chunk, dim) act, the residual stream
+    x: wgpu::Buffer,           // (chunk, dim) f32, the residual stream (f32 on every adapter, as llama.cpp: an f16 stream drifts over thousands of tokens)
     h: wgpu::Buffer,           // (chunk, dim) act, normed block input
     q: wgpu::Buffer,           // (chunk, q_dim) act
     k: wgpu::Buffer,           // (chunk, kv_dim) act
@@ -188,7 +211,7 @@ pub fn check_fits<'a>(
     // The buffers of `Scratch`, in its order, then inv_freq.
     let scratch = [
         n * 4,
-        n * dim * act,
+        n * dim * 4,
         n * dim * act,
         n * q_dim * act,
         n * kv_dim * act,
@@ -319,19 +342,19 @@ impl GpuModelBuilder {
             } else {
                 None
             };
+            let wq = self.matrix(&name("attn_q.weight"), q_dim, dim)?;
+            let wk = self.matrix(&name("attn_k.weight"), kv_dim, dim)?;
+            let wv = self.matrix(&name("attn_v.weight"), kv_dim, dim)?;
+            let (bq, bk, bv) = (bias(self, "attn_q.bias", q_dim)?, bias(self, "attn_k.bias", kv_dim)?, bias(self, "attn_v.bias", kv_dim)?);
+            let gate = self.matrix(&name("ffn_gate.weight"), ffn, dim)?;
+            let up = self.matrix(&name("ffn_up.weight"), ffn, dim)?;
             layers.push(Layer {
                 attn_norm: self.vector(&name("attn_norm.weight"), dim)?,
-                wq: self.matrix(&name("attn_q.weight"), q_dim, dim)?,
-                wk: self.matrix(&name("attn_k.weight"), kv_dim, dim)?,
-                wv: self.matrix(&name("attn_v.weight"), kv_dim, dim)?,
-                bq: bias(self, "attn_q.bias", q_dim)?,
-                bk: bias(self, "attn_k.bias", kv_dim)?,
-                bv: bias(self, "attn_v.bias", kv_dim)?,
+                qkv: fuse_qkv(&ctx, &c, [wq, wk, wv], [bq, bk, bv])?,
                 qk_norm,
                 wo: self.matrix(&name("attn_output.weight"), dim, q_dim)?,
                 ffn_norm: self.vector(&name("ffn_norm.weight"), dim)?,
-                w_gate: self.matrix(&name("ffn_gate.weight"), ffn, dim)?,
-                w_up: self.matrix(&name("ffn_up.weight"), ffn, dim)?,
+                gate_up: fuse_gate_up(&ctx, gate, up)?,
                 w_down: self.matrix(&name("ffn_down.weight"), dim, ffn)?,
                 k_cache: ctx.storage("k_cache", cache_bytes),
                 v_cache: ctx.storage("v_cache", cache_bytes),
@@ -346,7 +369,7 @@ impl GpuModelBuilder {
         }
         let scratch = Scratch {
             ids: ctx.storage("ids", n * 4),
-            x: ctx.storage("x", n * dim as u64 * act),
+            x: ctx.storage("x", n * dim as u64 * 4),
             h: ctx.storage("h", n * dim as u64 * act),
             q: ctx.storage("q", n * q_dim as u64 * act),
             k: ctx.storage("k", n * kv_dim as u64 * act),
@@ -395,6 +418,59 @@ impl GpuModelBuilder {
         model.warm_up();
         Ok(model)
     }
+}
+
+/// q | k | v as one [`FusedMatrix`] (and their biases as one vector) where matmul_qkv can
+/// take them: segments whose rows are multiples of 4 (a row group's rotation pairs).
+fn fuse_qkv(ctx: &GpuContext, c: &ModelConfig, w: [GpuMatrix; 3], bias: [Option<wgpu::Buffer>; 3]) -> Result<Qkv, GpuError> {
+    let separate = |[wq, wk, wv]: [GpuMatrix; 3], [bq, bk, bv]: [Option<wgpu::Buffer>; 3]| Qkv::Separate { wq, wk, wv, bq, bk, bv };
+    if c.head_dim % 4 != 0 || ctx.separate_projections {
+        return Ok(separate(w, bias));
+    }
+    match FusedMatrix::concat(ctx, "qkv", w.into()) {
+        Ok(w) => {
+            let bias = match bias {
+                [Some(bq), Some(bk), Some(bv)] => Some(concat_vectors(ctx, "qkv bias", [bq, bk, bv])),
+                _ => None,
+            };
+            Ok(Qkv::Fused { w, bias })
+        }
+        Err(mats) => {
+            let w = <[GpuMatrix; 3]>::try_from(mats).map_err(|_| GpuError::Model("q/k/v matrices lost".into()))?;
+            Ok(separate(w, bias))
+        }
+    }
+}
+
+/// gate | up as one [`FusedMatrix`] where matmul_gate_up can take them (it pairs two row
+/// groups per workgroup: matmul lanes ≤ 32).
+fn fuse_gate_up(ctx: &GpuContext, gate: GpuMatrix, up: GpuMatrix) -> Result<GateUp, GpuError> {
+    if ctx.matmul_lanes() > 32 || ctx.separate_projections {
+        return Ok(GateUp::Separate { gate, up });
+    }
+    match FusedMatrix::concat(ctx, "gate_up", vec![gate, up]) {
+        Ok(w) => Ok(GateUp::Fused(w)),
+        Err(mats) => match <[GpuMatrix; 2]>::try_from(mats) {
+            Ok([gate, up]) => Ok(GateUp::Separate { gate, up }),
+            Err(_) => Err(GpuError::Model("gate/up matrices lost".into())),
+        },
+    }
+}
+
+/// The f32 vectors back to back in one buffer (copied on the GPU; the parts are released).
+fn concat_vectors<const N: usize>(ctx: &GpuContext, label: &str, parts: [wgpu::Buffer; N]) -> wgpu::Buffer {
+    let out = ctx.storage(label, parts.iter().map(|b| b.size()).sum());
+    let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+    let mut offset = 0;
+    for part in &parts {
+        encoder.copy_buffer_to_buffer(part, 0, &out, offset, part.size());
+        offset += part.size();
+    }
+    ctx.queue.submit([encoder.finish()]);
+    for part in parts {
+        ctx.release(part);
+    }
+    out
 }
 
 /// What a step ends with.
@@ -486,10 +562,18 @@ impl GpuModel {
             .layers
             .iter()
             .map(|l| {
-                let biases = [&l.bq, &l.bk, &l.bv].into_iter().flatten().map(v).sum::<u64>();
+                let qkv = match &l.qkv {
+                    Qkv::Fused { w, bias } => v(&w.buffer) + bias.as_ref().map_or(0, v),
+                    Qkv::Separate { wq, wk, wv, bq, bk, bv } => {
+                        m(wq) + m(wk) + m(wv) + [bq, bk, bv].into_iter().flatten().map(v).sum::<u64>()
+                    }
+                };
+                let gate_up = match &l.gate_up {
+                    GateUp::Fused(w) => v(&w.buffer),
+                    GateUp::Separate { gate, up } => m(gate) + m(up),
+                };
                 let qk = l.qk_norm.as_ref().map_or(0, |n| v(&n.q) + v(&n.k));
-                v(&l.attn_norm) + m(&l.wq) + m(&l.wk) + m(&l.wv) + biases + qk + m(&l.wo) + v(&l.ffn_norm)
-                    + m(&l.w_gate) + m(&l.w_up) + m(&l.w_down)
+                v(&l.attn_norm) + qkv + qk + m(&l.wo) + v(&l.ffn_norm) + gate_up + m(&l.w_down)
             })
             .sum();
         let embd = m(&self.token_embd);
@@ -543,29 +627,73 @@ impl GpuModel {
 
         // x = embed(tokens)
         rec.embed(&self.token_embd, &s.ids, &s.x, n);
-        for layer in &self.layers {
-            // h = rms_norm(x); q, k, v = W h (+ bias)
-            rec.rms_norm(&s.x, &layer.attn_norm, &s.h, dim, n, c.rms_eps);
-            rec.matmul(&layer.wq, &s.h, 0, dim, &s.q, n, layer.bq.as_ref(), false, false);
-            rec.matmul(&layer.wk, &s.h, 0, dim, &s.k, n, layer.bk.as_ref(), false, false);
-            rec.matmul(&layer.wv, &s.h, 0, dim, &s.v, n, layer.bv.as_ref(), false, false);
-            // q, k = q_norm(q), k_norm(k), each head on its own (Qwen3)
-            if let Some(norm) = &layer.qk_norm {
-                rec.rms_norm_heads(&s.q, &norm.q, c.n_heads, c.head_dim, n, c.rms_eps);
-                rec.rms_norm_heads(&s.k, &norm.k, c.n_kv_heads, c.head_dim, n, c.rms_eps);
+        // A decode step folds each RMSNorm into the fused matmul after it; a prefill chunk
+        // (whose normed rows would not fit workgroup memory) normalizes into h first.
+        let fold = n == 1 && dim <= MAX_FOLDED_NORM;
+        let normed = |rec: &mut Recorder<'_>, weight| {
+            if fold {
+                (&s.x, Some(FoldedNorm { weight, eps: c.rms_eps }))
+            } else {
+                rec.rms_norm(&s.x, weight, &s.h, dim, n, c.rms_eps);
+                (&s.h, None)
             }
-            // rope(q), rope(k); append k, v to the cache
-            rec.rope(&s.q, &self.inv_freq, c.n_heads, c.head_dim, pos0, n, c.rope_layout);
-            rec.rope_store_kv(&s.k, &s.v, &self.inv_freq, &layer.k_cache, &layer.v_cache, c.n_kv_heads, c.head_dim, pos0, n, c.rope_layout);
+        };
+        for layer in &self.layers {
+            match &layer.qkv {
+                Qkv::Fused { w, bias } => {
+                    // q, k, v = W rms_norm(x) (+ bias); rope(q), rope(k); append k, v to the
+                    // cache — Qwen3 normalizes q and k per head before its rope
+                    let (input, norm) = normed(rec, &layer.attn_norm);
+                    let out = QkvOut {
+                        q: &s.q,
+                        k_cache: &layer.k_cache,
+                        v_cache: &layer.v_cache,
+                        bias: bias.as_ref(),
+                        inv_freq: &self.inv_freq,
+                        rope: layer.qk_norm.is_none().then_some(c.rope_layout),
+                        head_dim: c.head_dim,
+                        pos0,
+                    };
+                    rec.matmul_qkv(w, input, n, norm, &out);
+                    if let Some(qk) = &layer.qk_norm {
+                        let heads = (c.n_heads, c.n_kv_heads, c.head_dim);
+                        rec.qk_norm_rope(&s.q, &layer.k_cache, &qk.q, &qk.k, &self.inv_freq, heads, pos0, n, c.rope_layout, c.rms_eps);
+                    }
+                }
+                Qkv::Separate { wq, wk, wv, bq, bk, bv } => {
+                    // h = rms_norm(x); q, k, v = W h (+ bias)
+                    rec.rms_norm(&s.x, &layer.attn_norm, &s.h, dim, n, c.rms_eps);
+                    rec.matmul(wq, &s.h, 0, dim, &s.q, n, bq.as_ref(), false, false);
+                    rec.matmul(wk, &s.h, 0, dim, &s.k, n, bk.as_ref(), false, false);
+                    rec.matmul(wv, &s.h, 0, dim, &s.v, n, bv.as_ref(), false, false);
+                    // q, k = q_norm(q), k_norm(k), each head on its own (Qwen3)
+                    if let Some(norm) = &layer.qk_norm {
+                        rec.rms_norm_heads(&s.q, &norm.q, c.n_heads, c.head_dim, n, c.rms_eps);
+                        rec.rms_norm_heads(&s.k, &norm.k, c.n_kv_heads, c.head_dim, n, c.rms_eps);
+                    }
+                    // rope(q), rope(k); append k, v to the cache
+                    rec.rope(&s.q, &self.inv_freq, c.n_heads, c.head_dim, pos0, n, c.rope_layout);
+                    rec.rope_store_kv(&s.k, &s.v, &self.inv_freq, &layer.k_cache, &layer.v_cache, c.n_kv_heads, c.head_dim, pos0, n, c.rope_layout);
+                }
+            }
             // a = attention(q, cache); x += Wo a
             rec.attention(&s.q, &layer.k_cache, &layer.v_cache, &s.attn_parts, &s.att, c.n_heads, c.n_kv_heads, c.head_dim, pos0, n);
-            rec.matmul(&layer.wo, &s.att, 0, q_dim, &s.x, n, None, true, false);
-            // h = rms_norm(x); x += W_down (silu(W_gate h) * W_up h)
-            rec.rms_norm(&s.x, &layer.ffn_norm, &s.h, dim, n, c.rms_eps);
-            rec.matmul(&layer.w_gate, &s.h, 0, dim, &s.gate, n, None, false, false);
-            rec.matmul(&layer.w_up, &s.h, 0, dim, &s.up, n, None, false, false);
-            rec.silu_mul(&s.gate, &s.up, n * ffn);
-            rec.matmul(&layer.w_down, &s.gate, 0, ffn, &s.x, n, None, true, false);
+            rec.matmul(&layer.wo, &s.att, 0, q_dim, &s.x, n, None, true, true);
+            // gate = silu(W_gate h) * W_up h, h = rms_norm(x)
+            match &layer.gate_up {
+                GateUp::Fused(w) => {
+                    let (input, norm) = normed(rec, &layer.ffn_norm);
+                    rec.matmul_gate_up(w, input, n, norm, &s.gate);
+                }
+                GateUp::Separate { gate, up } => {
+                    rec.rms_norm(&s.x, &layer.ffn_norm, &s.h, dim, n, c.rms_eps);
+                    rec.matmul(gate, &s.h, 0, dim, &s.gate, n, None, false, false);
+                    rec.matmul(up, &s.h, 0, dim, &s.up, n, None, false, false);
+                    rec.silu_mul(&s.gate, &s.up, n * ffn);
+                }
+            }
+            // x += W_down gate
+            rec.matmul(&layer.w_down, &s.gate, 0, ffn, &s.x, n, None, true, true);
         }
         let head = self.output.as_ref().unwrap_or(&self.token_embd);
         let vocab = c.vocab_size;

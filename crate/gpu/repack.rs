@@ -158,3 +158,60 @@ impl GpuMatrix {
         Ok(GpuMatrix { ty, rows, cols, parts })
     }
 }
+
+/// One matrix of a [`FusedMatrix`]: `rows` rows of type `ty`, from word `word0` on.
+pub struct Segment {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub word0: usize,
+}
+
+/// Matrices of one input that a kernel reads as one (q | k | v, gate | up: matmul.wgsl
+/// matmul_qkv, matmul_gate_up): their repacked rows back to back in one binding, each
+/// segment keeping its own type (Q4_K_M mixes Q5_0, Q8_0 and Q6_K within a layer).
+pub struct FusedMatrix {
+    /// (Σ segment rows × row words) u32.
+    pub buffer: wgpu::Buffer,
+    pub cols: usize,
+    /// At most 3.
+    pub segments: Vec<Segment>,
+}
+
+impl FusedMatrix {
+    /// Concatenate `mats` (same cols, ≤ 3) on the GPU and release them; `Err` gives them
+    /// back untouched when they cannot be fused: a matrix split across bindings, or together
+    /// more than one binding holds.
+    pub fn concat(ctx: &GpuContext, label: &str, mats: Vec<GpuMatrix>) -> Result<Self, Vec<GpuMatrix>> {
+        let cols = mats.first().map_or(0, |m| m.cols);
+        let fits = mats.len() <= 3
+            && mats.iter().all(|m| m.cols == cols && m.parts.len() == 1 && row_words(m.ty, cols).is_some());
+        if !fits {
+            return Err(mats);
+        }
+        let words: Vec<usize> = mats.iter().map(|m| m.rows * row_words(m.ty, cols).unwrap_or(0)).collect();
+        let total: usize = words.iter().sum();
+        if total as u64 * 4 > ctx.max_binding() {
+            return Err(mats);
+        }
+        let buffer = ctx.storage(label, total as u64 * 4);
+        let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        let mut segments = Vec::with_capacity(mats.len());
+        let mut word0 = 0;
+        for (m, &n) in mats.iter().zip(&words) {
+            encoder.copy_buffer_to_buffer(&m.parts[0].buffer, 0, &buffer, word0 as u64 * 4, n as u64 * 4);
+            segments.push(Segment { ty: m.ty, rows: m.rows, word0 });
+            word0 += n;
+        }
+        ctx.queue.submit([encoder.finish()]);
+        for m in mats {
+            for part in m.parts {
+                ctx.release(part.buffer);
+            }
+        }
+        Ok(FusedMatrix { buffer, cols, segments })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.segments.iter().map(|s| s.rows).sum()
+    }
+}
