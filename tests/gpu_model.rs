@@ -16,7 +16,7 @@ use pensive::bytes::AlignedBytes;
 use pensive::config::{Arch, ModelConfig, RopeLayout};
 use pensive::gpu::{GpuContext, GpuModel, GpuOptions};
 use pensive::loader::{LoadedModel, RawTensor};
-use pensive::model::CpuModel;
+use pensive::model::{CpuModel, KvPrecision};
 use pensive::ops;
 use pensive::quant::GgmlType;
 use pollster::block_on;
@@ -116,7 +116,13 @@ fn check_tiny(ctx: Rc<GpuContext>, arch: Arch) {
         pensive::gpu::Dtype::F16 => TINY_LOGIT_TOL_F16,
     };
     let what = format!("{arch:?} {:?} lanes {} binding {}", ctx.act(), ctx.matmul_lanes(), ctx.max_binding());
-    let mut cpu = CpuModel::new(tiny_model(&c, 11), None).expect("cpu model");
+    // The CPU keeps its KV cache in the GPU context's activation type, so that only
+    // summation order and the activations' own rounding differ.
+    let kv = match ctx.act() {
+        pensive::gpu::Dtype::F32 => KvPrecision::F32,
+        pensive::gpu::Dtype::F16 => KvPrecision::F16,
+    };
+    let mut cpu = CpuModel::with_kv_precision(tiny_model(&c, 11), None, kv).expect("cpu model");
     let mut gpu = GpuModel::from_loaded(ctx.clone(), tiny_model(&c, 11), None).expect("gpu model");
     let mut rng = Rng::new(12);
     // 45 tokens: one full prefill chunk of 32 and a ragged one; logits of the last 40.
