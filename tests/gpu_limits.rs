@@ -68,7 +68,7 @@ const GREEDY_TOKENS: usize = 8;
 const MAX_CONTEXT: usize = 128;
 
 fn options(backend: BackendChoice) -> LoadOptions {
-    LoadOptions { backend, max_context: Some(MAX_CONTEXT) }
+    LoadOptions { backend, max_context: Some(MAX_CONTEXT), ..LoadOptions::default() }
 }
 
 /// A GGUF file streamed through the engine loader (the CLI's and the browser's path) on a

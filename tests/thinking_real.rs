@@ -167,7 +167,7 @@ fn engine(file: &str) -> Option<Engine> {
 fn engine_on(file: &str, backend: BackendChoice) -> Option<Engine> {
     let path = common::model_path(file)?;
     let model = loader::load_gguf_file(&path).unwrap();
-    let options = LoadOptions { backend, max_context: Some(512) };
+    let options = LoadOptions { backend, max_context: Some(512), ..LoadOptions::default() };
     match block_on(Engine::new(model, None, &options)) {
         Ok(e) => Some(e),
         Err(e) if std::env::var("PENSIVE_REQUIRE_GPU").as_deref() != Ok("1") => {
