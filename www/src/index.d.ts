@@ -60,6 +60,11 @@ export interface LoadOptions {
   backend?: 'auto' | 'webgpu' | 'cpu';
   /** KV cache capacity in tokens (default: min(model context, 8192)). */
   max_context?: number;
+  /**
+   * The CPU backend's kernels: `int8` (default: decode multiplies 8-bit activations by integer
+   * weights, as llama.cpp) or `f32` (f32 activations, the reference). Ignored on WebGPU.
+   */
+  cpu_kernels?: 'int8' | 'f32';
   onProgress?: (progress: LoadProgress) => void;
   /** Cache downloads (Cache API, keyed by URL + size + ETag). Default true; quota errors only warn. */
   cache?: boolean;
