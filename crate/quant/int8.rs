@@ -249,8 +249,10 @@ pub(crate) trait IntDot {
 }
 
 /// Plain integer loops: any target (LLVM widens them where it can).
+#[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
 pub(crate) struct Portable;
 
+#[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
 impl IntDot for Portable {
     type Acc = f32;
     fn zero() -> f32 {
@@ -429,4 +431,52 @@ pub(super) fn matvec_rows(w: &QMatrix, row0: usize, x: &[BlockQ8], y: &mut [f32]
     }
     // SAFETY: `Baseline` needs nothing past what this build targets.
     unsafe { matvec_rows_impl::<Baseline>(w, row0, x, y) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every instruction set's kernel against the portable one on random blocks of every
+    /// format: the integer sums are exact in both, so they differ only in the order of the
+    /// f32 sums (and fused multiply-adds): a few roundings of `sum |w x|`.
+    #[test]
+    fn instruction_sets_agree_with_the_portable_kernel() {
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for ty in GgmlType::ALL.into_iter().filter(|t| t.is_quantized()) {
+            let (rows, cols) = (7, 768);
+            let mut data = AlignedBytes::zeroed(rows * cols / ty.block_len() * ty.block_bytes());
+            // Every f16 (scales, mins) sits at an even offset (block sizes are even), so its
+            // high byte is odd: clearing bit 6 there keeps its exponent below 31 (finite).
+            for (i, b) in data.as_mut_slice().iter_mut().enumerate() {
+                *b = next() as u8 & if i % 2 == 1 { 0xbf } else { 0xff };
+            }
+            let w = QMatrix::new(ty, rows, cols, data).expect("matrix");
+            let x: Vec<f32> = (0..cols).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
+            let mut xq = vec![BlockQ8::default(); cols / Q8_LEN];
+            quantize_q8(&x, &mut xq);
+            let mut portable = vec![0.0f32; rows];
+            // SAFETY: the portable kernel needs no CPU feature.
+            unsafe { matvec_rows_impl::<Portable>(&w, 0, &xq, &mut portable) };
+            let mut best = vec![0.0f32; rows];
+            matvec_rows(&w, 0, &xq, &mut best);
+            let mut row = vec![0.0f32; cols];
+            for r in 0..rows {
+                w.dequantize_row(r, &mut row).expect("row");
+                let scale: f64 = row
+                    .iter()
+                    .zip(xq.iter().flat_map(|b| b.qs.iter().map(move |&q| b.d * q as f32)))
+                    .map(|(&w, x)| (w as f64 * x as f64).abs())
+                    .sum();
+                let err = (portable[r] as f64 - best[r] as f64).abs();
+                assert!(err <= 1e-5 * scale, "{ty:?} row {r}: {} vs portable {} (sum |w x| {scale:e})", best[r], portable[r]);
+            }
+        }
+    }
 }
