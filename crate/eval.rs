@@ -15,18 +15,18 @@
 //! probe`, zero by construction because forced text and probes extend (or roll back) the one
 //! KV cache. It is computed from the stats, not assumed.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::chat::Message;
 use crate::engine::{Engine, EngineError, GenerateRequest, Prompt};
 use crate::generate::{Event, Stats};
 use crate::sampler::Rng;
-use crate::thinking::{Phase, ThinkingOptions};
+use crate::thinking::{Phase, Preset, ThinkingOptions};
 
 // ----------------------------------------------------------------------------
 // Problems
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
     pub id: usize,
     pub question: String,
@@ -131,11 +131,145 @@ fn last_integer(text: &str) -> Option<i64> {
 // ----------------------------------------------------------------------------
 // One run
 
-/// What the eval asks each model (and how it reads the reply).
+/// What the eval asks each model (and how it reads the reply). No placeholder such as
+/// `\boxed{N}`: small models copy it literally.
 pub const SYSTEM_PROMPT: &str =
-    "Think step by step between <think> and </think>, then give only the final answer as \\boxed{N}.";
+    "Think step by step between <think> and </think>, then give only the final answer: one integer inside \\boxed{}.";
 
-#[derive(Clone, Debug, Serialize)]
+/// Thinking options every policy gets unless a sweep says otherwise: thinking opened for
+/// templates that do not open it, and every answer started with s1's "Final Answer:" and a
+/// `\boxed{`, so that a small model answers at once.
+pub const DEFAULT_THINKING: &str = r#"{"open": true, "answer_prefix": "\nFinal Answer: \\boxed{", "answer_max_tokens": 16}"#;
+
+type Fields = serde_json::Map<String, serde_json::Value>;
+
+/// A policy of a sweep: its label and its own thinking fields (a `preset` among them, if
+/// wanted). Written as a preset's name, or as `{"label": …, "thinking": {…}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "PolicySpec", into = "PolicySpec")]
+pub struct Policy {
+    pub label: String,
+    pub fields: Fields,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum PolicySpec {
+    Preset(String),
+    Labelled { label: String, thinking: Fields },
+}
+
+impl Policy {
+    /// A preset by name (`s1`, `qwen3`, `nowait`, `deer`, `alphaone`).
+    pub fn preset(name: &str) -> Result<Policy, EngineError> {
+        let preset = Preset::from_name(name).ok_or_else(|| {
+            let names: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
+            EngineError::InvalidOptions(format!("unknown policy {name:?} ({})", names.join(", ")))
+        })?;
+        let mut fields = Fields::new();
+        fields.insert("preset".into(), preset.name().into());
+        Ok(Policy { label: preset.name().to_string(), fields })
+    }
+}
+
+impl TryFrom<PolicySpec> for Policy {
+    type Error = EngineError;
+    fn try_from(spec: PolicySpec) -> Result<Policy, EngineError> {
+        match spec {
+            PolicySpec::Preset(name) => Policy::preset(&name),
+            PolicySpec::Labelled { label, thinking } => Ok(Policy { label, fields: thinking }),
+        }
+    }
+}
+
+impl From<Policy> for PolicySpec {
+    fn from(p: Policy) -> PolicySpec {
+        PolicySpec::Labelled { label: p.label, thinking: p.fields }
+    }
+}
+
+/// What a sweep runs: every policy × budget × problem (the generator's first `problems`).
+/// The CLI's `pensive eval` flags and the demo's sweep panel both come down to this.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sweep {
+    pub seed: u64,
+    pub problems: usize,
+    pub policies: Vec<Policy>,
+    /// Thinking budgets (`max_tokens`).
+    pub budgets: Vec<usize>,
+    /// Thinking floor as a fraction of each budget (`min_tokens` = floor × budget, rounded
+    /// down so it never exceeds the budget): s1's forcing in both directions. 0 = a cap only.
+    pub floor: f64,
+    /// Thinking options over every policy's own (the budget and floor go over them).
+    pub thinking: Fields,
+}
+
+impl Default for Sweep {
+    fn default() -> Sweep {
+        Sweep {
+            seed: 0,
+            problems: 60,
+            policies: Preset::ALL.iter().filter_map(|p| Policy::preset(p.name()).ok()).collect(),
+            budgets: vec![0, 64, 256],
+            floor: 0.0,
+            // A constant that parses: `sweeps_plan_every_policy_budget_and_problem` checks it.
+            thinking: serde_json::from_str(DEFAULT_THINKING).unwrap_or_default(),
+        }
+    }
+}
+
+/// More problems than anyone evaluates in one sweep; a larger count is a mistake (and would
+/// reserve its memory before the first run).
+pub const MAX_PROBLEMS: usize = 10_000;
+
+/// One run of a sweep, before it runs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PlannedRun {
+    pub policy: String,
+    pub budget: usize,
+    pub problem: Problem,
+    /// The conversation and the request to generate from (what [`run_item`] sends).
+    pub prompt: Prompt,
+    pub request: GenerateRequest,
+}
+
+impl Sweep {
+    /// The thinking options of `policy` at `budget`: its own fields, the sweep's over them,
+    /// then the budget and the floor.
+    pub fn thinking_options(&self, policy: &Policy, budget: usize) -> Result<ThinkingOptions, EngineError> {
+        let mut fields = policy.fields.clone();
+        fields.extend(self.thinking.clone());
+        fields.insert("max_tokens".into(), budget.into());
+        fields.insert("min_tokens".into(), ((self.floor.clamp(0.0, 1.0) * budget as f64) as usize).into());
+        let options: ThinkingOptions = serde_json::from_value(serde_json::Value::Object(fields))
+            .map_err(|e| EngineError::InvalidOptions(format!("policy {}: thinking: {e}", policy.label)))?;
+        options.validate().map_err(|e| EngineError::InvalidOptions(format!("policy {}: {e}", policy.label)))?;
+        Ok(options)
+    }
+
+    /// Every run, policy by policy, budget by budget, problem by problem (each policy's
+    /// options checked before anything runs).
+    pub fn plan(&self) -> Result<Vec<PlannedRun>, EngineError> {
+        if self.problems > MAX_PROBLEMS {
+            return Err(EngineError::InvalidOptions(format!("{} problems: at most {MAX_PROBLEMS}", self.problems)));
+        }
+        let problems = problems(self.seed, self.problems);
+        let mut runs = Vec::new();
+        for policy in &self.policies {
+            for &budget in &self.budgets {
+                let thinking = self.thinking_options(policy, budget)?;
+                for problem in &problems {
+                    let (prompt, request) = item_request(thinking.clone(), problem);
+                    runs.push(PlannedRun { policy: policy.label.clone(), budget, problem: problem.clone(), prompt, request });
+                }
+            }
+        }
+        Ok(runs)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ItemResult {
     pub model: String,
     pub policy: String,
@@ -158,20 +292,12 @@ pub struct ItemResult {
     pub answer: String,
 }
 
-/// Run `problem` under `thinking` (whose `max_tokens` is the budget), greedily, on `engine`.
-/// The request's seed is the problem's index: decoding is greedy, but seeded policies
-/// (AlphaOne's draws, a random continuation order) would otherwise replay one stream of
-/// draws on every problem.
-pub async fn run_item(
-    engine: &mut Engine,
-    model: &str,
-    policy: &str,
-    thinking: ThinkingOptions,
-    problem: &Problem,
-) -> Result<ItemResult, EngineError> {
-    let budget = thinking.max_tokens.unwrap_or(usize::MAX);
-    // Room for the whole thought (wrap-up, markers, continuations inside the budget), the
-    // grace period and the answer.
+/// The conversation and request for `problem` under `thinking` (whose `max_tokens` is the
+/// budget): greedy, with room for the whole thought (wrap-up, markers, continuations inside
+/// the budget), the grace period and the answer. The request's seed is the problem's index:
+/// decoding is greedy, but seeded policies (AlphaOne's draws, a random continuation order)
+/// would otherwise replay one stream of draws on every problem.
+pub fn item_request(thinking: ThinkingOptions, problem: &Problem) -> (Prompt, GenerateRequest) {
     let answer_cap = thinking.answer_max_tokens.unwrap_or(64);
     let max_tokens = thinking.max_tokens.unwrap_or(1024) + thinking.grace_tokens + answer_cap + 16;
     let request = GenerateRequest {
@@ -185,21 +311,36 @@ pub async fn run_item(
         Message { role: "system".into(), content: SYSTEM_PROMPT.into() },
         Message { role: "user".into(), content: problem.question.clone() },
     ]);
-    let t0 = crate::generate::monotonic_seconds();
-    engine.start(&prompt, request)?;
-    let (mut answer, mut stats) = (String::new(), Stats::default());
-    while let Some(event) = engine.next_event().await? {
+    (prompt, request)
+}
+
+/// A run's events folded into what its result needs: the answer text (answer-phase tokens,
+/// markers and rolled-back probe tokens left out) and the final stats.
+#[derive(Clone, Debug, Default)]
+pub struct RunEvents {
+    pub answer: String,
+    pub stats: Stats,
+}
+
+impl RunEvents {
+    pub fn observe(&mut self, event: &Event) {
         match event {
-            Event::Token { text, phase: Phase::Answer, marker: false, probe: false, .. } => answer.push_str(&text),
-            Event::Done { stats: s } => stats = s,
+            Event::Token { text, phase: Phase::Answer, marker: false, probe: false, .. } => self.answer.push_str(text),
+            Event::Done { stats } => self.stats = stats.clone(),
             _ => {}
         }
     }
-    let wall_s = crate::generate::monotonic_seconds() - t0;
-    let predicted = extract_answer(&answer);
-    let s = &stats;
-    let accounted = s.prompt_tokens - s.cached_tokens + s.sampled_tokens + s.forced_tokens + s.probe_tokens;
-    Ok(ItemResult {
+}
+
+/// Score a finished run of `problem` at `budget`.
+pub fn item_result(model: &str, policy: &str, budget: usize, problem: &Problem, run: RunEvents, wall_s: f64) -> ItemResult {
+    let predicted = extract_answer(&run.answer);
+    let s = &run.stats;
+    // Saturating: in the browser the stats come back from the page.
+    let accounted = [s.sampled_tokens, s.forced_tokens, s.probe_tokens]
+        .iter()
+        .fold(s.prompt_tokens.saturating_sub(s.cached_tokens), |sum, n| sum.saturating_add(*n));
+    ItemResult {
         model: model.to_string(),
         policy: policy.to_string(),
         budget,
@@ -218,8 +359,21 @@ pub async fn run_item(
         forced_exit: s.forced_exit,
         reprefilled_tokens: s.processed_tokens.saturating_sub(accounted),
         wall_s,
-        answer,
-    })
+        answer: run.answer,
+    }
+}
+
+/// Run a planned item on `engine`: the same KV cache as every other request (the shared
+/// system prompt stays cached between items; forced text and probes extend or roll back it).
+pub async fn run_item(engine: &mut Engine, model: &str, run: &PlannedRun) -> Result<ItemResult, EngineError> {
+    let t0 = crate::generate::monotonic_seconds();
+    engine.start(&run.prompt, run.request.clone())?;
+    let mut events = RunEvents::default();
+    while let Some(event) = engine.next_event().await? {
+        events.observe(&event);
+    }
+    let wall_s = crate::generate::monotonic_seconds() - t0;
+    Ok(item_result(model, &run.policy, run.budget, &run.problem, events, wall_s))
 }
 
 // ----------------------------------------------------------------------------

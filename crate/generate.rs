@@ -107,7 +107,10 @@ pub enum FinishReason {
 /// `marker`: the token is (part of) a thinking marker, `<think>` or `</think>`, which count
 /// neither as thinking nor as answer tokens. `probe` (present only when true): a token of a
 /// confidence probe, rolled back right after: neither thinking nor answer, not in `tokens`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+///
+/// It reads back too (`Deserialize`): the browser's eval sweep hands a run's events, as the
+/// page received them, back to [`crate::eval`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     Token {
@@ -116,7 +119,7 @@ pub enum Event {
         phase: Phase,
         forced: bool,
         marker: bool,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         probe: bool,
         /// Only when asked for (`logprobs`), on sampled tokens: see [`sampler::token_logprobs`].
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -140,7 +143,7 @@ pub enum Event {
 /// What a generation produced and what it cost. Everything but the cost fields (`cached_tokens`,
 /// `processed_tokens` and the timings) depends only on the request, never on what an earlier
 /// request left in the cache.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     pub prompt_tokens: usize,
     /// Cost: prompt tokens whose keys and values were already cached (a repeated or extended
@@ -198,7 +201,7 @@ pub struct Stats {
 }
 
 /// An alternative at a sampled position, as the `token` event carries it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TopLogprob {
     pub id: u32,
     pub text: String,

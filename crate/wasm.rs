@@ -374,3 +374,43 @@ impl RawEngine {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// `pensive eval` for the demo's sweep panel. The page runs each planned item through the
+// engine's ordinary `generate` (in a worker or not, on the one KV cache) and hands the
+// item's events back; the problems, the requests, answer extraction and s1's metrics stay
+// in `crate::eval`, the one implementation the CLI uses too.
+
+/// `sweep`: `{seed, problems, policies, budgets, floor, thinking}` as `pensive eval`'s flags
+/// (a policy is a preset's name or `{label, thinking}`; left-out fields take the CLI's
+/// defaults). Returns the runs in order: `[{policy, budget, problem: {id, question, answer},
+/// prompt, request}]`, `prompt` and `request` ready for `generate`.
+#[wasm_bindgen(js_name = evalPlan)]
+pub fn eval_plan(sweep: JsValue) -> Result<JsValue, JsValue> {
+    let sweep: crate::eval::Sweep = options_from_js(sweep, "sweep")?;
+    to_js(&sweep.plan().map_err(engine_error)?)
+}
+
+/// The result of a planned run (`evalPlan`'s element) from the events its `generate` yielded
+/// (every one, `done` last) and its wall time: the `pensive eval --json` result object.
+#[wasm_bindgen(js_name = evalItem)]
+pub fn eval_item(run: JsValue, model: &str, events: JsValue, wall_s: f64) -> Result<JsValue, JsValue> {
+    let run: crate::eval::PlannedRun = from_js(run, "planned run")?;
+    let events: Vec<crate::generate::Event> = from_js(events, "events")?;
+    if !matches!(events.last(), Some(crate::generate::Event::Done { .. })) {
+        return Err(js_error("invalid_options", "events: a finished run ends with its done event"));
+    }
+    let mut folded = crate::eval::RunEvents::default();
+    for event in &events {
+        folded.observe(event);
+    }
+    to_js(&crate::eval::item_result(model, &run.policy, run.budget, &run.problem, folded, wall_s))
+}
+
+/// s1's Control, Scaling and Performance per (model, policy) over `evalItem` results: the
+/// `summaries` of `pensive eval --json`.
+#[wasm_bindgen(js_name = evalSummarize)]
+pub fn eval_summarize(results: JsValue) -> Result<JsValue, JsValue> {
+    let results: Vec<crate::eval::ItemResult> = from_js(results, "results")?;
+    to_js(&crate::eval::summarize(&results))
+}

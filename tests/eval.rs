@@ -3,7 +3,14 @@
 
 mod common;
 
-use pensive::eval::{extract_answer, problems, scaling, summarize, BudgetRow, ItemResult};
+use pensive::backend::block_on;
+use pensive::engine::{BackendChoice, Engine, LoadOptions};
+use pensive::eval::{
+    extract_answer, item_result, problems, scaling, summarize, BudgetRow, ItemResult, RunEvents, Sweep, DEFAULT_THINKING,
+};
+use pensive::generate::Event;
+use pensive::loader;
+use pensive::thinking::Phase;
 
 #[test]
 fn problems_are_seeded_varied_and_have_integer_answers() {
@@ -95,14 +102,12 @@ fn s1_metrics_by_hand() {
     assert_eq!(scaling(&[row(10.0, 0.0), row(20.0, 1000.0), row(20.0, 2000.0)]), Some(5.0));
 }
 
-/// A few items of the real command: every preset with a cap keeps Control at 100 %, and
-/// nothing is ever re-prefilled.
+/// A few items of the real command (its flags, floor and JSON; the library's sweep below runs
+/// both small models): every preset with a cap keeps Control at 100 %, and nothing is ever
+/// re-prefilled.
 #[test]
-fn pensive_eval_on_the_real_small_models_holds_every_budget() {
-    let models: Vec<_> = ["smollm2-135m-instruct-q4_1.gguf", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"]
-        .iter()
-        .filter_map(|m| common::model_path(m))
-        .collect();
+fn pensive_eval_command_on_smollm2_holds_every_budget_and_floor() {
+    let models: Vec<_> = ["smollm2-135m-instruct-q4_1.gguf"].iter().filter_map(|m| common::model_path(m)).collect();
     if models.is_empty() {
         return;
     }
@@ -128,5 +133,84 @@ fn pensive_eval_on_the_real_small_models_holds_every_budget() {
         // The floor (half the budget) holds too.
         assert!(thinking <= budget && thinking >= budget / 2, "{r}");
         assert!(r["answer"].as_str().unwrap().starts_with("\nFinal Answer: \\boxed{"), "{r}");
+    }
+}
+
+/// The default sweep's options parse (the `Sweep::default` fallback is never taken), and a
+/// sweep plans every policy × budget × problem with the eval's own request.
+#[test]
+fn sweeps_plan_every_policy_budget_and_problem() {
+    let default_thinking: serde_json::Map<String, serde_json::Value> = serde_json::from_str(DEFAULT_THINKING).unwrap();
+    let d = Sweep::default();
+    assert_eq!(d.thinking, default_thinking);
+    assert_eq!(d.policies.iter().map(|p| p.label.as_str()).collect::<Vec<_>>(), ["s1", "qwen3", "nowait", "deer", "alphaone"]);
+    // As the page writes it: presets by name, a labelled policy, the rest defaulted.
+    let sweep: Sweep = serde_json::from_str(
+        r#"{"problems": 2, "budgets": [0, 32], "floor": 0.5,
+            "policies": ["s1", {"label": "deer-para", "thinking": {"preset": "deer", "max_continuations": 1}}]}"#,
+    )
+    .unwrap();
+    let plan = sweep.plan().unwrap();
+    assert_eq!(plan.len(), 2 * 2 * 2);
+    let problems = problems(0, 2);
+    for (i, run) in plan.iter().enumerate() {
+        assert_eq!(run.policy, ["s1", "deer-para"][i / 4]);
+        assert_eq!(run.budget, [0, 32][i / 2 % 2]);
+        assert_eq!(run.problem, problems[i % 2]);
+        let thinking = run.request.thinking.as_ref().unwrap();
+        assert_eq!((thinking.max_tokens, thinking.min_tokens), (Some(run.budget), run.budget / 2));
+        assert!(thinking.open && thinking.answer_prefix.as_deref() == Some("\nFinal Answer: \\boxed{"));
+        assert_eq!(run.request.temperature, Some(0.0));
+        assert_eq!(run.request.seed, Some(run.problem.id as u64));
+    }
+    assert_eq!(plan[4].request.thinking.as_ref().unwrap().max_continuations, Some(1), "a policy's own field over its preset");
+    assert!(plan[4].request.thinking.as_ref().unwrap().confidence_exit.is_some(), "the preset underneath");
+    // Mistakes are refused before anything runs.
+    for bad in [r#"{"policies": ["s2"]}"#, r#"{"budgets": [8], "thinking": {"min_tokens": 9, "max_token": 1}}"#, r#"{"problems": 1000000}"#] {
+        let refused = serde_json::from_str::<Sweep>(bad).map_err(|e| e.to_string()).and_then(|s| s.plan().map_err(|e| e.to_string()));
+        assert!(refused.is_err(), "{bad}");
+    }
+}
+
+/// Two problems × budgets 0/32 × the five presets on both small models, on the CPU, run
+/// through the library as the browser's sweep runs them (plan, events, `item_result`):
+/// thinking tokens recounted from the events stay within every cap, Control is 100 % and
+/// nothing is re-prefilled; after the first item the shared system prompt comes from the cache.
+#[test]
+fn the_sweep_holds_every_cap_on_the_real_small_models() {
+    let sweep = Sweep { problems: 2, budgets: vec![0, 32], ..Sweep::default() };
+    let plan = sweep.plan().unwrap();
+    for file in ["smollm2-135m-instruct-q4_1.gguf", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"] {
+        let Some(path) = common::model_path(file) else { continue };
+        let model = loader::load_gguf_file(&path).unwrap();
+        let options = LoadOptions { backend: BackendChoice::Cpu, max_context: Some(512) };
+        let mut engine = block_on(Engine::new(model, None, &options)).unwrap();
+        let mut results = Vec::new();
+        for (i, run) in plan.iter().enumerate() {
+            engine.start(&run.prompt, run.request.clone()).unwrap();
+            let (mut events, mut folded) = (Vec::new(), RunEvents::default());
+            while let Some(event) = block_on(engine.next_event()).unwrap() {
+                folded.observe(&event);
+                events.push(event);
+            }
+            let recounted = events
+                .iter()
+                .filter(|e| matches!(e, Event::Token { phase: Phase::Thinking, marker: false, probe: false, .. }))
+                .count();
+            let grace = run.request.thinking.as_ref().unwrap().grace_tokens;
+            let what = format!("{file} {} budget {} #{}", run.policy, run.budget, run.problem.id);
+            assert!(recounted <= run.budget + grace, "{what}: {recounted} thinking tokens");
+            assert!(folded.stats.cached_tokens > 0 || i == 0, "{what}: the system prompt was run again");
+            let r = item_result(file, &run.policy, run.budget, &run.problem, folded, 0.0);
+            assert_eq!(r.thinking_tokens, recounted, "{what}: the stats' count is the events'");
+            assert_eq!(r.reprefilled_tokens, 0, "{what}");
+            results.push(r);
+        }
+        let summaries = summarize(&results);
+        assert_eq!(summaries.len(), 5);
+        for s in &summaries {
+            assert_eq!(s.control, 100.0, "{file} {}", s.policy);
+            assert_eq!(s.budgets.iter().map(|b| b.runs).collect::<Vec<_>>(), [2, 2]);
+        }
     }
 }

@@ -27,7 +27,7 @@ mod cli {
     use pensive::loader;
     use pensive::quant::CpuKernels;
     use pensive::eval;
-    use pensive::thinking::{Phase, Preset, ThinkingOptions};
+    use pensive::thinking::{Phase, ThinkingOptions};
     use pensive::tokenizer::Tokenizer;
 
     #[derive(Parser)]
@@ -85,8 +85,7 @@ mod cli {
         /// Thinking options as JSON applied over every preset (the budget goes over them). The
         /// default opens thinking for templates that do not and starts every answer with
         /// s1's "Final Answer:" and a `\boxed{`, so that a small model answers at once.
-        #[arg(long, value_parser = json_object,
-              default_value = r#"{"open": true, "answer_prefix": "\nFinal Answer: \\boxed{", "answer_max_tokens": 16}"#)]
+        #[arg(long, value_parser = json_object, default_value = eval::DEFAULT_THINKING)]
         thinking: serde_json::Map<String, serde_json::Value>,
         /// Print {results, summaries} as JSON.
         #[arg(long, conflicts_with = "csv")]
@@ -538,17 +537,18 @@ mod cli {
     }
 
     fn run_eval(a: EvalArgs) -> Result<(), EngineError> {
-        let problems = eval::problems(a.seed, a.problems);
-        // (label, the policy's own fields): presets by name, then the labelled ones.
-        let mut policies = Vec::new();
-        for name in &a.policies {
-            let preset = Preset::from_name(name)
-                .ok_or_else(|| EngineError::InvalidOptions(format!("unknown policy {name:?} (s1, qwen3, nowait, deer, alphaone)")))?;
-            let mut fields = serde_json::Map::new();
-            fields.insert("preset".into(), preset.name().into());
-            policies.push((preset.name().to_string(), fields));
-        }
-        policies.extend(a.policy.iter().cloned());
+        // Presets by name, then the labelled ones.
+        let mut policies = a.policies.iter().map(|name| eval::Policy::preset(name)).collect::<Result<Vec<_>, _>>()?;
+        policies.extend(a.policy.iter().map(|(label, fields)| eval::Policy { label: label.clone(), fields: fields.clone() }));
+        let sweep = eval::Sweep {
+            seed: a.seed,
+            problems: a.problems,
+            policies,
+            budgets: a.budgets.clone(),
+            floor: a.floor,
+            thinking: a.thinking.clone(),
+        };
+        let plan = sweep.plan()?;
         let mut results = Vec::new();
         for path in &a.model {
             let args = ModelArgs {
@@ -561,29 +561,22 @@ mod cli {
             };
             let mut engine = load(&args)?;
             let model = path.file_name().map_or(path.display().to_string(), |f| f.to_string_lossy().into_owned());
-            for (label, own) in &policies {
-                for &budget in &a.budgets {
-                    let mut fields = own.clone();
-                    fields.extend(a.thinking.clone());
-                    fields.insert("max_tokens".into(), budget.into());
-                    // Rounded down, so the floor never exceeds the budget.
-                    fields.insert("min_tokens".into(), ((a.floor.clamp(0.0, 1.0) * budget as f64) as usize).into());
-                    let thinking = thinking_options(fields)?;
-                    for problem in &problems {
-                        let r = block_on(eval::run_item(&mut engine, &model, label, thinking.clone(), problem))?;
-                        eprintln!(
-                            "{model} {label} budget {budget} #{}: thinking {} answer {:?} expected {} {}",
-                            problem.id,
-                            r.thinking_tokens,
-                            r.predicted,
-                            r.expected,
-                            if r.correct { "ok" } else { "wrong" }
-                        );
-                        results.push(r);
-                    }
-                }
+            for run in &plan {
+                let r = block_on(eval::run_item(&mut engine, &model, run))?;
+                eprintln!(
+                    "{model} {} budget {} #{}: thinking {} answer {:?} expected {} {}",
+                    run.policy,
+                    run.budget,
+                    run.problem.id,
+                    r.thinking_tokens,
+                    r.predicted,
+                    r.expected,
+                    if r.correct { "ok" } else { "wrong" }
+                );
+                results.push(r);
             }
         }
+        let problems = eval::problems(a.seed, a.problems);
         let summaries = eval::summarize(&results);
         if a.json {
             let json = serde_json::json!({ "problems": problems, "results": results, "summaries": summaries });

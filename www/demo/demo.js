@@ -11,6 +11,7 @@
 // (DeepSeek-R1-Distill, Qwen3) do so themselves, others (SmolLM2) keep it. The page never
 // edits the history behind the template's back.
 import { Pensive, PensiveError } from '../src/index.js';
+import { planSweep, runSweepItem, summarizeSweep } from '../src/sweep.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -53,6 +54,10 @@ const PRESETS = {
 let engine = null;
 let controller = null;
 let busy = false;
+/** A sweep is running (it holds `busy` too: one request at a time on the engine). */
+let sweeping = false;
+/** The last sweep's `{plan, results, summaries, stopped}` (for tests and the console). */
+let lastSweep = null;
 /** The conversation sent to the model: [{role, content}], assistant turns with their thinking. */
 let conversation = [];
 /** The chat bubble of each message in `conversation` (same index). */
@@ -106,9 +111,11 @@ function applyPreset(value) {
 
 function updateButtons() {
   const ready = engine !== null && !busy;
+  $('sweep-run').disabled = !ready;
+  $('sweep-stop').disabled = !sweeping;
   $('send').disabled = !ready;
   $('regenerate').disabled = !ready || !conversation.some((m) => m.role === 'user');
-  $('stop').disabled = !busy;
+  $('stop').disabled = !busy || sweeping;
   $('load').disabled = busy;
   $('new-chat').disabled = busy || conversation.length === 0;
 }
@@ -135,6 +142,7 @@ async function load() {
     const info = engine.info ?? {};
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
     setStatus(`Loaded ${typeof model === 'string' ? model : model.name} in ${seconds} s.`);
+    $('sweep-status').textContent = 'Ready: choose the problems, budgets and presets, then Run sweep.';
     $('backend-info').textContent = `backend: ${info.backend ?? '?'}${info.adapter ? ` (${info.adapter})` : ''}` +
       (info.fallback_reason ? ` — not WebGPU: ${info.fallback_reason}` : '');
   } catch (e) {
@@ -429,6 +437,229 @@ function newChat() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Sweep: `pensive eval` on the loaded model, drawn against the budget
+
+const SVG = 'http://www.w3.org/2000/svg';
+/** One colour per policy, in the order the policies were chosen. */
+const COLOURS = ['#0a66c2', '#d9480f', '#2b8a3e', '#862e9c', '#c2255c', '#5c940d'];
+const DASHES = ['none', '7 3', '2 3', '9 3 2 3', '4 4', '1 2'];
+/** The charts' viewBox (index.html) and the plot area inside it. */
+const CHART = { width: 480, height: 290, left: 56, right: 112, top: 28, bottom: 46 };
+
+function svgElement(tag, attributes = {}, text) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attributes)) el.setAttribute(k, String(v));
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+/** Round tick values for [0, max]: about five steps of 1, 2 or 5 × 10^k. */
+function ticks(max) {
+  if (!(max > 0)) return [0];
+  const raw = max / 5;
+  const magnitude = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * magnitude).find((s) => s >= raw);
+  const out = [];
+  for (let v = 0; v <= max + step * 1e-9; v += step) out.push(Number(v.toPrecision(12)));
+  return out;
+}
+
+/**
+ * Draw one line per policy of `value(row)` over the budgets into `svg`. The budget axis is
+ * square-root scaled (budgets such as 0/64/256/1024 would otherwise crowd at its start);
+ * `cap` draws y = budget (the thinking chart's ceiling). Each point is a <circle> carrying
+ * data-policy / data-budget / data-value, for the test and for a hover title.
+ */
+function drawChart(svg, summaries, { title, yLabel, value, yMax, cap = false, unit = '' }) {
+  svg.replaceChildren();
+  const { width, height, left, right, top, bottom } = CHART;
+  const plotW = width - left - right;
+  const plotH = height - top - bottom;
+  const budgets = [...new Set(summaries.flatMap((s) => s.budgets.map((r) => r.budget)))].sort((a, b) => a - b);
+  const maxBudget = Math.max(1, ...budgets);
+  const x = (budget) => left + (Math.sqrt(budget) / Math.sqrt(maxBudget)) * plotW;
+  const y = (v) => top + plotH - (Math.min(v, yMax) / yMax) * plotH;
+  svg.append(svgElement('text', { x: left, y: 17, class: 'title' }, title));
+
+  const axis = svgElement('g', { class: 'axis' });
+  for (const t of ticks(yMax)) {
+    axis.append(svgElement('line', { x1: left, x2: left + plotW, y1: y(t), y2: y(t), class: 'grid' }));
+    axis.append(svgElement('text', { x: left - 6, y: y(t) + 4, 'text-anchor': 'end' }, `${t}${unit}`));
+  }
+  for (const b of budgets) {
+    axis.append(svgElement('line', { x1: x(b), x2: x(b), y1: top + plotH, y2: top + plotH + 4 }));
+    axis.append(svgElement('text', { x: x(b), y: top + plotH + 16, 'text-anchor': 'middle' }, b));
+  }
+  axis.append(svgElement('line', { x1: left, x2: left + plotW, y1: top + plotH, y2: top + plotH }));
+  axis.append(svgElement('line', { x1: left, x2: left, y1: top, y2: top + plotH }));
+  axis.append(svgElement('text', { x: left + plotW / 2, y: height - 8, 'text-anchor': 'middle', class: 'x-label' },
+    'thinking budget (max_tokens, √ scale)'));
+  axis.append(svgElement('text', { x: 14, y: top + plotH / 2, 'text-anchor': 'middle', class: 'y-label',
+    transform: `rotate(-90 14 ${top + plotH / 2})` }, yLabel));
+  svg.append(axis);
+
+  const legend = (i, label, attributes) => {
+    const ly = top + 8 + i * 18;
+    svg.append(svgElement('line', { x1: left + plotW + 10, x2: left + plotW + 30, y1: ly, y2: ly, ...attributes }));
+    svg.append(svgElement('text', { x: left + plotW + 34, y: ly + 4, class: 'legend' }, label));
+  };
+  if (cap && budgets.length > 1) {
+    // y = budget, sampled along the √ axis so it draws as the curve it is there.
+    const points = [];
+    for (let i = 0; i <= 32; i++) {
+      const b = (maxBudget * i * i) / (32 * 32);
+      points.push(`${x(b).toFixed(1)},${y(b).toFixed(1)}`);
+    }
+    svg.append(svgElement('polyline', { points: points.join(' '), class: 'cap' }));
+    legend(summaries.length, 'budget', { class: 'cap' });
+  }
+
+  // Policies often coincide (a small model ignores a policy's words): later series are drawn
+  // thinner, dashed and with smaller points, so that every one stays visible on top of another.
+  summaries.forEach((s, i) => {
+    const style = { stroke: COLOURS[i % COLOURS.length], 'stroke-width': Math.max(1.5, 3 - i * 0.5), 'stroke-dasharray': DASHES[i % DASHES.length] };
+    const radius = Math.max(2, 5 - i * 1.2);
+    const rows = s.budgets;
+    const g = svgElement('g', { class: 'series', 'data-policy': s.policy });
+    g.append(svgElement('polyline', {
+      points: rows.map((r) => `${x(r.budget).toFixed(1)},${y(value(r)).toFixed(1)}`).join(' '), fill: 'none', ...style,
+    }));
+    for (const r of rows) {
+      const point = svgElement('circle', { cx: x(r.budget), cy: y(value(r)), r: radius, fill: style.stroke,
+        'data-policy': s.policy, 'data-budget': r.budget, 'data-value': value(r) });
+      point.append(svgElement('title', {}, `${s.policy}, budget ${r.budget}: ${value(r).toFixed(1)}${unit}`));
+      g.append(point);
+    }
+    svg.append(g);
+    legend(i, s.policy, style);
+  });
+}
+
+const percent = (v) => `${v.toFixed(0)} %`;
+
+/** The Control / Scaling / Performance table: a row per policy, then one per budget. */
+function sweepTable(summaries) {
+  const table = $('sweep-table');
+  table.replaceChildren();
+  const head = table.createTHead().insertRow();
+  for (const h of ['policy / budget', 'runs', 'accuracy', 'mean thinking', 'Control', 'Scaling (pts/1k tok)', 'Performance',
+    'continuations', 'probes', 'early exits', 're-prefilled', 'wall s']) {
+    head.append(element('th', '', h));
+  }
+  const body = table.createTBody();
+  const row = (className, cells) => {
+    const tr = body.insertRow();
+    tr.className = className;
+    for (const c of cells) tr.insertCell().textContent = c;
+    return tr;
+  };
+  for (const s of summaries) {
+    const runs = s.budgets.reduce((n, r) => n + r.runs, 0);
+    const tr = row('policy', [s.policy, runs, '', s.mean_thinking_tokens.toFixed(1), percent(s.control),
+      s.scaling == null ? 'n/a' : s.scaling.toFixed(1), percent(s.performance), '', '', '', s.reprefilled_tokens, s.wall_s.toFixed(1)]);
+    tr.dataset.policy = s.policy;
+    for (const r of s.budgets) {
+      const br = row('budget', [`  ${r.budget}`, r.runs, percent(r.accuracy), r.mean_thinking_tokens.toFixed(1), percent(r.control),
+        '', '', r.continuations, r.probes, r.early_exits, '', r.wall_s.toFixed(1)]);
+      br.dataset.policy = s.policy;
+      br.dataset.budget = r.budget;
+    }
+  }
+}
+
+function drawSweep(summaries) {
+  drawChart($('sweep-accuracy'), summaries, {
+    title: 'Accuracy', yLabel: 'accuracy (%)', unit: '%', yMax: 100, value: (r) => r.accuracy,
+  });
+  const maxBudget = Math.max(1, ...summaries.flatMap((s) => s.budgets.map((r) => r.budget)));
+  const maxThinking = Math.max(0, ...summaries.flatMap((s) => s.budgets.map((r) => r.mean_thinking_tokens)));
+  drawChart($('sweep-thinking'), summaries, {
+    title: 'Mean thinking tokens', yLabel: 'thinking tokens', yMax: Math.max(maxBudget, maxThinking) * 1.05,
+    value: (r) => r.mean_thinking_tokens, cap: true,
+  });
+  sweepTable(summaries);
+}
+
+function sweepSettings() {
+  const budgets = $('sweep-budgets').value.split(',').map((b) => b.trim()).filter(Boolean).map(Number);
+  return {
+    problems: Number($('sweep-problems').value),
+    budgets,
+    floor: Number($('sweep-floor').value),
+    policies: [...$('sweep-policies').querySelectorAll('input:checked')].map((c) => c.value),
+  };
+}
+
+/**
+ * Run the sweep: plan it (crate/eval.rs through wasm; an invalid setting fails here, before
+ * anything runs), run its items one by one, redraw after each. Stop aborts the item in
+ * flight; what finished stays drawn. Returns `{results, summaries, stopped}`.
+ */
+async function runSweep() {
+  if (busy || !engine) return null;
+  const settings = sweepSettings();
+  let plan;
+  try {
+    if (settings.policies.length === 0) throw new Error('choose at least one preset');
+    if (settings.budgets.some((b) => !Number.isInteger(b) || b < 0)) throw new Error(`budgets: ${$('sweep-budgets').value}`);
+    plan = await planSweep(settings);
+  } catch (e) {
+    $('sweep-status').textContent = `Sweep not started — ${describeError(e)}`;
+    $('sweep-status').classList.add('error');
+    return null;
+  }
+  $('sweep-status').classList.remove('error');
+  busy = true;
+  sweeping = true;
+  controller = new AbortController();
+  updateButtons();
+  const model = engine.info?.model ?? 'model';
+  const results = [];
+  let summaries = [];
+  let stopped = false;
+  let error = null;
+  $('sweep-progress').max = plan.length;
+  $('sweep-progress').value = 0;
+  drawSweep([]);
+  try {
+    for (const [i, run] of plan.entries()) {
+      let tokens = 0;
+      const label = `${i + 1} of ${plan.length}: ${run.policy}, budget ${run.budget}, problem #${run.problem.id}`;
+      $('sweep-status').textContent = `Run ${label}…`;
+      const result = await runSweepItem(engine, run, model, {
+        signal: controller.signal,
+        onEvent: (event) => {
+          if (event.type !== 'token') return;
+          tokens += 1;
+          $('sweep-status').textContent = `Run ${label}: ${tokens} tokens`;
+        },
+      });
+      results.push(result);
+      summaries = await summarizeSweep(results);
+      $('sweep-progress').value = i + 1;
+      drawSweep(summaries);
+    }
+  } catch (e) {
+    if (e?.code === 'aborted') stopped = true;
+    else error = e;
+  } finally {
+    controller = null;
+    busy = false;
+    sweeping = false;
+    updateButtons();
+  }
+  const done = `${results.length} of ${plan.length} runs`;
+  if (error) {
+    $('sweep-status').textContent = `Sweep failed after ${done} — ${describeError(error)}`;
+    $('sweep-status').classList.add('error');
+  } else {
+    $('sweep-status').textContent = stopped ? `Stopped after ${done}.` : `Done: ${done}.`;
+  }
+  lastSweep = { plan, results, summaries, stopped };
+  return lastSweep;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Wiring
 
 for (const [input, out] of [['think-min', 'min-out'], ['think-max', 'max-out']]) {
@@ -443,6 +674,8 @@ $('send').addEventListener('click', send);
 $('regenerate').addEventListener('click', regenerate);
 $('stop').addEventListener('click', () => controller?.abort());
 $('new-chat').addEventListener('click', newChat);
+$('sweep-run').addEventListener('click', runSweep);
+$('sweep-stop').addEventListener('click', () => controller?.abort());
 $('prompt').addEventListener('keydown', (e) => {
   if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
     e.preventDefault();
@@ -461,5 +694,7 @@ window.pensiveDemo = {
   get engine() { return engine; },
   /** A copy of the conversation as the next turn would send it. */
   get conversation() { return structuredClone(conversation); },
-  load, send, regenerate, newChat,
+  /** The last sweep's `{plan, results, summaries, stopped}`. */
+  get sweep() { return structuredClone(lastSweep); },
+  load, send, regenerate, newChat, runSweep,
 };
