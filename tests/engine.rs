@@ -63,7 +63,10 @@ fn prompt_ids_equal_llama_cpp() {
 #[test]
 fn greedy_generation_answers_and_is_deterministic() {
     let Some(mut engine) = engine("smollm2-135m-instruct-q4_1.gguf", None) else { return };
-    let prompt = Prompt::Messages(vec![Message { role: "user".into(), content: "What is the capital of France?".into() }]);
+    // Raw text, whose first step is decisive (" Paris" leads by 2.5 in llama.cpp's reference):
+    // the chat form of the question opens on a near-tie (0.09) that llama.cpp and our int8
+    // kernels take to "L'Étoile…" and the f32 kernels to "The capital…".
+    let prompt = Prompt::Text("The capital of France is".into());
     let mut texts = Vec::new();
     for _ in 0..2 {
         engine.start(&prompt, greedy(32)).unwrap();
