@@ -10,8 +10,8 @@
 //! 5. [`QMatrix`]: a 2-D weight kept quantized, with `matvec` (decode) and `matmul`
 //!    (prefill) kernels, and [`QMatrix::mul`], which runs the kernels [`CpuKernels`] picks.
 //! 6. The f32 kernels, instantiated once portably and once for AVX2+FMA.
-//! 7. [`int8`]: the int8 mat-vec kernels (8-bit activations, integer dot products), the
-//!    default for decode.
+//! 7. [`int8`]: the int8 mat-vec kernels (8-bit activations, integer dot products), opt-in
+//!    for decode.
 //!
 //! Numerics of the f32 kernels (`matvec`, `matmul`, the reference): activations stay f32;
 //! every kernel dequantizes a weight block exactly as the reference does and takes an f32
@@ -743,12 +743,17 @@ impl QMatrix {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CpuKernels {
-    /// Decode multiplies 8-bit activations by integer weights ([`int8`]), as llama.cpp;
-    /// prefill takes the f32 tiles, faster there. The default.
+    /// f32 activations times dequantized weights ([`QMatrix::matmul`]): the reference, and
+    /// the default.
     #[default]
-    Int8,
-    /// f32 activations times dequantized weights ([`QMatrix::matmul`]): the reference.
     F32,
+    /// Decode multiplies 8-bit activations by integer weights ([`int8`]), as llama.cpp;
+    /// prefill keeps the f32 tiles, faster there. Not the default: a token's result then
+    /// depends on whether it came alone (decode) or in a batch (prefill), by the 8-bit
+    /// rounding, so a request that reuses a cached prefix no longer equals a fresh one
+    /// (tests/transcript.rs) — an int8 prefill kernel would make every row's result
+    /// independent of batching again.
+    Int8,
 }
 
 /// Activations x (n, cols) prepared once for every weight that multiplies them (q, k and v

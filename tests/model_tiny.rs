@@ -7,6 +7,7 @@
 //! 64 / 4 heads, tied embeddings) with GGUFs from llama.cpp's own convert_hf_to_gguf.py.
 //! Every file must reproduce them.
 
+use pensive::quant::CpuKernels;
 use pensive::backend::{block_on, Backend};
 use pensive::loader;
 use pensive::model::CpuModel;
@@ -71,9 +72,14 @@ fn safetensors(arch: &str) -> CpuModel {
     CpuModel::new(loader::load_safetensors_dir(&dir).unwrap(), None).unwrap()
 }
 
+/// The f32 reference kernels: these tests hold the decoder to transformers' f32 arithmetic
+/// on the same weights (the int8 kernels' own tolerance is tested in tests/quant.rs and on
+/// the real models).
 fn gguf(arch: &str, file: &str) -> CpuModel {
     let path = common::root_path(&format!("tests/fixtures/tiny/{arch}/{file}"));
-    CpuModel::new(loader::load_gguf_file(&path).unwrap(), None).unwrap()
+    let mut model = CpuModel::new(loader::load_gguf_file(&path).unwrap(), None).unwrap();
+    model.set_kernels(CpuKernels::F32);
+    model
 }
 
 #[test]

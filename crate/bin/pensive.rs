@@ -111,9 +111,9 @@ mod cli {
         /// KV cache capacity in tokens.
         #[arg(long)]
         max_context: Option<usize>,
-        /// CPU backend kernels: int8 (8-bit activations, integer dot products) or f32 (the
-        /// reference).
-        #[arg(long, value_enum, default_value = "int8")]
+        /// CPU backend kernels: f32 (the reference) or int8 (decode with 8-bit activations
+        /// and integer dot products, as llama.cpp).
+        #[arg(long, value_enum, default_value = "f32")]
         cpu_kernels: CpuKernelsArg,
     }
 
@@ -557,7 +557,7 @@ mod cli {
                 backend: a.backend,
                 threads: a.threads,
                 max_context: a.max_context,
-                cpu_kernels: CpuKernelsArg::Int8,
+                cpu_kernels: CpuKernelsArg::F32,
             };
             let mut engine = load(&args)?;
             let model = path.file_name().map_or(path.display().to_string(), |f| f.to_string_lossy().into_owned());

@@ -1,4 +1,5 @@
-//! 8-bit activations with integer dot products: the CPU backend's default kernels.
+//! 8-bit activations with integer dot products: the CPU backend's opt-in decode kernels
+//! ([`CpuKernels::Int8`]; why not the default is said there).
 //!
 //! The idea is llama.cpp's (ggml-cpu's `quantize_row_q8_0` + `vec_dot_*_q8_0`): quantize the
 //! activation vector once per mat-vec into 32-value blocks, `x ≈ dx * q` with one f32 scale

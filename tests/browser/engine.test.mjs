@@ -89,8 +89,8 @@ before(async () => {
     native = {
       chat: nativePensive(['generate', ...model, ...CHAT_FLAGS, '--json']),
       raw: nativePensive(['generate', ...model, ...RAW_FLAGS, '--json']),
-      // WebGPU's references: the CPU's f32 kernels (f32 activations, like the GPU's), not the
-      // default int8 ones, whose 8-bit activations move logits by more than rounding does.
+      // WebGPU's references: the CPU's f32 kernels (f32 activations, like the GPU's), named
+      // so that they stay the reference whatever the CPU's default becomes.
       rawF32: nativePensive(['generate', ...model, ...RAW_FLAGS, '--cpu-kernels', 'f32', '--json']),
       plain: nativePensive(['generate', ...model, ...PLAIN_FLAGS, '--cpu-kernels', 'f32', '--json']),
       sampled: nativePensive(['generate', ...model, ...SAMPLED_FLAGS, '--cpu-kernels', 'f32', '--json']),
