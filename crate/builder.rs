@@ -21,6 +21,7 @@ use crate::gguf::GgufHeader;
 use crate::gpu::{check_fits, GpuContext, GpuError, GpuModel, GpuModelBuilder, GpuOptions};
 use crate::loader::{config_from_gguf, GgufStream, LoadError, LoadProgress, LoadedModel, RawTensor};
 use crate::model::CpuModel;
+use crate::quant::CpuKernels;
 use crate::tokenizer::Tokenizer;
 
 /// Which compute backend to run on.
@@ -76,7 +77,7 @@ impl AnyBackend {
         let tensors = model.tensors.values().map(|t| (t.name.as_str(), t.ty, t.dims.as_slice()));
         match gpu.decide(options.backend, &model.config, tensors, options.max_context)? {
             Target::Cpu { fallback_reason } => {
-                Ok(Self::Cpu { model: CpuModel::new(model, options.max_context)?, fallback_reason })
+                Ok(Self::Cpu { model: cpu_model(model, options)?, fallback_reason })
             }
             Target::Gpu(ctx) => Ok(Self::Gpu(GpuModel::from_loaded(ctx, model, options.max_context).map_err(upload_error)?)),
         }
@@ -262,6 +263,13 @@ pub fn check_cpu_memory(header: &GgufHeader, config: &ModelConfig, max_context: 
     Ok(())
 }
 
+/// The CPU decoder as `options` ask for it.
+fn cpu_model(model: LoadedModel, options: &LoadOptions) -> Result<CpuModel, LoadError> {
+    let mut cpu = CpuModel::new(model, options.max_context)?;
+    cpu.set_kernels(options.cpu_kernels);
+    Ok(cpu)
+}
+
 /// Options for loading a model.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -269,6 +277,9 @@ pub struct LoadOptions {
     pub backend: BackendChoice,
     /// KV cache capacity in tokens (default: min(model context, 8192)).
     pub max_context: Option<usize>,
+    /// The CPU backend's kernels: `"f32"` (default, the reference) or `"int8"` (decode
+    /// with 8-bit activations and integer dot products, as llama.cpp). Ignored on WebGPU.
+    pub cpu_kernels: CpuKernels,
 }
 
 /// Incremental loading of a GGUF from a byte stream: a file's chunks natively, a `fetch`
@@ -402,7 +413,7 @@ impl EngineLoader {
         let backend = match self.sink {
             Sink::Keep { tensors, fallback_reason } => {
                 let model = LoadedModel { config: config_from_gguf(&header)?, tensors, gguf: None };
-                AnyBackend::Cpu { model: CpuModel::new(model, self.options.max_context)?, fallback_reason }
+                AnyBackend::Cpu { model: cpu_model(model, &self.options)?, fallback_reason }
             }
             Sink::Upload(builder) => AnyBackend::Gpu(builder.finish().map_err(upload_error)?),
             Sink::Undecided(_) => {

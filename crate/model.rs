@@ -1,7 +1,8 @@
 //! The CPU backend: one decoder for Llama, Qwen2 and Qwen3, on quantized weights.
 //!
-//! Weights stay in their file format ([`QMatrix`]); each mat-vec dequantizes blocks on the
-//! fly. The forward pass below reads top to bottom, one step per line of transformers'
+//! Weights stay in their file format ([`QMatrix`]); each mat-vec unpacks blocks on the fly,
+//! against activations kept in f32 ([`CpuKernels::F32`], the reference and default) or, for
+//! decode, quantized to 8 bits once per step ([`CpuKernels::Int8`]). The forward pass below reads top to bottom, one step per line of transformers'
 //! `LlamaDecoderLayer.forward` / `Qwen2DecoderLayer.forward` / `Qwen3DecoderLayer.forward`.
 
 use half::f16;
@@ -10,7 +11,7 @@ use crate::backend::{Backend, BackendError};
 use crate::config::ModelConfig;
 use crate::loader::{LoadError, LoadedModel, RawTensor};
 use crate::ops;
-use crate::quant::{self, QMatrix};
+use crate::quant::{self, Activations, CpuKernels, QMatrix};
 
 /// Default KV capacity when the caller sets none: long enough for reasoning traces, small
 /// enough that a 32k-context model does not reserve gigabytes up front.
@@ -156,6 +157,8 @@ pub struct CpuModel {
     max_context: usize,
     /// Tokens per forward pass (see [`PREFILL_CHUNK`]).
     prefill_chunk: usize,
+    /// Which kernels multiply activations by the weights.
+    kernels: CpuKernels,
 }
 
 /// A 1-D tensor (norm weight, bias) as f32.
@@ -238,6 +241,7 @@ impl CpuModel {
             output,
             max_context,
             prefill_chunk: PREFILL_CHUNK,
+            kernels: CpuKernels::default(),
         })
     }
 
@@ -271,9 +275,10 @@ impl CpuModel {
                 ops::rms_norm(hr, xr, &layer.attn_norm, c.rms_eps);
             }
             // q, k, v = q_proj(h), k_proj(h), v_proj(h)  (+ bias on Qwen2)
-            layer.wq.matmul(&h, &mut q);
-            layer.wk.matmul(&h, &mut k);
-            layer.wv.matmul(&h, &mut v);
+            let hx = Activations::new(&h, dim, self.kernels);
+            layer.wq.mul(&hx, &mut q);
+            layer.wk.mul(&hx, &mut k);
+            layer.wv.mul(&hx, &mut v);
             for (out, bias) in [(&mut q, &layer.bq), (&mut k, &layer.bk), (&mut v, &layer.bv)] {
                 if let Some(b) = bias {
                     for row in out.chunks_exact_mut(b.len()) {
@@ -295,16 +300,17 @@ impl CpuModel {
             // attn = softmax(q kᵀ / √d + causal mask) v, query i sees positions 0..=pos0+i
             kv.update_and_attend(&k, &v, &q, &mut att, pos0, heads);
             // x = x + o_proj(attn)
-            layer.wo.matmul(&att, &mut o);
+            layer.wo.mul(&Activations::new(&att, q_dim, self.kernels), &mut o);
             ops::add_assign(&mut x, &o);
             // x = x + down_proj(silu(gate_proj(h)) * up_proj(h)), h = post_attention_layernorm(x)
             for (hr, xr) in h.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
                 ops::rms_norm(hr, xr, &layer.ffn_norm, c.rms_eps);
             }
-            layer.w_gate.matmul(&h, &mut gate);
-            layer.w_up.matmul(&h, &mut up);
+            let hx = Activations::new(&h, dim, self.kernels);
+            layer.w_gate.mul(&hx, &mut gate);
+            layer.w_up.mul(&hx, &mut up);
             ops::silu_mul(&mut gate, &up);
-            layer.w_down.matmul(&gate, &mut o);
+            layer.w_down.mul(&Activations::new(&gate, ffn, self.kernels), &mut o);
             ops::add_assign(&mut x, &o);
         }
         self.cache.len += n;
@@ -317,7 +323,7 @@ impl CpuModel {
         }
         let head = self.output.as_ref().unwrap_or(&self.token_embd);
         let mut logits = vec![0.0f32; n_logits * c.vocab_size];
-        head.matmul(&normed, &mut logits);
+        head.mul(&Activations::new(&normed, dim, self.kernels), &mut logits);
         Ok(logits)
     }
 }
@@ -326,6 +332,12 @@ impl CpuModel {
     /// Tokens per forward pass of a long prefill (default [`PREFILL_CHUNK`], at least 2).
     pub fn set_prefill_chunk(&mut self, tokens: usize) {
         self.prefill_chunk = tokens.max(2);
+    }
+
+    /// Multiply by the weights with `kernels` from the next forward pass on (default:
+    /// [`CpuKernels::F32`]).
+    pub fn set_kernels(&mut self, kernels: CpuKernels) {
+        self.kernels = kernels;
     }
 }
 

@@ -8,14 +8,17 @@
 //!    following the semantics of ggml's `dequantize_row_*` (ggml-quants.c).
 //! 4. [`dequantize`]: bytes of any type to f32.
 //! 5. [`QMatrix`]: a 2-D weight kept quantized, with `matvec` (decode) and `matmul`
-//!    (prefill) kernels.
-//! 6. The kernels themselves, instantiated once portably and once for AVX2+FMA.
+//!    (prefill) kernels, and [`QMatrix::mul`], which runs the kernels [`CpuKernels`] picks.
+//! 6. The f32 kernels, instantiated once portably and once for AVX2+FMA.
+//! 7. [`int8`]: the int8 mat-vec kernels (8-bit activations, integer dot products), opt-in
+//!    for decode.
 //!
-//! Numerics: activations stay f32. Unlike llama.cpp, which quantizes the activation
-//! vector to 8 bits before its integer dot products, every kernel here dequantizes a
-//! weight block exactly as the reference does and takes an f32 dot product with it, so a
-//! kernel's result differs from `dequantize` + a naive f32 dot only in summation order
-//! (and in fused multiply-adds rounding once instead of twice).
+//! Numerics of the f32 kernels (`matvec`, `matmul`, the reference): activations stay f32;
+//! every kernel dequantizes a weight block exactly as the reference does and takes an f32
+//! dot product with it, so a kernel's result differs from `dequantize` + a naive f32 dot
+//! only in summation order (and in fused multiply-adds rounding once instead of twice).
+//! The int8 kernels quantize the activations to 8 bits first, as llama.cpp does; their
+//! added error is bounded in [`int8`]'s comment.
 
 // The kernels index fixed-size arrays in counted loops on purpose: that is the shape
 // LLVM's vectorizers handle best (see the comments at `sum_lanes` and `dot_tile`).
@@ -532,6 +535,8 @@ macro_rules! match_block_type {
     };
 }
 
+pub mod int8;
+
 // ======================================================================================
 // dequantize: bytes of any type → f32
 // ======================================================================================
@@ -732,6 +737,78 @@ impl QMatrix {
     }
 }
 
+/// Which kernels the CPU backend multiplies activations by quantized weights with
+/// (`LoadOptions::cpu_kernels`, `pensive --cpu-kernels`). F32/F16/BF16 weights always take
+/// the f32 kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CpuKernels {
+    /// f32 activations times dequantized weights ([`QMatrix::matmul`]): the reference, and
+    /// the default.
+    #[default]
+    F32,
+    /// Decode multiplies 8-bit activations by integer weights ([`int8`]), as llama.cpp;
+    /// prefill keeps the f32 tiles, faster there. Not the default: a token's result then
+    /// depends on whether it came alone (decode) or in a batch (prefill), by the 8-bit
+    /// rounding, so a request that reuses a cached prefix no longer equals a fresh one
+    /// (tests/transcript.rs) — an int8 prefill kernel would make every row's result
+    /// independent of batching again.
+    Int8,
+}
+
+/// Activations x (n, cols) prepared once for every weight that multiplies them (q, k and v
+/// share one input, gate and up another): for the int8 kernels, quantized to 8 bits here,
+/// once, instead of once per matrix.
+pub struct Activations<'a> {
+    /// (n, cols) f32.
+    x: &'a [f32],
+    cols: usize,
+    /// (cols / 32,) blocks when the int8 kernels will run: [`CpuKernels::Int8`], one row
+    /// (decode; see [`int8`] for why prefill stays f32) and cols a multiple of 32 (which
+    /// every quantized weight's is).
+    q8: Option<Vec<int8::BlockQ8>>,
+}
+
+impl<'a> Activations<'a> {
+    /// `x` (n, cols) for `kernels`.
+    ///
+    /// # Panics
+    /// If `x.len()` is not a multiple of `cols` (a caller bug).
+    pub fn new(x: &'a [f32], cols: usize, kernels: CpuKernels) -> Self {
+        assert!(cols > 0 && x.len() % cols == 0, "activations: {} values are not rows of {cols}", x.len());
+        let q8 = (kernels == CpuKernels::Int8 && x.len() == cols && cols % int8::Q8_LEN == 0).then(|| {
+            let mut blocks = vec![int8::BlockQ8::default(); cols / int8::Q8_LEN];
+            int8::quantize_q8(x, &mut blocks);
+            blocks
+        });
+        Self { x, cols, q8 }
+    }
+
+    /// The f32 values, (n, cols).
+    pub fn f32(&self) -> &[f32] {
+        self.x
+    }
+}
+
+impl QMatrix {
+    /// `Y = X W^T` for prepared activations: x (n, cols), y (n, rows). The int8 mat-vec
+    /// kernels when `x` was prepared for them and W is block-quantized, else
+    /// [`QMatrix::matmul`].
+    ///
+    /// # Panics
+    /// If x's columns differ from W's or y's length from n * rows.
+    pub fn mul(&self, x: &Activations, y: &mut [f32]) {
+        match &x.q8 {
+            Some(q8) if self.ty.is_quantized() => {
+                assert_eq!(x.cols, self.cols, "mul: x has {} columns, W has {}", x.cols, self.cols);
+                assert_eq!(y.len(), self.rows, "mul: y has {} values, W has {} rows", y.len(), self.rows);
+                parallel_rows(y, 1, self.cols, 1, |row0, y| int8::matvec_rows(self, row0, q8, y));
+            }
+            _ => self.matmul(x.x, y),
+        }
+    }
+}
+
 // ======================================================================================
 // Threads
 // ======================================================================================
@@ -833,7 +910,7 @@ pub mod kernels {
     type PortableMulAdd = Unfused;
 
     #[cfg(target_arch = "x86_64")]
-    fn has_avx2_fma() -> bool {
+    pub(super) fn has_avx2_fma() -> bool {
         use std::sync::OnceLock;
         static HAS: OnceLock<bool> = OnceLock::new();
         *HAS.get_or_init(|| {

@@ -40,7 +40,7 @@ fn main() {
         _ => BackendChoice::Gpu,
     };
     let t0 = std::time::Instant::now();
-    let mut b = match block_on(AnyBackend::new(model, &LoadOptions { backend, max_context: Some(2048) })) {
+    let mut b = match block_on(AnyBackend::new(model, &LoadOptions { backend, max_context: Some(2048), ..LoadOptions::default() })) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("synthetic_bench: {e}");

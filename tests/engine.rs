@@ -12,7 +12,7 @@ mod common;
 fn engine(file: &str, max_context: Option<usize>) -> Option<Engine> {
     let path = common::model_path(file)?;
     let model = loader::load_gguf_file(&path).unwrap();
-    Some(block_on(Engine::new(model, None, &LoadOptions { max_context, backend: BackendChoice::Cpu })).unwrap())
+    Some(block_on(Engine::new(model, None, &LoadOptions { max_context, backend: BackendChoice::Cpu, ..LoadOptions::default() })).unwrap())
 }
 
 fn greedy(max_tokens: usize) -> GenerateRequest {
@@ -63,7 +63,10 @@ fn prompt_ids_equal_llama_cpp() {
 #[test]
 fn greedy_generation_answers_and_is_deterministic() {
     let Some(mut engine) = engine("smollm2-135m-instruct-q4_1.gguf", None) else { return };
-    let prompt = Prompt::Messages(vec![Message { role: "user".into(), content: "What is the capital of France?".into() }]);
+    // Raw text, whose first step is decisive (" Paris" leads by 2.5 in llama.cpp's reference):
+    // the chat form of the question opens on a near-tie (0.09) that llama.cpp and our int8
+    // kernels take to "L'Étoile…" and the f32 kernels to "The capital…".
+    let prompt = Prompt::Text("The capital of France is".into());
     let mut texts = Vec::new();
     for _ in 0..2 {
         engine.start(&prompt, greedy(32)).unwrap();
@@ -336,14 +339,14 @@ fn qwen3_prompt_ids_equal_transformers() {
         return;
     };
     let tok = pensive::tokenizer::Tokenizer::from_json(&std::fs::read(json).unwrap(), Some(&std::fs::read(config).unwrap())).unwrap();
-    let options = LoadOptions { backend: BackendChoice::Cpu, max_context: None };
+    let options = LoadOptions { backend: BackendChoice::Cpu, ..LoadOptions::default() };
     let engine = block_on(Engine::new(stub_qwen3(tok.vocab_size()), Some(tok), &options)).unwrap();
     check_qwen3_prompts(&engine, &qwen3_prompts().real, "real Qwen3 tokenizer");
 }
 
 fn tiny_qwen3_engine() -> Engine {
     let model = loader::load_gguf_file(&common::root_path("tests/fixtures/tiny/qwen3/model.gguf")).unwrap();
-    block_on(Engine::new(model, None, &LoadOptions { backend: BackendChoice::Cpu, max_context: None })).unwrap()
+    block_on(Engine::new(model, None, &LoadOptions { backend: BackendChoice::Cpu, ..LoadOptions::default() })).unwrap()
 }
 
 /// The converter's GGUF carries the tiny tokenizer and the real template: the same ids as

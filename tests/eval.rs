@@ -183,7 +183,7 @@ fn the_sweep_holds_every_cap_on_the_real_small_models() {
     for file in ["smollm2-135m-instruct-q4_1.gguf", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"] {
         let Some(path) = common::model_path(file) else { continue };
         let model = loader::load_gguf_file(&path).unwrap();
-        let options = LoadOptions { backend: BackendChoice::Cpu, max_context: Some(512) };
+        let options = LoadOptions { backend: BackendChoice::Cpu, max_context: Some(512), ..LoadOptions::default() };
         let mut engine = block_on(Engine::new(model, None, &options)).unwrap();
         let mut results = Vec::new();
         for (i, run) in plan.iter().enumerate() {

@@ -21,7 +21,7 @@ const GREEDY_TOKENS: usize = 12;
 const EVENTS_BEFORE_LOSS: usize = 4;
 
 fn gpu_engine(path: &Path, ctx: &Rc<GpuContext>) -> Result<Engine, EngineError> {
-    let options = LoadOptions { backend: BackendChoice::Gpu, max_context: Some(128) };
+    let options = LoadOptions { backend: BackendChoice::Gpu, max_context: Some(128), ..LoadOptions::default() };
     let mut loader = EngineLoader::with_gpu(&options, Ok(Rc::clone(ctx)))?;
     loader.push_file(path)?;
     block_on(loader.finish(None))
@@ -105,7 +105,7 @@ fn a_fault_during_a_load_or_a_generation_is_a_backend_error_and_the_engine_stays
     let too_large = ctx.device.limits().max_buffer_size + 4;
 
     // The device reports an error in the middle of the upload: the load fails with it.
-    let options = LoadOptions { backend: BackendChoice::Gpu, max_context: Some(128) };
+    let options = LoadOptions { backend: BackendChoice::Gpu, max_context: Some(128), ..LoadOptions::default() };
     let mut loader = EngineLoader::with_gpu(&options, Ok(Rc::clone(&ctx))).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let (head, tail) = bytes.split_at(bytes.len() / 2);

@@ -9,6 +9,7 @@ mod gpu_common;
 use std::path::Path;
 use std::rc::Rc;
 
+use pensive::quant::CpuKernels;
 use pensive::backend::{block_on, Backend};
 use pensive::engine::{AnyBackend, BackendChoice, Engine, EngineError, EngineLoader, GenerateRequest, LoadOptions, Prompt};
 use pensive::generate::Event;
@@ -29,6 +30,8 @@ fn a_model_larger_than_the_binding_limit_runs_split() {
     let Some(ctx) = gpu_common::context(false, Some(8 << 20)) else { return };
     let mut gpu = GpuModel::from_loaded(Rc::new(ctx), loader::load_gguf_file(&path).unwrap(), Some(128)).unwrap();
     let mut cpu = CpuModel::new(loader::load_gguf_file(&path).unwrap(), Some(128)).unwrap();
+    // The f32 reference kernels: the GPU's activations are f16/f32, never 8-bit.
+    cpu.set_kernels(CpuKernels::F32);
     let prompt = [504u32, 3575, 282, 4649, 314]; // "The capital of France is"
     let g = block_on(gpu.forward(&prompt, 1)).unwrap();
     let c = block_on(cpu.forward(&prompt, 1)).unwrap();
@@ -67,8 +70,10 @@ const PROMPT: &str = "The capital of France is";
 const GREEDY_TOKENS: usize = 8;
 const MAX_CONTEXT: usize = 128;
 
+/// CPU engines here are references for the GPU's tokens: the f32 kernels (the GPU's
+/// activations are f16/f32, never 8-bit).
 fn options(backend: BackendChoice) -> LoadOptions {
-    LoadOptions { backend, max_context: Some(MAX_CONTEXT) }
+    LoadOptions { backend, max_context: Some(MAX_CONTEXT), cpu_kernels: CpuKernels::F32 }
 }
 
 /// A GGUF file streamed through the engine loader (the CLI's and the browser's path) on a

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use gpu_common::{context, Rng};
+use pensive::quant::CpuKernels;
 use pensive::backend::Backend;
 use pensive::bytes::AlignedBytes;
 use pensive::config::{Arch, ModelConfig, RopeLayout};
@@ -123,6 +124,8 @@ fn check_tiny(ctx: Rc<GpuContext>, arch: Arch) {
         pensive::gpu::Dtype::F16 => KvPrecision::F16,
     };
     let mut cpu = CpuModel::with_kv_precision(tiny_model(&c, 11), None, kv).expect("cpu model");
+    // The f32 reference kernels: the GPU's activations are f16/f32, never 8-bit.
+    cpu.set_kernels(CpuKernels::F32);
     let mut gpu = GpuModel::from_loaded(ctx.clone(), tiny_model(&c, 11), None).expect("gpu model");
     let mut rng = Rng::new(12);
     // 45 tokens: one full prefill chunk of 32 and a ragged one; logits of the last 40.
@@ -278,6 +281,8 @@ fn check_real(file: &str, n_greedy: usize) {
     eprintln!("{file}: {}", ctx.describe());
     let t = std::time::Instant::now();
     let mut cpu = CpuModel::new(pensive::loader::load_gguf_file(&path).expect("load"), Some(512)).expect("cpu");
+    // The f32 reference kernels: the GPU's activations are f16/f32, never 8-bit.
+    cpu.set_kernels(CpuKernels::F32);
     let mut gpu = GpuModel::from_loaded(ctx.clone(), pensive::loader::load_gguf_file(&path).expect("load"), Some(512)).expect("gpu");
     eprintln!("{file}: loaded both in {:.1}s", t.elapsed().as_secs_f32());
     // Token ids of plain text are tokenizer-specific; a fixed id sequence is enough to

@@ -17,6 +17,7 @@ mod gpu_common;
 use std::rc::Rc;
 
 use gpu_common::{contexts, Rng};
+use pensive::quant::CpuKernels;
 use pensive::backend::{Backend, SampleRequest};
 use pensive::gpu::{GpuContext, GpuModel};
 use pensive::model::CpuModel;
@@ -207,6 +208,8 @@ fn smollm2_sampled_on_the_gpu_follows_the_cpu() {
     let Some(ctx) = contexts().into_iter().last() else { return };
     let ctx = Rc::new(ctx);
     let mut cpu = CpuModel::new(pensive::loader::load_gguf_file(&path).expect("load"), Some(256)).expect("cpu");
+    // The f32 reference kernels: the GPU's activations are f16/f32, never 8-bit.
+    cpu.set_kernels(CpuKernels::F32);
     let mut gpu = GpuModel::from_loaded(ctx.clone(), pensive::loader::load_gguf_file(&path).expect("load"), Some(256)).expect("gpu");
     let options = SamplerOptions { temperature: 0.7, repeat_penalty: 1.1, seed: 5, ..SamplerOptions::default() };
     let mut sampler = pensive::sampler::Sampler::new(options.clone()).expect("options");

@@ -7,6 +7,7 @@
 //! 64 / 4 heads, tied embeddings) with GGUFs from llama.cpp's own convert_hf_to_gguf.py.
 //! Every file must reproduce them.
 
+use pensive::quant::CpuKernels;
 use pensive::backend::{block_on, Backend};
 use pensive::loader;
 use pensive::model::{CpuModel, KvPrecision};
@@ -71,14 +72,21 @@ fn check_within(make: &dyn Fn() -> CpuModel, reference: &Reference, what: &str, 
 
 fn safetensors(arch: &str) -> CpuModel {
     let dir = common::root_path(&format!("tests/fixtures/tiny/{arch}"));
-    CpuModel::with_kv_precision(loader::load_safetensors_dir(&dir).unwrap(), None, KvPrecision::F32).unwrap()
+    let mut model = CpuModel::with_kv_precision(loader::load_safetensors_dir(&dir).unwrap(), None, KvPrecision::F32).unwrap();
+    model.set_kernels(CpuKernels::F32);
+    model
 }
 
 fn gguf_with(arch: &str, file: &str, kv: KvPrecision) -> CpuModel {
     let path = common::root_path(&format!("tests/fixtures/tiny/{arch}/{file}"));
-    CpuModel::with_kv_precision(loader::load_gguf_file(&path).unwrap(), None, kv).unwrap()
+    let mut model = CpuModel::with_kv_precision(loader::load_gguf_file(&path).unwrap(), None, kv).unwrap();
+    model.set_kernels(CpuKernels::F32);
+    model
 }
 
+/// The f32 reference kernels: these tests hold the decoder to transformers' f32 arithmetic
+/// on the same weights (the int8 kernels' own tolerance is tested in tests/quant.rs and on
+/// the real models).
 fn gguf(arch: &str, file: &str) -> CpuModel {
     gguf_with(arch, file, KvPrecision::F32)
 }

@@ -4,7 +4,8 @@
 //!    (`tests/fixtures/quant/`, made by `tests/fixtures/gen/quant_fixtures.py`).
 //! 2. `QMatrix::matvec` / `matmul` against dequantize + an f64 dot product, on seeded
 //!    random weights of every type and odd shapes, sequential and threaded.
-//! 3. Bad input gives typed errors.
+//! 3. The int8 kernels against their error bound and the f32 kernels, per type.
+//! 4. Bad input gives typed errors.
 
 use std::path::PathBuf;
 
@@ -20,6 +21,24 @@ const MAX_ULPS_VS_GGUF: u64 = 1;
 /// 8 lanes, then a tree) and fuse multiply-adds, so the error is a few f32 roundings per
 /// term, relative to the sum of |w * x| (not to the result, which can cancel to ~0).
 const KERNEL_REL_TOLERANCE: f64 = 1e-5;
+
+/// The int8 kernels (8-bit activations, [`CpuKernels::Int8`]) vs the f32 kernels on the
+/// same random weights and activations: relative RMS error over all outputs,
+/// ||y_int8 - y_f32|| / ||y_f32||, per weight type. Rounding x to 8 bits moves each value by
+/// up to half a step (uniformly, about step / sqrt(12)) of its block's max / 127; the
+/// weights only set how those errors add up, so every type measures about the same (about
+/// 1% on this test's outlier-heavy activations; comments: measured on x86_64 AVX2).
+/// The hard per-output bound is checked separately ([`check_int8_bound`]).
+const INT8_REL_RMS: [(GgmlType, f64); 8] = [
+    (GgmlType::Q4_0, 1.5e-2), // measured 1.21e-2
+    (GgmlType::Q4_1, 1.5e-2), // measured 1.11e-2
+    (GgmlType::Q5_0, 1.5e-2), // measured 1.09e-2
+    (GgmlType::Q5_1, 1.5e-2), // measured 1.00e-2
+    (GgmlType::Q8_0, 1.5e-2), // measured 1.05e-2
+    (GgmlType::Q4_K, 1.5e-2), // measured 9.7e-3
+    (GgmlType::Q5_K, 1.5e-2), // measured 9.1e-3
+    (GgmlType::Q6_K, 1.5e-2), // measured 9.2e-3
+];
 
 
 // --------------------------------------------------------------------------------------
@@ -249,6 +268,124 @@ fn matvec_and_matmul_match_dequantize_then_dot() {
     }
 }
 
+// --------------------------------------------------------------------------------------
+// int8 kernels vs the f32 kernels
+// --------------------------------------------------------------------------------------
+
+/// Activations with a few outliers (as real hidden states have): they set their block's
+/// 8-bit step, which every other value of the block is rounded to.
+fn activations(len: usize, rng: &mut Rng) -> Vec<f32> {
+    (0..len).map(|_| rng.f32() * if rng.next_u64() % 16 == 0 { 20.0 } else { 1.0 }).collect()
+}
+
+/// The int8 kernels' guarantee: the integer products are exact, so the only error beyond
+/// f32 rounding is x's rounding to 8 bits, at most half a step (`max |x| / 127` of its
+/// 32-value block) per value: `|y - W x| <= sum_c |w_c| step_c / 2`. The f32 rounding of
+/// the per-block scaled sums is allowed [`KERNEL_REL_TOLERANCE`] (x 10, for the
+/// cancellation between `d q` and an offset `m`) of `sum |w x|`.
+fn check_int8_bound(what: &str, got: &[f32], w: &[f32], x: &[f32], rows: usize, cols: usize) {
+    let n = x.len() / cols;
+    for i in 0..n {
+        let x_row = &x[i * cols..(i + 1) * cols];
+        let half_steps: Vec<f64> = x_row
+            .chunks_exact(32)
+            .flat_map(|b| {
+                let step = b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / 127.0;
+                std::iter::repeat_n(step / 2.0, 32)
+            })
+            .collect();
+        for r in 0..rows {
+            let w_row = &w[r * cols..(r + 1) * cols];
+            let exact: f64 = w_row.iter().zip(x_row).map(|(&w, &x)| w as f64 * x as f64).sum();
+            let scale: f64 = w_row.iter().zip(x_row).map(|(&w, &x)| (w as f64 * x as f64).abs()).sum();
+            let rounding: f64 = w_row.iter().zip(&half_steps).map(|(&w, h)| (w as f64).abs() * h).sum();
+            let bound = rounding * (1.0 + 1e-6) + 10.0 * KERNEL_REL_TOLERANCE * scale + f64::MIN_POSITIVE;
+            let err = (got[i * rows + r] as f64 - exact).abs();
+            assert!(err <= bound, "{what}: y[{i}, {r}] = {} but W x = {exact} (|err| {err:e} > bound {bound:e})", got[i * rows + r]);
+        }
+    }
+}
+
+#[test]
+fn int8_kernels_stay_within_the_activation_rounding_bound() {
+    let mut rng = Rng(0x5eed_0003);
+    for (ty, tolerance) in INT8_REL_RMS {
+        let (mut err2, mut ref2) = (0f64, 0f64);
+        // Columns with odd numbers of chunks (and, for 32-value blocks, not multiples of 256).
+        let cols = match ty.block_len() {
+            32 => [96, 608, 4864],
+            _ => [256, 1280, 4864],
+        };
+        for cols in cols {
+            for rows in [1, 5, 37] {
+                let w = random_matrix(ty, rows, cols, &mut rng);
+                let dense = dequantized(&w);
+                for _ in 0..3 {
+                    let x = activations(cols, &mut rng);
+                    let mut y = vec![f32::NAN; rows];
+                    w.mul(&Activations::new(&x, cols, CpuKernels::Int8), &mut y);
+                    check_int8_bound(&format!("{ty:?} int8 {rows}x{cols}"), &y, &dense, &x, rows, cols);
+                    let mut reference = vec![f32::NAN; rows];
+                    w.mul(&Activations::new(&x, cols, CpuKernels::F32), &mut reference);
+                    check_kernel_result(&format!("{ty:?} f32 {rows}x{cols}"), &reference, &dense, &x, rows, cols);
+                    err2 += y.iter().zip(&reference).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>();
+                    ref2 += reference.iter().map(|&b| (b as f64).powi(2)).sum::<f64>();
+                }
+            }
+        }
+        let rel_rms = (err2 / ref2).sqrt();
+        eprintln!("{ty:?}: int8 vs f32 kernels, relative RMS error {rel_rms:.2e} (tolerance {tolerance:.1e})");
+        assert!(rel_rms <= tolerance, "{ty:?}: int8 relative RMS error {rel_rms:e} > {tolerance:e}");
+    }
+}
+
+#[test]
+fn batches_take_the_f32_kernels_under_int8() {
+    // Prefill (n > 1) keeps the f32 tiles, bit for bit.
+    let mut rng = Rng(0x5eed_0006);
+    let (rows, cols) = (9, 256);
+    let w = random_matrix(GgmlType::Q4_K, rows, cols, &mut rng);
+    let x = activations(3 * cols, &mut rng);
+    let (mut a, mut b) = (vec![f32::NAN; 3 * rows], vec![f32::NAN; 3 * rows]);
+    w.mul(&Activations::new(&x, cols, CpuKernels::Int8), &mut a);
+    w.matmul(&x, &mut b);
+    assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()));
+}
+
+#[test]
+fn dense_weights_take_the_f32_kernels_under_int8() {
+    let mut rng = Rng(0x5eed_0004);
+    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+        let (rows, cols) = (5, 301);
+        let w = random_matrix(ty, rows, cols, &mut rng);
+        let x = activations(3 * cols, &mut rng);
+        let (mut a, mut b) = (vec![f32::NAN; 3 * rows], vec![f32::NAN; 3 * rows]);
+        w.mul(&Activations::new(&x, cols, CpuKernels::Int8), &mut a);
+        w.matmul(&x, &mut b);
+        assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()), "{ty:?}");
+    }
+}
+
+#[test]
+fn q8_activation_blocks_round_to_nearest() {
+    let mut rng = Rng(0x5eed_0005);
+    let x = activations(32 * 64, &mut rng);
+    let mut blocks = vec![int8::BlockQ8::default(); 64];
+    int8::quantize_q8(&x, &mut blocks);
+    for (x, b) in x.chunks_exact(32).zip(&blocks) {
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert_eq!(b.d, amax / 127.0);
+        assert!(b.qs.iter().any(|&q| q.abs() == 127), "the largest value maps to ±127");
+        for (&v, &q) in x.iter().zip(&b.qs) {
+            assert!((v - b.d * q as f32).abs() <= b.d * 0.5 * (1.0 + 1e-6), "{v} -> {q} * {}", b.d);
+        }
+        assert_eq!(b.sum, b.d * b.qs.iter().map(|&q| q as i32).sum::<i32>() as f32);
+    }
+    // An all-zero block has step 0 and quantizes to zeros, not NaN.
+    int8::quantize_q8(&[0.0; 32], &mut blocks[..1]);
+    assert_eq!((blocks[0].d, blocks[0].sum, blocks[0].qs), (0.0, 0.0, [0; 32]));
+}
+
 #[test]
 fn threaded_kernels_equal_sequential_ones() {
     // Large enough that parallel_rows splits the work; rows not a multiple of the chunking.
@@ -268,6 +405,13 @@ fn threaded_kernels_equal_sequential_ones() {
                 y1.iter().zip(&y3).all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{ty:?} n={n}: 3 threads differ from 1"
             );
+            if n == 1 {
+                let q8 = Activations::new(&x, cols, CpuKernels::Int8);
+                let (mut z1, mut z3) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
+                single.install(|| w.mul(&q8, &mut z1));
+                triple.install(|| w.mul(&q8, &mut z3));
+                assert!(z1.iter().zip(&z3).all(|(a, b)| a.to_bits() == b.to_bits()), "{ty:?}: int8 on 3 threads differs from 1");
+            }
             check_kernel_result(&format!("{ty:?} threaded n={n}"), &y3, &dequantized(&w), &x, rows, cols);
         }
     }

@@ -8,6 +8,7 @@
 
 use std::rc::Rc;
 
+use pensive::quant::CpuKernels;
 use pensive::backend::block_on;
 use pensive::chat::{ChatTemplate, Message};
 use pensive::engine::{BackendChoice, Engine, GenerateRequest, LoadOptions, Prompt};
@@ -161,13 +162,13 @@ fn qwen3_tokenizer_json() {
 }
 
 fn engine(file: &str) -> Option<Engine> {
-    engine_on(file, BackendChoice::Cpu)
+    engine_on(file, BackendChoice::Cpu, CpuKernels::default())
 }
 
-fn engine_on(file: &str, backend: BackendChoice) -> Option<Engine> {
+fn engine_on(file: &str, backend: BackendChoice, cpu_kernels: CpuKernels) -> Option<Engine> {
     let path = common::model_path(file)?;
     let model = loader::load_gguf_file(&path).unwrap();
-    let options = LoadOptions { backend, max_context: Some(512) };
+    let options = LoadOptions { backend, max_context: Some(512), cpu_kernels };
     match block_on(Engine::new(model, None, &options)) {
         Ok(e) => Some(e),
         Err(e) if std::env::var("PENSIVE_REQUIRE_GPU").as_deref() != Ok("1") => {
@@ -257,8 +258,9 @@ fn qwen25_coder_budget_forcing_with_string_markers() {
 #[test]
 fn budget_forced_stream_is_identical_on_cpu_and_gpu() {
     let file = "smollm2-135m-instruct-q4_1.gguf";
-    let Some(mut cpu) = engine_on(file, BackendChoice::Cpu) else { return };
-    let Some(mut gpu) = engine_on(file, BackendChoice::Gpu) else { return };
+    // The CPU's f32 reference kernels: the GPU's activations are f16/f32, never 8-bit.
+    let Some(mut cpu) = engine_on(file, BackendChoice::Cpu, CpuKernels::F32) else { return };
+    let Some(mut gpu) = engine_on(file, BackendChoice::Gpu, CpuKernels::F32) else { return };
     let request = || GenerateRequest {
         temperature: Some(0.0),
         max_tokens: Some(40),

@@ -25,7 +25,7 @@ const THINKING_TEMPLATE: &str = "{%- for m in messages %}<|im_start|>{{ m.role }
 fn engine(backend: BackendChoice) -> Option<Engine> {
     let path = common::model_path(MODEL)?;
     let model = loader::load_gguf_file(&path).unwrap();
-    match block_on(Engine::new(model, None, &LoadOptions { backend, max_context: Some(512) })) {
+    match block_on(Engine::new(model, None, &LoadOptions { backend, max_context: Some(512), ..LoadOptions::default() })) {
         Ok(e) => Some(e),
         Err(e) if backend == BackendChoice::Gpu && std::env::var("PENSIVE_REQUIRE_GPU").as_deref() != Ok("1") => {
             eprintln!("SKIPPED (no GPU adapter): {e}");

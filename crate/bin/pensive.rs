@@ -25,6 +25,7 @@ mod cli {
     };
     use pensive::generate::{Event, Stats};
     use pensive::loader;
+    use pensive::quant::CpuKernels;
     use pensive::eval;
     use pensive::thinking::{Phase, ThinkingOptions};
     use pensive::tokenizer::Tokenizer;
@@ -110,6 +111,16 @@ mod cli {
         /// KV cache capacity in tokens.
         #[arg(long)]
         max_context: Option<usize>,
+        /// CPU backend kernels: f32 (the reference) or int8 (decode with 8-bit activations
+        /// and integer dot products, as llama.cpp).
+        #[arg(long, value_enum, default_value = "f32")]
+        cpu_kernels: CpuKernelsArg,
+    }
+
+    #[derive(Clone, Copy, ValueEnum)]
+    enum CpuKernelsArg {
+        Int8,
+        F32,
     }
 
     #[derive(Clone, Copy, ValueEnum)]
@@ -387,7 +398,11 @@ mod cli {
             BackendArg::Gpu => BackendChoice::Gpu,
             BackendArg::Cpu => BackendChoice::Cpu,
         };
-        LoadOptions { backend, max_context: args.max_context }
+        let cpu_kernels = match args.cpu_kernels {
+            CpuKernelsArg::Int8 => CpuKernels::Int8,
+            CpuKernelsArg::F32 => CpuKernels::F32,
+        };
+        LoadOptions { backend, max_context: args.max_context, cpu_kernels }
     }
 
     /// A GGUF file streamed through the engine loader in chunks, as the browser streams a
@@ -542,6 +557,7 @@ mod cli {
                 backend: a.backend,
                 threads: a.threads,
                 max_context: a.max_context,
+                cpu_kernels: CpuKernelsArg::F32,
             };
             let mut engine = load(&args)?;
             let model = path.file_name().map_or(path.display().to_string(), |f| f.to_string_lossy().into_owned());

@@ -18,13 +18,13 @@ export const EXAMPLE = `import { Pensive } from 'pensive';
 const engine = await Pensive.load({ model: '/models/smollm2-135m-instruct-q4_1.gguf', backend: 'cpu', worker: true });
 const stream = await engine.chat.completions.create({
   messages: [{ role: 'user', content: 'What is the capital of France?' }],
-  stream: true, max_tokens: 40, temperature: 0, thinking: { open: true, min_tokens: 12, max_tokens: 16 },
+  stream: true, max_tokens: 40, temperature: 0, thinking: { open: true, min_tokens: 12, max_tokens: 15 },
 });
 let reasoning = '', answer = '';
 for await (const chunk of stream) { reasoning += chunk.choices[0]?.delta.reasoning_content ?? ''; answer += chunk.choices[0]?.delta.content ?? ''; }
 document.body.textContent = JSON.stringify({ reasoning, answer });
 `;
-const NATIVE_FLAGS = ['--chat', 'What is the capital of France?', '--max-tokens', '40', '--temperature', '0', '--think-open', '--think-min', '12', '--think-max', '16'];
+const NATIVE_FLAGS = ['--chat', 'What is the capital of France?', '--max-tokens', '40', '--temperature', '0', '--think-open', '--think-min', '12', '--think-max', '15'];
 
 let tmp;
 let app;

@@ -104,7 +104,8 @@ export async function version() {
 }
 
 const BACKENDS = ['auto', 'webgpu', 'cpu'];
-export const LOAD_OPTIONS = ['model', 'tokenizer', 'backend', 'max_context', 'onProgress', 'cache', 'persist', 'worker', 'signal', 'wasmUrl',
+const CPU_KERNELS = ['int8', 'f32'];
+export const LOAD_OPTIONS = ['model', 'tokenizer', 'backend', 'max_context', 'cpu_kernels', 'onProgress', 'cache', 'persist', 'worker', 'signal', 'wasmUrl',
   'wasmThreadsUrl', 'threads'];
 /** Progress is reported at most once per this many bytes (plus the first and last chunk). */
 const PROGRESS_STEP = 1 << 20;
@@ -127,6 +128,9 @@ export function checkLoadOptions(options) {
   }
   if (options.max_context !== undefined && !(Number.isInteger(options.max_context) && options.max_context > 0)) {
     throw new PensiveError('invalid_options', 'max_context must be a positive integer');
+  }
+  if (options.cpu_kernels !== undefined && !CPU_KERNELS.includes(options.cpu_kernels)) {
+    throw new PensiveError('invalid_options', `cpu_kernels must be one of ${CPU_KERNELS.join(', ')}, not '${options.cpu_kernels}'`);
   }
   for (const flag of ['cache', 'persist', 'worker']) {
     if (options[flag] !== undefined && typeof options[flag] !== 'boolean') {
@@ -231,7 +235,11 @@ export async function loadInThread(options) {
   const report = progressReporter(opts.onProgress);
   const source = await openModelSource(opts.model, { cache: opts.cache, tokenizer: opts.tokenizer, signal: opts.signal });
   // The Rust side's LoadOptions (snake_case, unknown fields refused).
-  const engineOptions = { backend: opts.backend, ...(opts.max_context ? { max_context: opts.max_context } : {}) };
+  const engineOptions = {
+    backend: opts.backend,
+    ...(opts.max_context ? { max_context: opts.max_context } : {}),
+    ...(opts.cpu_kernels ? { cpu_kernels: opts.cpu_kernels } : {}),
+  };
   let raw;
   try {
     if (source.kind === 'gguf') {

@@ -60,6 +60,12 @@ export interface LoadOptions {
   backend?: 'auto' | 'webgpu' | 'cpu';
   /** KV cache capacity in tokens (default: min(model context, 8192)). */
   max_context?: number;
+  /**
+   * The CPU backend's kernels: `f32` (default, the reference) or `int8` (decode multiplies
+   * 8-bit activations by integer weights, as llama.cpp: faster; a repeated request that reuses
+   * the cache may then differ from a fresh one by rounding). Ignored on WebGPU.
+   */
+  cpu_kernels?: 'int8' | 'f32';
   onProgress?: (progress: LoadProgress) => void;
   /** Cache downloads (Cache API, keyed by URL + size + ETag). Default true; quota errors only warn. */
   cache?: boolean;
