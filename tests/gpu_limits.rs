@@ -15,7 +15,7 @@ use pensive::engine::{AnyBackend, BackendChoice, Engine, EngineError, EngineLoad
 use pensive::generate::Event;
 use pensive::gpu::{check_fits, GpuContext, GpuError, GpuModel, GpuOptions};
 use pensive::loader;
-use pensive::model::CpuModel;
+use pensive::model::{CpuModel, KvPrecision};
 use pensive::quant::GgmlType;
 
 const SMOLLM2: &str = "smollm2-135m-instruct-q4_1.gguf";
@@ -29,7 +29,8 @@ fn a_model_larger_than_the_binding_limit_runs_split() {
     // (A prefill chunk's logits, 32 × 49152 f32 = 6 MiB, must still fit in one binding.)
     let Some(ctx) = gpu_common::context(false, Some(8 << 20)) else { return };
     let mut gpu = GpuModel::from_loaded(Rc::new(ctx), loader::load_gguf_file(&path).unwrap(), Some(128)).unwrap();
-    let mut cpu = CpuModel::new(loader::load_gguf_file(&path).unwrap(), Some(128)).unwrap();
+    // An f32 KV cache like the f32 context's, so that summation order is the only difference.
+    let mut cpu = CpuModel::with_kv_precision(loader::load_gguf_file(&path).unwrap(), Some(128), KvPrecision::F32).unwrap();
     // The f32 reference kernels: the GPU's activations are f16/f32, never 8-bit.
     cpu.set_kernels(CpuKernels::F32);
     let prompt = [504u32, 3575, 282, 4649, 314]; // "The capital of France is"
