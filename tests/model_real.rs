@@ -13,8 +13,8 @@
 //! f32 KV cache option) the only difference is summation order, so the bar there is tight
 //! for the f32 kernels: [`TRANSFORMERS_TOLERANCE`] on every top-20 logit of every
 //! teacher-forced position. The backend as it runs keeps keys and values in f16:
-//! [`CPU_F16_KV_TOLERANCE`]; the int8 kernels' 8-bit activations move logits by up to
-//! [`SMOLLM2_INT8_TOLERANCE`] / [`QWEN05_INT8_TOLERANCE`] more.
+//! [`CPU_F16_KV_TOLERANCE`]; with the int8 kernels' 8-bit activations on top of it, up to
+//! [`SMOLLM2_INT8_TOLERANCE`] / [`QWEN05_INT8_TOLERANCE`].
 
 use pensive::backend::{block_on, Backend};
 use pensive::engine::{AnyBackend, BackendChoice, LoadOptions};
@@ -36,9 +36,11 @@ const F32_REFERENCE_CASES: usize = 2;
 /// The int8 (decode) kernels vs transformers' f32 on every top-20 logit of every
 /// continuation position: the activations' 8-bit rounding (<= 0.4% of each block's largest
 /// value), compounded over 30 / 24 layers. About llama.cpp's own distance from transformers
-/// (0.86 on SmolLM2's chat_capital): SmolLM2's logits are large. Measured 1.04 and 0.22.
-const SMOLLM2_INT8_TOLERANCE: f32 = 1.25;
-const QWEN05_INT8_TOLERANCE: f32 = 0.3;
+/// (0.86 on SmolLM2's chat_capital): SmolLM2's logits are large. These bars are for the
+/// int8 kernels over the f16 KV cache, as they run. Measured with an f32 cache 1.04 and 0.22;
+/// with the f16 cache 1.36 and 0.21 (every decisive position still equal to llama.cpp's).
+const SMOLLM2_INT8_TOLERANCE: f32 = 1.5;
+const QWEN05_INT8_TOLERANCE: f32 = 0.35;
 /// The GPU backend with f16 activations and KV cache (lavapipe has shader-f16): about three
 /// significant digits per stored value, compounded over 24-30 layers.
 const GPU_F16_TOLERANCE: f32 = 0.15;
@@ -196,7 +198,7 @@ fn cpu((file, fixture, int8_tolerance): RealModel, kernels: CpuKernels) {
     // The int8 kernels are the decode kernels: feed the continuation one token at a time.
     let (hf_tolerance, feed) = match kernels {
         CpuKernels::F32 => (CPU_F16_KV_TOLERANCE, Feed::Batch),
-        CpuKernels::Int8 => (int8_tolerance + CPU_F16_KV_TOLERANCE, Feed::Decode),
+        CpuKernels::Int8 => (int8_tolerance, Feed::Decode),
     };
     check_model(&mut cpu, file, fixture, usize::MAX, hf_tolerance, feed);
     if kernels == CpuKernels::F32 {
