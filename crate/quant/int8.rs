@@ -138,14 +138,17 @@ impl IntBlock for BlockQ4_1 {
     }
 }
 
+/// Q5_0/Q5_1 quants: the low nibbles with each weight's fifth bit on top, 0..=31.
+#[inline(always)]
+fn five_bits(qs: &[u8; 16], qh: &[u8; 4]) -> [u8; 32] {
+    let (lo, hi) = (nibbles(qs), fifth_bits(qh));
+    std::array::from_fn(|l| lo[l] | hi[l])
+}
+
 impl IntBlock for BlockQ5_0 {
     #[inline(always)]
     fn int_chunk<D: IntDot>(&self, _: usize) -> IntChunk {
-        let (lo, hi) = (nibbles(&self.qs), fifth_bits(&self.qh));
-        let mut q = [0u8; 32];
-        for l in 0..32 {
-            q[l] = lo[l] | hi[l];
-        }
+        let q = five_bits(&self.qs, &self.qh);
         let d = D::f16(self.d);
         IntChunk { q: offset_by(q, 16), d: [d, d], m: 0.0 }
     }
@@ -154,11 +157,7 @@ impl IntBlock for BlockQ5_0 {
 impl IntBlock for BlockQ5_1 {
     #[inline(always)]
     fn int_chunk<D: IntDot>(&self, _: usize) -> IntChunk {
-        let (lo, hi) = (nibbles(&self.qs), fifth_bits(&self.qh));
-        let mut q = [0u8; 32];
-        for l in 0..32 {
-            q[l] = lo[l] | hi[l];
-        }
+        let q = five_bits(&self.qs, &self.qh);
         let d = D::f16(self.d);
         IntChunk { q: offset_by(q, 0), d: [d, d], m: D::f16(self.m) }
     }
