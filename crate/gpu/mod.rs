@@ -520,15 +520,20 @@ impl GpuContext {
 
     /// After work on the device failed: whether the device was lost, which then is the
     /// failure's real cause. In the browser a destroyed device rejects a pending readback and
-    /// resolves `device.lost` in separate tasks, in either order: a few tasks are let run
-    /// before the answer is no.
+    /// resolves `device.lost` in separate tasks, in either order, and on a loaded machine
+    /// the loss can come from the GPU process well after the rejection (a worker saw it
+    /// later than ten `setTimeout(0)` hops): the wait backs off up to [`LOST_WAIT_MS`]
+    /// before the answer is no. Only a failed step pays it.
     pub async fn lost_after_failure(&self) -> Option<String> {
         #[cfg(target_arch = "wasm32")]
-        for _ in 0..LOST_TASKS {
-            if self.faults.lost().is_some() {
-                break;
+        {
+            let mut waited = 0;
+            let mut delay = 0;
+            while self.faults.lost().is_none() && waited < LOST_WAIT_MS {
+                later_task(delay).await;
+                waited += delay.max(1);
+                delay = (delay * 2).clamp(1, 250);
             }
-            next_task().await;
         }
         self.faults.lost()
     }
@@ -693,20 +698,20 @@ impl GpuContext {
     }
 }
 
-/// Tasks [`GpuContext::lost_after_failure`] waits for the device-lost callback.
+/// Milliseconds [`GpuContext::lost_after_failure`] waits for the device-lost callback.
 #[cfg(target_arch = "wasm32")]
-const LOST_TASKS: usize = 10;
+const LOST_WAIT_MS: u32 = 3000;
 
-/// Resolves in a later task of the page's (or worker's) event loop: `setTimeout(0)`.
+/// Resolves in a later task of the page's (or worker's) event loop: `setTimeout(ms)`.
 #[cfg(target_arch = "wasm32")]
-async fn next_task() {
+async fn later_task(ms: u32) {
     use wasm_bindgen::JsCast;
     let global = js_sys::global();
     let Ok(set_timeout) = js_sys::Reflect::get(&global, &"setTimeout".into()) else { return };
     let Ok(set_timeout) = set_timeout.dyn_into::<js_sys::Function>() else { return };
     let mut scheduled = true;
     let promise = js_sys::Promise::new(&mut |resolve, _reject| {
-        scheduled = set_timeout.call2(&global, &resolve, &0.into()).is_ok();
+        scheduled = set_timeout.call2(&global, &resolve, &ms.into()).is_ok();
     });
     if scheduled {
         let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
