@@ -10,8 +10,8 @@
 //! 5. [`QMatrix`]: a 2-D weight kept quantized, with `matvec` (decode) and `matmul`
 //!    (prefill) kernels, and [`QMatrix::mul`], which runs the kernels [`CpuKernels`] picks.
 //! 6. The f32 kernels, instantiated once portably and once for AVX2+FMA.
-//! 7. [`int8`]: the int8 mat-vec kernels (8-bit activations, integer dot products), opt-in
-//!    for decode.
+//! 7. [`int8`]: the int8 kernels (8-bit activations, integer dot products) for decode and
+//!    prefill.
 //!
 //! Numerics of the f32 kernels (`matvec`, `matmul`, the reference): activations stay f32;
 //! every kernel dequantizes a weight block exactly as the reference does and takes an f32
@@ -747,26 +747,24 @@ pub enum CpuKernels {
     /// the default.
     #[default]
     F32,
-    /// Decode multiplies 8-bit activations by integer weights ([`int8`]), as llama.cpp;
-    /// prefill keeps the f32 tiles, faster there. Not the default: a token's result then
-    /// depends on whether it came alone (decode) or in a batch (prefill), by the 8-bit
-    /// rounding, so a request that reuses a cached prefix no longer equals a fresh one
-    /// (tests/transcript.rs) — an int8 prefill kernel would make every row's result
-    /// independent of batching again.
+    /// 8-bit activations times integer weights ([`int8`]), as llama.cpp, for decode and
+    /// prefill alike. Every row's result is the same whether it is computed alone or in a
+    /// batch, so a request that reuses a cached prefix equals a fresh one.
     Int8,
 }
 
 /// Activations x (n, cols) prepared once for every weight that multiplies them (q, k and v
-/// share one input, gate and up another): for the int8 kernels, quantized to 8 bits here,
-/// once, instead of once per matrix.
+/// share one input, gate and up another): for the int8 kernels, quantized to 8 bits once,
+/// on first use, in the scheme each weight family takes, instead of once per matrix.
 pub struct Activations<'a> {
     /// (n, cols) f32.
     x: &'a [f32],
     cols: usize,
-    /// (cols / 32,) blocks when the int8 kernels will run: [`CpuKernels::Int8`], one row
-    /// (decode; see [`int8`] for why prefill stays f32) and cols a multiple of 32 (which
-    /// every quantized weight's is).
-    q8: Option<Vec<int8::BlockQ8>>,
+    kernels: CpuKernels,
+    /// x in 32-value blocks, for the 32-value weight formats.
+    q8: std::sync::OnceLock<int8::Q8Rows>,
+    /// x in 256-value blocks, for the K-quants.
+    q8k: std::sync::OnceLock<int8::Q8KRows>,
 }
 
 impl<'a> Activations<'a> {
@@ -776,12 +774,7 @@ impl<'a> Activations<'a> {
     /// If `x.len()` is not a multiple of `cols` (a caller bug).
     pub fn new(x: &'a [f32], cols: usize, kernels: CpuKernels) -> Self {
         assert!(cols > 0 && x.len() % cols == 0, "activations: {} values are not rows of {cols}", x.len());
-        let q8 = (kernels == CpuKernels::Int8 && x.len() == cols && cols % int8::Q8_LEN == 0).then(|| {
-            let mut blocks = vec![int8::BlockQ8::default(); cols / int8::Q8_LEN];
-            int8::quantize_q8(x, &mut blocks);
-            blocks
-        });
-        Self { x, cols, q8 }
+        Self { x, cols, kernels, q8: std::sync::OnceLock::new(), q8k: std::sync::OnceLock::new() }
     }
 
     /// The f32 values, (n, cols).
@@ -791,20 +784,42 @@ impl<'a> Activations<'a> {
 }
 
 impl QMatrix {
-    /// `Y = X W^T` for prepared activations: x (n, cols), y (n, rows). The int8 mat-vec
-    /// kernels when `x` was prepared for them and W is block-quantized, else
-    /// [`QMatrix::matmul`].
+    /// `Y = X W^T` for prepared activations: x (n, cols), y (n, rows). The int8 kernels
+    /// when `x` was prepared for them and W is block-quantized, else [`QMatrix::matmul`].
     ///
     /// # Panics
     /// If x's columns differ from W's or y's length from n * rows.
     pub fn mul(&self, x: &Activations, y: &mut [f32]) {
-        match &x.q8 {
-            Some(q8) if self.ty.is_quantized() => {
-                assert_eq!(x.cols, self.cols, "mul: x has {} columns, W has {}", x.cols, self.cols);
-                assert_eq!(y.len(), self.rows, "mul: y has {} values, W has {} rows", y.len(), self.rows);
-                parallel_rows(y, 1, self.cols, 1, |row0, y| int8::matvec_rows(self, row0, q8, y));
+        if x.kernels != CpuKernels::Int8 || !self.ty.is_quantized() {
+            return self.matmul(x.x, y);
+        }
+        assert_eq!(x.cols, self.cols, "mul: x has {} columns, W has {}", x.cols, self.cols);
+        let n = x.x.len() / x.cols;
+        assert_eq!(y.len(), n * self.rows, "mul: y has {} values, expected {n} x {}", y.len(), self.rows);
+        let (q8, q8k) = if self.ty.block_len() == int8::Q8K_LEN {
+            (None, Some(x.q8k.get_or_init(|| int8::Q8KRows::new(x.x, x.cols))))
+        } else {
+            (Some(x.q8.get_or_init(|| int8::Q8Rows::new(x.x, x.cols))), None)
+        };
+        let kernel = |row0: usize, n: usize, yt: &mut [f32]| match (q8, q8k) {
+            (Some(q8), _) => int8::rows_q8(self, row0, q8, n, yt),
+            (_, Some(q8k)) => int8::rows_q8k(self, row0, q8k, n, yt),
+            _ => {}
+        };
+        match n {
+            0 => {}
+            1 => parallel_rows(y, 1, self.cols, 1, |row0, y| kernel(row0, 1, y)),
+            _ => {
+                // As in `matmul`: threads split the weight rows, each writing a (rows_chunk,
+                // n) block of Y^T; then transpose.
+                let mut yt = vec![0.0f32; n * self.rows]; // (rows, n)
+                parallel_rows(&mut yt, n, n * self.cols, 1, |row0, yt| kernel(row0, n, yt));
+                for (r, yt_row) in yt.chunks_exact(n).enumerate() {
+                    for (i, &v) in yt_row.iter().enumerate() {
+                        y[i * self.rows + r] = v;
+                    }
+                }
             }
-            _ => self.matmul(x.x, y),
         }
     }
 }

@@ -1,39 +1,56 @@
-//! 8-bit activations with integer dot products: the CPU backend's opt-in decode kernels
-//! ([`CpuKernels::Int8`]; why not the default is said there).
+//! 8-bit activations with integer dot products: the CPU backend's int8 kernels
+//! ([`CpuKernels::Int8`]), for decode (one activation row) and prefill (many) alike.
 //!
-//! The idea is llama.cpp's (ggml-cpu's `quantize_row_q8_0` + `vec_dot_*_q8_0`): quantize the
-//! activation vector once per mat-vec into 32-value blocks, `x ≈ dx * q` with one f32 scale
-//! per block ([`BlockQ8`]), then multiply integer weights by integer activations, 32 at a
-//! time, and apply both scales once per 32 products instead of once per product.
+//! The idea is llama.cpp's (ggml-cpu's `quantize_row_q8_0` / `quantize_row_q8_K` +
+//! `vec_dot_*`): quantize the activations once per matrix product, then multiply integer
+//! weights by integer activations and apply the scales once per block of products instead
+//! of once per product. Two activation schemes, one per weight family, as llama.cpp:
+//! - 32-value weight blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): activations in 32-value blocks
+//!   with an f32 scale and sum ([`BlockQ8`]); each 32-product integer dot is converted to
+//!   f32 and scaled by `d_w * d_x` (the weight's own scale is per 32 values anyway). The
+//!   offsets (`w = d q + m`; Q4_0's and Q5_0's fixed 8 and 16 are offsets here too, so all
+//!   these weights are unsigned bytes) are a separate dot product of the weight row's `m`
+//!   with the activation blocks' sums.
+//! - K-quants (Q4_K, Q5_K, Q6_K): activations in 256-value blocks with one scale
+//!   ([`BlockQ8K`], llama.cpp's Q8_K), so the sub-block scales (6- or 8-bit integers) are
+//!   applied in integer arithmetic and a whole super-block's sum is exact; it is converted to
+//!   f32 once per 256 products. The mins (and Q6_K's fixed 32) take the activation
+//!   block's integer sums per 16 values.
 //!
-//! One kernel for every weight format. Each format only says how a 32-weight chunk of its
-//! blocks unpacks to the common integer form ([`IntBlock::int_chunk`] → [`IntChunk`]:
-//! 32 signed bytes, a scale per 16 weights, an offset); [`dot_row`] is the one block-dot
-//! kernel, and the one thing that differs by instruction set is the inner product of 32
-//! signed bytes ([`IntDot`]: AVX2 `vpmaddubsw`/`vpmaddwd`, wasm simd128 `i32x4.dot_i16x8_s`,
-//! a portable fallback).
+//! One kernel per family for every format and both uses. Each format only says how its
+//! blocks unpack to the family's integer form ([`Block32::unpack`], [`BlockK::unpack`]);
+//! the instruction-set-specific pieces are inner products of 32 bytes ([`IntDot`]: AVX2
+//! `vpmaddubsw`/`vpmaddwd`, wasm simd128 `i32x4.dot_i16x8_s`, a portable fallback).
 //!
-//! These are the mat-vec (decode) kernels. Decode reads every weight once per token and is
-//! bound by memory and by the work per weight, which this cuts (4x less activation traffic,
-//! no f32 conversion of weights). Prefill keeps the f32 tile kernels: they reuse each
-//! dequantized weight for eight multiply-adds, and on AVX2 an FMA per 8 products beats the
-//! `maddubs + madd + cvt + fma` per 32 products that 32-value scales need (a batched int8
-//! kernel measured 1.5x slower than the f32 tiles on SmolLM2 and Qwen2.5-0.5B prefill). An
-//! int8 prefill would need activation scales per 256 values (llama.cpp's Q8_K) so that
-//! integer sums can run across a K-quant super-block before one conversion to f32.
+//! Batching cannot change a result: [`mul_rows`] unpacks a weight row once and takes its
+//! dot product with every activation row (that reuse is the prefill's speed), and each
+//! (weight row, activation row) pair runs the same operations in the same order whether it
+//! is alone (decode) or one of many, on whichever thread. So a token's result is the same
+//! computed alone or in a prompt, and a cached prefix reproduces a fresh one. (An earlier
+//! batched kernel on 32-value activation scales for every format, with a scale multiply
+//! and a sign fix-up per 32 products, measured 1.5x slower than the f32 tiles in prefill;
+//! here K-quants sum a super-block in integers, and the 32-value formats precompute their
+//! `d_w * d_x` per row pair and take unsigned weights.)
 //!
 //! Numerics (the tolerance `tests/quant.rs` checks): the integer products and their sums
 //! are exact; the only new error is the activations' rounding to 8 bits, at most `dx / 2`
-//! per value (`dx = max |x| / 127` of its 32-value block), so `|y - W x| <= sum_i |w_i| *
-//! dx_i / 2` plus f32 rounding — about 0.3% of a typical dot product, far below the
-//! weights' own 4-6-bit quantization error.
+//! per value (`dx = max |x| / 127` of its 32- or 256-value block), so `|y - W x| <= sum_i
+//! |w_i| * dx_i / 2` plus f32 rounding — about 1% of a typical dot product, below the
+//! weights' own 4-6-bit quantization error. For K-quants the f32 arithmetic after the exact
+//! integer sums is scalar and the same on every instruction set, so AVX2, simd128 and the
+//! portable code agree bit for bit; the 32-value formats sum their per-block products in
+//! the vector lanes of each instruction set, which differ from the portable order by a few
+//! f32 roundings.
 
 use bytemuck::{Pod, Zeroable};
 
 use super::*;
 
-/// Values per activation block (and per weight chunk).
+/// Values per activation block of the 32-value weight formats (and per weight chunk).
 pub const Q8_LEN: usize = 32;
+
+/// Values per activation block of the K-quants (one super-block).
+pub const Q8K_LEN: usize = 256;
 
 /// 32 activations quantized to 8 bits: `x[l] ≈ d * qs[l]`, `qs` in [-127, 127].
 #[repr(C)]
@@ -48,45 +65,129 @@ pub struct BlockQ8 {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ8>() == 40);
 
-/// Quantize `x` (a multiple of 32 values) into `out` (x.len() / 32 blocks): round to
-/// nearest, ties away from zero, as ggml's `quantize_row_q8_0` (which stores `d` as f16;
-/// we keep f32, it costs nothing here).
-pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
-    for (x, out) in x.chunks_exact(Q8_LEN).zip(out) {
-        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, &v) in out.qs.iter_mut().zip(x) {
-            // |v * inv| <= 127 (up to rounding, which `as` saturates); NaN becomes 0.
-            *q = (v * inv).round() as i8;
-            sum += *q as i32;
-        }
-        out.d = d;
-        out.sum = d * sum as f32;
+/// 256 activations quantized to 8 bits with one scale (llama.cpp's `block_q8_K`):
+/// `x[32 c + l] ≈ d * qs[c][l]`, `qs` in [-127, 127].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct BlockQ8K {
+    /// Scale: max |x| / 127 over the 256 values (0 for an all-zero block).
+    pub d: f32,
+    /// (8, 32) i8: the quantized values, in order.
+    pub qs: [[i8; Q8_LEN]; 8],
+    /// (16,) i16: `bsums[g]` = the sum of `qs` over values 16 g .. 16 g + 16 (|.| <= 2032).
+    pub bsums: [i16; 16],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8K>() == 292);
+
+impl Default for BlockQ8K {
+    fn default() -> Self {
+        Self::zeroed()
     }
 }
 
-/// A 32-weight chunk in integer form: `w[l] = d[l / 16] * q[l] + m`.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct IntChunk {
-    /// (32,) i8: the weights' integers, offset removed where the format has a fixed one
-    /// (Q4_0's 8, Q5_0's 16, Q6_K's 32).
-    pub q: [i8; Q8_LEN],
-    /// Scale of weights 0..16 and 16..32 (equal except for Q6_K's 16-weight groups).
-    pub d: [f32; 2],
-    /// Offset of every weight (Q4_1/Q5_1's min, minus Q4_K/Q5_K's scaled min; else 0).
-    pub m: f32,
+/// Round `x` to `d * q` for d = max |x| / 127: nearest, ties away from zero, as ggml's
+/// `quantize_row_q8_0` (which stores `d` as f16; we keep f32, it costs nothing here).
+/// Returns d.
+#[inline(always)]
+fn quantize_block(x: &[f32], qs: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (q, &v) in qs.iter_mut().zip(x) {
+        // |v * inv| <= 127 (up to rounding, which `as` saturates); NaN becomes 0.
+        *q = (v * inv).round() as i8;
+    }
+    d
 }
 
-/// A block format that unpacks to [`IntChunk`]s. `int_chunk` computes the same scales and
-/// offsets as the format's `dequantize_chunk` (the reference): `d * q + m` there is
-/// `w` here before rounding.
-pub(crate) trait IntBlock: QuantBlock {
-    /// Chunks per block.
-    const CHUNKS: usize = Self::LEN / Q8_LEN;
-    /// Chunk `i` (< CHUNKS) of the block; `D` converts its f16 scales.
-    fn int_chunk<D: IntDot>(&self, i: usize) -> IntChunk;
+/// Quantize `x` (a multiple of 32 values) into `out` (x.len() / 32 blocks).
+pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
+    for (x, out) in x.chunks_exact(Q8_LEN).zip(out) {
+        out.d = quantize_block(x, &mut out.qs);
+        out.sum = out.d * out.qs.iter().map(|&q| q as i32).sum::<i32>() as f32;
+    }
+}
+
+/// Quantize `x` (a multiple of 256 values) into `out` (x.len() / 256 blocks).
+pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
+    for (x, out) in x.chunks_exact(Q8K_LEN).zip(out) {
+        let mut qs = [0i8; Q8K_LEN];
+        out.d = quantize_block(x, &mut qs);
+        for (dst, src) in out.qs.iter_mut().zip(qs.chunks_exact(Q8_LEN)) {
+            dst.copy_from_slice(src);
+        }
+        for (s, g) in out.bsums.iter_mut().zip(qs.chunks_exact(16)) {
+            *s = g.iter().map(|&q| q as i16).sum();
+        }
+    }
+}
+
+/// Activations (n, cols) quantized for the 32-value weight formats, laid out for the
+/// kernel: the quants of every block, and their scales and sums as separate rows (the
+/// kernel multiplies those with the weight row's, eight at a time).
+pub struct Q8Rows {
+    /// (n, cols / 32) blocks of 32 quants.
+    qs: Vec<[i8; Q8_LEN]>,
+    /// (n, cols / 32) f32 scales.
+    d: Vec<f32>,
+    /// (n, cols / 32) f32 sums, `d * sum(qs)`.
+    sum: Vec<f32>,
+}
+
+impl Q8Rows {
+    /// `x` (n, cols), cols a multiple of 32 (any rest is ignored).
+    pub fn new(x: &[f32], cols: usize) -> Self {
+        let chunks = cols / Q8_LEN;
+        let n = if cols == 0 { 0 } else { x.len() / cols };
+        let mut out = Self { qs: Vec::with_capacity(n * chunks), d: Vec::with_capacity(n * chunks), sum: Vec::with_capacity(n * chunks) };
+        let mut block = BlockQ8::default();
+        for row in x.chunks_exact(cols.max(1)).take(n) {
+            for x in row.chunks_exact(Q8_LEN) {
+                quantize_q8(x, std::slice::from_mut(&mut block));
+                out.qs.push(block.qs);
+                out.d.push(block.d);
+                out.sum.push(block.sum);
+            }
+        }
+        out
+    }
+}
+
+/// Activations (n, cols) quantized for the K-quants: (n, cols / 256) blocks.
+pub struct Q8KRows {
+    /// (n, cols / 256) blocks.
+    blocks: Vec<BlockQ8K>,
+}
+
+impl Q8KRows {
+    /// `x` (n, cols), cols a multiple of 256 (any rest is ignored).
+    pub fn new(x: &[f32], cols: usize) -> Self {
+        let blocks_per_row = cols / Q8K_LEN;
+        let n = if cols == 0 { 0 } else { x.len() / cols };
+        let mut blocks = vec![BlockQ8K::default(); n * blocks_per_row];
+        if blocks_per_row > 0 {
+            for (row, out) in x.chunks_exact(cols).zip(blocks.chunks_exact_mut(blocks_per_row)) {
+                quantize_q8k(row, out);
+            }
+        }
+        Self { blocks }
+    }
+}
+
+// ======================================================================================
+// Weights in integer form
+// ======================================================================================
+
+/// A 32-weight block format: `w[l] = d * q[l] + m`, q unsigned (or, for [`Self::SIGNED`]
+/// formats, the bytes of a signed q). `unpack` computes the same scales and offsets as the
+/// format's `dequantize_chunk` (the reference) up to where the fixed offset is applied.
+pub(crate) trait Block32: QuantBlock {
+    /// q is signed (Q8_0): the AVX2 kernel moves its signs onto x first.
+    const SIGNED: bool = false;
+    /// `m` can be nonzero: the kernel adds `m * sum(x)` per block.
+    const OFFSET: bool = true;
+    /// (q, d, m); `D` converts the f16 scales.
+    fn unpack<D: IntDot>(&self) -> ([u8; Q8_LEN], f32, f32);
 }
 
 /// Byte j (of 32) of a 4-bit format: the low nibble of `qs[j]` for j < 16, the high nibble
@@ -112,140 +213,193 @@ fn fifth_bits(qh: &[u8; 4]) -> [u8; 32] {
     h
 }
 
-/// `q[l] - offset` as i8; every format's integers fit (at most 6 bits before the offset).
-#[inline(always)]
-fn offset_by(q: [u8; 32], offset: u8) -> [i8; 32] {
-    let mut out = [0i8; 32];
-    for l in 0..32 {
-        out[l] = q[l].wrapping_sub(offset) as i8;
-    }
-    out
-}
-
-impl IntBlock for BlockQ4_0 {
-    #[inline(always)]
-    fn int_chunk<D: IntDot>(&self, _: usize) -> IntChunk {
-        let d = D::f16(self.d);
-        IntChunk { q: offset_by(nibbles(&self.qs), 8), d: [d, d], m: 0.0 }
-    }
-}
-
-impl IntBlock for BlockQ4_1 {
-    #[inline(always)]
-    fn int_chunk<D: IntDot>(&self, _: usize) -> IntChunk {
-        let d = D::f16(self.d);
-        IntChunk { q: offset_by(nibbles(&self.qs), 0), d: [d, d], m: D::f16(self.m) }
-    }
-}
-
 /// Q5_0/Q5_1 quants: the low nibbles with each weight's fifth bit on top, 0..=31.
 #[inline(always)]
 fn five_bits(qs: &[u8; 16], qh: &[u8; 4]) -> [u8; 32] {
     let (lo, hi) = (nibbles(qs), fifth_bits(qh));
-    std::array::from_fn(|l| lo[l] | hi[l])
+    let mut q = [0u8; 32];
+    for l in 0..32 {
+        q[l] = lo[l] | hi[l];
+    }
+    q
 }
 
-impl IntBlock for BlockQ5_0 {
+impl Block32 for BlockQ4_0 {
+    /// `d (q - 8) = d q - 8 d` (`8 d` is exact).
     #[inline(always)]
-    fn int_chunk<D: IntDot>(&self, _: usize) -> IntChunk {
-        let q = five_bits(&self.qs, &self.qh);
+    fn unpack<D: IntDot>(&self) -> ([u8; 32], f32, f32) {
         let d = D::f16(self.d);
-        IntChunk { q: offset_by(q, 16), d: [d, d], m: 0.0 }
+        (nibbles(&self.qs), d, -8.0 * d)
     }
 }
 
-impl IntBlock for BlockQ5_1 {
+impl Block32 for BlockQ4_1 {
     #[inline(always)]
-    fn int_chunk<D: IntDot>(&self, _: usize) -> IntChunk {
-        let q = five_bits(&self.qs, &self.qh);
-        let d = D::f16(self.d);
-        IntChunk { q: offset_by(q, 0), d: [d, d], m: D::f16(self.m) }
+    fn unpack<D: IntDot>(&self) -> ([u8; 32], f32, f32) {
+        (nibbles(&self.qs), D::f16(self.d), D::f16(self.m))
     }
 }
 
-impl IntBlock for BlockQ8_0 {
+impl Block32 for BlockQ5_0 {
+    /// `d (q - 16) = d q - 16 d` (`16 d` is exact).
     #[inline(always)]
-    fn int_chunk<D: IntDot>(&self, _: usize) -> IntChunk {
+    fn unpack<D: IntDot>(&self) -> ([u8; 32], f32, f32) {
         let d = D::f16(self.d);
-        IntChunk { q: self.qs, d: [d, d], m: 0.0 }
+        (five_bits(&self.qs, &self.qh), d, -16.0 * d)
     }
 }
 
-/// Q4_K/Q5_K sub-block `s`: scale `d * scale_s`, offset `-(dmin * min_s)`, as the reference.
+impl Block32 for BlockQ5_1 {
+    #[inline(always)]
+    fn unpack<D: IntDot>(&self) -> ([u8; 32], f32, f32) {
+        (five_bits(&self.qs, &self.qh), D::f16(self.d), D::f16(self.m))
+    }
+}
+
+impl Block32 for BlockQ8_0 {
+    const SIGNED: bool = true;
+    const OFFSET: bool = false;
+    #[inline(always)]
+    fn unpack<D: IntDot>(&self) -> ([u8; 32], f32, f32) {
+        (bytemuck::cast(self.qs), D::f16(self.d), 0.0)
+    }
+}
+
+/// A K-quant super-block in integer form: `w[32 c + l] = d * s[c][l / 2] * q[c][l] + dm *
+/// m[(32 c + l) / 16]`, q unsigned (<= 63), `s[c]` one scale per 16 weights repeated over
+/// that half's 8 lanes (`s[c][0..8]` equal, `s[c][8..16]` equal: the layout `vpmaddwd`
+/// takes).
+pub(crate) struct KUnpacked {
+    /// (8, 32) u8.
+    pub q: [[u8; Q8_LEN]; 8],
+    /// (8, 16) i16.
+    pub s: [[i16; 16]; 8],
+    /// (16,) i16: the offset's integer factor per 16 weights.
+    pub m: [i16; 16],
+    pub d: f32,
+    pub dm: f32,
+}
+
+impl Default for KUnpacked {
+    fn default() -> Self {
+        Self { q: [[0; Q8_LEN]; 8], s: [[0; 16]; 8], m: [0; 16], d: 0.0, dm: 0.0 }
+    }
+}
+
+/// A K-quant block format (256 weights).
+pub(crate) trait BlockK: QuantBlock {
+    /// Unpack into `out`; `D` converts the f16 scales. The same scales and offsets as the
+    /// format's `dequantize_chunk`, factored into integer and f32 parts.
+    fn unpack<D: IntDot>(&self, out: &mut KUnpacked);
+}
+
+/// Q4_K/Q5_K: sub-block c has scale `d * scale_c` and offset `-(dmin * min_c)`.
 #[inline(always)]
-fn k_scales<D: IntDot>(d: f16, dmin: f16, scales: &[u8; 12], s: usize) -> ([f32; 2], f32) {
-    let (scale, min) = k_scale_min(s, scales);
-    let d = D::f16(d) * scale as f32;
-    ([d, d], -(D::f16(dmin) * min as f32))
-}
-
-impl IntBlock for BlockQ4_K {
-    #[inline(always)]
-    fn int_chunk<D: IntDot>(&self, s: usize) -> IntChunk {
-        let qs = &self.qs[32 * (s / 2)..32 * (s / 2) + 32];
-        let shift = 4 * (s % 2);
-        let mut q = [0u8; 32];
-        for l in 0..32 {
-            q[l] = (qs[l] >> shift) & 0x0f;
-        }
-        let (d, m) = k_scales::<D>(self.d, self.dmin, &self.scales, s);
-        IntChunk { q: offset_by(q, 0), d, m }
+fn k_scales(scales: &[u8; 12], out: &mut KUnpacked) {
+    for c in 0..8 {
+        let (scale, min) = k_scale_min(c, scales);
+        out.s[c] = [scale as i16; 16];
+        out.m[2 * c] = min as i16;
+        out.m[2 * c + 1] = min as i16;
     }
 }
 
-impl IntBlock for BlockQ5_K {
+impl BlockK for BlockQ4_K {
     #[inline(always)]
-    fn int_chunk<D: IntDot>(&self, s: usize) -> IntChunk {
-        let qs = &self.qs[32 * (s / 2)..32 * (s / 2) + 32];
-        let shift = 4 * (s % 2);
-        let mut q = [0u8; 32];
-        for l in 0..32 {
-            q[l] = ((qs[l] >> shift) & 0x0f) | (((self.qh[l] >> s) & 1) << 4);
+    fn unpack<D: IntDot>(&self, out: &mut KUnpacked) {
+        for c in 0..8 {
+            let qs = &self.qs[32 * (c / 2)..32 * (c / 2) + 32];
+            let shift = 4 * (c % 2);
+            for l in 0..32 {
+                out.q[c][l] = (qs[l] >> shift) & 0x0f;
+            }
         }
-        let (d, m) = k_scales::<D>(self.d, self.dmin, &self.scales, s);
-        IntChunk { q: offset_by(q, 0), d, m }
+        k_scales(&self.scales, out);
+        out.d = D::f16(self.d);
+        out.dm = -D::f16(self.dmin);
     }
 }
 
-impl IntBlock for BlockQ6_K {
+impl BlockK for BlockQ5_K {
     #[inline(always)]
-    fn int_chunk<D: IntDot>(&self, i: usize) -> IntChunk {
+    fn unpack<D: IntDot>(&self, out: &mut KUnpacked) {
+        for c in 0..8 {
+            let qs = &self.qs[32 * (c / 2)..32 * (c / 2) + 32];
+            let shift = 4 * (c % 2);
+            for l in 0..32 {
+                out.q[c][l] = ((qs[l] >> shift) & 0x0f) | (((self.qh[l] >> c) & 1) << 4);
+            }
+        }
+        k_scales(&self.scales, out);
+        out.d = D::f16(self.d);
+        out.dm = -D::f16(self.dmin);
+    }
+}
+
+impl BlockK for BlockQ6_K {
+    /// `d * scale_g * (q - 32) = d * scale_g * q - 32 d * scale_g`: the offset's integer
+    /// factor is the group's scale, its f32 factor `-32 d` (exact).
+    #[inline(always)]
+    fn unpack<D: IntDot>(&self, out: &mut KUnpacked) {
         // Layout as in `BlockQ6_K::dequantize_chunk`.
-        let (h, k) = (i / 4, i % 4);
-        let ql = &self.ql[64 * h + 32 * (k % 2)..64 * h + 32 * (k % 2) + 32];
-        let qh = &self.qh[32 * h..32 * h + 32];
-        let (shift_l, shift_h) = (4 * (k / 2), 2 * k);
-        let mut q = [0u8; 32];
-        for l in 0..32 {
-            q[l] = ((ql[l] >> shift_l) & 0x0f) | (((qh[l] >> shift_h) & 3) << 4);
+        for i in 0..8 {
+            let (h, k) = (i / 4, i % 4);
+            let ql = &self.ql[64 * h + 32 * (k % 2)..64 * h + 32 * (k % 2) + 32];
+            let qh = &self.qh[32 * h..32 * h + 32];
+            let (shift_l, shift_h) = (4 * (k / 2), 2 * k);
+            for l in 0..32 {
+                out.q[i][l] = ((ql[l] >> shift_l) & 0x0f) | (((qh[l] >> shift_h) & 3) << 4);
+            }
+            let (s0, s1) = (self.scales[2 * i] as i16, self.scales[2 * i + 1] as i16);
+            out.s[i] = std::array::from_fn(|j| if j < 8 { s0 } else { s1 });
+        }
+        for (m, &s) in out.m.iter_mut().zip(&self.scales) {
+            *m = s as i16;
         }
         let d = D::f16(self.d);
-        let d = [d * self.scales[2 * i] as f32, d * self.scales[2 * i + 1] as f32];
-        IntChunk { q: offset_by(q, 32), d, m: 0.0 }
+        out.d = d;
+        out.dm = -32.0 * d;
     }
 }
 
 // ======================================================================================
-// The inner product, per instruction set
+// The inner products, per instruction set
 // ======================================================================================
 
-/// The one instruction-set-specific piece: `acc + d[0] * sum_{l<16} q[l] x[l] + d[1] *
-/// sum_{l>=16} q[l] x[l]`, with the integer sums exact. `Acc` is whatever the target keeps
-/// partial sums in (a vector of f32 lanes), reduced once per row by `sum`.
+/// The instruction-set-specific pieces: inner products of 32 weight bytes with 32
+/// activation bytes, with the integer sums exact.
 pub(crate) trait IntDot {
+    /// f32 partial sums (a vector of lanes), reduced once per row pair by `sum2`.
     type Acc: Copy;
+    /// i32 partial sums, reduced once per super-block by `isum`.
+    type IAcc: Copy;
     fn zero() -> Self::Acc;
+    fn izero() -> Self::IAcc;
     /// f16 → f32, exactly (the value of [`f16_to_f32`]).
     #[inline(always)]
     fn f16(h: f16) -> f32 {
         f16_to_f32(h)
     }
+    /// `acc + d * sum_l q[l] x[l]`, q read as u8 (or as i8 when `SIGNED`).
+    ///
     /// # Safety
     /// The CPU must have the instruction set the implementation is written for.
-    unsafe fn dot_add(acc: Self::Acc, q: &[i8; 32], x: &[i8; 32], d: [f32; 2]) -> Self::Acc;
+    unsafe fn dot_add<const SIGNED: bool>(acc: Self::Acc, q: &[u8; 32], x: &[i8; 32], d: f32) -> Self::Acc;
+    /// The total of two accumulators' lanes.
+    ///
     /// # Safety
     /// As for `dot_add`.
-    unsafe fn sum(acc: Self::Acc) -> f32;
+    unsafe fn sum2(a: Self::Acc, b: Self::Acc) -> f32;
+    /// `acc + sum_l s[l / 2] q[l] x[l]`, q unsigned <= 63 (`s` as [`KUnpacked::s`]).
+    ///
+    /// # Safety
+    /// As for `dot_add`.
+    unsafe fn idot_add(acc: Self::IAcc, q: &[u8; 32], x: &[i8; 32], s: &[i16; 16]) -> Self::IAcc;
+    /// The exact total of `acc`'s lanes (it fits an i32: see [`dot_k`]).
+    ///
+    /// # Safety
+    /// As for `dot_add`.
+    unsafe fn isum(acc: Self::IAcc) -> i32;
 }
 
 /// Plain integer loops: any target (LLVM widens them where it can).
@@ -255,39 +409,61 @@ pub(crate) struct Portable;
 #[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
 impl IntDot for Portable {
     type Acc = f32;
+    type IAcc = i32;
     fn zero() -> f32 {
         0.0
     }
-    #[inline(always)]
-    unsafe fn dot_add(acc: f32, q: &[i8; 32], x: &[i8; 32], d: [f32; 2]) -> f32 {
-        let mut s = [0i32; 2];
-        for (h, s) in s.iter_mut().enumerate() {
-            for l in 16 * h..16 * h + 16 {
-                *s += q[l] as i32 * x[l] as i32;
-            }
-        }
-        acc + d[0] * s[0] as f32 + d[1] * s[1] as f32
+    fn izero() -> i32 {
+        0
     }
     #[inline(always)]
-    unsafe fn sum(acc: f32) -> f32 {
+    unsafe fn dot_add<const SIGNED: bool>(acc: f32, q: &[u8; 32], x: &[i8; 32], d: f32) -> f32 {
+        let mut s = 0i32;
+        for l in 0..32 {
+            let q = if SIGNED { q[l] as i8 as i32 } else { q[l] as i32 };
+            s += q * x[l] as i32;
+        }
+        acc + d * s as f32
+    }
+    #[inline(always)]
+    unsafe fn sum2(a: f32, b: f32) -> f32 {
+        a + b
+    }
+    #[inline(always)]
+    unsafe fn idot_add(acc: i32, q: &[u8; 32], x: &[i8; 32], s: &[i16; 16]) -> i32 {
+        let mut total = acc;
+        for k in 0..16 {
+            let pair = q[2 * k] as i32 * x[2 * k] as i32 + q[2 * k + 1] as i32 * x[2 * k + 1] as i32;
+            total += pair * s[k] as i32;
+        }
+        total
+    }
+    #[inline(always)]
+    unsafe fn isum(acc: i32) -> i32 {
         acc
     }
 }
 
-/// AVX2: `vpmaddubsw` multiplies unsigned by signed bytes and adds pairs to i16, so the
-/// signs move onto x (`|q| * sign(q) x`, llama.cpp's trick); `vpmaddwd` with ones adds
-/// pairs to i32. No i16 can saturate: |q| <= 128 and |x| <= 127, 2 * 128 * 127 < 2^15.
-/// i32 lanes 0..4 hold weights 0..16, lanes 4..8 weights 16..32: one f32 scale per half.
+/// AVX2: `vpmaddubsw` multiplies unsigned by signed bytes and adds pairs to i16, `vpmaddwd`
+/// multiplies those by i16 (ones, or the K-quants' scales) and adds pairs to i32. Signed
+/// weights (Q8_0) move their signs onto x first (`|q| * sign(q) x`, llama.cpp's trick).
+/// No i16 can saturate: |q| <= 128 and |x| <= 127, 2 * 128 * 127 < 2^15.
 #[cfg(target_arch = "x86_64")]
 pub(crate) struct Avx2;
 
 #[cfg(target_arch = "x86_64")]
 impl IntDot for Avx2 {
     type Acc = std::arch::x86_64::__m256;
+    type IAcc = std::arch::x86_64::__m256i;
     #[inline(always)]
     fn zero() -> Self::Acc {
         // SAFETY: AVX is implied by the AVX2 every caller of this type checks for.
         unsafe { std::arch::x86_64::_mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    fn izero() -> Self::IAcc {
+        // SAFETY: as for `zero`.
+        unsafe { std::arch::x86_64::_mm256_setzero_si256() }
     }
     /// F16C: one instruction instead of `f16_to_f32`'s dozen scalar ones.
     #[inline(always)]
@@ -297,24 +473,42 @@ impl IntDot for Avx2 {
         unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32))) }
     }
     #[inline(always)]
-    unsafe fn dot_add(acc: Self::Acc, q: &[i8; 32], x: &[i8; 32], d: [f32; 2]) -> Self::Acc {
+    unsafe fn dot_add<const SIGNED: bool>(acc: Self::Acc, q: &[u8; 32], x: &[i8; 32], d: f32) -> Self::Acc {
         use std::arch::x86_64::*;
-        // Two 16-byte loads: the unpacking may have written `q` as two halves, and a
-        // 32-byte load of two 16-byte stores would stall on store forwarding.
-        let q = _mm256_loadu2_m128i(q.as_ptr().add(16).cast(), q.as_ptr().cast());
+        let q = _mm256_loadu_si256(q.as_ptr().cast());
         let x = _mm256_loadu_si256(x.as_ptr().cast());
-        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
+        let pairs = if SIGNED {
+            _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q))
+        } else {
+            _mm256_maddubs_epi16(q, x)
+        };
         let sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-        let scale = _mm256_setr_m128(_mm_set1_ps(d[0]), _mm_set1_ps(d[1]));
-        _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc)
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(d), acc)
     }
     #[inline(always)]
-    unsafe fn sum(v: Self::Acc) -> f32 {
+    unsafe fn sum2(a: Self::Acc, b: Self::Acc) -> f32 {
         use std::arch::x86_64::*;
+        let v = _mm256_add_ps(a, b);
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
         _mm_cvtss_f32(s)
+    }
+    #[inline(always)]
+    unsafe fn idot_add(acc: Self::IAcc, q: &[u8; 32], x: &[i8; 32], s: &[i16; 16]) -> Self::IAcc {
+        use std::arch::x86_64::*;
+        let q = _mm256_loadu_si256(q.as_ptr().cast());
+        let x = _mm256_loadu_si256(x.as_ptr().cast());
+        let s = _mm256_loadu_si256(s.as_ptr().cast());
+        _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), s))
+    }
+    #[inline(always)]
+    unsafe fn isum(v: Self::IAcc) -> i32 {
+        use std::arch::x86_64::*;
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        _mm_cvtsi128_si32(s)
     }
 }
 
@@ -326,82 +520,222 @@ pub(crate) struct Simd128;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 impl IntDot for Simd128 {
     type Acc = std::arch::wasm32::v128;
+    type IAcc = std::arch::wasm32::v128;
     #[inline(always)]
     fn zero() -> Self::Acc {
         std::arch::wasm32::f32x4_splat(0.0)
     }
     #[inline(always)]
-    unsafe fn dot_add(acc: Self::Acc, q: &[i8; 32], x: &[i8; 32], d: [f32; 2]) -> Self::Acc {
-        use std::arch::wasm32::*;
-        let half = |h: usize| {
-            let q = v128_load(q.as_ptr().add(16 * h).cast());
-            let x = v128_load(x.as_ptr().add(16 * h).cast());
-            let lo = i32x4_dot_i16x8(i16x8_extend_low_i8x16(q), i16x8_extend_low_i8x16(x));
-            let hi = i32x4_dot_i16x8(i16x8_extend_high_i8x16(q), i16x8_extend_high_i8x16(x));
-            f32x4_convert_i32x4(i32x4_add(lo, hi))
-        };
-        let acc = f32x4_add(acc, f32x4_mul(half(0), f32x4_splat(d[0])));
-        f32x4_add(acc, f32x4_mul(half(1), f32x4_splat(d[1])))
+    fn izero() -> Self::IAcc {
+        std::arch::wasm32::i32x4_splat(0)
     }
     #[inline(always)]
-    unsafe fn sum(v: Self::Acc) -> f32 {
+    unsafe fn dot_add<const SIGNED: bool>(acc: Self::Acc, q: &[u8; 32], x: &[i8; 32], d: f32) -> Self::Acc {
         use std::arch::wasm32::*;
+        let s = i32x4_add(half_dot::<SIGNED>(q, x, 0), half_dot::<SIGNED>(q, x, 1));
+        f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(d)))
+    }
+    #[inline(always)]
+    unsafe fn sum2(a: Self::Acc, b: Self::Acc) -> f32 {
+        use std::arch::wasm32::*;
+        let v = f32x4_add(a, b);
         (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v)) + (f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v))
     }
+    #[inline(always)]
+    unsafe fn idot_add(acc: Self::IAcc, q: &[u8; 32], x: &[i8; 32], s: &[i16; 16]) -> Self::IAcc {
+        use std::arch::wasm32::*;
+        // One scale per 16-byte half (`s[0..8]` and `s[8..16]` are each one value).
+        let lo = i32x4_mul(half_dot::<false>(q, x, 0), i32x4_splat(s[0] as i32));
+        let hi = i32x4_mul(half_dot::<false>(q, x, 1), i32x4_splat(s[8] as i32));
+        i32x4_add(acc, i32x4_add(lo, hi))
+    }
+    #[inline(always)]
+    unsafe fn isum(v: Self::IAcc) -> i32 {
+        use std::arch::wasm32::*;
+        i32x4_extract_lane::<0>(v)
+            .wrapping_add(i32x4_extract_lane::<1>(v))
+            .wrapping_add(i32x4_extract_lane::<2>(v))
+            .wrapping_add(i32x4_extract_lane::<3>(v))
+    }
+}
+
+/// Bytes 16 h .. 16 h + 16 of q (u8, or i8 when `SIGNED`) and x: their products summed
+/// in four i32 lanes.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+unsafe fn half_dot<const SIGNED: bool>(q: &[u8; 32], x: &[i8; 32], h: usize) -> std::arch::wasm32::v128 {
+    use std::arch::wasm32::*;
+    let q = v128_load(q.as_ptr().add(16 * h).cast());
+    let x = v128_load(x.as_ptr().add(16 * h).cast());
+    let (q_lo, q_hi) = if SIGNED {
+        (i16x8_extend_low_i8x16(q), i16x8_extend_high_i8x16(q))
+    } else {
+        (u16x8_extend_low_u8x16(q), u16x8_extend_high_u8x16(q))
+    };
+    let lo = i32x4_dot_i16x8(q_lo, i16x8_extend_low_i8x16(x));
+    let hi = i32x4_dot_i16x8(q_hi, i16x8_extend_high_i8x16(x));
+    i32x4_add(lo, hi)
 }
 
 // ======================================================================================
-// The block-dot kernel and the row loops
+// The kernels
 // ======================================================================================
 
-/// Chunk `k` of a row of blocks. (A function, not a closure passed to [`dot_row`]:
-/// closures do not inherit the `#[target_feature]`s of the function they are written in,
-/// and were not inlined.)
-#[inline(always)]
-fn row_chunk<B: IntBlock, D: IntDot>(row: &[B], k: usize) -> IntChunk {
-    row[k / B::CHUNKS].int_chunk::<D>(k % B::CHUNKS)
-}
+/// Activation rows met by each unpacked weight row per pass: as many as fit this many
+/// bytes, so that they stay in the L2 cache while the weight rows go by.
+const GROUP_BYTES: usize = 256 << 10;
 
-/// `sum_k chunk(k) . x[k]` over a row of blocks (`x.len()` chunks): THE kernel every format
-/// and instruction set runs. Two accumulators alternate so that consecutive chunks' adds do
-/// not wait on each other; the offsets take `m * sum(x)` per chunk.
+/// `yt[(i, j)] = W[row0 + i, :] . x[j, :]` for a 32-value format: yt (rows_chunk, n).
 #[inline(always)]
-unsafe fn dot_row<B: IntBlock, D: IntDot>(x: &[BlockQ8], row: &[B]) -> f32 {
-    let (mut acc0, mut acc1) = (D::zero(), D::zero());
-    let (mut offsets0, mut offsets1) = (0.0f32, 0.0f32);
-    let pairs = x.len() / 2;
-    for p in 0..pairs {
-        let (k0, k1) = (2 * p, 2 * p + 1);
-        let (c0, c1) = (row_chunk::<B, D>(row, k0), row_chunk::<B, D>(row, k1));
-        let (x0, x1) = (&x[k0], &x[k1]);
-        acc0 = D::dot_add(acc0, &c0.q, &x0.qs, [c0.d[0] * x0.d, c0.d[1] * x0.d]);
-        acc1 = D::dot_add(acc1, &c1.q, &x1.qs, [c1.d[0] * x1.d, c1.d[1] * x1.d]);
-        offsets0 += c0.m * x0.sum;
-        offsets1 += c1.m * x1.sum;
+unsafe fn rows_32<B: Block32, D: IntDot>(w: &QMatrix, row0: usize, x: &Q8Rows, n: usize, yt: &mut [f32]) {
+    let Some(blocks) = w.blocks::<B>() else { return };
+    let chunks = w.cols / Q8_LEN;
+    if chunks == 0 || n == 0 {
+        return;
     }
-    if x.len() % 2 == 1 {
-        let k = x.len() - 1;
-        let (c, xk) = (row_chunk::<B, D>(row, k), &x[k]);
-        acc0 = D::dot_add(acc0, &c.q, &xk.qs, [c.d[0] * xk.d, c.d[1] * xk.d]);
-        offsets0 += c.m * xk.sum;
-    }
-    (D::sum(acc0) + D::sum(acc1)) + (offsets0 + offsets1)
-}
-
-/// `y[i] = W[row0 + i, :] . x` for a quantized W; x: (cols / 32,) blocks.
-#[inline(always)]
-unsafe fn matvec_rows_impl<D: IntDot>(w: &QMatrix, row0: usize, x: &[BlockQ8], y: &mut [f32]) {
-    match_block_type!(w.ty,
-        B => {
-            let per_row = w.cols / B::LEN;
-            if let Some(blocks) = w.blocks::<B>() {
-                let blocks = &blocks[row0 * per_row..(row0 + y.len()) * per_row];
-                for (row, y) in blocks.chunks_exact(per_row).zip(y) {
-                    *y = dot_row::<B, D>(x, row);
-                }
+    let blocks = &blocks[row0 * chunks..(row0 + yt.len() / n) * chunks];
+    // One weight row in integer form: (chunks,) of each.
+    let mut q = vec![[0u8; Q8_LEN]; chunks];
+    let mut d = vec![0.0f32; chunks];
+    let mut m = vec![0.0f32; chunks];
+    let mut dd = vec![0.0f32; chunks];
+    let group = (GROUP_BYTES / (chunks * (Q8_LEN + 8))).clamp(1, n);
+    for j0 in (0..n).step_by(group) {
+        for (w_row, yt) in blocks.chunks_exact(chunks).zip(yt.chunks_exact_mut(n)) {
+            for (((b, q), d), m) in w_row.iter().zip(&mut q).zip(&mut d).zip(&mut m) {
+                (*q, *d, *m) = b.unpack::<D>();
             }
-        },
-        dense => {})
+            for (j, y) in yt.iter_mut().enumerate().skip(j0).take(group) {
+                let span = j * chunks..(j + 1) * chunks;
+                *y = dot_32::<B, D>(&q, &d, &m, &x.qs[span.clone()], &x.d[span.clone()], &x.sum[span], &mut dd);
+            }
+        }
+    }
+}
+
+/// One (weight row, activation row) dot product of a 32-value format: every pair runs
+/// exactly this, alone or in a batch. `dd` (chunks,) is scratch for `d_w * d_x`.
+#[inline(always)]
+unsafe fn dot_32<B: Block32, D: IntDot>(
+    q: &[[u8; Q8_LEN]],
+    d: &[f32],
+    m: &[f32],
+    xq: &[[i8; Q8_LEN]],
+    xd: &[f32],
+    xsum: &[f32],
+    dd: &mut [f32],
+) -> f32 {
+    for ((dd, &d), &xd) in dd.iter_mut().zip(d).zip(xd) {
+        *dd = d * xd;
+    }
+    let offsets = if B::OFFSET { dot_f32(m, xsum) } else { 0.0 };
+    // Two accumulators alternate so that consecutive chunks' adds do not wait on each other.
+    let (mut acc0, mut acc1) = (D::zero(), D::zero());
+    let (q2, xq2, dd2) = (q.chunks_exact(2), xq.chunks_exact(2), dd.chunks_exact(2));
+    let (q_last, xq_last, dd_last) = (q2.remainder(), xq2.remainder(), dd2.remainder());
+    for ((q, x), d) in q2.zip(xq2).zip(dd2) {
+        acc0 = step::<B, D>(acc0, &q[0], &x[0], d[0]);
+        acc1 = step::<B, D>(acc1, &q[1], &x[1], d[1]);
+    }
+    for ((q, x), &d) in q_last.iter().zip(xq_last).zip(dd_last) {
+        acc0 = step::<B, D>(acc0, q, x, d);
+    }
+    D::sum2(acc0, acc1) + offsets
+}
+
+#[inline(always)]
+unsafe fn step<B: Block32, D: IntDot>(acc: D::Acc, q: &[u8; Q8_LEN], x: &[i8; Q8_LEN], d: f32) -> D::Acc {
+    if B::SIGNED {
+        D::dot_add::<true>(acc, q, x, d)
+    } else {
+        D::dot_add::<false>(acc, q, x, d)
+    }
+}
+
+/// `sum a[i] b[i]` in eight lanes, then a fixed tree: plain f32 arithmetic (Rust never
+/// fuses it), so every instruction set computes the same value.
+#[inline(always)]
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (a_rest, b_rest) = (a8.remainder(), b8.remainder());
+    for (a, b) in a8.zip(b8) {
+        for l in 0..8 {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    // The rest apart, in order: folded into the lanes it became a masked store that the
+    // tree below then waited on (a store-forwarding stall, 18% of a Q4_1 prefill).
+    let mut rest = 0.0f32;
+    for (a, b) in a_rest.iter().zip(b_rest) {
+        rest += a * b;
+    }
+    (((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))) + rest
+}
+
+/// `yt[(i, j)] = W[row0 + i, :] . x[j, :]` for a K-quant: yt (rows_chunk, n).
+#[inline(always)]
+unsafe fn rows_k<B: BlockK, D: IntDot>(w: &QMatrix, row0: usize, x: &Q8KRows, n: usize, yt: &mut [f32]) {
+    let Some(blocks) = w.blocks::<B>() else { return };
+    let per_row = w.cols / Q8K_LEN;
+    if per_row == 0 || n == 0 {
+        return;
+    }
+    let blocks = &blocks[row0 * per_row..(row0 + yt.len() / n) * per_row];
+    // One weight row in integer form.
+    let mut row: Vec<KUnpacked> = (0..per_row).map(|_| KUnpacked::default()).collect();
+    let group = (GROUP_BYTES / (per_row * std::mem::size_of::<BlockQ8K>())).clamp(1, n);
+    for j0 in (0..n).step_by(group) {
+        for (w_row, yt) in blocks.chunks_exact(per_row).zip(yt.chunks_exact_mut(n)) {
+            for (b, u) in w_row.iter().zip(&mut row) {
+                b.unpack::<D>(u);
+            }
+            for (j, y) in yt.iter_mut().enumerate().skip(j0).take(group) {
+                *y = dot_k::<D>(&row, &x.blocks[j * per_row..(j + 1) * per_row]);
+            }
+        }
+    }
+}
+
+/// One (weight row, activation row) dot product of a K-quant: per super-block, the exact
+/// integer sum `sum_l s q x` and offset sum `sum_g m_g bsums_g` (|.| <= 256 * 63 * 127 *
+/// 128 < 2^31 for Q6_K's q <= 63 and |s| <= 128; smaller for the others), then scalar f32:
+/// the same arithmetic on every instruction set.
+#[inline(always)]
+unsafe fn dot_k<D: IntDot>(row: &[KUnpacked], x: &[BlockQ8K]) -> f32 {
+    let mut acc = 0.0f32;
+    for (w, x) in row.iter().zip(x) {
+        let mut sums = D::izero();
+        for c in 0..8 {
+            sums = D::idot_add(sums, &w.q[c], &x.qs[c], &w.s[c]);
+        }
+        let dot = D::isum(sums);
+        let offsets: i32 = w.m.iter().zip(&x.bsums).map(|(&m, &b)| m as i32 * b as i32).sum();
+        acc += (w.d * x.d) * dot as f32 + (w.dm * x.d) * offsets as f32;
+    }
+    acc
+}
+
+#[inline(always)]
+unsafe fn rows_q8_impl<D: IntDot>(w: &QMatrix, row0: usize, x: &Q8Rows, n: usize, yt: &mut [f32]) {
+    match w.ty {
+        GgmlType::Q4_0 => rows_32::<BlockQ4_0, D>(w, row0, x, n, yt),
+        GgmlType::Q4_1 => rows_32::<BlockQ4_1, D>(w, row0, x, n, yt),
+        GgmlType::Q5_0 => rows_32::<BlockQ5_0, D>(w, row0, x, n, yt),
+        GgmlType::Q5_1 => rows_32::<BlockQ5_1, D>(w, row0, x, n, yt),
+        GgmlType::Q8_0 => rows_32::<BlockQ8_0, D>(w, row0, x, n, yt),
+        _ => {}
+    }
+}
+
+#[inline(always)]
+unsafe fn rows_q8k_impl<D: IntDot>(w: &QMatrix, row0: usize, x: &Q8KRows, n: usize, yt: &mut [f32]) {
+    match w.ty {
+        GgmlType::Q4_K => rows_k::<BlockQ4_K, D>(w, row0, x, n, yt),
+        GgmlType::Q5_K => rows_k::<BlockQ5_K, D>(w, row0, x, n, yt),
+        GgmlType::Q6_K => rows_k::<BlockQ6_K, D>(w, row0, x, n, yt),
+        _ => {}
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -410,8 +744,13 @@ mod avx2 {
 
     // `unsafe fn`: safe `#[target_feature]` functions need Rust 1.86 (MSRV is 1.85).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn matvec_rows(w: &QMatrix, row0: usize, x: &[BlockQ8], y: &mut [f32]) {
-        matvec_rows_impl::<Avx2>(w, row0, x, y)
+    pub(super) unsafe fn rows_q8(w: &QMatrix, row0: usize, x: &Q8Rows, n: usize, yt: &mut [f32]) {
+        rows_q8_impl::<Avx2>(w, row0, x, n, yt)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn rows_q8k(w: &QMatrix, row0: usize, x: &Q8KRows, n: usize, yt: &mut [f32]) {
+        rows_q8k_impl::<Avx2>(w, row0, x, n, yt)
     }
 }
 
@@ -422,15 +761,28 @@ type Baseline = Simd128;
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 type Baseline = Portable;
 
-/// [`matvec_rows_impl`] on the best instruction set the CPU has.
-pub(super) fn matvec_rows(w: &QMatrix, row0: usize, x: &[BlockQ8], y: &mut [f32]) {
+/// `yt[(i, j)] = W[row0 + i, :] . x[j, :]` for W of a 32-value format, x (n, cols)
+/// quantized by [`Q8Rows`], yt (rows_chunk, n); on the best instruction set the CPU has.
+/// Other weight types leave yt as it is.
+pub(super) fn rows_q8(w: &QMatrix, row0: usize, x: &Q8Rows, n: usize, yt: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if kernels::has_avx2_fma() {
         // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
-        return unsafe { avx2::matvec_rows(w, row0, x, y) };
+        return unsafe { avx2::rows_q8(w, row0, x, n, yt) };
     }
     // SAFETY: `Baseline` needs nothing past what this build targets.
-    unsafe { matvec_rows_impl::<Baseline>(w, row0, x, y) }
+    unsafe { rows_q8_impl::<Baseline>(w, row0, x, n, yt) }
+}
+
+/// [`rows_q8`] for the K-quants, x quantized by [`Q8KRows`].
+pub(super) fn rows_q8k(w: &QMatrix, row0: usize, x: &Q8KRows, n: usize, yt: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if kernels::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
+        return unsafe { avx2::rows_q8k(w, row0, x, n, yt) };
+    }
+    // SAFETY: `Baseline` needs nothing past what this build targets.
+    unsafe { rows_q8k_impl::<Baseline>(w, row0, x, n, yt) }
 }
 
 #[cfg(test)]
@@ -438,8 +790,9 @@ mod tests {
     use super::*;
 
     /// Every instruction set's kernel against the portable one on random blocks of every
-    /// format: the integer sums are exact in both, so they differ only in the order of the
-    /// f32 sums (and fused multiply-adds): a few roundings of `sum |w x|`.
+    /// format, 1 and 5 activation rows: the K-quants bit for bit (exact integer sums, then
+    /// the same scalar f32); the 32-value formats differ only in the order of the f32 sums
+    /// (and fused multiply-adds): a few roundings of `sum |w x|`.
     #[test]
     fn instruction_sets_agree_with_the_portable_kernel() {
         let mut state = 0x1234_5678_9abc_def0u64;
@@ -458,24 +811,32 @@ mod tests {
                 *b = next() as u8 & if i % 2 == 1 { 0xbf } else { 0xff };
             }
             let w = QMatrix::new(ty, rows, cols, data).expect("matrix");
-            let x: Vec<f32> = (0..cols).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
-            let mut xq = vec![BlockQ8::default(); cols / Q8_LEN];
-            quantize_q8(&x, &mut xq);
-            let mut portable = vec![0.0f32; rows];
-            // SAFETY: the portable kernel needs no CPU feature.
-            unsafe { matvec_rows_impl::<Portable>(&w, 0, &xq, &mut portable) };
-            let mut best = vec![0.0f32; rows];
-            matvec_rows(&w, 0, &xq, &mut best);
-            let mut row = vec![0.0f32; cols];
-            for r in 0..rows {
-                w.dequantize_row(r, &mut row).expect("row");
-                let scale: f64 = row
-                    .iter()
-                    .zip(xq.iter().flat_map(|b| b.qs.iter().map(move |&q| b.d * q as f32)))
-                    .map(|(&w, x)| (w as f64 * x as f64).abs())
-                    .sum();
-                let err = (portable[r] as f64 - best[r] as f64).abs();
-                assert!(err <= 1e-5 * scale, "{ty:?} row {r}: {} vs portable {} (sum |w x| {scale:e})", best[r], portable[r]);
+            for n in [1, 5] {
+                let x: Vec<f32> = (0..n * cols).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect();
+                let (mut portable, mut best) = (vec![0.0f32; rows * n], vec![0.0f32; rows * n]);
+                let k = ty.block_len() == Q8K_LEN;
+                if k {
+                    let xq = Q8KRows::new(&x, cols);
+                    // SAFETY: the portable kernel needs no CPU feature.
+                    unsafe { rows_q8k_impl::<Portable>(&w, 0, &xq, n, &mut portable) };
+                    rows_q8k(&w, 0, &xq, n, &mut best);
+                    assert!(portable.iter().zip(&best).all(|(a, b)| a.to_bits() == b.to_bits()), "{ty:?} n={n}: {best:?} vs portable {portable:?}");
+                    continue;
+                }
+                let xq = Q8Rows::new(&x, cols);
+                // SAFETY: the portable kernel needs no CPU feature.
+                unsafe { rows_q8_impl::<Portable>(&w, 0, &xq, n, &mut portable) };
+                rows_q8(&w, 0, &xq, n, &mut best);
+                let mut row = vec![0.0f32; cols];
+                for r in 0..rows {
+                    w.dequantize_row(r, &mut row).expect("row");
+                    for j in 0..n {
+                        let scale: f64 = row.iter().zip(&x[j * cols..]).map(|(&w, &x)| (w as f64 * x as f64).abs()).sum();
+                        let (p, b) = (portable[r * n + j], best[r * n + j]);
+                        let err = (p as f64 - b as f64).abs();
+                        assert!(err <= 1e-5 * scale, "{ty:?} row {r} x {j}: {b} vs portable {p} (sum |w x| {scale:e})");
+                    }
+                }
             }
         }
     }
