@@ -9,8 +9,7 @@
 //!   with an f32 scale and sum ([`BlockQ8`]); each 32-product integer dot is converted to
 //!   f32 and scaled by `d_w * d_x` (the weight's own scale is per 32 values anyway). The
 //!   offsets (`w = d q + m`; Q4_0's and Q5_0's fixed 8 and 16 are offsets here too, so all
-//!   these weights are unsigned bytes) are a separate dot product of the weight row's `m`
-//!   with the activation blocks' sums.
+//!   these weights but Q8_0's are unsigned bytes) add `m * sum(x)` per block.
 //! - K-quants (Q4_K, Q5_K, Q6_K): activations in 256-value blocks with one scale
 //!   ([`BlockQ8K`], llama.cpp's Q8_K), so the sub-block scales (6- or 8-bit integers) are
 //!   applied in integer arithmetic and a whole super-block's sum is exact; it is converted to
@@ -22,15 +21,20 @@
 //! the instruction-set-specific pieces are inner products of 32 bytes ([`IntDot`]: AVX2
 //! `vpmaddubsw`/`vpmaddwd`, wasm simd128 `i32x4.dot_i16x8_s`, a portable fallback).
 //!
-//! Batching cannot change a result: [`mul_rows`] unpacks a weight row once and takes its
-//! dot product with every activation row (that reuse is the prefill's speed), and each
-//! (weight row, activation row) pair runs the same operations in the same order whether it
-//! is alone (decode) or one of many, on whichever thread. So a token's result is the same
-//! computed alone or in a prompt, and a cached prefix reproduces a fresh one. (An earlier
-//! batched kernel on 32-value activation scales for every format, with a scale multiply
-//! and a sign fix-up per 32 products, measured 1.5x slower than the f32 tiles in prefill;
-//! here K-quants sum a super-block in integers, and the 32-value formats precompute their
-//! `d_w * d_x` per row pair and take unsigned weights.)
+//! Batching cannot change a result: [`rows_q8`] / [`rows_q8k`] unpack a weight row once
+//! and take its dot product with every activation row (that reuse is the prefill's speed),
+//! and each (weight row, activation row) pair runs the same operations in the same order
+//! whether it is alone (decode) or one of many, on whichever thread (the order is written
+//! out at `rows_32` and [`dot_k`]). So a token's result is the same computed alone or in a
+//! prompt, and a cached prefix reproduces a fresh one.
+//!
+//! Speed (1 thread, x86_64 AVX2, against the f32 tiles): an earlier batched kernel, the
+//! mat-vec's per-chunk work (sign fix-up, scale multiply, offset) run per activation row,
+//! measured 1.5x slower than the f32 tiles in prefill. What makes this one as fast or
+//! faster: the K-quants sum a super-block in integers; the 32-value formats take unsigned
+//! weights (no sign fix-up), compute `d_w * d_x` and the offsets of one weight row for
+//! all its activation rows at once, reading the activations' scales and sums column by
+//! column ([`Q8Rows`]), and four activation rows share each unpacked weight chunk.
 //!
 //! Numerics (the tolerance `tests/quant.rs` checks): the integer products and their sums
 //! are exact; the only new error is the activations' rounding to 8 bits, at most `dx / 2`
@@ -123,14 +127,16 @@ pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
 }
 
 /// Activations (n, cols) quantized for the 32-value weight formats, laid out for the
-/// kernel: the quants of every block, and their scales and sums as separate rows (the
-/// kernel multiplies those with the weight row's, eight at a time).
+/// kernel: the quants by row, the scales and sums by column (chunk k of every row
+/// together), which a weight row's scale and offset multiply all at once.
 pub struct Q8Rows {
+    /// Rows.
+    n: usize,
     /// (n, cols / 32) blocks of 32 quants.
     qs: Vec<[i8; Q8_LEN]>,
-    /// (n, cols / 32) f32 scales.
+    /// (cols / 32, n) f32 scales.
     d: Vec<f32>,
-    /// (n, cols / 32) f32 sums, `d * sum(qs)`.
+    /// (cols / 32, n) f32 sums, `d * sum(qs)`.
     sum: Vec<f32>,
 }
 
@@ -139,14 +145,14 @@ impl Q8Rows {
     pub fn new(x: &[f32], cols: usize) -> Self {
         let chunks = cols / Q8_LEN;
         let n = if cols == 0 { 0 } else { x.len() / cols };
-        let mut out = Self { qs: Vec::with_capacity(n * chunks), d: Vec::with_capacity(n * chunks), sum: Vec::with_capacity(n * chunks) };
+        let mut out = Self { n, qs: Vec::with_capacity(n * chunks), d: vec![0.0; n * chunks], sum: vec![0.0; n * chunks] };
         let mut block = BlockQ8::default();
-        for row in x.chunks_exact(cols.max(1)).take(n) {
-            for x in row.chunks_exact(Q8_LEN) {
+        for (j, row) in x.chunks_exact(cols.max(1)).take(n).enumerate() {
+            for (k, x) in row.chunks_exact(Q8_LEN).enumerate() {
                 quantize_q8(x, std::slice::from_mut(&mut block));
                 out.qs.push(block.qs);
-                out.d.push(block.d);
-                out.sum.push(block.sum);
+                out.d[k * n + j] = block.d;
+                out.sum[k * n + j] = block.sum;
             }
         }
         out
@@ -586,59 +592,130 @@ unsafe fn half_dot<const SIGNED: bool>(q: &[u8; 32], x: &[i8; 32], h: usize) -> 
 const GROUP_BYTES: usize = 256 << 10;
 
 /// `yt[(i, j)] = W[row0 + i, :] . x[j, :]` for a 32-value format: yt (rows_chunk, n).
+///
+/// Per (weight row, activation row) pair, in this order, alone or batched:
+/// - `dd[k] = d_w[k] * d_x[k]` (an f32 product: the same however it is vectorized);
+/// - `offsets = ((m[0] * s[0] + m[1] * s[1]) + m[2] * s[2]) + ...` over the chunks in
+///   order (unfused), `s` the activation blocks' sums;
+/// - `acc0`, `acc1` (the instruction set's lanes): chunk k's exact integer dot, converted
+///   and scaled by `dd[k]`, added into `acc0` for even k and `acc1` for odd k;
+/// - `y = sum2(acc0, acc1) + offsets`.
 #[inline(always)]
 unsafe fn rows_32<B: Block32, D: IntDot>(w: &QMatrix, row0: usize, x: &Q8Rows, n: usize, yt: &mut [f32]) {
     let Some(blocks) = w.blocks::<B>() else { return };
     let chunks = w.cols / Q8_LEN;
-    if chunks == 0 || n == 0 {
+    if chunks == 0 || n == 0 || x.n != n {
         return;
     }
     let blocks = &blocks[row0 * chunks..(row0 + yt.len() / n) * chunks];
-    // One weight row in integer form: (chunks,) of each.
+    if n == 1 {
+        // Decode: each weight row meets one activation row, so unpacking its quants to
+        // memory first would cost more than it saves; `dot_32_fused` unpacks them in
+        // registers as it goes.
+        for (w_row, y) in blocks.chunks_exact(chunks).zip(yt.iter_mut()) {
+            *y = dot_32_fused::<B, D>(w_row, &x.qs[..chunks], &x.d[..chunks], &x.sum[..chunks]);
+        }
+        return;
+    }
+    // One weight row in integer form: (chunks,) quants.
     let mut q = vec![[0u8; Q8_LEN]; chunks];
-    let mut d = vec![0.0f32; chunks];
-    let mut m = vec![0.0f32; chunks];
-    let mut dd = vec![0.0f32; chunks];
     let group = (GROUP_BYTES / (chunks * (Q8_LEN + 8))).clamp(1, n);
+    // (chunks, group) d_w * d_x, (group,) offsets: of the activation rows of a pass.
+    let mut dd = vec![0.0f32; chunks * group];
+    let mut offsets = vec![0.0f32; group];
     for j0 in (0..n).step_by(group) {
+        let rows = group.min(n - j0);
         for (w_row, yt) in blocks.chunks_exact(chunks).zip(yt.chunks_exact_mut(n)) {
-            for (((b, q), d), m) in w_row.iter().zip(&mut q).zip(&mut d).zip(&mut m) {
-                (*q, *d, *m) = b.unpack::<D>();
+            offsets.fill(0.0);
+            for (k, ((b, q), dd)) in w_row.iter().zip(&mut q).zip(dd.chunks_exact_mut(group)).enumerate() {
+                let (qk, d, m) = b.unpack::<D>();
+                *q = qk;
+                let column = k * n + j0..k * n + j0 + rows;
+                for (dd, &xd) in dd.iter_mut().zip(&x.d[column.clone()]) {
+                    *dd = d * xd;
+                }
+                if B::OFFSET {
+                    for (o, &s) in offsets.iter_mut().zip(&x.sum[column]) {
+                        *o += m * s;
+                    }
+                }
             }
-            for (j, y) in yt.iter_mut().enumerate().skip(j0).take(group) {
-                let span = j * chunks..(j + 1) * chunks;
-                *y = dot_32::<B, D>(&q, &d, &m, &x.qs[span.clone()], &x.d[span.clone()], &x.sum[span], &mut dd);
+            // ROWS_32 activation rows at a time (their chains interleave), then one by one.
+            let yt = &mut yt[j0..j0 + rows];
+            let mut t = 0;
+            while t + ROWS_32 <= rows {
+                let out = dot_32::<B, D, ROWS_32>(&q, &x.qs[(j0 + t) * chunks..], &dd, group, t, &offsets);
+                yt[t..t + ROWS_32].copy_from_slice(&out);
+                t += ROWS_32;
+            }
+            for t in t..rows {
+                yt[t] = dot_32::<B, D, 1>(&q, &x.qs[(j0 + t) * chunks..], &dd, group, t, &offsets)[0];
             }
         }
     }
 }
 
-/// One (weight row, activation row) dot product of a 32-value format: every pair runs
-/// exactly this, alone or in a batch. `dd` (chunks,) is scratch for `d_w * d_x`.
+/// Activation rows a 32-value weight row meets at once in prefill.
+const ROWS_32: usize = 4;
+
+/// Weight row `q` (chunks,) against activation rows t .. t + J of a pass, their quants
+/// `xq` (J, chunks) (or longer), `dd` (chunks, group) and `offsets` (group,) computed as
+/// [`rows_32`] says.
 #[inline(always)]
-unsafe fn dot_32<B: Block32, D: IntDot>(
+unsafe fn dot_32<B: Block32, D: IntDot, const J: usize>(
     q: &[[u8; Q8_LEN]],
-    d: &[f32],
-    m: &[f32],
     xq: &[[i8; Q8_LEN]],
-    xd: &[f32],
-    xsum: &[f32],
-    dd: &mut [f32],
-) -> f32 {
-    for ((dd, &d), &xd) in dd.iter_mut().zip(d).zip(xd) {
-        *dd = d * xd;
+    dd: &[f32],
+    group: usize,
+    t: usize,
+    offsets: &[f32],
+) -> [f32; J] {
+    let chunks = q.len();
+    let xq = &xq[..J * chunks];
+    let dd = &dd[..chunks * group];
+    let mut acc = [[D::zero(); 2]; J];
+    let pairs = chunks / 2;
+    for p in 0..pairs {
+        let (k0, k1) = (2 * p, 2 * p + 1);
+        for u in 0..J {
+            acc[u][0] = step::<B, D>(acc[u][0], &q[k0], &xq[u * chunks + k0], dd[k0 * group + t + u]);
+            acc[u][1] = step::<B, D>(acc[u][1], &q[k1], &xq[u * chunks + k1], dd[k1 * group + t + u]);
+        }
     }
-    let offsets = if B::OFFSET { dot_f32(m, xsum) } else { 0.0 };
-    // Two accumulators alternate so that consecutive chunks' adds do not wait on each other.
+    if chunks % 2 == 1 {
+        let k = chunks - 1;
+        for u in 0..J {
+            acc[u][0] = step::<B, D>(acc[u][0], &q[k], &xq[u * chunks + k], dd[k * group + t + u]);
+        }
+    }
+    std::array::from_fn(|u| D::sum2(acc[u][0], acc[u][1]) + offsets[t + u])
+}
+
+/// One weight row (blocks) against one activation row (`xq`, `xd`, `xsum`: (chunks,)),
+/// unpacking the quants in registers; the arithmetic of [`rows_32`], bit for bit.
+#[inline(always)]
+unsafe fn dot_32_fused<B: Block32, D: IntDot>(row: &[B], xq: &[[i8; Q8_LEN]], xd: &[f32], xsum: &[f32]) -> f32 {
+    let chunks = row.len().min(xq.len()).min(xd.len()).min(xsum.len());
+    let mut offsets = 0.0f32;
     let (mut acc0, mut acc1) = (D::zero(), D::zero());
-    let (q2, xq2, dd2) = (q.chunks_exact(2), xq.chunks_exact(2), dd.chunks_exact(2));
-    let (q_last, xq_last, dd_last) = (q2.remainder(), xq2.remainder(), dd2.remainder());
-    for ((q, x), d) in q2.zip(xq2).zip(dd2) {
-        acc0 = step::<B, D>(acc0, &q[0], &x[0], d[0]);
-        acc1 = step::<B, D>(acc1, &q[1], &x[1], d[1]);
+    let pairs = chunks / 2;
+    for p in 0..pairs {
+        let (k0, k1) = (2 * p, 2 * p + 1);
+        let ((q0, d0, m0), (q1, d1, m1)) = (row[k0].unpack::<D>(), row[k1].unpack::<D>());
+        acc0 = step::<B, D>(acc0, &q0, &xq[k0], d0 * xd[k0]);
+        acc1 = step::<B, D>(acc1, &q1, &xq[k1], d1 * xd[k1]);
+        if B::OFFSET {
+            offsets += m0 * xsum[k0];
+            offsets += m1 * xsum[k1];
+        }
     }
-    for ((q, x), &d) in q_last.iter().zip(xq_last).zip(dd_last) {
-        acc0 = step::<B, D>(acc0, q, x, d);
+    if chunks % 2 == 1 {
+        let k = chunks - 1;
+        let (q, d, m) = row[k].unpack::<D>();
+        acc0 = step::<B, D>(acc0, &q, &xq[k], d * xd[k]);
+        if B::OFFSET {
+            offsets += m * xsum[k];
+        }
     }
     D::sum2(acc0, acc1) + offsets
 }
@@ -650,27 +727,6 @@ unsafe fn step<B: Block32, D: IntDot>(acc: D::Acc, q: &[u8; Q8_LEN], x: &[i8; Q8
     } else {
         D::dot_add::<false>(acc, q, x, d)
     }
-}
-
-/// `sum a[i] b[i]` in eight lanes, then a fixed tree: plain f32 arithmetic (Rust never
-/// fuses it), so every instruction set computes the same value.
-#[inline(always)]
-fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (a_rest, b_rest) = (a8.remainder(), b8.remainder());
-    for (a, b) in a8.zip(b8) {
-        for l in 0..8 {
-            acc[l] += a[l] * b[l];
-        }
-    }
-    // The rest apart, in order: folded into the lanes it became a masked store that the
-    // tree below then waited on (a store-forwarding stall, 18% of a Q4_1 prefill).
-    let mut rest = 0.0f32;
-    for (a, b) in a_rest.iter().zip(b_rest) {
-        rest += a * b;
-    }
-    (((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))) + rest
 }
 
 /// `yt[(i, j)] = W[row0 + i, :] . x[j, :]` for a K-quant: yt (rows_chunk, n).
