@@ -277,8 +277,9 @@ pub struct LoadOptions {
     pub backend: BackendChoice,
     /// KV cache capacity in tokens (default: min(model context, 8192)).
     pub max_context: Option<usize>,
-    /// The CPU backend's kernels: `"f32"` (default, the reference) or `"int8"` (decode
-    /// with 8-bit activations and integer dot products, as llama.cpp). Ignored on WebGPU.
+    /// The CPU backend's kernels: `"f32"` (default, the reference) or `"int8"` (8-bit
+    /// activations and integer dot products, as llama.cpp, for prefill and decode).
+    /// Ignored on WebGPU.
     pub cpu_kernels: CpuKernels,
 }
 

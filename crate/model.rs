@@ -1,8 +1,8 @@
 //! The CPU backend: one decoder for Llama, Qwen2 and Qwen3, on quantized weights.
 //!
 //! Weights stay in their file format ([`QMatrix`]); each mat-vec unpacks blocks on the fly,
-//! against activations kept in f32 ([`CpuKernels::F32`], the reference and default) or, for
-//! decode, quantized to 8 bits once per step ([`CpuKernels::Int8`]). The forward pass below reads top to bottom, one step per line of transformers'
+//! against activations kept in f32 ([`CpuKernels::F32`], the reference and default) or
+//! quantized to 8 bits once per input ([`CpuKernels::Int8`], decode and prefill alike). The forward pass below reads top to bottom, one step per line of transformers'
 //! `LlamaDecoderLayer.forward` / `Qwen2DecoderLayer.forward` / `Qwen3DecoderLayer.forward`.
 
 use half::f16;
@@ -342,8 +342,9 @@ impl CpuModel {
 }
 
 /// `n` tokens in passes of `chunk`. A remainder of one token joins the pass before it: a
-/// lone token takes the mat-vec kernels, which round differently from the batched ones, and
-/// chunking must not change any row's result.
+/// lone token takes the f32 mat-vec kernels, which round differently from the f32 tiles
+/// (the int8 kernels give a row the same bits either way), and chunking must not change any
+/// row's result.
 fn prefill_chunks(n: usize, chunk: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
     let mut bounds: Vec<usize> = (0..n).step_by(chunk).collect();
     if n > 1 && n % chunk == 1 && bounds.len() > 1 {

@@ -33,14 +33,18 @@ const CPU_F16_KV_TOLERANCE: f32 = 0.05;
 /// Cases the f32-cache reference runs against transformers: its numerics are the same on
 /// every prompt, so a few cover them (the f16 backend runs them all against llama.cpp).
 const F32_REFERENCE_CASES: usize = 2;
-/// The int8 (decode) kernels vs transformers' f32 on every top-20 logit of every
-/// continuation position: the activations' 8-bit rounding (<= 0.4% of each block's largest
-/// value), compounded over 30 / 24 layers. About llama.cpp's own distance from transformers
-/// (0.86 on SmolLM2's chat_capital): SmolLM2's logits are large. These bars are for the
-/// int8 kernels over the f16 KV cache, as they run. Measured with an f32 cache 1.04 and 0.22;
-/// with the f16 cache 1.36 and 0.21 (every decisive position still equal to llama.cpp's).
-const SMOLLM2_INT8_TOLERANCE: f32 = 1.5;
-const QWEN05_INT8_TOLERANCE: f32 = 0.35;
+/// The int8 kernels vs transformers' f32 on every top-20 logit of every continuation
+/// position: the activations' 8-bit rounding (<= 0.4% of each block's largest value; the
+/// K-quants' blocks are 256 values, as llama.cpp's Q8_K), compounded over 30 / 24 layers.
+/// About llama.cpp's own distance from transformers (0.86 on SmolLM2's chat_capital
+/// first step): SmolLM2's logits are large. These bars are for the int8 kernels over the
+/// f16 KV cache, as they run, prompt included (the prompt takes the int8 kernels too since
+/// they batch bit-identically): measured 1.58 and 0.358 (every decisive position still
+/// equal to llama.cpp's; first-step top-20 within 0.51 and 0.31 of llama.cpp's). With the
+/// prompt in f32 and 32-value activation blocks for every format these were 1.36 and 0.21;
+/// the prompt in f32 with today's decode kernels, 1.11 and 0.31.
+const SMOLLM2_INT8_TOLERANCE: f32 = 1.75;
+const QWEN05_INT8_TOLERANCE: f32 = 0.45;
 /// The GPU backend with f16 activations and KV cache (lavapipe has shader-f16): about three
 /// significant digits per stored value, compounded over 24-30 layers.
 const GPU_F16_TOLERANCE: f32 = 0.15;
@@ -195,7 +199,8 @@ fn cpu_backend(file: &str, kernels: CpuKernels, kv: KvPrecision) -> Option<AnyBa
 /// kernels, also the same weights with an f32 cache at the tight bar against transformers.
 fn cpu((file, fixture, int8_tolerance): RealModel, kernels: CpuKernels) {
     let Some(mut cpu) = cpu_backend(file, kernels, KvPrecision::F16) else { return };
-    // The int8 kernels are the decode kernels: feed the continuation one token at a time.
+    // Feed the int8 kernels as generation runs: the prompt in one pass, then the
+    // continuation one token at a time.
     let (hf_tolerance, feed) = match kernels {
         CpuKernels::F32 => (CPU_F16_KV_TOLERANCE, Feed::Batch),
         CpuKernels::Int8 => (int8_tolerance, Feed::Decode),

@@ -111,8 +111,8 @@ mod cli {
         /// KV cache capacity in tokens.
         #[arg(long)]
         max_context: Option<usize>,
-        /// CPU backend kernels: f32 (the reference) or int8 (decode with 8-bit activations
-        /// and integer dot products, as llama.cpp).
+        /// CPU backend kernels: f32 (the reference) or int8 (8-bit activations and integer
+        /// dot products, as llama.cpp: faster decode).
         #[arg(long, value_enum, default_value = "f32")]
         cpu_kernels: CpuKernelsArg,
     }
