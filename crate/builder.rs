@@ -277,8 +277,8 @@ pub struct LoadOptions {
     pub backend: BackendChoice,
     /// KV cache capacity in tokens (default: min(model context, 8192)).
     pub max_context: Option<usize>,
-    /// The CPU backend's kernels: `"f32"` (default, the reference) or `"int8"` (8-bit
-    /// activations and integer dot products, as llama.cpp, for prefill and decode).
+    /// The CPU backend's kernels: `"int8"` (default: 8-bit activations and integer dot
+    /// products, as llama.cpp, for prefill and decode) or `"f32"` (the reference).
     /// Ignored on WebGPU.
     pub cpu_kernels: CpuKernels,
 }

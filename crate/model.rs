@@ -1,8 +1,8 @@
 //! The CPU backend: one decoder for Llama, Qwen2 and Qwen3, on quantized weights.
 //!
 //! Weights stay in their file format ([`QMatrix`]); each mat-vec unpacks blocks on the fly,
-//! against activations kept in f32 ([`CpuKernels::F32`], the reference and default) or
-//! quantized to 8 bits once per input ([`CpuKernels::Int8`], decode and prefill alike). The forward pass below reads top to bottom, one step per line of transformers'
+//! against activations quantized to 8 bits once per input ([`CpuKernels::Int8`], the
+//! default, decode and prefill alike) or kept in f32 ([`CpuKernels::F32`], the reference). The forward pass below reads top to bottom, one step per line of transformers'
 //! `LlamaDecoderLayer.forward` / `Qwen2DecoderLayer.forward` / `Qwen3DecoderLayer.forward`.
 
 use half::f16;
@@ -335,7 +335,7 @@ impl CpuModel {
     }
 
     /// Multiply by the weights with `kernels` from the next forward pass on (default:
-    /// [`CpuKernels::F32`]).
+    /// [`CpuKernels::Int8`]).
     pub fn set_kernels(&mut self, kernels: CpuKernels) {
         self.kernels = kernels;
     }

@@ -743,17 +743,18 @@ impl QMatrix {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CpuKernels {
-    /// f32 activations times dequantized weights ([`QMatrix::matmul`]): the reference, and
-    /// the default.
-    #[default]
+    /// f32 activations times dequantized weights ([`QMatrix::matmul`]): the reference the
+    /// int8 kernels' tolerances are measured against.
     F32,
     /// 8-bit activations times integer weights ([`int8`]), as llama.cpp, for decode and
-    /// prefill alike. Every row's result is the same whether it is computed alone or in a
-    /// batch, so a request that reuses a cached prefix equals a fresh one. Faster than
+    /// prefill alike: the default. Every row's result is the same whether it is computed
+    /// alone or in a batch, so a request that reuses a cached prefix equals a fresh one.
+    /// Faster than
     /// [`CpuKernels::F32`] in decode (1.26-1.3x natively on SmolLM2 and Qwen2.5-0.5B) and
     /// as fast in prefill; the activations' 8-bit rounding moves logits further from
     /// transformers' f32 (tests/model_real.rs states how far) while every decisive token
     /// still equals llama.cpp's, which rounds the same way.
+    #[default]
     Int8,
 }
 

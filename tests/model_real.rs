@@ -2,7 +2,7 @@
 //! transformers, and the WebGPU backend vs the CPU backend on the same prompts.
 //!
 //! llama.cpp multiplies 8-bit-quantized activations, as our int8 CPU kernels do; our f32
-//! kernels (the reference, the default) multiply f32 activations by the dequantized weights. All
+//! kernels (the reference) multiply f32 activations by the dequantized weights. All
 //! are correct, so they can only disagree where the model itself hesitates. The bar (issue 2): teacher-forced along llama.cpp's greedy continuation, our
 //! top-1 equals llama.cpp's wherever llama.cpp's top-1/top-2 margin exceeds
 //! [`DECISIVE_MARGIN`], and the first step's top-20 logits are within [`TOP20_TOLERANCE`] —

@@ -111,9 +111,9 @@ mod cli {
         /// KV cache capacity in tokens.
         #[arg(long)]
         max_context: Option<usize>,
-        /// CPU backend kernels: f32 (the reference) or int8 (8-bit activations and integer
-        /// dot products, as llama.cpp: faster decode).
-        #[arg(long, value_enum, default_value = "f32")]
+        /// CPU backend kernels: int8 (8-bit activations and integer dot products, as
+        /// llama.cpp: faster decode) or f32 (the reference).
+        #[arg(long, value_enum, default_value = "int8")]
         cpu_kernels: CpuKernelsArg,
     }
 

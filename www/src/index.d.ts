@@ -61,9 +61,9 @@ export interface LoadOptions {
   /** KV cache capacity in tokens (default: min(model context, 8192)). */
   max_context?: number;
   /**
-   * The CPU backend's kernels: `f32` (default, the reference) or `int8` (8-bit activations
-   * times integer weights, as llama.cpp, for prompt and decode: faster decode; a repeated
-   * request that reuses the cache still equals a fresh one). Ignored on WebGPU.
+   * The CPU backend's kernels: `int8` (default: 8-bit activations times integer weights, as
+   * llama.cpp, for prompt and decode: faster decode; a repeated request that reuses the
+   * cache still equals a fresh one) or `f32` (the reference). Ignored on WebGPU.
    */
   cpu_kernels?: 'int8' | 'f32';
   onProgress?: (progress: LoadProgress) => void;
