@@ -87,10 +87,11 @@ impl std::error::Error for RaisedByTemplate {}
 
 const TEMPLATE_NAME: &str = "chat_template";
 
-/// Instructions one render may execute. The real templates (Qwen2.5, Qwen3, DeepSeek-R1,
-/// SmolLM2) render a 1,000-message conversation well within it (tests/chat.rs); a template
-/// that loops runs out in about a second.
-pub const MAX_FUEL: u64 = 5_000_000;
+/// Instructions one render may execute (counting the checks crate/chat/guard.rs adds). The
+/// real templates (Qwen2.5, Qwen3, DeepSeek-R1, SmolLM2) render a 1,000-message conversation
+/// in 34,000-89,000 (tests/chat.rs checks 1,000 messages), so this holds over 20,000 messages,
+/// more than any context window; a template that loops runs out in about a second.
+pub const MAX_FUEL: u64 = 2_000_000;
 
 pub use guard::{MAX_CREATED_BYTES, MAX_ITEMS, MAX_OUTPUT_BYTES, MAX_VALUE_BYTES};
 
@@ -98,6 +99,7 @@ pub use guard::{MAX_CREATED_BYTES, MAX_ITEMS, MAX_OUTPUT_BYTES, MAX_VALUE_BYTES}
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,
+    fuel: u64,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -122,7 +124,16 @@ impl ChatTemplate {
         env.add_filter("pprint", pprint);
         guard::register(&mut env);
         guard::compile(TEMPLATE_NAME, source).map_err(compile_error)?;
-        Ok(Self { env, source: source.to_owned() })
+        Ok(Self { env, source: source.to_owned(), fuel: MAX_FUEL })
+    }
+
+    /// The same template with another instruction bound than [`MAX_FUEL`] (the fuzzer
+    /// renders with less, so that a template that loops costs it milliseconds, not seconds;
+    /// the value and output limits stay).
+    pub fn with_fuel(mut self, fuel: u64) -> Self {
+        self.env.set_fuel(Some(fuel));
+        self.fuel = fuel;
+        self
     }
 
     /// Render `messages` to prompt text. `add_generation_prompt` appends the opening of an
@@ -170,7 +181,7 @@ impl ChatTemplate {
         match guard::render(&self.env, &compiled, Value::from(context)) {
             Ok(text) => Ok(text),
             Err(e) if e.kind() == ErrorKind::OutOfFuel => {
-                Err(ChatError::Limit(format!("it ran more than {MAX_FUEL} instructions")))
+                Err(ChatError::Limit(format!("it ran more than {} instructions", self.fuel)))
             }
             Err(e) => Err(match (guard::exceeded(&e), raised_message(&e)) {
                 (Some(limit), _) => ChatError::Limit(limit),
