@@ -43,14 +43,32 @@ pub enum AnyBackend {
     Gpu(GpuModel),
 }
 
+/// The largest buffer the GPU backend would like to bind whole: the largest tensor, or a
+/// layer's tensors together (its q/k/v and its gate/up are joined into one matrix each when
+/// they fit one binding; a layer's sum covers both). Asking for more than a fused matrix
+/// needs costs nothing: the request is capped at the adapter's limit.
+fn largest_binding_wanted(model: &LoadedModel) -> u64 {
+    let mut per_layer: HashMap<&str, u64> = HashMap::new();
+    let mut largest = 0u64;
+    for (name, tensor) in &model.tensors {
+        let bytes = tensor.data.len() as u64;
+        largest = largest.max(bytes);
+        // "blk.3.ffn_up.weight" / "model.layers.3.mlp.up_proj.weight": the part up to the
+        // layer number.
+        let parts: Vec<&str> = name.split('.').collect();
+        if let Some(i) = parts.iter().position(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+            let end = parts[..=i].iter().map(|p| p.len() + 1).sum::<usize>() - 1;
+            *per_layer.entry(&name[..end]).or_default() += bytes;
+        }
+    }
+    per_layer.into_values().fold(largest, u64::max)
+}
+
 impl AnyBackend {
     /// Build the backend `options.backend` asks for from loaded tensors, asking for an
     /// adapter first unless the CPU was asked for.
     pub async fn new(model: LoadedModel, options: &LoadOptions) -> Result<Self, EngineError> {
-        let gpu_options = GpuOptions {
-            largest_tensor_bytes: model.tensors.values().map(|t| t.data.len() as u64).max().unwrap_or(0),
-            ..GpuOptions::default()
-        };
+        let gpu_options = GpuOptions { largest_tensor_bytes: largest_binding_wanted(&model), ..GpuOptions::default() };
         let gpu = Gpu::request(options.backend, &gpu_options).await?;
         let mut backend = Self::build(model, options, gpu)?;
         backend.settle().await?;

@@ -18,6 +18,8 @@
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, ErrorKind, Value};
 
+mod guard;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
     #[error("chat template does not compile: {0:#}")]
@@ -28,9 +30,10 @@ pub enum ChatError {
     Raised(String),
     #[error("chat template failed to render: {0:#}")]
     Render(#[source] minijinja::Error),
-    /// The template ran past [`MAX_FUEL`] instructions or wrote more than
-    /// [`MAX_OUTPUT_BYTES`]: a template in a downloaded file may loop or explode, and the
-    /// page must get an error rather than a frozen tab.
+    /// The template ran past [`MAX_FUEL`] instructions, wrote more than
+    /// [`MAX_OUTPUT_BYTES`], or would have made values past [`MAX_VALUE_BYTES`],
+    /// [`MAX_ITEMS`] or [`MAX_CREATED_BYTES`]: a template in a downloaded file may loop or
+    /// explode, and the page must get an error rather than a frozen tab or a dead module.
     #[error("chat template exceeded its limit: {0}")]
     Limit(String),
     /// An extra template variable may not replace what the conversation itself sets.
@@ -84,46 +87,19 @@ impl std::error::Error for RaisedByTemplate {}
 
 const TEMPLATE_NAME: &str = "chat_template";
 
-/// Instructions one render may execute. The real templates (Qwen2.5, Qwen3, DeepSeek-R1,
-/// SmolLM2) render a 1,000-message conversation well within it (tests/chat.rs); a template
-/// that loops runs out in about a second.
-pub const MAX_FUEL: u64 = 5_000_000;
+/// Instructions one render may execute (counting the checks crate/chat/guard.rs adds). The
+/// real templates (Qwen2.5, Qwen3, DeepSeek-R1, SmolLM2) render a 1,000-message conversation
+/// in 34,000-89,000 (tests/chat.rs checks 1,000 messages), so this holds over 20,000 messages,
+/// more than any context window; a template that loops runs out in about a second.
+pub const MAX_FUEL: u64 = 2_000_000;
 
-/// Bytes one render may write: far beyond any context window's worth of text (a 128k-token
-/// context is well under 1 MiB).
-pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
-
-/// Collects the rendered prompt and refuses to grow past [`MAX_OUTPUT_BYTES`].
-struct BoundedOutput(Vec<u8>);
-
-impl std::io::Write for BoundedOutput {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.0.len() + buf.len() > MAX_OUTPUT_BYTES {
-            return Err(std::io::Error::other(OutputLimit));
-        }
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The marker of an output that hit [`MAX_OUTPUT_BYTES`].
-#[derive(Debug)]
-struct OutputLimit;
-
-impl std::fmt::Display for OutputLimit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the prompt grew past {MAX_OUTPUT_BYTES} bytes")
-    }
-}
-
-impl std::error::Error for OutputLimit {}
+pub use guard::{MAX_CREATED_BYTES, MAX_ITEMS, MAX_OUTPUT_BYTES, MAX_VALUE_BYTES};
 
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
+    fuel: u64,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -145,8 +121,19 @@ impl ChatTemplate {
                 .with_source(RaisedByTemplate(message)))
         });
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, source.to_owned()).map_err(ChatError::Compile)?;
-        Ok(Self { env })
+        env.add_filter("pprint", pprint);
+        guard::register(&mut env);
+        guard::compile(TEMPLATE_NAME, source).map_err(compile_error)?;
+        Ok(Self { env, source: source.to_owned(), fuel: MAX_FUEL })
+    }
+
+    /// The same template with another instruction bound than [`MAX_FUEL`] (the fuzzer
+    /// renders with less, so that a template that loops costs it milliseconds, not seconds;
+    /// the value and output limits stay).
+    pub fn with_fuel(mut self, fuel: u64) -> Self {
+        self.env.set_fuel(Some(fuel));
+        self.fuel = fuel;
+        self
     }
 
     /// Render `messages` to prompt text. `add_generation_prompt` appends the opening of an
@@ -176,7 +163,9 @@ impl ChatTemplate {
         if let Some(name) = RESERVED_VARIABLES.iter().find(|&&name| extra.contains_key(name)) {
             return Err(ChatError::ReservedVariable((*name).to_owned()));
         }
-        let template = self.env.get_template(TEMPLATE_NAME).map_err(ChatError::Render)?;
+        // Compiled again for each render: the program borrows the source, and compiling a
+        // chat template takes well under a millisecond.
+        let compiled = guard::compile(TEMPLATE_NAME, &self.source).map_err(compile_error)?;
         let mut context = std::collections::BTreeMap::from([
             ("messages".to_owned(), Value::from_serialize(messages)),
             ("add_generation_prompt".to_owned(), Value::from(add_generation_prompt)),
@@ -189,19 +178,25 @@ impl ChatTemplate {
         for (name, value) in extra {
             context.insert(name.clone(), Value::from_serialize(value));
         }
-        let mut out = BoundedOutput(Vec::new());
-        match template.render_captured_to(Value::from(context), &mut out) {
-            Ok(_) => String::from_utf8(out.0).map_err(|e| ChatError::Limit(format!("the template wrote invalid UTF-8: {e}"))),
+        match guard::render(&self.env, &compiled, Value::from(context)) {
+            Ok(text) => Ok(text),
             Err(e) if e.kind() == ErrorKind::OutOfFuel => {
-                Err(ChatError::Limit(format!("it ran more than {MAX_FUEL} instructions")))
+                Err(ChatError::Limit(format!("it ran more than {} instructions", self.fuel)))
             }
-            // The only writer that can fail is ours, and only at the limit.
-            Err(e) if e.kind() == ErrorKind::WriteFailure => Err(ChatError::Limit(OutputLimit.to_string())),
-            Err(e) => Err(match raised_message(&e) {
-                Some(message) => ChatError::Raised(message),
-                None => ChatError::Render(e),
+            Err(e) => Err(match (guard::exceeded(&e), raised_message(&e)) {
+                (Some(limit), _) => ChatError::Limit(limit),
+                (None, Some(message)) => ChatError::Raised(message),
+                (None, None) => ChatError::Render(e),
             }),
         }
+    }
+}
+
+/// A template refused at compile time for its constants' size is over a limit, not broken.
+fn compile_error(e: minijinja::Error) -> ChatError {
+    match guard::exceeded(&e) {
+        Some(limit) => ChatError::Limit(limit),
+        None => ChatError::Compile(e),
     }
 }
 
@@ -244,6 +239,36 @@ fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, minijinja::Error> {
     Ok(Value::from_safe_string(out))
 }
 
+/// JSON longer than this is refused: a lazily nested list can describe far more than memory
+/// holds, and [`write_json`] stops when it gets there.
+const MAX_JSON_BYTES: usize = MAX_VALUE_BYTES;
+
+fn json_too_long() -> minijinja::Error {
+    minijinja::Error::new(ErrorKind::InvalidOperation, "chat template limit")
+        .with_source(guard::LimitExceeded(format!("tojson would write more than {MAX_JSON_BYTES} bytes")))
+}
+
+/// `value | pprint`, refused past [`MAX_VALUE_BYTES`] instead of printed whole.
+fn pprint(value: &Value) -> Result<String, minijinja::Error> {
+    use std::fmt::Write as _;
+    struct Capped(String);
+    impl std::fmt::Write for Capped {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            if self.0.len() + s.len() > MAX_VALUE_BYTES {
+                return Err(std::fmt::Error);
+            }
+            self.0.push_str(s);
+            Ok(())
+        }
+    }
+    let mut out = Capped(String::new());
+    write!(out, "{value:#?}").map_err(|_| {
+        minijinja::Error::new(ErrorKind::InvalidOperation, "chat template limit")
+            .with_source(guard::LimitExceeded(format!("pprint would write more than {MAX_VALUE_BYTES} bytes")))
+    })?;
+    Ok(out.0)
+}
+
 struct JsonStyle {
     indent: Option<usize>,
     ensure_ascii: bool,
@@ -253,11 +278,19 @@ struct JsonStyle {
 }
 
 fn write_json(value: &Value, style: &JsonStyle, depth: usize, out: &mut String) -> Result<(), minijinja::Error> {
-    let newline = |out: &mut String, depth: usize| {
+    if out.len() > MAX_JSON_BYTES {
+        return Err(json_too_long());
+    }
+    let newline = |out: &mut String, depth: usize| -> Result<(), minijinja::Error> {
         if let Some(n) = style.indent {
+            let width = n.saturating_mul(depth);
+            if out.len().saturating_add(width) > MAX_JSON_BYTES {
+                return Err(json_too_long());
+            }
             out.push('\n');
-            out.extend(std::iter::repeat_n(' ', n * depth));
+            out.extend(std::iter::repeat_n(' ', width));
         }
+        Ok(())
     };
     match value.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
@@ -282,10 +315,10 @@ fn write_json(value: &Value, style: &JsonStyle, depth: usize, out: &mut String) 
                 if i > 0 {
                     out.push_str(&style.item_sep);
                 }
-                newline(out, depth + 1);
+                newline(out, depth + 1)?;
                 write_json(item, style, depth + 1, out)?;
             }
-            newline(out, depth);
+            newline(out, depth)?;
             out.push(']');
         }
         ValueKind::Map => {
@@ -302,7 +335,7 @@ fn write_json(value: &Value, style: &JsonStyle, depth: usize, out: &mut String) 
                 if i > 0 {
                     out.push_str(&style.item_sep);
                 }
-                newline(out, depth + 1);
+                newline(out, depth + 1)?;
                 match key.as_str() {
                     Some(k) => write_json_string(k, style.ensure_ascii, out),
                     // Python turns non-string keys into strings.
@@ -311,7 +344,7 @@ fn write_json(value: &Value, style: &JsonStyle, depth: usize, out: &mut String) 
                 out.push_str(&style.key_sep);
                 write_json(&value.get_item(key)?, style, depth + 1, out)?;
             }
-            newline(out, depth);
+            newline(out, depth)?;
             out.push('}');
         }
         _ => write_json_string(&value.to_string(), style.ensure_ascii, out),

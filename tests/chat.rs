@@ -228,3 +228,58 @@ fn real_templates_render_long_conversations_within_the_limits() {
         assert!(text.contains("question 499?") && text.ends_with('\n') || text.contains("last?"), "{name}");
     }
 }
+
+/// Templates whose values outgrow memory in a few instructions (found by the fuzzer and the
+/// hostile-file generator, and their relatives): each is a `Limit` error, quickly, instead of
+/// exhausting memory (in a page, an aborted wasm module).
+#[test]
+fn templates_that_make_huge_values_hit_their_limit() {
+    let doubling = |step: &str| {
+        format!("{{% set ns = namespace(s='xxxxxxxxxxxxxxxx', l=[1, 2]) %}}{{% for i in range(60) %}}{{% set ns.s = {step} %}}{{% endfor %}}{{{{ ns.s|length }}}}")
+    };
+    let unrolled: String = std::iter::once("{% set s0 = 'xxxxxxxx' %}".to_owned())
+        .chain((1..=60).map(|i| format!("{{% set s{i} = s{j} ~ s{j} %}}", j = i - 1)))
+        .chain(std::iter::once("{{ s60|length }}".to_owned()))
+        .collect();
+    let big = "{% set big = 'x' * 10000000 %}";
+    let cases: Vec<(&str, String)> = vec![
+        ("~ doubling", doubling("ns.s ~ ns.s")),
+        ("+ doubling", doubling("ns.s + ns.s")),
+        ("format doubling", doubling("'%s%s'|format(ns.s, ns.s)")),
+        ("join doubling", doubling("[ns.s, ns.s]|join")),
+        ("method join doubling", doubling("ns.s.join(['', '', ''])")),
+        ("replace doubling", doubling("ns.s|replace('x', 'xx')")),
+        ("method replace doubling", doubling("ns.s.replace('x', 'xxx')")),
+        ("list doubling printed", doubling("ns.s") + "{% set ns.l = [1] %}{% for i in range(60) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l|length }}"),
+        ("nested list printed", "{% set ns = namespace(l=[1]) %}{% for i in range(60) %}{% set ns.l = [ns.l, ns.l] %}{% endfor %}{{ ns.l }}".into()),
+        ("nested list joined", "{% set ns = namespace(l=[1]) %}{% for i in range(60) %}{% set ns.l = [ns.l, ns.l] %}{% endfor %}{{ (ns.l|string)|length }}".into()),
+        ("nested list as json", "{% set ns = namespace(l=[1]) %}{% for i in range(60) %}{% set ns.l = [ns.l, ns.l] %}{% endfor %}{{ (ns.l|tojson)|length }}".into()),
+        ("nested list pprint", "{% set ns = namespace(l=[1]) %}{% for i in range(60) %}{% set ns.l = [ns.l, ns.l] %}{% endfor %}{{ (ns.l|pprint)|length }}".into()),
+        ("macro recursion", "{% macro d(s, n) %}{% if n > 0 %}{{ d(s ~ s, n - 1) }}{% else %}{{ s|length }}{% endif %}{% endmacro %}{{ d('xxxxxxxx', 60) }}".into()),
+        ("unrolled doubling", unrolled),
+        ("join with a huge separator", "{{ range(100000) | list | join(range(100000) | list | join(',')) }}".into()),
+        ("string times a huge count", "{{ ('x' * 99999999)|length }}".into()),
+        ("list times a huge count", "{{ ([1, 2, 3] * 99999999)|length }}".into()),
+        ("list of a repeated list", "{{ (([1, 2, 3] * 9999999)|list)|length }}".into()),
+        ("huge indent", "{{ ('a\\n' * 1000)|indent(99999999)|length }}".into()),
+        ("huge format width", "{{ ('%999999999s'|format(1))|length }}".into()),
+        ("huge tojson indent", "{{ ([[[[1]]]]|tojson(indent=99999999))|length }}".into()),
+        ("many distinct big strings", format!("{big}{{% set ns = namespace(l=[]) %}}{{% for i in range(1000) %}}{{% set ns.l = ns.l + [big ~ i] %}}{{% endfor %}}{{{{ ns.l|length }}}}")),
+        ("many upper copies", format!("{big}{{% set ns = namespace(l=[]) %}}{{% for i in range(1000) %}}{{% set ns.l = ns.l + [big|upper] %}}{{% endfor %}}{{{{ ns.l|length }}}}")),
+        ("characters of a big string", format!("{big}{{{{ (big|list)|length }}}}")),
+        ("split into pieces", format!("{big}{{{{ (big.replace('x', 'x ')).split()|length }}}}")),
+        ("a mapped big string", format!("{big}{{{{ ([big] * 1000)|map('upper')|list|length }}}}")),
+        ("raw text in a loop", format!("{{% for i in range(100000) %}}{}{{% endfor %}}", "y".repeat(1000))),
+        ("emitting a big value in a loop", format!("{big}{{% for i in range(100) %}}{{{{ big }}}}{{% endfor %}}")),
+    ];
+    for (name, source) in cases {
+        let started = std::time::Instant::now();
+        // Constant expressions are computed when the template compiles: those are refused there.
+        match ChatTemplate::new(&source).and_then(|t| t.render(&[Message::user("x")], true, "", "")) {
+            Err(ChatError::Limit(_)) => {}
+            other => panic!("{name}: expected a Limit error, got {:?}", other.map(|s| s.len())),
+        }
+        assert!(started.elapsed().as_secs() < 20, "{name}: the limit came only after {:?}", started.elapsed());
+        println!("{name}: {:?}", started.elapsed());
+    }
+}

@@ -189,54 +189,74 @@ mod cli {
         serde_json::from_str(json).map_err(|e| format!("not a JSON object: {e}"))
     }
 
-    #[derive(Args)]
+    /// Every flag serializes under its ThinkingOptions field name, and only when given: the
+    /// flags' layer of [`ThinkingArgs::options`].
+    #[derive(Args, serde::Serialize)]
     struct ThinkingArgs {
         /// Minimum thinking tokens: earlier ends of thinking are replaced by a continuation.
         #[arg(long)]
+        #[serde(rename = "min_tokens", skip_serializing_if = "Option::is_none")]
         think_min: Option<usize>,
         /// Maximum thinking tokens: thinking is then closed by force.
         #[arg(long)]
+        #[serde(rename = "max_tokens", skip_serializing_if = "Option::is_none")]
         think_max: Option<usize>,
         /// Continuation text inserted instead of an early end (repeatable; default "Wait").
         #[arg(long = "continue")]
+        #[serde(skip_serializing_if = "Vec::is_empty")]
         continuations: Vec<String>,
         #[arg(long, value_parser = ["cycle", "random"])]
+        #[serde(skip_serializing_if = "Option::is_none")]
         continuation_order: Option<String>,
         /// Replace the first K natural ends of thinking too (s1's thinking_n_ignore).
         #[arg(long)]
+        #[serde(skip_serializing_if = "Option::is_none")]
         ignore_ends: Option<usize>,
         #[arg(long)]
+        #[serde(skip_serializing_if = "Option::is_none")]
         max_continuations: Option<usize>,
         #[arg(long, value_parser = ["continue", "suppress"])]
+        #[serde(skip_serializing_if = "Option::is_none")]
         on_early_end: Option<String>,
         /// Tokens allowed past the cap to reach a sentence end.
         #[arg(long)]
+        #[serde(skip_serializing_if = "Option::is_none")]
         grace_tokens: Option<usize>,
         #[arg(long)]
+        #[serde(skip_serializing_if = "Option::is_none")]
         wrap_up: Option<String>,
         #[arg(long)]
+        #[serde(skip_serializing_if = "Option::is_none")]
         answer_prefix: Option<String>,
         #[arg(long)]
+        #[serde(skip_serializing_if = "Option::is_none")]
         answer_max_tokens: Option<usize>,
         #[arg(long)]
+        #[serde(rename = "start", skip_serializing_if = "Option::is_none")]
         think_start: Option<String>,
         #[arg(long)]
+        #[serde(rename = "end", skip_serializing_if = "Option::is_none")]
         think_end: Option<String>,
         /// Open thinking at the start of the response (for templates that do not).
         #[arg(long)]
+        #[serde(rename = "open", skip_serializing_if = "std::ops::Not::not")]
         think_open: bool,
         /// Mask end of generation in the answer until it holds N tokens.
         #[arg(long)]
+        #[serde(skip_serializing_if = "Option::is_none")]
         answer_min_tokens: Option<usize>,
         /// Mask these words (and their case / leading-space forms) while thinking (repeatable).
         #[arg(long)]
+        #[serde(skip_serializing_if = "Vec::is_empty")]
         suppress: Vec<String>,
         /// A preset: s1, qwen3, nowait, deer, alphaone (see the README); flags override it.
         #[arg(long, value_parser = ["s1", "qwen3", "nowait", "deer", "alphaone"])]
+        #[serde(skip)]
         policy: Option<String>,
         /// Thinking options as JSON (every field of ThinkingOptions: confidence_exit,
         /// schedule, thinking_sampling, ...), over the preset and under the flags.
         #[arg(long, value_parser = json_object)]
+        #[serde(skip)]
         thinking: Option<serde_json::Map<String, serde_json::Value>>,
     }
 
@@ -252,56 +272,9 @@ mod cli {
             if let Some(json) = &self.thinking {
                 fields.extend(json.clone());
             }
-            let mut set = |key: &str, value: serde_json::Value| {
-                fields.insert(key.to_string(), value);
-            };
-            if let Some(v) = self.think_min {
-                set("min_tokens", v.into());
-            }
-            if let Some(v) = self.think_max {
-                set("max_tokens", v.into());
-            }
-            if !self.continuations.is_empty() {
-                set("continuations", self.continuations.clone().into());
-            }
-            if let Some(v) = &self.continuation_order {
-                set("continuation_order", v.clone().into());
-            }
-            if let Some(v) = self.ignore_ends {
-                set("ignore_ends", v.into());
-            }
-            if let Some(v) = self.max_continuations {
-                set("max_continuations", v.into());
-            }
-            if let Some(v) = &self.on_early_end {
-                set("on_early_end", v.clone().into());
-            }
-            if let Some(v) = self.grace_tokens {
-                set("grace_tokens", v.into());
-            }
-            if let Some(v) = &self.wrap_up {
-                set("wrap_up", v.clone().into());
-            }
-            if let Some(v) = &self.answer_prefix {
-                set("answer_prefix", v.clone().into());
-            }
-            if let Some(v) = self.answer_max_tokens {
-                set("answer_max_tokens", v.into());
-            }
-            if let Some(v) = self.answer_min_tokens {
-                set("answer_min_tokens", v.into());
-            }
-            if !self.suppress.is_empty() {
-                set("suppress", self.suppress.clone().into());
-            }
-            if let Some(v) = &self.think_start {
-                set("start", v.clone().into());
-            }
-            if let Some(v) = &self.think_end {
-                set("end", v.clone().into());
-            }
-            if self.think_open {
-                set("open", true.into());
+            match serde_json::to_value(self) {
+                Ok(serde_json::Value::Object(flags)) => fields.extend(flags),
+                other => return Err(EngineError::InvalidOptions(format!("thinking flags: {other:?}"))),
             }
             if fields.is_empty() {
                 return Ok(None);

@@ -312,7 +312,9 @@ test('in a Web Worker: the same events as in the page, and typed errors', async 
   if (!hasModel) return t.skip('model missing');
   const page = await browser.newPage();
   const r = await withPensive(page, async (m, { prompt, options }) => {
-    const engine = await m.Pensive.load({ model: '/models/smollm2-135m-instruct-q4_1.gguf', backend: 'cpu', cache: false, worker: true });
+    // A URL object, which postMessage cannot clone, reaches the worker as its address.
+    const model = new URL('/models/smollm2-135m-instruct-q4_1.gguf', location.href);
+    const engine = await m.Pensive.load({ model, backend: 'cpu', cache: false, worker: true });
     const out = await engine.complete(prompt, options);
     let busy = null;
     const first = engine.generate(prompt, options);

@@ -1,5 +1,5 @@
 // Faults in headless Chromium, through the npm package:
-//  - hostile files: 131 variants of a real GGUF (tests/browser/pages/hostile-gguf.js: truncated,
+//  - hostile files: 135 variants of a real GGUF (tests/browser/pages/hostile-gguf.js: truncated,
 //    lying counts, zero / huge / overflowing dims, unknown types, bad offsets, NaN and
 //    infinite hyperparameters, broken vocabularies, looping templates…), built in the page
 //    and loaded one after the other in that one page — on the CPU, and a subset on WebGPU.

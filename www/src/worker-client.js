@@ -88,7 +88,7 @@ export class PensiveWorker {
   async load(options) {
     const { onProgress, signal, worker: _worker, persist: _persist, ...rest } = checkLoadOptions(options);
     this.#usable = false;
-    this.info = await this.#call('load', { options: rest }, { onProgress }, signal).done;
+    this.info = await this.#call('load', { options: postable(rest) }, { onProgress }, signal).done;
     this.#usable = true;
     return this;
   }
@@ -103,7 +103,7 @@ export class PensiveWorker {
 
   async inspect(options) {
     const { onProgress, signal, worker: _worker, persist: _persist, ...rest } = checkLoadOptions(options);
-    return this.#call('inspect', { options: rest }, { onProgress }, signal).done;
+    return this.#call('inspect', { options: postable(rest) }, { onProgress }, signal).done;
   }
 
   /** Same contract as `Engine.generate`, including 'busy' when a generation is active. */
@@ -188,4 +188,12 @@ export class PensiveWorker {
     // Let the dispose message go first; terminate frees everything the worker held.
     setTimeout(() => this.#worker.terminate(), 0);
   }
+}
+
+/**
+ * Load options as postMessage can carry them: a `URL` object (model, tokenizer, wasmUrl,
+ * wasmThreadsUrl) cannot be cloned, so it travels as its absolute address.
+ */
+function postable(options) {
+  return Object.fromEntries(Object.entries(options).map(([k, v]) => [k, v instanceof URL ? v.href : v]));
 }

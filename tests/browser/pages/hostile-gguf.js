@@ -297,9 +297,12 @@ export function hostileVariants(base, { seed = 11 } = {}) {
   chat('nested loops', '{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}');
   chat('a recursive macro', '{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}');
   chat('a repeated string', "{{ 'x' * 4000000000 }}");
-  // Not here: a template that doubles a string with `~` in a loop or a macro. Each doubling
-  // is one instruction, so neither the fuel nor the output bound stops its memory: an open
-  // finding (fuzz/findings/README.md).
+  // Each doubling is one instruction: neither the fuel nor the output bound sees these; the
+  // value limits of crate/chat/guard.rs do.
+  chat('a string doubled in a loop', "{% set ns = namespace(s='xxxxxxxx') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}");
+  chat('a string doubled by a macro', "{% macro d(s, n) %}{% if n > 0 %}{{ d(s ~ s, n - 1) }}{% else %}{{ s|length }}{% endif %}{% endmacro %}{{ d('xxxxxxxx', 60) }}");
+  chat('a join with a huge separator', "{{ range(100000) | list | join(range(100000) | list | join(',')) }}");
+  chat('a nested list printed', "{% set ns = namespace(l=[1]) %}{% for i in range(60) %}{% set ns.l = [ns.l, ns.l] %}{% endfor %}{{ ns.l|tojson }}");
   chat('a syntax error', '{% for m in messages %}{{ m.content ');
   chat('raise_exception', "{{ raise_exception('no') }}");
   return out;
