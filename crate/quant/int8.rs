@@ -144,7 +144,7 @@ impl Q8Rows {
     /// `x` (n, cols), cols a multiple of 32 (any rest is ignored).
     pub fn new(x: &[f32], cols: usize) -> Self {
         let chunks = cols / Q8_LEN;
-        let n = if cols == 0 { 0 } else { x.len() / cols };
+        let n = x.len().checked_div(cols).unwrap_or(0);
         let mut out = Self { n, qs: Vec::with_capacity(n * chunks), d: vec![0.0; n * chunks], sum: vec![0.0; n * chunks] };
         let mut block = BlockQ8::default();
         for (j, row) in x.chunks_exact(cols.max(1)).take(n).enumerate() {
@@ -169,7 +169,7 @@ impl Q8KRows {
     /// `x` (n, cols), cols a multiple of 256 (any rest is ignored).
     pub fn new(x: &[f32], cols: usize) -> Self {
         let blocks_per_row = cols / Q8K_LEN;
-        let n = if cols == 0 { 0 } else { x.len() / cols };
+        let n = x.len().checked_div(cols).unwrap_or(0);
         let mut blocks = vec![BlockQ8K::default(); n * blocks_per_row];
         if blocks_per_row > 0 {
             for (row, out) in x.chunks_exact(cols).zip(blocks.chunks_exact_mut(blocks_per_row)) {
