@@ -123,7 +123,7 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_filter("pprint", pprint);
         guard::register(&mut env);
-        guard::compile(TEMPLATE_NAME, source).map_err(compile_error)?;
+        guard::compile(TEMPLATE_NAME, source, false).map_err(compile_error)?;
         Ok(Self { env, source: source.to_owned(), fuel: MAX_FUEL })
     }
 
@@ -165,7 +165,7 @@ impl ChatTemplate {
         }
         // Compiled again for each render: the program borrows the source, and compiling a
         // chat template takes well under a millisecond.
-        let compiled = guard::compile(TEMPLATE_NAME, &self.source).map_err(compile_error)?;
+        let compiled = guard::compile(TEMPLATE_NAME, &self.source, true).map_err(compile_error)?;
         let mut context = std::collections::BTreeMap::from([
             ("messages".to_owned(), Value::from_serialize(messages)),
             ("add_generation_prompt".to_owned(), Value::from(add_generation_prompt)),

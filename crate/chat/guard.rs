@@ -476,13 +476,18 @@ pub fn register(env: &mut Environment<'_>) {
 /// minijinja computes constant expressions while it compiles (`'x' * 99999999` becomes a
 /// 100 MB constant, and a template can hold many): their sizes are estimated from the
 /// syntax tree first, and a template whose constants pass the limits is refused here.
-pub fn compile<'s>(name: &'s str, source: &'s str) -> Result<CompiledTemplate<'s>, minijinja::Error> {
+///
+/// `checked`: the same source already passed that check (a template is checked once, when it
+/// is created, and compiled again for each render).
+pub fn compile<'s>(name: &'s str, source: &'s str, checked: bool) -> Result<CompiledTemplate<'s>, minijinja::Error> {
     let ws_config = WhitespaceConfig { keep_trailing_newline: false, lstrip_blocks: true, trim_blocks: true };
-    let ast = machinery::parse(source, name, SyntaxConfig, ws_config)?;
-    let tree = serde_json::to_value(&ast)
-        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("chat template syntax tree: {e}")))?;
-    let mut folded = 0u128;
-    constant_size(&tree, &mut folded)?;
+    if !checked {
+        let ast = machinery::parse(source, name, SyntaxConfig, ws_config)?;
+        let tree = serde_json::to_value(&ast)
+            .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("chat template syntax tree: {e}")))?;
+        let mut folded = 0u128;
+        constant_size(&tree, &mut folded)?;
+    }
     let config = TemplateConfig {
         syntax_config: SyntaxConfig,
         ws_config,
