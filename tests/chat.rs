@@ -242,6 +242,8 @@ fn templates_that_make_huge_values_hit_their_limit() {
         .chain(std::iter::once("{{ s60|length }}".to_owned()))
         .collect();
     let big = "{% set big = 'x' * 10000000 %}";
+    // Few values, but it prints as 100 copies of a 590 KB list: 59 MB.
+    let wide = "{% set a = range(100000)|list %}{% set b = [a, a, a, a, a, a, a, a, a, a] %}{% set c = [b, b, b, b, b, b, b, b, b, b] %}";
     let cases: Vec<(&str, String)> = vec![
         ("~ doubling", doubling("ns.s ~ ns.s")),
         ("+ doubling", doubling("ns.s + ns.s")),
@@ -270,6 +272,18 @@ fn templates_that_make_huge_values_hit_their_limit() {
         ("split into pieces", format!("{big}{{{{ (big.replace('x', 'x ')).split()|length }}}}")),
         ("a mapped big string", format!("{big}{{{{ ([big] * 1000)|map('upper')|list|length }}}}")),
         ("raw text in a loop", format!("{{% for i in range(100000) %}}{}{{% endfor %}}", "y".repeat(1000))),
+        // Parameters that minijinja converts to strings, whatever their type.
+        ("join with a range as separator", "{{ range(1+9300) | list | join(range(100000)) }}".into()),
+        ("replace with a range", "{{ ('a' * 1000)|replace('a', range(100000))|length }}".into()),
+        ("a wide list upper", format!("{wide}{{{{ (c|upper)|length }}}}")),
+        ("a wide list safe", format!("{wide}{{{{ (c|safe)|length }}}}")),
+        ("a wide list in a string", format!("{wide}{{{{ c in 'x' }}}}")),
+        ("the in test on a string", format!("{wide}{{{{ c is in 'x' }}}}")),
+        ("raise_exception of a wide list", format!("{wide}{{{{ raise_exception(c) }}}}")),
+        ("trim by a wide list", format!("{wide}{{{{ 'x'|trim(c) }}}}")),
+        ("selectattr by a wide list", format!("{wide}{{{{ [1]|selectattr(c)|list }}}}")),
+        ("indent by a wide list", format!("{wide}{{{{ ('a\n' * 100)|indent(c)|length }}}}")),
+        ("format of a wide list", format!("{wide}{{{{ ('%s'|format(c))|length }}}}")),
         ("emitting a big value in a loop", format!("{big}{{% for i in range(100) %}}{{{{ big }}}}{{% endfor %}}")),
     ];
     for (name, source) in cases {

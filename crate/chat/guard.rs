@@ -202,6 +202,38 @@ fn printed_sum<'a>(values: impl IntoIterator<Item = &'a Value>) -> usize {
     total
 }
 
+/// Whether minijinja converting `value` to a string (a filter's string parameter, `in` on a
+/// string) costs more than a few bytes: anything but a string, number, bool or none.
+fn prints_large(value: &Value) -> bool {
+    !matches!(value.kind(), ValueKind::String | ValueKind::Number | ValueKind::Bool | ValueKind::None | ValueKind::Undefined)
+}
+
+/// `value` may be converted to a string: refused when that string would pass
+/// [`MAX_VALUE_BYTES`]. (The string lives only while the operation runs; what it makes is
+/// charged after.)
+fn printable(value: &Value) -> Result<(), minijinja::Error> {
+    if prints_large(value) && printed_len(value, MAX_VALUE_BYTES) > MAX_VALUE_BYTES {
+        return Err(limit(format!("a value converted to a string would pass {MAX_VALUE_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+/// [`printable`] for every argument, keyword values included.
+fn all_printable(args: &[Value]) -> Result<(), minijinja::Error> {
+    all_values(args).iter().try_for_each(printable)
+}
+
+/// `value` as the string minijinja converts it to (a string parameter takes any value),
+/// refused past [`MAX_VALUE_BYTES`] before it is made.
+fn as_text(value: Option<&Value>) -> Result<std::borrow::Cow<'_, str>, minijinja::Error> {
+    let Some(value) = value else { return Ok("".into()) };
+    if let Some(s) = value.as_str() {
+        return Ok(s.into());
+    }
+    printable(value)?;
+    Ok(value.to_string().into())
+}
+
 /// Bytes joining the items of `seq` with `sep` makes.
 fn joined_len(seq: &Value, sep: &str) -> Result<usize, minijinja::Error> {
     if let Some(s) = seq.as_str() {
@@ -246,44 +278,54 @@ fn pieces(s: &str, sep: Option<&str>) -> usize {
 /// `args[0]` is the object), and refuse it past the limits.
 fn estimate(op: Op, args: &[Value]) -> Result<(), minijinja::Error> {
     check_operands(args)?;
+    match op {
+        // A function call or a slice: nothing is converted to a string.
+        Op::Call => {}
+        // Every argument may be converted to a string.
+        Op::Stringify => all_printable(args)?,
+        // A filter's or method's parameters (after the value or object) may be strings: an
+        // attribute or test name, a separator, characters to trim.
+        _ => all_printable(&args[1.min(args.len())..])?,
+    }
     let arg = |i: usize| args.get(i).filter(|v| !v.is_kwargs());
-    let text = |i: usize| arg(i).and_then(Value::as_str);
+    let text = |i: usize| as_text(arg(i));
     match op {
         Op::Replace => {
-            let s = text(0).unwrap_or_default();
-            let from = text(1).unwrap_or_default();
-            let to = text(2).map_or(0, str::len);
-            let hits = if from.is_empty() { s.chars().count().saturating_add(1) } else { s.matches(from).count() };
+            let s = text(0)?;
+            let from = text(1)?;
+            let to = text(2)?.len();
+            let hits = if from.is_empty() { s.chars().count().saturating_add(1) } else { s.matches(&*from).count() };
             charge_created(s.len().saturating_add(hits.saturating_mul(to)), 0)
         }
         Op::JoinFilter => {
-            let sep = text(1).unwrap_or_default();
-            charge_created(arg(0).map_or(Ok(0), |seq| joined_len(seq, sep))?, 0)
+            let sep = text(1)?;
+            charge_created(arg(0).map_or(Ok(0), |seq| joined_len(seq, &sep))?, 0)
         }
         Op::JoinMethod => {
-            let sep = text(0).unwrap_or_default();
-            charge_created(arg(1).map_or(Ok(0), |seq| joined_len(seq, sep))?, 0)
+            let sep = text(0)?;
+            charge_created(arg(1).map_or(Ok(0), |seq| joined_len(seq, &sep))?, 0)
         }
         Op::Indent => {
-            let s = text(0).unwrap_or_default();
+            let s = text(0)?;
             let lines = s.matches('\n').count().saturating_add(1);
             // The width is a number or a string (minijinja takes either).
             let width = largest_int(&args[1.min(args.len())..]).max(all_values(&args[1.min(args.len())..]).iter().map(str_len).max().unwrap_or(0));
             charge_created(s.len().saturating_add(lines.saturating_mul(width)), 0)
         }
         Op::Format => {
-            let fmt = text(0).unwrap_or_default();
+            let fmt = text(0)?;
             let rest = all_values(&args[1.min(args.len())..]);
-            charge_created(fmt.len().saturating_add(format_padding(fmt)).saturating_add(printed_sum(&rest)), 0)
+            charge_created(fmt.len().saturating_add(format_padding(&fmt)).saturating_add(printed_sum(&rest)), 0)
         }
         Op::Print(factor) => charge_created(arg(0).map_or(0, |v| printed_len(v, MAX_VALUE_BYTES)).saturating_mul(factor), 0),
         Op::List => charge_created(0, arg(0).map_or(0, |v| v.as_str().map_or_else(|| items(v), |s| s.chars().count()))),
         Op::Split => {
-            let s = text(0).unwrap_or_default();
-            charge_created(s.len(), pieces(s, text(1)))
+            let s = text(0)?;
+            let sep = arg(1).map(|v| as_text(Some(v))).transpose()?;
+            charge_created(s.len(), pieces(&s, sep.as_deref()))
         }
         Op::Lines => {
-            let s = text(0).unwrap_or_default();
+            let s = text(0)?;
             charge_created(s.len(), s.matches('\n').count().saturating_add(1))
         }
         Op::Grouping => {
@@ -293,7 +335,7 @@ fn estimate(op: Op, args: &[Value]) -> Result<(), minijinja::Error> {
         Op::Map => {
             // `map('name', args...)` applies a filter to every item; `map(attribute=...)` only
             // picks values (nothing new is made).
-            let (Some(seq), Some(filter)) = (arg(0), text(1)) else { return Ok(()) };
+            let (Some(seq), Some(filter)) = (arg(0), arg(1).and_then(Value::as_str)) else { return Ok(()) };
             let op = filter_op(filter);
             let Ok(iter) = seq.try_iter() else { return Ok(()) };
             for item in iter.take(MAX_ITEMS) {
@@ -302,13 +344,13 @@ fn estimate(op: Op, args: &[Value]) -> Result<(), minijinja::Error> {
                 one.extend(args[2..].iter().cloned());
                 match op {
                     // A filter without an estimate: a case or whitespace change, at most 3x.
-                    Op::Any | Op::Map => charge_created(printed_len(&one[0], MAX_VALUE_BYTES).saturating_mul(3), 0)?,
+                    Op::Any | Op::Map | Op::Stringify | Op::Call => charge_created(printed_len(&one[0], MAX_VALUE_BYTES).saturating_mul(3), 0)?,
                     op => estimate(op, &one)?,
                 }
             }
             Ok(())
         }
-        Op::Any => Ok(()),
+        Op::Any | Op::Call | Op::Stringify => Ok(()),
     }
 }
 
@@ -329,6 +371,10 @@ enum Op {
     Grouping,
     /// `map('filter', ...)`: the filter's estimate for every item.
     Map,
+    /// Converts every argument to a string (`upper`, `trim`, `raise_exception`).
+    Stringify,
+    /// A function call or slice: no argument is converted to a string.
+    Call,
     Any,
 }
 
@@ -347,6 +393,7 @@ fn filter_op(name: &str) -> Op {
         "lines" => Op::Lines,
         "batch" | "slice" => Op::Grouping,
         "map" => Op::Map,
+        "safe" | "lower" | "upper" | "title" | "capitalize" | "trim" => Op::Stringify,
         _ => Op::Any,
     }
 }
@@ -380,12 +427,16 @@ fn check_function(op: Op) -> &'static str {
         Op::Lines => "pensive:lines",
         Op::Grouping => "pensive:grouping",
         Op::Map => "pensive:map",
+        Op::Stringify => "pensive:stringify",
+        Op::Call => "pensive:call",
         Op::Any => "pensive:check",
     }
 }
 
-const CHECKS: [Op; 14] = [
+const CHECKS: [Op; 16] = [
     Op::Any,
+    Op::Call,
+    Op::Stringify,
     Op::Replace,
     Op::JoinFilter,
     Op::JoinMethod,
@@ -407,6 +458,7 @@ const MUL: &str = "pensive:mul";
 const EMIT: &str = "pensive:emit";
 const RAW: &str = "pensive:raw";
 const MADE: &str = "pensive:made";
+const CONTAINS: &str = "pensive:contains";
 
 /// `a ~ b`: both print into the new string.
 fn check_concat(a: Value, b: Value) -> Result<Value, minijinja::Error> {
@@ -441,6 +493,17 @@ fn check_mul(a: Value, b: Value) -> Result<Value, minijinja::Error> {
     Ok(Value::from(vec![a, b]))
 }
 
+/// `needle in container` (and the `in` test): a string container converts the needle to a
+/// string.
+fn check_contains(args: Rest<Value>) -> Result<Value, minijinja::Error> {
+    if let [needle, container, ..] = args.0.as_slice() {
+        if container.as_str().is_some() {
+            printable(needle)?;
+        }
+    }
+    Ok(Value::from(args.0))
+}
+
 /// `{{ value }}`: what it prints is output.
 fn check_emit(value: Value) -> Result<Value, minijinja::Error> {
     let left = BUDGET.with(|b| MAX_OUTPUT_BYTES.saturating_sub(b.get().output));
@@ -469,6 +532,7 @@ pub fn register(env: &mut Environment<'_>) {
     env.add_function(EMIT, check_emit);
     env.add_function(RAW, |bytes: usize| -> Result<(), minijinja::Error> { charge_output(bytes) });
     env.add_function(MADE, charge_made);
+    env.add_function(CONTAINS, check_contains);
 }
 
 /// The template as minijinja compiles it with transformers' whitespace rules (see chat.rs).
@@ -667,8 +731,16 @@ fn guard<'s>(code: &Instructions<'s>) -> Instructions<'s> {
                 checked(&mut add, MUL, Some(2));
                 add(instruction.clone());
             }
+            Instruction::In => {
+                checked(&mut add, CONTAINS, Some(2));
+                add(instruction.clone());
+            }
+            Instruction::PerformTest(name, argc, _) if *name == "in" => {
+                checked(&mut add, CONTAINS, *argc);
+                add(instruction.clone());
+            }
             Instruction::Slice => {
-                checked(&mut add, "pensive:check", Some(4));
+                checked(&mut add, check_function(Op::Call), Some(4));
                 add(instruction.clone());
                 add(Instruction::CallFunction(MADE, Some(1)));
             }
@@ -685,7 +757,8 @@ fn guard<'s>(code: &Instructions<'s>) -> Instructions<'s> {
             // `loop(...)` recurses by jumping and `super()` renders a block: both return to
             // the next instruction like a call, but leave them as they are.
             Instruction::CallFunction(name, argc) if !matches!(*name, "loop" | "super") => {
-                checked(&mut add, "pensive:check", *argc);
+                let op = if *name == "raise_exception" { Op::Stringify } else { Op::Call };
+                checked(&mut add, check_function(op), *argc);
                 add(instruction.clone());
                 add(Instruction::CallFunction(MADE, Some(1)));
             }
