@@ -290,7 +290,7 @@ fn has_avx2_fma_f16c() -> bool {
 }
 
 /// The same generic code as the portable path, compiled for 256-bit vectors with FMA.
-// `unsafe fn`: safe `#[target_feature]` functions need Rust 1.86 (MSRV is 1.85).
+// `unsafe fn`: the caller checks that the CPU has the features.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_rows_avx2<E: KvElement>(q: &[f32], keys: &[E], values: &[E], pos0: usize, heads: Heads, g: usize, rows: std::ops::Range<usize>) -> Vec<f32> {

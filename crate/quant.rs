@@ -962,7 +962,7 @@ pub mod kernels {
     mod avx2 {
         use super::*;
 
-        // `unsafe fn`: safe `#[target_feature]` functions need Rust 1.86 (MSRV is 1.85).
+        // `unsafe fn`: the caller checks that the CPU has the features.
         #[target_feature(enable = "avx2,fma,f16c")]
         pub(super) unsafe fn matvec_rows(w: &QMatrix, row0: usize, x: &[f32], y: &mut [f32]) {
             // The formats real models use get hand-written kernels (`fused`); the rest

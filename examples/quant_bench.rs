@@ -2,7 +2,7 @@
 //! (decode) and `QMatrix::matmul` (prefill) per GGML type, on 1 and 2 threads, plus the
 //! matvec-only token rate of SmolLM2-135M's weight shapes.
 //!
-//!     cargo run --release --example quant_bench [-- --quick]
+//!     cargo run --release --example quant_bench [-- --quick] [--int8 (only the int8 decode part)]
 //!
 //! Weights are random but valid (finite scales); only the shapes matter for speed.
 
@@ -101,7 +101,11 @@ fn main() {
         (GgmlType::F16, 896, 896),
         (GgmlType::F32, 896, 896),
     ];
-    println!("matvec (decode), G weights/s");
+    int8_decode(min, &mut rng, &pools[0].1);
+    if std::env::args().any(|a| a == "--int8") {
+        return;
+    }
+    println!("\nmatvec (decode), G weights/s");
     println!("{:<6} {:>12} {:>10} {:>10}", "type", "rows x cols", "1 thread", "2 threads");
     for &(ty, rows, cols) in &shapes {
         let w = random_matrix(ty, rows, cols, &mut rng);
@@ -149,4 +153,38 @@ fn main() {
         });
         println!("{threads} thread(s): {:.1} tok/s ({:.2} ms/token)", 1.0 / secs, secs * 1e3);
     }
+}
+
+/// The int8 kernels (the CPU default) on Qwen2.5-0.5B Q4_K_M's decode shapes: 896-wide
+/// matrices fall back from K-quants to Q5_0 / Q8_0 there. Activations are quantized once
+/// outside the timing (as a layer shares them among matrices).
+fn int8_decode(min: Duration, rng: &mut Rng, one: &rayon::ThreadPool) {
+    println!("\nint8 matvec (decode), G weights/s and GB/s of weights, 1 thread");
+    for &(ty, rows, cols) in &[
+        (GgmlType::Q5_0, 4864, 896),
+        (GgmlType::Q5_0, 896, 896),
+        (GgmlType::Q8_0, 151936, 896),
+        (GgmlType::Q4_K, 896, 4864),
+        (GgmlType::Q6_K, 896, 4864),
+        (GgmlType::Q4_1, 1536, 576),
+    ] {
+        let w = random_matrix(ty, rows, cols, rng);
+        let xv: Vec<f32> = (0..cols).map(|_| rng.f32()).collect();
+        let x = Activations::new(&xv, cols, CpuKernels::Int8);
+        let mut y = vec![0.0; rows];
+        let secs = one.install(|| time_per_call(min, || w.mul(&x, &mut y)));
+        let bytes = (rows * cols / ty.block_len() * ty.block_bytes()) as f64;
+        println!("{:<6} {:>12} {:>8.2} G/s {:>7.2} GB/s", format!("{ty:?}"), format!("{rows}x{cols}"), (rows * cols) as f64 / secs / 1e9, bytes / secs / 1e9);
+    }
+    let n = 64;
+    println!("\nint8 matmul (prefill, {n} rows), G weight-activation products/s, 1 thread");
+    for &(ty, rows, cols) in &[(GgmlType::Q5_0, 4864, 896), (GgmlType::Q8_0, 896, 896), (GgmlType::Q4_K, 896, 4864), (GgmlType::Q6_K, 896, 4864)] {
+        let w = random_matrix(ty, rows, cols, rng);
+        let xv: Vec<f32> = (0..n * cols).map(|_| rng.f32()).collect();
+        let x = Activations::new(&xv, cols, CpuKernels::Int8);
+        let mut y = vec![0.0; n * rows];
+        let secs = one.install(|| time_per_call(min, || w.mul(&x, &mut y)));
+        println!("{:<6} {:>12} {:>8.2} G/s", format!("{ty:?}"), format!("{rows}x{cols}"), (n * rows * cols) as f64 / secs / 1e9);
+    }
+
 }

@@ -34,7 +34,13 @@
 //! faster: the K-quants sum a super-block in integers; the 32-value formats take unsigned
 //! weights (no sign fix-up), compute `d_w * d_x` and the offsets of one weight row for
 //! all its activation rows at once, reading the activations' scales and sums column by
-//! column ([`Q8Rows`]), and four activation rows share each unpacked weight chunk.
+//! column ([`Q8Rows`]), and four activation rows share each unpacked weight chunk (K-quants
+//! too, with their four integer totals reduced together). In decode (one activation row)
+//! weights are unpacked in registers ([`IntDot::Q`]) and used at once: going through a
+//! 32-byte array cost a store-forwarding stall per chunk (two 16-byte stores, one 32-byte
+//! load). With VNNI (x86: AVX512-VNNI or AVX-VNNI) one `vpdpbusd` replaces two
+//! instructions per chunk. `cargo run --release --example quant_bench -- --int8` measures
+//! the kernels on Qwen2.5-0.5B's shapes.
 //!
 //! Numerics (the tolerance `tests/quant.rs` checks): the integer products and their sums
 //! are exact; the only new error is the activations' rounding to 8 bits, at most `dx / 2`
@@ -192,8 +198,11 @@ pub(crate) trait Block32: QuantBlock {
     const SIGNED: bool = false;
     /// `m` can be nonzero: the kernel adds `m * sum(x)` per block.
     const OFFSET: bool = true;
-    /// (q, d, m); `D` converts the f16 scales.
-    fn unpack<D: IntDot>(&self) -> ([u8; Q8_LEN], f32, f32);
+    /// (q, d, m), q in `D`'s register form; `D` converts the f16 scales.
+    ///
+    /// # Safety
+    /// The CPU must have `D`'s instruction set.
+    unsafe fn unpack<D: IntDot>(&self) -> (D::Q, f32, f32);
 }
 
 /// Byte j (of 32) of a 4-bit format: the low nibble of `qs[j]` for j < 16, the high nibble
@@ -219,46 +228,35 @@ fn fifth_bits(qh: &[u8; 4]) -> [u8; 32] {
     h
 }
 
-/// Q5_0/Q5_1 quants: the low nibbles with each weight's fifth bit on top, 0..=31.
-#[inline(always)]
-fn five_bits(qs: &[u8; 16], qh: &[u8; 4]) -> [u8; 32] {
-    let (lo, hi) = (nibbles(qs), fifth_bits(qh));
-    let mut q = [0u8; 32];
-    for l in 0..32 {
-        q[l] = lo[l] | hi[l];
-    }
-    q
-}
-
 impl Block32 for BlockQ4_0 {
     /// `d (q - 8) = d q - 8 d` (`8 d` is exact).
     #[inline(always)]
-    fn unpack<D: IntDot>(&self) -> ([u8; 32], f32, f32) {
+    unsafe fn unpack<D: IntDot>(&self) -> (D::Q, f32, f32) {
         let d = D::f16(self.d);
-        (nibbles(&self.qs), d, -8.0 * d)
+        (D::nibbles(&self.qs), d, -8.0 * d)
     }
 }
 
 impl Block32 for BlockQ4_1 {
     #[inline(always)]
-    fn unpack<D: IntDot>(&self) -> ([u8; 32], f32, f32) {
-        (nibbles(&self.qs), D::f16(self.d), D::f16(self.m))
+    unsafe fn unpack<D: IntDot>(&self) -> (D::Q, f32, f32) {
+        (D::nibbles(&self.qs), D::f16(self.d), D::f16(self.m))
     }
 }
 
 impl Block32 for BlockQ5_0 {
     /// `d (q - 16) = d q - 16 d` (`16 d` is exact).
     #[inline(always)]
-    fn unpack<D: IntDot>(&self) -> ([u8; 32], f32, f32) {
+    unsafe fn unpack<D: IntDot>(&self) -> (D::Q, f32, f32) {
         let d = D::f16(self.d);
-        (five_bits(&self.qs, &self.qh), d, -16.0 * d)
+        (D::with_fifth_bits(D::nibbles(&self.qs), &self.qh), d, -16.0 * d)
     }
 }
 
 impl Block32 for BlockQ5_1 {
     #[inline(always)]
-    fn unpack<D: IntDot>(&self) -> ([u8; 32], f32, f32) {
-        (five_bits(&self.qs, &self.qh), D::f16(self.d), D::f16(self.m))
+    unsafe fn unpack<D: IntDot>(&self) -> (D::Q, f32, f32) {
+        (D::with_fifth_bits(D::nibbles(&self.qs), &self.qh), D::f16(self.d), D::f16(self.m))
     }
 }
 
@@ -266,79 +264,108 @@ impl Block32 for BlockQ8_0 {
     const SIGNED: bool = true;
     const OFFSET: bool = false;
     #[inline(always)]
-    fn unpack<D: IntDot>(&self) -> ([u8; 32], f32, f32) {
-        (bytemuck::cast(self.qs), D::f16(self.d), 0.0)
+    unsafe fn unpack<D: IntDot>(&self) -> (D::Q, f32, f32) {
+        (D::load(bytemuck::cast_ref(&self.qs)), D::f16(self.d), 0.0)
     }
 }
 
-/// A K-quant super-block in integer form: `w[32 c + l] = d * s[c][l / 2] * q[c][l] + dm *
-/// m[(32 c + l) / 16]`, q unsigned (<= 63), `s[c]` one scale per 16 weights repeated over
-/// that half's 8 lanes (`s[c][0..8]` equal, `s[c][8..16]` equal: the layout `vpmaddwd`
-/// takes).
-pub(crate) struct KUnpacked {
-    /// (8, 32) u8.
-    pub q: [[u8; Q8_LEN]; 8],
-    /// (8, 16) i16.
-    pub s: [[i16; 16]; 8],
+/// A K-quant super-block's scales in integer form: `w[32 c + l] = d * s[c][l / 16] * q[c][l]
+/// + dm * m[(32 c + l) / 16]`, q unsigned (<= 63): one scale per 16 weights.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct KScales {
+    /// (8, 2) i16: chunk c's scales for its two halves.
+    pub s: [[i16; 2]; 8],
     /// (16,) i16: the offset's integer factor per 16 weights.
     pub m: [i16; 16],
     pub d: f32,
     pub dm: f32,
 }
 
-impl Default for KUnpacked {
-    fn default() -> Self {
-        Self { q: [[0; Q8_LEN]; 8], s: [[0; 16]; 8], m: [0; 16], d: 0.0, dm: 0.0 }
+/// A K-quant super-block in integer form: the quants of its 8 chunks, their scales in the
+/// form [`IntDot::idot_add`] takes, and [`KScales`].
+pub(crate) struct KUnpacked<D: IntDot> {
+    /// (8, 32) u8.
+    pub q: [[u8; Q8_LEN]; 8],
+    pub s: [D::S; 8],
+    pub sc: KScales,
+}
+
+impl<D: IntDot> KUnpacked<D> {
+    /// # Safety
+    /// The CPU must have `D`'s instruction set.
+    unsafe fn new() -> Self {
+        Self { q: [[0; Q8_LEN]; 8], s: [D::scale_pair([0, 0]); 8], sc: KScales::default() }
     }
 }
 
-/// A K-quant block format (256 weights).
+/// A K-quant block format (256 weights). The same scales and offsets as the format's
+/// `dequantize_chunk`, factored into integer and f32 parts.
 pub(crate) trait BlockK: QuantBlock {
-    /// Unpack into `out`; `D` converts the f16 scales. The same scales and offsets as the
-    /// format's `dequantize_chunk`, factored into integer and f32 parts.
-    fn unpack<D: IntDot>(&self, out: &mut KUnpacked);
+    /// The scales; `D` converts the f16 ones.
+    fn scales<D: IntDot>(&self, out: &mut KScales);
+    /// The quants of chunk `c` (of 8), in `D`'s register form.
+    ///
+    /// # Safety
+    /// The CPU must have `D`'s instruction set.
+    unsafe fn quants<D: IntDot>(&self, c: usize) -> D::Q;
+    /// The whole block into `out`.
+    ///
+    /// # Safety
+    /// As for `quants`.
+    #[inline(always)]
+    unsafe fn unpack<D: IntDot>(&self, out: &mut KUnpacked<D>) {
+        for (c, q) in out.q.iter_mut().enumerate() {
+            *q = D::store(self.quants::<D>(c));
+        }
+        self.scales::<D>(&mut out.sc);
+        for (s, &pair) in out.s.iter_mut().zip(&out.sc.s) {
+            *s = D::scale_pair(pair);
+        }
+    }
 }
 
 /// Q4_K/Q5_K: sub-block c has scale `d * scale_c` and offset `-(dmin * min_c)`.
 #[inline(always)]
-fn k_scales(scales: &[u8; 12], out: &mut KUnpacked) {
+fn k_scales(scales: &[u8; 12], out: &mut KScales) {
     for c in 0..8 {
         let (scale, min) = k_scale_min(c, scales);
-        out.s[c] = [scale as i16; 16];
+        out.s[c] = [scale as i16; 2];
         out.m[2 * c] = min as i16;
         out.m[2 * c + 1] = min as i16;
     }
 }
 
+/// Bytes `32 (c / 2) ..` of a Q4_K/Q5_K `qs`: chunk c's nibbles (low for even c).
+#[inline(always)]
+fn k_nibble_bytes(qs: &[u8; 128], c: usize) -> &[u8; 32] {
+    let start = 32 * (c / 2 % 4);
+    qs[start..start + 32].try_into().unwrap_or(&[0; 32])
+}
+
 impl BlockK for BlockQ4_K {
     #[inline(always)]
-    fn unpack<D: IntDot>(&self, out: &mut KUnpacked) {
-        for c in 0..8 {
-            let qs = &self.qs[32 * (c / 2)..32 * (c / 2) + 32];
-            let shift = 4 * (c % 2);
-            for l in 0..32 {
-                out.q[c][l] = (qs[l] >> shift) & 0x0f;
-            }
-        }
+    fn scales<D: IntDot>(&self, out: &mut KScales) {
         k_scales(&self.scales, out);
         out.d = D::f16(self.d);
         out.dm = -D::f16(self.dmin);
+    }
+    #[inline(always)]
+    unsafe fn quants<D: IntDot>(&self, c: usize) -> D::Q {
+        D::bits(k_nibble_bytes(&self.qs, c), 4 * (c as u32 % 2), 0x0f)
     }
 }
 
 impl BlockK for BlockQ5_K {
     #[inline(always)]
-    fn unpack<D: IntDot>(&self, out: &mut KUnpacked) {
-        for c in 0..8 {
-            let qs = &self.qs[32 * (c / 2)..32 * (c / 2) + 32];
-            let shift = 4 * (c % 2);
-            for l in 0..32 {
-                out.q[c][l] = ((qs[l] >> shift) & 0x0f) | (((self.qh[l] >> c) & 1) << 4);
-            }
-        }
+    fn scales<D: IntDot>(&self, out: &mut KScales) {
         k_scales(&self.scales, out);
         out.d = D::f16(self.d);
         out.dm = -D::f16(self.dmin);
+    }
+    #[inline(always)]
+    unsafe fn quants<D: IntDot>(&self, c: usize) -> D::Q {
+        let q = D::bits(k_nibble_bytes(&self.qs, c), 4 * (c as u32 % 2), 0x0f);
+        D::add_high_bits(q, &self.qh, c as u32 % 8, 1)
     }
 }
 
@@ -346,18 +373,9 @@ impl BlockK for BlockQ6_K {
     /// `d * scale_g * (q - 32) = d * scale_g * q - 32 d * scale_g`: the offset's integer
     /// factor is the group's scale, its f32 factor `-32 d` (exact).
     #[inline(always)]
-    fn unpack<D: IntDot>(&self, out: &mut KUnpacked) {
-        // Layout as in `BlockQ6_K::dequantize_chunk`.
-        for i in 0..8 {
-            let (h, k) = (i / 4, i % 4);
-            let ql = &self.ql[64 * h + 32 * (k % 2)..64 * h + 32 * (k % 2) + 32];
-            let qh = &self.qh[32 * h..32 * h + 32];
-            let (shift_l, shift_h) = (4 * (k / 2), 2 * k);
-            for l in 0..32 {
-                out.q[i][l] = ((ql[l] >> shift_l) & 0x0f) | (((qh[l] >> shift_h) & 3) << 4);
-            }
-            let (s0, s1) = (self.scales[2 * i] as i16, self.scales[2 * i + 1] as i16);
-            out.s[i] = std::array::from_fn(|j| if j < 8 { s0 } else { s1 });
+    fn scales<D: IntDot>(&self, out: &mut KScales) {
+        for (s, pair) in out.s.iter_mut().zip(self.scales.chunks_exact(2)) {
+            *s = [pair[0] as i16, pair[1] as i16];
         }
         for (m, &s) in out.m.iter_mut().zip(&self.scales) {
             *m = s as i16;
@@ -365,6 +383,16 @@ impl BlockK for BlockQ6_K {
         let d = D::f16(self.d);
         out.d = d;
         out.dm = -32.0 * d;
+    }
+    /// Layout as in `BlockQ6_K::dequantize_chunk`.
+    #[inline(always)]
+    unsafe fn quants<D: IntDot>(&self, c: usize) -> D::Q {
+        let (h, k) = (c / 4 % 2, c % 4);
+        let lo = 64 * h + 32 * (k % 2);
+        let ql: &[u8; 32] = self.ql[lo..lo + 32].try_into().unwrap_or(&[0; 32]);
+        let qh: &[u8; 32] = self.qh[32 * h..32 * h + 32].try_into().unwrap_or(&[0; 32]);
+        let q = D::bits(ql, 4 * (k as u32 / 2), 0x0f);
+        D::add_high_bits(q, qh, 2 * k as u32, 3)
     }
 }
 
@@ -379,6 +407,11 @@ pub(crate) trait IntDot {
     type Acc: Copy;
     /// i32 partial sums, reduced once per super-block by `isum`.
     type IAcc: Copy;
+    /// A 32-value weight chunk's 32 quant bytes, in a register where the instruction set
+    /// has one wide enough (unpacking there saves a round trip through memory).
+    type Q: Copy;
+    /// A K-quant chunk's scales, as `idot_add` takes them.
+    type S: Copy;
     fn zero() -> Self::Acc;
     fn izero() -> Self::IAcc;
     /// f16 → f32, exactly (the value of [`f16_to_f32`]).
@@ -386,26 +419,108 @@ pub(crate) trait IntDot {
     fn f16(h: f16) -> f32 {
         f16_to_f32(h)
     }
-    /// `acc + d * sum_l q[l] x[l]`, q read as u8 (or as i8 when `SIGNED`).
+    /// 32 quant bytes.
     ///
     /// # Safety
     /// The CPU must have the instruction set the implementation is written for.
-    unsafe fn dot_add<const SIGNED: bool>(acc: Self::Acc, q: &[u8; 32], x: &[i8; 32], d: f32) -> Self::Acc;
+    unsafe fn load(q: &[u8; 32]) -> Self::Q;
+    /// The bytes of `q`.
+    ///
+    /// # Safety
+    /// As for `load`.
+    unsafe fn store(q: Self::Q) -> [u8; 32];
+    /// The quants of a 4-bit format: byte j is the low nibble of `qs[j]` for j < 16, the high
+    /// nibble of `qs[j - 16]` after (as [`nibbles`]).
+    ///
+    /// # Safety
+    /// As for `load`.
+    unsafe fn nibbles(qs: &[u8; 16]) -> Self::Q;
+    /// Q5_0/Q5_1: `q` (nibbles) with bit j of little-endian `qh` added as 16 to byte j
+    /// (as [`fifth_bits`]), 0..=31.
+    ///
+    /// # Safety
+    /// As for `load`.
+    unsafe fn with_fifth_bits(q: Self::Q, qh: &[u8; 4]) -> Self::Q;
+    /// `(b[l] >> shift) & mask` for each byte (shift < 8).
+    ///
+    /// # Safety
+    /// As for `load`.
+    unsafe fn bits(b: &[u8; 32], shift: u32, mask: u8) -> Self::Q;
+    /// `q[l] | ((h[l] >> shift) & mask) << 4` for each byte (shift < 8, mask <= 3, q < 16).
+    ///
+    /// # Safety
+    /// As for `load`.
+    unsafe fn add_high_bits(q: Self::Q, h: &[u8; 32], shift: u32, mask: u8) -> Self::Q;
+    /// `acc + d * sum_l q[l] x[l]`, q read as u8 (or as i8 when `SIGNED`).
+    ///
+    /// # Safety
+    /// As for `load`.
+    unsafe fn dot_add<const SIGNED: bool>(acc: Self::Acc, q: Self::Q, x: &[i8; 32], d: f32) -> Self::Acc;
     /// The total of two accumulators' lanes.
     ///
     /// # Safety
     /// As for `dot_add`.
     unsafe fn sum2(a: Self::Acc, b: Self::Acc) -> f32;
-    /// `acc + sum_l s[l / 2] q[l] x[l]`, q unsigned <= 63 (`s` as [`KUnpacked::s`]).
+    /// A chunk's two scales ([`KScales::s`]) in the form `idot_add` takes.
     ///
     /// # Safety
     /// As for `dot_add`.
-    unsafe fn idot_add(acc: Self::IAcc, q: &[u8; 32], x: &[i8; 32], s: &[i16; 16]) -> Self::IAcc;
+    unsafe fn scale_pair(s: [i16; 2]) -> Self::S;
+    /// `acc + sum_l s[l / 16] q[l] x[l]`, q unsigned <= 63.
+    ///
+    /// # Safety
+    /// As for `dot_add`.
+    unsafe fn idot_add(acc: Self::IAcc, q: Self::Q, x: &[i8; 32], s: Self::S) -> Self::IAcc;
+    /// `sum_g a[g] b[g]` as partial sums, exact (|.| <= 16 * 2^15 * 2032 < 2^31 for the
+    /// offsets' factors and the activation sums).
+    ///
+    /// # Safety
+    /// As for `dot_add`.
+    unsafe fn ipairs(a: &[i16; 16], b: &[i16; 16]) -> Self::IAcc;
+    /// [`IntDot::isum`] of four accumulators.
+    ///
+    /// # Safety
+    /// As for `dot_add`.
+    #[inline(always)]
+    unsafe fn isum4(v: [Self::IAcc; 4]) -> [i32; 4] {
+        v.map(|v| Self::isum(v))
+    }
     /// The exact total of `acc`'s lanes (it fits an i32: see [`dot_k`]).
     ///
     /// # Safety
     /// As for `dot_add`.
     unsafe fn isum(acc: Self::IAcc) -> i32;
+}
+
+/// [`IntDot`]'s quant functions for an instruction set that keeps the quants in memory.
+macro_rules! array_quants {
+    () => {
+        #[inline(always)]
+        unsafe fn load(q: &[u8; 32]) -> [u8; 32] {
+            *q
+        }
+        #[inline(always)]
+        unsafe fn store(q: [u8; 32]) -> [u8; 32] {
+            q
+        }
+        #[inline(always)]
+        unsafe fn nibbles(qs: &[u8; 16]) -> [u8; 32] {
+            nibbles(qs)
+        }
+        #[inline(always)]
+        unsafe fn with_fifth_bits(q: [u8; 32], qh: &[u8; 4]) -> [u8; 32] {
+            let h = fifth_bits(qh);
+            std::array::from_fn(|l| q[l] | h[l])
+        }
+        #[inline(always)]
+        unsafe fn bits(b: &[u8; 32], shift: u32, mask: u8) -> [u8; 32] {
+            std::array::from_fn(|l| (b[l] >> shift) & mask)
+        }
+        #[inline(always)]
+        unsafe fn add_high_bits(q: [u8; 32], h: &[u8; 32], shift: u32, mask: u8) -> [u8; 32] {
+            std::array::from_fn(|l| q[l] | ((h[l] >> shift) & mask) << 4)
+        }
+    };
 }
 
 /// Plain integer loops: any target (LLVM widens them where it can).
@@ -416,14 +531,17 @@ pub(crate) struct Portable;
 impl IntDot for Portable {
     type Acc = f32;
     type IAcc = i32;
+    type Q = [u8; 32];
+    type S = [i16; 2];
     fn zero() -> f32 {
         0.0
     }
     fn izero() -> i32 {
         0
     }
+    array_quants!();
     #[inline(always)]
-    unsafe fn dot_add<const SIGNED: bool>(acc: f32, q: &[u8; 32], x: &[i8; 32], d: f32) -> f32 {
+    unsafe fn dot_add<const SIGNED: bool>(acc: f32, q: [u8; 32], x: &[i8; 32], d: f32) -> f32 {
         let mut s = 0i32;
         for l in 0..32 {
             let q = if SIGNED { q[l] as i8 as i32 } else { q[l] as i32 };
@@ -436,11 +554,19 @@ impl IntDot for Portable {
         a + b
     }
     #[inline(always)]
-    unsafe fn idot_add(acc: i32, q: &[u8; 32], x: &[i8; 32], s: &[i16; 16]) -> i32 {
+    unsafe fn scale_pair(s: [i16; 2]) -> [i16; 2] {
+        s
+    }
+    #[inline(always)]
+    unsafe fn ipairs(a: &[i16; 16], b: &[i16; 16]) -> i32 {
+        a.iter().zip(b).map(|(&a, &b)| a as i32 * b as i32).sum()
+    }
+    #[inline(always)]
+    unsafe fn idot_add(acc: i32, q: [u8; 32], x: &[i8; 32], s: [i16; 2]) -> i32 {
         let mut total = acc;
         for k in 0..16 {
             let pair = q[2 * k] as i32 * x[2 * k] as i32 + q[2 * k + 1] as i32 * x[2 * k + 1] as i32;
-            total += pair * s[k] as i32;
+            total += pair * s[k / 8] as i32;
         }
         total
     }
@@ -454,13 +580,52 @@ impl IntDot for Portable {
 /// multiplies those by i16 (ones, or the K-quants' scales) and adds pairs to i32. Signed
 /// weights (Q8_0) move their signs onto x first (`|q| * sign(q) x`, llama.cpp's trick).
 /// No i16 can saturate: |q| <= 128 and |x| <= 127, 2 * 128 * 127 < 2^15.
+///
+/// `VNNI` ([`NO_VNNI`], [`AVX_VNNI`], [`AVX512_VNNI`]): where the CPU has VNNI, `vpdpbusd`
+/// multiplies bytes and adds fours to i32 in one instruction (instead of `vpmaddubsw` +
+/// `vpmaddwd` by ones), and `vpdpwssd` multiplies i16 pairs and accumulates (instead of
+/// `vpmaddwd` + `vpaddd`). The integer results are the same, so every variant gives the
+/// same bits.
 #[cfg(target_arch = "x86_64")]
-pub(crate) struct Avx2;
+pub(crate) struct Avx2<const VNNI: u8>;
+
+/// [`Avx2`] without VNNI.
+pub(crate) const NO_VNNI: u8 = 0;
+/// [`Avx2`] with AVX-VNNI (VEX encoded: Intel since Alder Lake, AMD since Zen 5).
+pub(crate) const AVX_VNNI: u8 = 1;
+/// [`Avx2`] with AVX512-VNNI on 256-bit registers (AVX512VL: Intel since Ice Lake, AMD Zen 4).
+pub(crate) const AVX512_VNNI: u8 = 2;
 
 #[cfg(target_arch = "x86_64")]
-impl IntDot for Avx2 {
+impl<const VNNI: u8> Avx2<VNNI> {
+    /// `acc + sum of each four `a[l] b[l]`` per i32 lane, a unsigned, b signed bytes.
+    #[inline(always)]
+    unsafe fn dot4(acc: std::arch::x86_64::__m256i, a: std::arch::x86_64::__m256i, b: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        match VNNI {
+            AVX_VNNI => _mm256_dpbusd_avx_epi32(acc, a, b),
+            AVX512_VNNI => _mm256_dpbusd_epi32(acc, a, b),
+            _ => _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1))),
+        }
+    }
+    /// `acc + sum of each pair `a[l] b[l]`` per i32 lane, i16 values.
+    #[inline(always)]
+    unsafe fn dot2(acc: std::arch::x86_64::__m256i, a: std::arch::x86_64::__m256i, b: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        match VNNI {
+            AVX_VNNI => _mm256_dpwssd_avx_epi32(acc, a, b),
+            AVX512_VNNI => _mm256_dpwssd_epi32(acc, a, b),
+            _ => _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<const VNNI: u8> IntDot for Avx2<VNNI> {
     type Acc = std::arch::x86_64::__m256;
     type IAcc = std::arch::x86_64::__m256i;
+    type Q = std::arch::x86_64::__m256i;
+    type S = std::arch::x86_64::__m256i;
     #[inline(always)]
     fn zero() -> Self::Acc {
         // SAFETY: AVX is implied by the AVX2 every caller of this type checks for.
@@ -479,16 +644,55 @@ impl IntDot for Avx2 {
         unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32))) }
     }
     #[inline(always)]
-    unsafe fn dot_add<const SIGNED: bool>(acc: Self::Acc, q: &[u8; 32], x: &[i8; 32], d: f32) -> Self::Acc {
+    unsafe fn load(q: &[u8; 32]) -> Self::Q {
+        std::arch::x86_64::_mm256_loadu_si256(q.as_ptr().cast())
+    }
+    #[inline(always)]
+    unsafe fn store(q: Self::Q) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        std::arch::x86_64::_mm256_storeu_si256(out.as_mut_ptr().cast(), q);
+        out
+    }
+    #[inline(always)]
+    unsafe fn nibbles(qs: &[u8; 16]) -> Self::Q {
         use std::arch::x86_64::*;
-        let q = _mm256_loadu_si256(q.as_ptr().cast());
+        let b = _mm_loadu_si128(qs.as_ptr().cast());
+        let low = _mm_set1_epi8(0x0f);
+        // 16-bit shifts move the next byte's low bits in: masked off.
+        _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16::<4>(b), low), _mm_and_si128(b, low))
+    }
+    #[inline(always)]
+    unsafe fn with_fifth_bits(q: Self::Q, qh: &[u8; 4]) -> Self::Q {
+        use std::arch::x86_64::*;
+        // Byte j takes qh[j / 8] (a shuffle of the broadcast word), keeps its bit j % 8,
+        // and becomes 16 where that bit is set.
+        let word = _mm256_set1_epi32(i32::from_le_bytes(*qh));
+        let spread = _mm256_shuffle_epi8(word, _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303));
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+        _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(16)))
+    }
+    #[inline(always)]
+    unsafe fn bits(b: &[u8; 32], shift: u32, mask: u8) -> Self::Q {
+        use std::arch::x86_64::*;
+        // A 16-bit shift moves the next byte's low bits in: the mask drops them.
+        let v = _mm256_srl_epi16(_mm256_loadu_si256(b.as_ptr().cast()), _mm_cvtsi32_si128(shift as i32));
+        _mm256_and_si256(v, _mm256_set1_epi8(mask as i8))
+    }
+    #[inline(always)]
+    unsafe fn add_high_bits(q: Self::Q, h: &[u8; 32], shift: u32, mask: u8) -> Self::Q {
+        use std::arch::x86_64::*;
+        // (h >> shift) & mask <= 3 per byte: shifting the 16-bit lanes left by 4 keeps each
+        // byte's bits in that byte.
+        let high = _mm256_slli_epi16::<4>(Self::bits(h, shift, mask));
+        _mm256_or_si256(q, high)
+    }
+    #[inline(always)]
+    unsafe fn dot_add<const SIGNED: bool>(acc: Self::Acc, q: Self::Q, x: &[i8; 32], d: f32) -> Self::Acc {
+        use std::arch::x86_64::*;
         let x = _mm256_loadu_si256(x.as_ptr().cast());
-        let pairs = if SIGNED {
-            _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q))
-        } else {
-            _mm256_maddubs_epi16(q, x)
-        };
-        let sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+        let zero = _mm256_setzero_si256();
+        let sums = if SIGNED { Self::dot4(zero, _mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q)) } else { Self::dot4(zero, q, x) };
         _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(d), acc)
     }
     #[inline(always)]
@@ -501,12 +705,31 @@ impl IntDot for Avx2 {
         _mm_cvtss_f32(s)
     }
     #[inline(always)]
-    unsafe fn idot_add(acc: Self::IAcc, q: &[u8; 32], x: &[i8; 32], s: &[i16; 16]) -> Self::IAcc {
+    unsafe fn scale_pair(s: [i16; 2]) -> Self::S {
         use std::arch::x86_64::*;
-        let q = _mm256_loadu_si256(q.as_ptr().cast());
+        _mm256_set_m128i(_mm_set1_epi16(s[1]), _mm_set1_epi16(s[0]))
+    }
+    #[inline(always)]
+    unsafe fn idot_add(acc: Self::IAcc, q: Self::Q, x: &[i8; 32], s: Self::S) -> Self::IAcc {
+        use std::arch::x86_64::*;
         let x = _mm256_loadu_si256(x.as_ptr().cast());
-        let s = _mm256_loadu_si256(s.as_ptr().cast());
-        _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), s))
+        Self::dot2(acc, _mm256_maddubs_epi16(q, x), s)
+    }
+    #[inline(always)]
+    unsafe fn ipairs(a: &[i16; 16], b: &[i16; 16]) -> Self::IAcc {
+        use std::arch::x86_64::*;
+        _mm256_madd_epi16(_mm256_loadu_si256(a.as_ptr().cast()), _mm256_loadu_si256(b.as_ptr().cast()))
+    }
+    #[inline(always)]
+    unsafe fn isum4(v: [Self::IAcc; 4]) -> [i32; 4] {
+        use std::arch::x86_64::*;
+        // Pairwise adds within each 128-bit half give each accumulator's half totals, in
+        // order; the two halves then add. Integer adds: the same totals as `isum`.
+        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+        let mut out = [0i32; 4];
+        _mm_storeu_si128(out.as_mut_ptr().cast(), s);
+        out
     }
     #[inline(always)]
     unsafe fn isum(v: Self::IAcc) -> i32 {
@@ -527,6 +750,8 @@ pub(crate) struct Simd128;
 impl IntDot for Simd128 {
     type Acc = std::arch::wasm32::v128;
     type IAcc = std::arch::wasm32::v128;
+    type Q = [u8; 32];
+    type S = [i16; 2];
     #[inline(always)]
     fn zero() -> Self::Acc {
         std::arch::wasm32::f32x4_splat(0.0)
@@ -535,10 +760,11 @@ impl IntDot for Simd128 {
     fn izero() -> Self::IAcc {
         std::arch::wasm32::i32x4_splat(0)
     }
+    array_quants!();
     #[inline(always)]
-    unsafe fn dot_add<const SIGNED: bool>(acc: Self::Acc, q: &[u8; 32], x: &[i8; 32], d: f32) -> Self::Acc {
+    unsafe fn dot_add<const SIGNED: bool>(acc: Self::Acc, q: [u8; 32], x: &[i8; 32], d: f32) -> Self::Acc {
         use std::arch::wasm32::*;
-        let s = i32x4_add(half_dot::<SIGNED>(q, x, 0), half_dot::<SIGNED>(q, x, 1));
+        let s = i32x4_add(half_dot::<SIGNED>(&q, x, 0), half_dot::<SIGNED>(&q, x, 1));
         f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(d)))
     }
     #[inline(always)]
@@ -548,11 +774,22 @@ impl IntDot for Simd128 {
         (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v)) + (f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v))
     }
     #[inline(always)]
-    unsafe fn idot_add(acc: Self::IAcc, q: &[u8; 32], x: &[i8; 32], s: &[i16; 16]) -> Self::IAcc {
+    unsafe fn scale_pair(s: [i16; 2]) -> [i16; 2] {
+        s
+    }
+    #[inline(always)]
+    unsafe fn ipairs(a: &[i16; 16], b: &[i16; 16]) -> Self::IAcc {
         use std::arch::wasm32::*;
-        // One scale per 16-byte half (`s[0..8]` and `s[8..16]` are each one value).
-        let lo = i32x4_mul(half_dot::<false>(q, x, 0), i32x4_splat(s[0] as i32));
-        let hi = i32x4_mul(half_dot::<false>(q, x, 1), i32x4_splat(s[8] as i32));
+        let lo = i32x4_dot_i16x8(v128_load(a.as_ptr().cast()), v128_load(b.as_ptr().cast()));
+        let hi = i32x4_dot_i16x8(v128_load(a.as_ptr().add(8).cast()), v128_load(b.as_ptr().add(8).cast()));
+        i32x4_add(lo, hi)
+    }
+    #[inline(always)]
+    unsafe fn idot_add(acc: Self::IAcc, q: [u8; 32], x: &[i8; 32], s: [i16; 2]) -> Self::IAcc {
+        use std::arch::wasm32::*;
+        // One scale per 16-byte half.
+        let lo = i32x4_mul(half_dot::<false>(&q, x, 0), i32x4_splat(s[0] as i32));
+        let hi = i32x4_mul(half_dot::<false>(&q, x, 1), i32x4_splat(s[1] as i32));
         i32x4_add(acc, i32x4_add(lo, hi))
     }
     #[inline(always)]
@@ -629,7 +866,7 @@ unsafe fn rows_32<B: Block32, D: IntDot>(w: &QMatrix, row0: usize, x: &Q8Rows, n
             offsets.fill(0.0);
             for (k, ((b, q), dd)) in w_row.iter().zip(&mut q).zip(dd.chunks_exact_mut(group)).enumerate() {
                 let (qk, d, m) = b.unpack::<D>();
-                *q = qk;
+                *q = D::store(qk);
                 let column = k * n + j0..k * n + j0 + rows;
                 for (dd, &xd) in dd.iter_mut().zip(&x.d[column.clone()]) {
                     *dd = d * xd;
@@ -678,14 +915,14 @@ unsafe fn dot_32<B: Block32, D: IntDot, const J: usize>(
     for p in 0..pairs {
         let (k0, k1) = (2 * p, 2 * p + 1);
         for u in 0..J {
-            acc[u][0] = step::<B, D>(acc[u][0], &q[k0], &xq[u * chunks + k0], dd[k0 * group + t + u]);
-            acc[u][1] = step::<B, D>(acc[u][1], &q[k1], &xq[u * chunks + k1], dd[k1 * group + t + u]);
+            acc[u][0] = step::<B, D>(acc[u][0], D::load(&q[k0]), &xq[u * chunks + k0], dd[k0 * group + t + u]);
+            acc[u][1] = step::<B, D>(acc[u][1], D::load(&q[k1]), &xq[u * chunks + k1], dd[k1 * group + t + u]);
         }
     }
     if chunks % 2 == 1 {
         let k = chunks - 1;
         for u in 0..J {
-            acc[u][0] = step::<B, D>(acc[u][0], &q[k], &xq[u * chunks + k], dd[k * group + t + u]);
+            acc[u][0] = step::<B, D>(acc[u][0], D::load(&q[k]), &xq[u * chunks + k], dd[k * group + t + u]);
         }
     }
     std::array::from_fn(|u| D::sum2(acc[u][0], acc[u][1]) + offsets[t + u])
@@ -702,8 +939,8 @@ unsafe fn dot_32_fused<B: Block32, D: IntDot>(row: &[B], xq: &[[i8; Q8_LEN]], xd
     for p in 0..pairs {
         let (k0, k1) = (2 * p, 2 * p + 1);
         let ((q0, d0, m0), (q1, d1, m1)) = (row[k0].unpack::<D>(), row[k1].unpack::<D>());
-        acc0 = step::<B, D>(acc0, &q0, &xq[k0], d0 * xd[k0]);
-        acc1 = step::<B, D>(acc1, &q1, &xq[k1], d1 * xd[k1]);
+        acc0 = step::<B, D>(acc0, q0, &xq[k0], d0 * xd[k0]);
+        acc1 = step::<B, D>(acc1, q1, &xq[k1], d1 * xd[k1]);
         if B::OFFSET {
             offsets += m0 * xsum[k0];
             offsets += m1 * xsum[k1];
@@ -712,7 +949,7 @@ unsafe fn dot_32_fused<B: Block32, D: IntDot>(row: &[B], xq: &[[i8; Q8_LEN]], xd
     if chunks % 2 == 1 {
         let k = chunks - 1;
         let (q, d, m) = row[k].unpack::<D>();
-        acc0 = step::<B, D>(acc0, &q, &xq[k], d * xd[k]);
+        acc0 = step::<B, D>(acc0, q, &xq[k], d * xd[k]);
         if B::OFFSET {
             offsets += m * xsum[k];
         }
@@ -721,7 +958,7 @@ unsafe fn dot_32_fused<B: Block32, D: IntDot>(row: &[B], xq: &[[i8; Q8_LEN]], xd
 }
 
 #[inline(always)]
-unsafe fn step<B: Block32, D: IntDot>(acc: D::Acc, q: &[u8; Q8_LEN], x: &[i8; Q8_LEN], d: f32) -> D::Acc {
+unsafe fn step<B: Block32, D: IntDot>(acc: D::Acc, q: D::Q, x: &[i8; Q8_LEN], d: f32) -> D::Acc {
     if B::SIGNED {
         D::dot_add::<true>(acc, q, x, d)
     } else {
@@ -738,19 +975,55 @@ unsafe fn rows_k<B: BlockK, D: IntDot>(w: &QMatrix, row0: usize, x: &Q8KRows, n:
         return;
     }
     let blocks = &blocks[row0 * per_row..(row0 + yt.len() / n) * per_row];
+    if n == 1 {
+        // Decode: unpack in registers as it goes (as `rows_32`).
+        for (w_row, y) in blocks.chunks_exact(per_row).zip(yt.iter_mut()) {
+            *y = dot_k_fused::<B, D>(w_row, &x.blocks[..per_row]);
+        }
+        return;
+    }
     // One weight row in integer form.
-    let mut row: Vec<KUnpacked> = (0..per_row).map(|_| KUnpacked::default()).collect();
+    let mut row: Vec<KUnpacked<D>> = (0..per_row).map(|_| KUnpacked::new()).collect();
     let group = (GROUP_BYTES / (per_row * std::mem::size_of::<BlockQ8K>())).clamp(1, n);
+    let x_row = |j: usize| &x.blocks[j * per_row..(j + 1) * per_row];
     for j0 in (0..n).step_by(group) {
+        let rows = group.min(n - j0);
         for (w_row, yt) in blocks.chunks_exact(per_row).zip(yt.chunks_exact_mut(n)) {
             for (b, u) in w_row.iter().zip(&mut row) {
                 b.unpack::<D>(u);
             }
-            for (j, y) in yt.iter_mut().enumerate().skip(j0).take(group) {
-                *y = dot_k::<D>(&row, &x.blocks[j * per_row..(j + 1) * per_row]);
+            // ROWS_K activation rows at a time (sharing each chunk's loads and the
+            // reductions), then one by one.
+            let yt = &mut yt[j0..j0 + rows];
+            let mut t = 0;
+            while t + ROWS_K <= rows {
+                let xs: [&[BlockQ8K]; ROWS_K] = std::array::from_fn(|u| x_row(j0 + t + u));
+                yt[t..t + ROWS_K].copy_from_slice(&dot_k::<D, ROWS_K>(&row, xs));
+                t += ROWS_K;
+            }
+            for t in t..rows {
+                yt[t] = dot_k::<D, 1>(&row, [x_row(j0 + t)])[0];
             }
         }
     }
+}
+
+/// Activation rows a K-quant weight row meets at once in prefill.
+const ROWS_K: usize = 4;
+
+/// Totals of `J` integer accumulators (four at once where the instruction set can).
+#[inline(always)]
+unsafe fn isums<D: IntDot, const J: usize>(v: [D::IAcc; J]) -> [i32; J] {
+    let mut out = [0i32; J];
+    let mut u = 0;
+    while u + 4 <= J {
+        out[u..u + 4].copy_from_slice(&D::isum4([v[u], v[u + 1], v[u + 2], v[u + 3]]));
+        u += 4;
+    }
+    for u in u..J {
+        out[u] = D::isum(v[u]);
+    }
+    out
 }
 
 /// One (weight row, activation row) dot product of a K-quant: per super-block, the exact
@@ -758,18 +1031,48 @@ unsafe fn rows_k<B: BlockK, D: IntDot>(w: &QMatrix, row0: usize, x: &Q8KRows, n:
 /// 128 < 2^31 for Q6_K's q <= 63 and |s| <= 128; smaller for the others), then scalar f32:
 /// the same arithmetic on every instruction set.
 #[inline(always)]
-unsafe fn dot_k<D: IntDot>(row: &[KUnpacked], x: &[BlockQ8K]) -> f32 {
-    let mut acc = 0.0f32;
-    for (w, x) in row.iter().zip(x) {
-        let mut sums = D::izero();
+unsafe fn dot_k<D: IntDot, const J: usize>(row: &[KUnpacked<D>], xs: [&[BlockQ8K]; J]) -> [f32; J] {
+    let mut acc = [0.0f32; J];
+    for (b, w) in row.iter().enumerate() {
+        let x: [&BlockQ8K; J] = std::array::from_fn(|u| &xs[u][b]);
+        let mut sums = [D::izero(); J];
         for c in 0..8 {
-            sums = D::idot_add(sums, &w.q[c], &x.qs[c], &w.s[c]);
+            let q = D::load(&w.q[c]);
+            for u in 0..J {
+                sums[u] = D::idot_add(sums[u], q, &x[u].qs[c], w.s[c]);
+            }
         }
-        let dot = D::isum(sums);
-        let offsets: i32 = w.m.iter().zip(&x.bsums).map(|(&m, &b)| m as i32 * b as i32).sum();
-        acc += (w.d * x.d) * dot as f32 + (w.dm * x.d) * offsets as f32;
+        let dots = isums::<D, J>(sums);
+        let offsets = isums::<D, J>(std::array::from_fn(|u| D::ipairs(&w.sc.m, &x[u].bsums)));
+        for u in 0..J {
+            acc[u] += k_block_total(dots[u], offsets[u], &w.sc, x[u]);
+        }
     }
     acc
+}
+
+/// [`dot_k`] for one weight row of blocks, unpacked in registers as it goes: the same
+/// arithmetic, bit for bit.
+#[inline(always)]
+unsafe fn dot_k_fused<B: BlockK, D: IntDot>(row: &[B], x: &[BlockQ8K]) -> f32 {
+    let mut acc = 0.0f32;
+    let mut sc = KScales::default();
+    for (w, x) in row.iter().zip(x) {
+        w.scales::<D>(&mut sc);
+        let mut sums = D::izero();
+        for c in 0..8 {
+            sums = D::idot_add(sums, w.quants::<D>(c), &x.qs[c], D::scale_pair(sc.s[c]));
+        }
+        acc += k_block_total(D::isum(sums), D::isum(D::ipairs(&sc.m, &x.bsums)), &sc, x);
+    }
+    acc
+}
+
+/// One super-block's share of [`dot_k`]: its integer sum `dot` scaled, plus its offsets
+/// (`sum_g m_g bsums_g`).
+#[inline(always)]
+fn k_block_total(dot: i32, offsets: i32, sc: &KScales, x: &BlockQ8K) -> f32 {
+    (sc.d * x.d) * dot as f32 + (sc.dm * x.d) * offsets as f32
 }
 
 #[inline(always)]
@@ -798,15 +1101,60 @@ unsafe fn rows_q8k_impl<D: IntDot>(w: &QMatrix, row0: usize, x: &Q8KRows, n: usi
 mod avx2 {
     use super::*;
 
-    // `unsafe fn`: safe `#[target_feature]` functions need Rust 1.86 (MSRV is 1.85).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn rows_q8(w: &QMatrix, row0: usize, x: &Q8Rows, n: usize, yt: &mut [f32]) {
-        rows_q8_impl::<Avx2>(w, row0, x, n, yt)
+    /// The kernels compiled for one x86 feature set (its [`Avx2`] variant).
+    macro_rules! x86_kernels {
+        ($module:ident, $features:literal, $vnni:expr) => {
+            pub(super) mod $module {
+                use super::*;
+                // `unsafe fn`: the caller checks that the CPU has the features.
+                #[target_feature(enable = $features)]
+                pub(crate) unsafe fn rows_q8(w: &QMatrix, row0: usize, x: &Q8Rows, n: usize, yt: &mut [f32]) {
+                    rows_q8_impl::<Avx2<{ $vnni }>>(w, row0, x, n, yt)
+                }
+                #[target_feature(enable = $features)]
+                pub(crate) unsafe fn rows_q8k(w: &QMatrix, row0: usize, x: &Q8KRows, n: usize, yt: &mut [f32]) {
+                    rows_q8k_impl::<Avx2<{ $vnni }>>(w, row0, x, n, yt)
+                }
+            }
+        };
+    }
+    x86_kernels!(plain, "avx2,fma,f16c", NO_VNNI);
+    x86_kernels!(avx_vnni, "avx2,fma,f16c,avxvnni", AVX_VNNI);
+    x86_kernels!(avx512_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", AVX512_VNNI);
+
+    /// The best [`Avx2`] variant this CPU runs, or `None` without AVX2/FMA/F16C.
+    pub(super) fn level() -> Option<u8> {
+        use std::sync::OnceLock;
+        static LEVEL: OnceLock<Option<u8>> = OnceLock::new();
+        *LEVEL.get_or_init(|| {
+            if !kernels::has_avx2_fma() {
+                None
+            } else if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+                Some(AVX512_VNNI)
+            } else if is_x86_feature_detected!("avxvnni") {
+                Some(AVX_VNNI)
+            } else {
+                Some(NO_VNNI)
+            }
+        })
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn rows_q8k(w: &QMatrix, row0: usize, x: &Q8KRows, n: usize, yt: &mut [f32]) {
-        rows_q8k_impl::<Avx2>(w, row0, x, n, yt)
+    /// [`super::rows_q8`] on `level` (which the CPU must run).
+    pub(super) unsafe fn rows_q8(level: u8, w: &QMatrix, row0: usize, x: &Q8Rows, n: usize, yt: &mut [f32]) {
+        match level {
+            AVX512_VNNI => avx512_vnni::rows_q8(w, row0, x, n, yt),
+            AVX_VNNI => avx_vnni::rows_q8(w, row0, x, n, yt),
+            _ => plain::rows_q8(w, row0, x, n, yt),
+        }
+    }
+
+    /// [`super::rows_q8k`] on `level` (which the CPU must run).
+    pub(super) unsafe fn rows_q8k(level: u8, w: &QMatrix, row0: usize, x: &Q8KRows, n: usize, yt: &mut [f32]) {
+        match level {
+            AVX512_VNNI => avx512_vnni::rows_q8k(w, row0, x, n, yt),
+            AVX_VNNI => avx_vnni::rows_q8k(w, row0, x, n, yt),
+            _ => plain::rows_q8k(w, row0, x, n, yt),
+        }
     }
 }
 
@@ -822,9 +1170,9 @@ type Baseline = Portable;
 /// Other weight types leave yt as it is.
 pub(super) fn rows_q8(w: &QMatrix, row0: usize, x: &Q8Rows, n: usize, yt: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if kernels::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
-        return unsafe { avx2::rows_q8(w, row0, x, n, yt) };
+    if let Some(level) = avx2::level() {
+        // SAFETY: the CPU runs `level` (checked by `level()`).
+        return unsafe { avx2::rows_q8(level, w, row0, x, n, yt) };
     }
     // SAFETY: `Baseline` needs nothing past what this build targets.
     unsafe { rows_q8_impl::<Baseline>(w, row0, x, n, yt) }
@@ -833,9 +1181,9 @@ pub(super) fn rows_q8(w: &QMatrix, row0: usize, x: &Q8Rows, n: usize, yt: &mut [
 /// [`rows_q8`] for the K-quants, x quantized by [`Q8KRows`].
 pub(super) fn rows_q8k(w: &QMatrix, row0: usize, x: &Q8KRows, n: usize, yt: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if kernels::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
-        return unsafe { avx2::rows_q8k(w, row0, x, n, yt) };
+    if let Some(level) = avx2::level() {
+        // SAFETY: the CPU runs `level` (checked by `level()`).
+        return unsafe { avx2::rows_q8k(level, w, row0, x, n, yt) };
     }
     // SAFETY: `Baseline` needs nothing past what this build targets.
     unsafe { rows_q8k_impl::<Baseline>(w, row0, x, n, yt) }
@@ -844,6 +1192,21 @@ pub(super) fn rows_q8k(w: &QMatrix, row0: usize, x: &Q8KRows, n: usize, yt: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The [`Avx2`] variants this CPU runs (printed: which ones a run covered).
+    #[cfg(target_arch = "x86_64")]
+    fn x86_levels() -> Vec<u8> {
+        let Some(best) = avx2::level() else { return Vec::new() };
+        let mut levels = vec![NO_VNNI];
+        if best == AVX512_VNNI {
+            levels.push(AVX512_VNNI);
+        }
+        if is_x86_feature_detected!("avxvnni") {
+            levels.push(AVX_VNNI);
+        }
+        println!("x86 variants checked: {levels:?}");
+        levels
+    }
 
     /// Every instruction set's kernel against the portable one on random blocks of every
     /// format, 1 and 5 activation rows: the K-quants bit for bit (exact integer sums, then
@@ -877,12 +1240,27 @@ mod tests {
                     unsafe { rows_q8k_impl::<Portable>(&w, 0, &xq, n, &mut portable) };
                     rows_q8k(&w, 0, &xq, n, &mut best);
                     assert!(portable.iter().zip(&best).all(|(a, b)| a.to_bits() == b.to_bits()), "{ty:?} n={n}: {best:?} vs portable {portable:?}");
+                    #[cfg(target_arch = "x86_64")]
+                    for level in x86_levels() {
+                        let mut other = vec![0.0f32; rows * n];
+                        // SAFETY: the CPU runs `level`.
+                        unsafe { avx2::rows_q8k(level, &w, 0, &xq, n, &mut other) };
+                        assert!(other.iter().zip(&best).all(|(a, b)| a.to_bits() == b.to_bits()), "{ty:?} n={n} x86 level {level}");
+                    }
                     continue;
                 }
                 let xq = Q8Rows::new(&x, cols);
                 // SAFETY: the portable kernel needs no CPU feature.
                 unsafe { rows_q8_impl::<Portable>(&w, 0, &xq, n, &mut portable) };
                 rows_q8(&w, 0, &xq, n, &mut best);
+                // The x86 variants (with and without VNNI) compute the same integers.
+                #[cfg(target_arch = "x86_64")]
+                for level in x86_levels() {
+                    let mut other = vec![0.0f32; rows * n];
+                    // SAFETY: the CPU runs `level`.
+                    unsafe { avx2::rows_q8(level, &w, 0, &xq, n, &mut other) };
+                    assert!(other.iter().zip(&best).all(|(a, b)| a.to_bits() == b.to_bits()), "{ty:?} n={n} x86 level {level}");
+                }
                 let mut row = vec![0.0f32; cols];
                 for r in 0..rows {
                     w.dequantize_row(r, &mut row).expect("row");
