@@ -207,6 +207,7 @@ pub(crate) trait Block32: QuantBlock {
 
 /// Byte j (of 32) of a 4-bit format: the low nibble of `qs[j]` for j < 16, the high nibble
 /// of `qs[j - 16]` after.
+#[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
 #[inline(always)]
 fn nibbles(qs: &[u8; 16]) -> [u8; 32] {
     let mut q = [0u8; 32];
@@ -219,6 +220,7 @@ fn nibbles(qs: &[u8; 16]) -> [u8; 32] {
 
 /// Q5_0/Q5_1's fifth bits: bit j of little-endian `qh` as 16 for weight j. Written as a
 /// byte test against a per-lane mask (not a shift by the lane index), which vectorizes.
+#[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
 #[inline(always)]
 fn fifth_bits(qh: &[u8; 4]) -> [u8; 32] {
     let mut h = [0u8; 32];
@@ -492,37 +494,6 @@ pub(crate) trait IntDot {
     unsafe fn isum(acc: Self::IAcc) -> i32;
 }
 
-/// [`IntDot`]'s quant functions for an instruction set that keeps the quants in memory.
-macro_rules! array_quants {
-    () => {
-        #[inline(always)]
-        unsafe fn load(q: &[u8; 32]) -> [u8; 32] {
-            *q
-        }
-        #[inline(always)]
-        unsafe fn store(q: [u8; 32]) -> [u8; 32] {
-            q
-        }
-        #[inline(always)]
-        unsafe fn nibbles(qs: &[u8; 16]) -> [u8; 32] {
-            nibbles(qs)
-        }
-        #[inline(always)]
-        unsafe fn with_fifth_bits(q: [u8; 32], qh: &[u8; 4]) -> [u8; 32] {
-            let h = fifth_bits(qh);
-            std::array::from_fn(|l| q[l] | h[l])
-        }
-        #[inline(always)]
-        unsafe fn bits(b: &[u8; 32], shift: u32, mask: u8) -> [u8; 32] {
-            std::array::from_fn(|l| (b[l] >> shift) & mask)
-        }
-        #[inline(always)]
-        unsafe fn add_high_bits(q: [u8; 32], h: &[u8; 32], shift: u32, mask: u8) -> [u8; 32] {
-            std::array::from_fn(|l| q[l] | ((h[l] >> shift) & mask) << 4)
-        }
-    };
-}
-
 /// Plain integer loops: any target (LLVM widens them where it can).
 #[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
 pub(crate) struct Portable;
@@ -539,7 +510,31 @@ impl IntDot for Portable {
     fn izero() -> i32 {
         0
     }
-    array_quants!();
+    #[inline(always)]
+    unsafe fn load(q: &[u8; 32]) -> [u8; 32] {
+        *q
+    }
+    #[inline(always)]
+    unsafe fn store(q: [u8; 32]) -> [u8; 32] {
+        q
+    }
+    #[inline(always)]
+    unsafe fn nibbles(qs: &[u8; 16]) -> [u8; 32] {
+        nibbles(qs)
+    }
+    #[inline(always)]
+    unsafe fn with_fifth_bits(q: [u8; 32], qh: &[u8; 4]) -> [u8; 32] {
+        let h = fifth_bits(qh);
+        std::array::from_fn(|l| q[l] | h[l])
+    }
+    #[inline(always)]
+    unsafe fn bits(b: &[u8; 32], shift: u32, mask: u8) -> [u8; 32] {
+        std::array::from_fn(|l| (b[l] >> shift) & mask)
+    }
+    #[inline(always)]
+    unsafe fn add_high_bits(q: [u8; 32], h: &[u8; 32], shift: u32, mask: u8) -> [u8; 32] {
+        std::array::from_fn(|l| q[l] | ((h[l] >> shift) & mask) << 4)
+    }
     #[inline(always)]
     unsafe fn dot_add<const SIGNED: bool>(acc: f32, q: [u8; 32], x: &[i8; 32], d: f32) -> f32 {
         let mut s = 0i32;
@@ -590,10 +585,13 @@ impl IntDot for Portable {
 pub(crate) struct Avx2<const VNNI: u8>;
 
 /// [`Avx2`] without VNNI.
+#[cfg(target_arch = "x86_64")]
 pub(crate) const NO_VNNI: u8 = 0;
 /// [`Avx2`] with AVX-VNNI (VEX encoded: Intel since Alder Lake, AMD since Zen 5).
+#[cfg(target_arch = "x86_64")]
 pub(crate) const AVX_VNNI: u8 = 1;
 /// [`Avx2`] with AVX512-VNNI on 256-bit registers (AVX512VL: Intel since Ice Lake, AMD Zen 4).
+#[cfg(target_arch = "x86_64")]
 pub(crate) const AVX512_VNNI: u8 = 2;
 
 #[cfg(target_arch = "x86_64")]
@@ -750,7 +748,8 @@ pub(crate) struct Simd128;
 impl IntDot for Simd128 {
     type Acc = std::arch::wasm32::v128;
     type IAcc = std::arch::wasm32::v128;
-    type Q = [u8; 32];
+    /// The two 16-byte halves.
+    type Q = [std::arch::wasm32::v128; 2];
     type S = [i16; 2];
     #[inline(always)]
     fn zero() -> Self::Acc {
@@ -760,11 +759,57 @@ impl IntDot for Simd128 {
     fn izero() -> Self::IAcc {
         std::arch::wasm32::i32x4_splat(0)
     }
-    array_quants!();
     #[inline(always)]
-    unsafe fn dot_add<const SIGNED: bool>(acc: Self::Acc, q: [u8; 32], x: &[i8; 32], d: f32) -> Self::Acc {
+    unsafe fn load(q: &[u8; 32]) -> Self::Q {
         use std::arch::wasm32::*;
-        let s = i32x4_add(half_dot::<SIGNED>(&q, x, 0), half_dot::<SIGNED>(&q, x, 1));
+        [v128_load(q.as_ptr().cast()), v128_load(q.as_ptr().add(16).cast())]
+    }
+    #[inline(always)]
+    unsafe fn store(q: Self::Q) -> [u8; 32] {
+        use std::arch::wasm32::*;
+        let mut out = [0u8; 32];
+        v128_store(out.as_mut_ptr().cast(), q[0]);
+        v128_store(out.as_mut_ptr().add(16).cast(), q[1]);
+        out
+    }
+    #[inline(always)]
+    unsafe fn nibbles(qs: &[u8; 16]) -> Self::Q {
+        use std::arch::wasm32::*;
+        let b = v128_load(qs.as_ptr().cast());
+        [v128_and(b, u8x16_splat(0x0f)), u8x16_shr(b, 4)]
+    }
+    #[inline(always)]
+    unsafe fn with_fifth_bits(q: Self::Q, qh: &[u8; 4]) -> Self::Q {
+        use std::arch::wasm32::*;
+        // Byte j takes qh[j / 8] (a swizzle of the broadcast word), keeps its bit j % 8, and
+        // becomes 16 where that bit is set.
+        let word = u32x4_splat(u32::from_le_bytes(*qh));
+        let bit = u64x2_splat(0x8040_2010_0804_0201);
+        let half = |spread: v128| {
+            let set = i8x16_eq(v128_and(i8x16_swizzle(word, spread), bit), bit);
+            v128_and(set, u8x16_splat(16))
+        };
+        let lo = half(u64x2(0, 0x0101_0101_0101_0101));
+        let hi = half(u64x2(0x0202_0202_0202_0202, 0x0303_0303_0303_0303));
+        [v128_or(q[0], lo), v128_or(q[1], hi)]
+    }
+    #[inline(always)]
+    unsafe fn bits(b: &[u8; 32], shift: u32, mask: u8) -> Self::Q {
+        use std::arch::wasm32::*;
+        let [lo, hi] = Self::load(b);
+        let m = u8x16_splat(mask);
+        [v128_and(u8x16_shr(lo, shift), m), v128_and(u8x16_shr(hi, shift), m)]
+    }
+    #[inline(always)]
+    unsafe fn add_high_bits(q: Self::Q, h: &[u8; 32], shift: u32, mask: u8) -> Self::Q {
+        use std::arch::wasm32::*;
+        let [lo, hi] = Self::bits(h, shift, mask);
+        [v128_or(q[0], i8x16_shl(lo, 4)), v128_or(q[1], i8x16_shl(hi, 4))]
+    }
+    #[inline(always)]
+    unsafe fn dot_add<const SIGNED: bool>(acc: Self::Acc, q: Self::Q, x: &[i8; 32], d: f32) -> Self::Acc {
+        use std::arch::wasm32::*;
+        let s = i32x4_add(half_dot::<SIGNED>(q[0], x, 0), half_dot::<SIGNED>(q[1], x, 1));
         f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(d)))
     }
     #[inline(always)]
@@ -785,11 +830,11 @@ impl IntDot for Simd128 {
         i32x4_add(lo, hi)
     }
     #[inline(always)]
-    unsafe fn idot_add(acc: Self::IAcc, q: [u8; 32], x: &[i8; 32], s: [i16; 2]) -> Self::IAcc {
+    unsafe fn idot_add(acc: Self::IAcc, q: Self::Q, x: &[i8; 32], s: [i16; 2]) -> Self::IAcc {
         use std::arch::wasm32::*;
         // One scale per 16-byte half.
-        let lo = i32x4_mul(half_dot::<false>(&q, x, 0), i32x4_splat(s[0] as i32));
-        let hi = i32x4_mul(half_dot::<false>(&q, x, 1), i32x4_splat(s[1] as i32));
+        let lo = i32x4_mul(half_dot::<false>(q[0], x, 0), i32x4_splat(s[0] as i32));
+        let hi = i32x4_mul(half_dot::<false>(q[1], x, 1), i32x4_splat(s[1] as i32));
         i32x4_add(acc, i32x4_add(lo, hi))
     }
     #[inline(always)]
@@ -802,13 +847,12 @@ impl IntDot for Simd128 {
     }
 }
 
-/// Bytes 16 h .. 16 h + 16 of q (u8, or i8 when `SIGNED`) and x: their products summed
-/// in four i32 lanes.
+/// Half h of q (16 bytes, u8, or i8 when `SIGNED`) and bytes 16 h .. 16 h + 16 of x: their
+/// products summed in four i32 lanes.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 #[inline(always)]
-unsafe fn half_dot<const SIGNED: bool>(q: &[u8; 32], x: &[i8; 32], h: usize) -> std::arch::wasm32::v128 {
+unsafe fn half_dot<const SIGNED: bool>(q: std::arch::wasm32::v128, x: &[i8; 32], h: usize) -> std::arch::wasm32::v128 {
     use std::arch::wasm32::*;
-    let q = v128_load(q.as_ptr().add(16 * h).cast());
     let x = v128_load(x.as_ptr().add(16 * h).cast());
     let (q_lo, q_hi) = if SIGNED {
         (i16x8_extend_low_i8x16(q), i16x8_extend_high_i8x16(q))
