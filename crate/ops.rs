@@ -293,6 +293,7 @@ fn attend_rows<E: KvElement>(q: &[f32], keys: &[E], values: &[E], pos0: usize, h
 // `unsafe fn`: the caller checks that the CPU has the features.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx,f16c")]
+#[inline]
 unsafe fn widen_f16c(src: &[f16], dst: &mut [f32]) {
     use std::arch::x86_64::*;
     let n = src.len().min(dst.len());
@@ -401,13 +402,13 @@ fn attend_block<E: KvElement, const FUSED: bool>(
             let m = visible(r).min(t1) - t0;
             let p = &mut p[..m];
             scores::<FUSED>(&qs[k * hd..][..hd], &kt[..m * hd], p);
-            let tile_max = p.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+            let tile_max = lanes_max(p);
             let new_max = if tile_max > run_max[k] { tile_max } else { run_max[k] };
-            let mut tile_sum = 0.0;
+            // One pass that vectorizes (no running sum in it), then the sum in lanes.
             for s in p.iter_mut() {
                 *s = exp_nonpositive(*s - new_max);
-                tile_sum += *s;
             }
+            let tile_sum = lanes_sum(p);
             let a = &mut acc[k * hd..][..hd];
             if new_max > run_max[k] {
                 // Earlier weights were relative to a smaller max: rescale them (the first
@@ -432,12 +433,83 @@ fn attend_block<E: KvElement, const FUSED: bool>(
     acc
 }
 
+/// The largest of `p` (-inf for none), in LANES partial maxima (which vectorize).
+#[inline(always)]
+fn lanes_max(p: &[f32]) -> f32 {
+    let max = |a: f32, b: f32| if b > a { b } else { a };
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = p.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            lanes[l] = max(lanes[l], c[l]);
+        }
+    }
+    chunks.remainder().iter().fold(lanes.into_iter().fold(f32::NEG_INFINITY, max), |a, &b| max(a, b))
+}
+
+/// The sum of `p`, in LANES partial sums.
+#[inline(always)]
+fn lanes_sum(p: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = p.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            lanes[l] += c[l];
+        }
+    }
+    reduce_lanes(&lanes) + chunks.remainder().iter().sum::<f32>()
+}
+
 /// scores[j] = q · keys[j].  q: (hd); keys: (m, hd); scores: (m).
 ///
 /// Each dot product sums in LANES partial sums (a vector register) reduced pairwise at the
 /// end, not in one strict left-to-right chain, which would not vectorize.
 #[inline(always)]
 fn scores<const FUSED: bool>(q: &[f32], keys: &[f32], scores: &mut [f32]) {
+    let hd = q.len();
+    // x86 with FMA (only `attend_rows_avx2` runs FUSED there): eight keys at a time, their
+    // eight partial-sum registers reduced together by horizontal adds (one register of
+    // eight scores) instead of one by one.
+    #[cfg(target_arch = "x86_64")]
+    if FUSED && hd % LANES == 0 {
+        let eights = scores.len() / 8 * 8;
+        // SAFETY: FUSED on x86_64 means AVX2 and FMA (checked by `attend_rows`).
+        unsafe { scores8_avx2(q, &keys[..eights * hd], &mut scores[..eights]) };
+        if eights == scores.len() {
+            return;
+        }
+        return scores_generic::<FUSED>(q, &keys[eights * hd..], &mut scores[eights..]);
+    }
+    scores_generic::<FUSED>(q, keys, scores)
+}
+
+/// [`scores`] for AVX2 + FMA: keys.len() == 8 k × hd, hd a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn scores8_avx2(q: &[f32], keys: &[f32], scores: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let hd = q.len();
+    for (kg, sg) in keys.chunks_exact(8 * hd).zip(scores.chunks_exact_mut(8)) {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for c in (0..hd).step_by(8) {
+            let qc = _mm256_loadu_ps(q.as_ptr().add(c));
+            for (u, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(kg.as_ptr().add(u * hd + c)), *a);
+            }
+        }
+        // Pairwise adds within 128-bit halves: h holds, per half, the four-lane totals of
+        // keys 0-3 (h0) and 4-7 (h1); the halves then add.
+        let h0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+        let h1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+        let lo = _mm256_permute2f128_ps::<0x20>(h0, h1);
+        let hi = _mm256_permute2f128_ps::<0x31>(h0, h1);
+        _mm256_storeu_ps(sg.as_mut_ptr(), _mm256_add_ps(lo, hi));
+    }
+}
+
+/// [`scores`] in portable code.
+#[inline(always)]
+fn scores_generic<const FUSED: bool>(q: &[f32], keys: &[f32], scores: &mut [f32]) {
     let hd = q.len();
     let full = hd - hd % LANES;
     let mut key_groups = keys.chunks_exact(KEYS_PER_STEP * hd);

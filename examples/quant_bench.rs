@@ -2,7 +2,7 @@
 //! (decode) and `QMatrix::matmul` (prefill) per GGML type, on 1 and 2 threads, plus the
 //! matvec-only token rate of SmolLM2-135M's weight shapes.
 //!
-//!     cargo run --release --example quant_bench [-- --quick] [--int8 (only the int8 decode part)]
+//!     cargo run --release --example quant_bench [-- --quick] [--int8 (only the int8 kernels)] [--attention (only the CPU attention)]
 //!
 //! Weights are random but valid (finite scales); only the shapes matter for speed.
 
@@ -101,6 +101,10 @@ fn main() {
         (GgmlType::F16, 896, 896),
         (GgmlType::F32, 896, 896),
     ];
+    if std::env::args().any(|a| a == "--attention") {
+        attention(min, &mut rng, &pools[0].1);
+        return;
+    }
     int8_decode(min, &mut rng, &pools[0].1);
     if std::env::args().any(|a| a == "--int8") {
         return;
@@ -187,4 +191,22 @@ fn int8_decode(min: Duration, rng: &mut Rng, one: &rayon::ThreadPool) {
         println!("{:<6} {:>12} {:>8.2} G/s", format!("{ty:?}"), format!("{rows}x{cols}"), (n * rows * cols) as f64 / secs / 1e9);
     }
 
+}
+
+/// The CPU attention over an f16 cache, Qwen2.5-0.5B's heads (14 query, 2 kv, 64 wide):
+/// one decode step's attention per layer after 1k and 4k cached tokens, and a 512-token
+/// prefill chunk's after 0 and 3584.
+fn attention(min: Duration, rng: &mut Rng, one: &rayon::ThreadPool) {
+    use pensive::ops::{self, Heads};
+    let heads = Heads { n_heads: 14, n_kv_heads: 2, head_dim: 64 };
+    println!("CPU attention per layer (Qwen2.5-0.5B heads), 1 thread");
+    for (pos0, n) in [(1023, 1), (4095, 1), (0, 512), (3584, 512)] {
+        let len = pos0 + n;
+        let cache = |rng: &mut Rng| -> Vec<Vec<f16>> { (0..2).map(|_| (0..len * 64).map(|_| f16::from_f32(rng.f32())).collect()).collect() };
+        let (keys, values) = (cache(rng), cache(rng));
+        let q: Vec<f32> = (0..n * 14 * 64).map(|_| rng.f32()).collect();
+        let mut out = vec![0.0; q.len()];
+        let secs = one.install(|| time_per_call(min, || ops::attention_cached(&mut out, &q, &keys, &values, pos0, heads)));
+        println!("context {pos0:>5} + {n:>3} rows: {:>8.3} ms", secs * 1e3);
+    }
 }
