@@ -468,8 +468,7 @@ fn lanes_sum(p: &[f32]) -> f32 {
 fn scores<const FUSED: bool>(q: &[f32], keys: &[f32], scores: &mut [f32]) {
     let hd = q.len();
     // x86 with FMA (only `attend_rows_avx2` runs FUSED there): eight keys at a time, their
-    // eight partial-sum registers reduced together by horizontal adds (one register of
-    // eight scores) instead of one by one.
+    // partial-sum registers reduced four at a time instead of one by one.
     #[cfg(target_arch = "x86_64")]
     if FUSED && hd % LANES == 0 {
         let eights = scores.len() / 8 * 8;
@@ -497,13 +496,17 @@ unsafe fn scores8_avx2(q: &[f32], keys: &[f32], scores: &mut [f32]) {
                 *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(kg.as_ptr().add(u * hd + c)), *a);
             }
         }
-        // Pairwise adds within 128-bit halves: h holds, per half, the four-lane totals of
-        // keys 0-3 (h0) and 4-7 (h1); the halves then add.
-        let h0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-        let h1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
-        let lo = _mm256_permute2f128_ps::<0x20>(h0, h1);
-        let hi = _mm256_permute2f128_ps::<0x31>(h0, h1);
-        _mm256_storeu_ps(sg.as_mut_ptr(), _mm256_add_ps(lo, hi));
+        // Each key's lanes summed in `reduce_lanes`' order, (h0 + h2) + (h1 + h3) with
+        // h_i = a_i + a_(i+4), four keys per register: the same scores as the portable code
+        // (which the f32 reference tests and the browser's simd128 build share).
+        for (s4, a4) in sg.chunks_exact_mut(4).zip(acc.chunks_exact(4)) {
+            let p: [__m128; 4] = std::array::from_fn(|u| {
+                let h = _mm_add_ps(_mm256_castps256_ps128(a4[u]), _mm256_extractf128_ps::<1>(a4[u]));
+                _mm_add_ps(h, _mm_movehl_ps(h, h))
+            });
+            let (p01, p23) = (_mm_unpacklo_ps(p[0], p[1]), _mm_unpacklo_ps(p[2], p[3]));
+            _mm_storeu_ps(s4.as_mut_ptr(), _mm_add_ps(_mm_movelh_ps(p01, p23), _mm_movehl_ps(p23, p01)));
+        }
     }
 }
 

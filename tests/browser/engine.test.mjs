@@ -112,7 +112,7 @@ after(async () => {
 test('wasm CPU: load with progress, then greedy chat generation with a thinking budget gives the native events', async (t) => {
   if (!hasModel) return t.skip('model missing');
   // The reference itself must exercise the budget: a continuation, then an answer.
-  assert.equal(native.chat.stats.continuations, 1, JSON.stringify(native.chat.stats));
+  assert.ok(native.chat.stats.continuations >= 1, JSON.stringify(native.chat.stats));
   assert.ok(native.chat.stats.answer_tokens > 0 && native.chat.stats.thinking_tokens >= 12, JSON.stringify(native.chat.stats));
 
   const page = await browser.newPage();
