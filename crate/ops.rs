@@ -404,11 +404,13 @@ fn attend_block<E: KvElement, const FUSED: bool>(
             scores::<FUSED>(&qs[k * hd..][..hd], &kt[..m * hd], p);
             let tile_max = lanes_max(p);
             let new_max = if tile_max > run_max[k] { tile_max } else { run_max[k] };
-            // One pass that vectorizes (no running sum in it), then the sum in lanes.
+            // One pass that vectorizes (no running sum in it), then the sum, in order (the
+            // order every build of this code has always used: browser and native runs of
+            // one model agree token for token, and a sum in lanes moved near-ties).
             for s in p.iter_mut() {
                 *s = exp_nonpositive(*s - new_max);
             }
-            let tile_sum = lanes_sum(p);
+            let tile_sum: f32 = p.iter().fold(0.0, |a, &b| a + b);
             let a = &mut acc[k * hd..][..hd];
             if new_max > run_max[k] {
                 // Earlier weights were relative to a smaller max: rescale them (the first
@@ -445,19 +447,6 @@ fn lanes_max(p: &[f32]) -> f32 {
         }
     }
     chunks.remainder().iter().fold(lanes.into_iter().fold(f32::NEG_INFINITY, max), |a, &b| max(a, b))
-}
-
-/// The sum of `p`, in LANES partial sums.
-#[inline(always)]
-fn lanes_sum(p: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let mut chunks = p.chunks_exact(LANES);
-    for c in &mut chunks {
-        for l in 0..LANES {
-            lanes[l] += c[l];
-        }
-    }
-    reduce_lanes(&lanes) + chunks.remainder().iter().sum::<f32>()
 }
 
 /// scores[j] = q · keys[j].  q: (hd); keys: (m, hd); scores: (m).
