@@ -727,10 +727,21 @@ impl QMatrix {
                 parallel_rows(&mut yt, n, n * self.cols, kernels::PANEL_ROWS, |row0, yt| {
                     kernels::matmul_rows(self, row0, x, n, yt)
                 });
-                for (r, yt_row) in yt.chunks_exact(n).enumerate() {
-                    for (i, &v) in yt_row.iter().enumerate() {
-                        y[i * self.rows + r] = v;
-                    }
+                transpose(&yt, self.rows, n, y);
+            }
+        }
+    }
+}
+
+/// `y (cols, rows) = src (rows, cols)` transposed, in square blocks (element by element, every
+/// write of a long row went to another cache line).
+fn transpose(src: &[f32], rows: usize, cols: usize, y: &mut [f32]) {
+    const BLOCK: usize = 32;
+    for r0 in (0..rows).step_by(BLOCK) {
+        for c0 in (0..cols).step_by(BLOCK) {
+            for r in r0..(r0 + BLOCK).min(rows) {
+                for c in c0..(c0 + BLOCK).min(cols) {
+                    y[c * rows + r] = src[r * cols + c];
                 }
             }
         }
@@ -819,11 +830,7 @@ impl QMatrix {
                 // n) block of Y^T; then transpose.
                 let mut yt = vec![0.0f32; n * self.rows]; // (rows, n)
                 parallel_rows(&mut yt, n, n * self.cols, 1, |row0, yt| kernel(row0, n, yt));
-                for (r, yt_row) in yt.chunks_exact(n).enumerate() {
-                    for (i, &v) in yt_row.iter().enumerate() {
-                        y[i * self.rows + r] = v;
-                    }
-                }
+                transpose(&yt, self.rows, n, y);
             }
         }
     }
