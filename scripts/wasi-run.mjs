@@ -7,5 +7,7 @@ import { WASI } from 'node:wasi';
 
 const [file, ...args] = argv.slice(2);
 const wasi = new WASI({ version: 'preview1', args: [file, ...args], env, returnOnExit: true, preopens: { '/': '/' } });
-const { instance } = await WebAssembly.instantiate(readFileSync(file), wasi.getImportObject());
+// getImportObject: Node 19.8+; before it, the same object by hand.
+const imports = wasi.getImportObject ? wasi.getImportObject() : { wasi_snapshot_preview1: wasi.wasiImport };
+const { instance } = await WebAssembly.instantiate(readFileSync(file), imports);
 exit(wasi.start(instance));
