@@ -463,9 +463,6 @@ fn scores<const FUSED: bool>(q: &[f32], keys: &[f32], scores: &mut [f32]) {
         let eights = scores.len() / 8 * 8;
         // SAFETY: FUSED on x86_64 means AVX2 and FMA (checked by `attend_rows`).
         unsafe { scores8_avx2(q, &keys[..eights * hd], &mut scores[..eights]) };
-        if eights == scores.len() {
-            return;
-        }
         return scores_generic::<FUSED>(q, &keys[eights * hd..], &mut scores[eights..]);
     }
     scores_generic::<FUSED>(q, keys, scores)
