@@ -455,11 +455,11 @@ fn lanes_max(p: &[f32]) -> f32 {
 /// end, not in one strict left-to-right chain, which would not vectorize.
 #[inline(always)]
 fn scores<const FUSED: bool>(q: &[f32], keys: &[f32], scores: &mut [f32]) {
-    let hd = q.len();
     // x86 with FMA (only `attend_rows_avx2` runs FUSED there): eight keys at a time, their
     // partial-sum registers reduced four at a time instead of one by one.
     #[cfg(target_arch = "x86_64")]
-    if FUSED && hd % LANES == 0 {
+    if FUSED && q.len() % LANES == 0 {
+        let hd = q.len();
         let eights = scores.len() / 8 * 8;
         // SAFETY: FUSED on x86_64 means AVX2 and FMA (checked by `attend_rows`).
         unsafe { scores8_avx2(q, &keys[..eights * hd], &mut scores[..eights]) };

@@ -18,6 +18,16 @@ cargo test --release --all-targets
 scripts/wasm-toolchain.sh
 rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 cargo test --release --target wasm32-wasip1 --lib quant
+# Again as the relaxed-SIMD module (the package's second build, crate/quant/int8.rs), under a
+# Node whose V8 runs relaxed SIMD correctly (22; Debian's 18/20 lack it or have it wrong),
+# from the npm registry.
+NODE_PKG=node-linux-$(uname -m | sed 's/x86_64/x64/; s/aarch64/arm64/')
+NODE_RELAXED_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/pensive/node-22
+NODE_RELAXED=$NODE_RELAXED_DIR/node_modules/$NODE_PKG/bin/node
+[ -x "$NODE_RELAXED" ] || npm install --prefix "$NODE_RELAXED_DIR" --no-audit --no-fund --silent "$NODE_PKG@22"
+CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" \
+  CARGO_TARGET_WASM32_WASIP1_RUNNER="$NODE_RELAXED scripts/wasi-run.mjs" \
+  PENSIVE_EXPECT_RELAXED_SIMD=1 cargo test --release --target wasm32-wasip1 --lib quant
 # Fuzzing: every target a few seconds on the committed seeds and regressions (the crashes a
 # campaign found replay in `cargo test` above, tests/fuzz_regressions.rs). Installs nightly
 # and cargo-fuzz itself.

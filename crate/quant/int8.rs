@@ -19,7 +19,8 @@
 //! One kernel per family for every format and both uses. Each format only says how its
 //! blocks unpack to the family's integer form ([`Block32::unpack`], [`BlockK::unpack`]);
 //! the instruction-set-specific pieces are inner products of 32 bytes ([`IntDot`]: AVX2
-//! `vpmaddubsw`/`vpmaddwd`, wasm simd128 `i32x4.dot_i16x8_s`, a portable fallback).
+//! `vpmaddubsw`/`vpmaddwd`, wasm simd128 `i32x4.dot_i16x8_s` or relaxed SIMD's
+//! `i32x4.relaxed_dot_i8x16_i7x16_add_s`, a portable fallback).
 //!
 //! Batching cannot change a result: [`rows_q8`] / [`rows_q8k`] unpack a weight row once
 //! and take its dot product with every activation row (that reuse is the prefill's speed),
@@ -741,6 +742,18 @@ impl<const VNNI: u8> IntDot for Avx2<VNNI> {
 
 /// wasm simd128: bytes widened to i16, then `i32x4.dot_i16x8_s` (pairwise products added
 /// to i32). No FMA in simd128: a multiply and an add.
+///
+/// Built with relaxed SIMD too (`-C target-feature=+relaxed-simd`: the package's second
+/// module, loaded where the browser validates it), unsigned weights take one
+/// `i32x4.relaxed_dot_i8x16_i7x16_add_s` per 16 bytes instead of four widenings, two dots and
+/// an add (x86 engines lower it to `pmaddubsw` + `pmaddwd` + `paddd`, or `vpdpbusd`). Its
+/// result is only implementation-defined where the second operand has its top bit set or a
+/// pair's sum leaves i16; here that operand is the weights, 0..=63, and a pair's sum is at
+/// most 2 * 128 * 63 in magnitude, so its sums are exact. Its lanes group the bytes
+/// otherwise than the widening dots do; the 32-value formats, whose lanes become f32 lanes,
+/// first shuffle both operands (constant shuffles) so that each lane holds the simd128
+/// path's integer: both modules give the same bits. Q8_0's signed weights keep the widening
+/// path.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 pub(crate) struct Simd128;
 
@@ -809,7 +822,8 @@ impl IntDot for Simd128 {
     #[inline(always)]
     unsafe fn dot_add<const SIGNED: bool>(acc: Self::Acc, q: Self::Q, x: &[i8; 32], d: f32) -> Self::Acc {
         use std::arch::wasm32::*;
-        let s = i32x4_add(half_dot::<SIGNED>(q[0], x, 0), half_dot::<SIGNED>(q[1], x, 1));
+        // The lanes' integers become f32 lanes: they must be the simd128 module's (below).
+        let s = half_dot_add::<SIGNED, true>(q[1], x, 1, half_dot_add::<SIGNED, true>(q[0], x, 0, i32x4_splat(0)));
         f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(d)))
     }
     #[inline(always)]
@@ -833,8 +847,9 @@ impl IntDot for Simd128 {
     unsafe fn idot_add(acc: Self::IAcc, q: Self::Q, x: &[i8; 32], s: [i16; 2]) -> Self::IAcc {
         use std::arch::wasm32::*;
         // One scale per 16-byte half.
-        let lo = i32x4_mul(half_dot::<false>(q[0], x, 0), i32x4_splat(s[0] as i32));
-        let hi = i32x4_mul(half_dot::<false>(q[1], x, 1), i32x4_splat(s[1] as i32));
+        // Exact integers summed exactly (`isum`): any split into lanes gives the same total.
+        let lo = i32x4_mul(half_dot_add::<false, false>(q[0], x, 0, i32x4_splat(0)), i32x4_splat(s[0] as i32));
+        let hi = i32x4_mul(half_dot_add::<false, false>(q[1], x, 1, i32x4_splat(0)), i32x4_splat(s[1] as i32));
         i32x4_add(acc, i32x4_add(lo, hi))
     }
     #[inline(always)]
@@ -847,13 +862,54 @@ impl IntDot for Simd128 {
     }
 }
 
-/// Half h of q (16 bytes, u8, or i8 when `SIGNED`) and bytes 16 h .. 16 h + 16 of x: their
-/// products summed in four i32 lanes.
+/// `acc` plus the products of half h of q (16 bytes, u8 (<= 63), or i8 when `SIGNED`) and
+/// bytes 16 h .. 16 h + 16 of x, summed in four i32 lanes: lane l takes bytes 2 l, 2 l + 1,
+/// 2 l + 8 and 2 l + 9 (the widening path's split), or, in the relaxed-SIMD module without
+/// `SAME_LANES`, any split.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 #[inline(always)]
-unsafe fn half_dot<const SIGNED: bool>(q: std::arch::wasm32::v128, x: &[i8; 32], h: usize) -> std::arch::wasm32::v128 {
+unsafe fn half_dot_add<const SIGNED: bool, const SAME_LANES: bool>(
+    q: std::arch::wasm32::v128,
+    x: &[i8; 32],
+    h: usize,
+    acc: std::arch::wasm32::v128,
+) -> std::arch::wasm32::v128 {
     use std::arch::wasm32::*;
     let x = v128_load(x.as_ptr().add(16 * h).cast());
+    #[cfg(target_feature = "relaxed-simd")]
+    if !SIGNED {
+        return relaxed_dot_add::<SAME_LANES>(q, x, acc);
+    }
+    widened_dot_add::<SIGNED>(q, x, acc)
+}
+
+/// [`half_dot_add`] with relaxed SIMD (q <= 127: exact, see [`Simd128`]). Its lane l sums
+/// bytes 4 l .. 4 l + 4; with `SAME_LANES` both operands are first shuffled so that those
+/// are the bytes [`widened_dot_add`]'s lane l sums, and each lane holds the same integer.
+#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+#[inline(always)]
+fn relaxed_dot_add<const SAME_LANES: bool>(
+    q: std::arch::wasm32::v128,
+    x: std::arch::wasm32::v128,
+    acc: std::arch::wasm32::v128,
+) -> std::arch::wasm32::v128 {
+    use std::arch::wasm32::*;
+    if SAME_LANES {
+        let spread = |v: v128| i8x16_shuffle::<0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15>(v, v);
+        return i32x4_relaxed_dot_i8x16_i7x16_add(spread(x), spread(q), acc);
+    }
+    i32x4_relaxed_dot_i8x16_i7x16_add(x, q, acc)
+}
+
+/// [`half_dot_add`] without relaxed SIMD, x loaded.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+fn widened_dot_add<const SIGNED: bool>(
+    q: std::arch::wasm32::v128,
+    x: std::arch::wasm32::v128,
+    acc: std::arch::wasm32::v128,
+) -> std::arch::wasm32::v128 {
+    use std::arch::wasm32::*;
     let (q_lo, q_hi) = if SIGNED {
         (i16x8_extend_low_i8x16(q), i16x8_extend_high_i8x16(q))
     } else {
@@ -861,7 +917,7 @@ unsafe fn half_dot<const SIGNED: bool>(q: std::arch::wasm32::v128, x: &[i8; 32],
     };
     let lo = i32x4_dot_i16x8(q_lo, i16x8_extend_low_i8x16(x));
     let hi = i32x4_dot_i16x8(q_hi, i16x8_extend_high_i8x16(x));
-    i32x4_add(lo, hi)
+    i32x4_add(acc, i32x4_add(lo, hi))
 }
 
 // ======================================================================================
@@ -1236,6 +1292,59 @@ pub(super) fn rows_q8k(w: &QMatrix, row0: usize, x: &Q8KRows, n: usize, yt: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `PENSIVE_EXPECT_RELAXED_SIMD=1` (scripts/test.sh's relaxed-SIMD run): this test binary
+    /// must be the relaxed-SIMD build, or that run would test the simd128 code twice.
+    #[test]
+    fn the_build_has_the_instruction_set_asked_for() {
+        let relaxed = cfg!(all(target_arch = "wasm32", target_feature = "relaxed-simd"));
+        let asked = std::env::var("PENSIVE_EXPECT_RELAXED_SIMD").is_ok_and(|v| v == "1");
+        assert_eq!(relaxed, asked, "relaxed-simd compiled in: {relaxed}, PENSIVE_EXPECT_RELAXED_SIMD=1: {asked}");
+    }
+
+    /// The relaxed dot product against the widening one on the extremes of their operands
+    /// (weights 0..=63, activations -128..=127: every pair sum's largest magnitude) and on
+    /// random bytes: the same i32 lanes (`SAME_LANES`, what the f32 lanes of the 32-value
+    /// formats take), so both modules compute the same bits.
+    #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+    #[test]
+    fn relaxed_dot_is_the_exact_one() {
+        use std::arch::wasm32::*;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut cases: Vec<([u8; 16], [i8; 16])> = vec![([63; 16], [-128; 16]), ([63; 16], [127; 16]), ([0; 16], [-128; 16])];
+        for _ in 0..10_000 {
+            let mut q = [0u8; 16];
+            let mut x = [0i8; 16];
+            for (q, x) in q.iter_mut().zip(&mut x) {
+                let r = next();
+                *q = (r as u8) & 63;
+                *x = (r >> 8) as i8;
+            }
+            cases.push((q, x));
+        }
+        for (q, x) in cases {
+            // SAFETY: 16-byte arrays, unaligned loads.
+            let (qv, xv) = unsafe { (v128_load(q.as_ptr().cast()), v128_load(x.as_ptr().cast())) };
+            let acc = i32x4(7, -7, i32::MAX - 200_000, i32::MIN + 200_000);
+            let widened = widened_dot_add::<false>(qv, xv, acc);
+            let relaxed = relaxed_dot_add::<true>(qv, xv, acc);
+            assert!(i32x4_all_true(i32x4_eq(relaxed, widened)), "q {q:?} x {x:?}");
+            // The plain one splits the same total otherwise.
+            let total = |v: v128| (0..4).fold(0i32, |t, l| t.wrapping_add(match l {
+                0 => i32x4_extract_lane::<0>(v),
+                1 => i32x4_extract_lane::<1>(v),
+                2 => i32x4_extract_lane::<2>(v),
+                _ => i32x4_extract_lane::<3>(v),
+            }));
+            assert_eq!(total(relaxed_dot_add::<false>(qv, xv, acc)), total(widened), "q {q:?} x {x:?}");
+        }
+    }
 
     /// The [`Avx2`] variants this CPU runs (printed: which ones a run covered).
     #[cfg(target_arch = "x86_64")]

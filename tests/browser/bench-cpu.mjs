@@ -7,6 +7,10 @@
 //
 //   node tests/browser/bench-cpu.mjs [--models a.gguf,b.gguf] [--tokens 64] [--runs 1]
 //                                    [--threads 2] [--engines pensive,wllama]
+//                                    [--simd auto|relaxed|simd128|relaxed,simd128]
+//
+// --simd: which of Pensive's modules (`wasmSimd`); a list runs each, so the relaxed-SIMD and
+// simd128 modules are compared in the same run.
 //
 // Rates are each engine's own: Pensive's `done` stats (prefill_tok_s, decode_tok_s), wllama's
 // llama.cpp timings (prompt_per_second, predicted_per_second). Configurations alternate within
@@ -25,6 +29,7 @@ const { values: args } = parseArgs({
     runs: { type: 'string', default: '1' },
     threads: { type: 'string', default: '2' },
     engines: { type: 'string', default: 'pensive,wllama' },
+    simd: { type: 'string', default: 'auto' },
     prompt: { type: 'string', default: 'Write a short story about a robot learning to paint.' },
     // Per measurement: a run past it (or a crashed page) is recorded as an error, and the rest go on.
     'timeout-s': { type: 'string', default: '300' },
@@ -39,24 +44,24 @@ if (engines.includes('wllama') && !existsSync(wllamaDir)) {
 }
 
 /** Pensive in a Web Worker (the threaded build needs one), `threads` 1 = the single-thread build. */
-async function runPensive(page, { model, threads, tokens, prompt }) {
-  return page.evaluate(async ({ model, threads, tokens, prompt }) => {
+async function runPensive(page, { model, threads, tokens, prompt, simd }) {
+  return page.evaluate(async ({ model, threads, tokens, prompt, simd }) => {
     const { Pensive } = await import('/src/index.js');
     const t0 = performance.now();
-    const engine = await Pensive.load({ model, backend: 'cpu', worker: true, threads, cache: false, max_context: 512 });
+    const engine = await Pensive.load({ model, backend: 'cpu', worker: true, threads, cache: false, max_context: 512, wasmSimd: simd });
     const loadS = (performance.now() - t0) / 1000;
     try {
       const done = await engine.complete([{ role: 'user', content: prompt }], { max_tokens: tokens, temperature: 0 });
       const s = done.stats;
       return {
-        engine: `pensive ${engine.info.wasm.module}`, threads: engine.info.wasm.threads, backend: engine.info.backend,
+        engine: `pensive ${engine.info.wasm.module}`, simd: engine.info.wasm.simd, threads: engine.info.wasm.threads, backend: engine.info.backend,
         load_s: loadS, prompt_tokens: s.prompt_tokens, tokens: s.sampled_tokens,
         prefill_tok_s: s.prefill_tok_s, decode_tok_s: s.decode_tok_s, text: done.text.slice(0, 80),
       };
     } finally {
       engine.dispose();
     }
-  }, { model, threads, tokens, prompt });
+  }, { model, threads, tokens, prompt, simd });
 }
 
 /** wllama on the CPU only (`n_gpu_layers: 0`: its WebGPU offload is on by default). */
@@ -91,7 +96,9 @@ async function runWllama(page, { model, threads, tokens, prompt }) {
 }
 
 const configs = [];
-if (engines.includes('pensive')) configs.push({ run: runPensive, threads: 1 }, { run: runPensive, threads });
+if (engines.includes('pensive')) {
+  for (const simd of args.simd.split(',')) configs.push({ run: runPensive, threads: 1, simd }, { run: runPensive, threads, simd });
+}
 if (engines.includes('wllama')) configs.push({ run: runWllama, threads: 1 }, { run: runWllama, threads });
 
 const browser = await startBrowser({ extraMounts: { '/wllama/': wllamaDir } });
@@ -109,7 +116,7 @@ try {
           const timeout = new Promise((_, reject) => {
             timer = setTimeout(() => reject(new Error(`no result in ${args['timeout-s']} s`)), Number(args['timeout-s']) * 1000);
           });
-          const out = await Promise.race([c.run(page, { model: `/${model}`, threads: c.threads, tokens, prompt: args.prompt }), timeout]);
+          const out = await Promise.race([c.run(page, { model: `/${model}`, threads: c.threads, simd: c.simd, tokens, prompt: args.prompt }), timeout]);
           const row = { ...base, ...out, load: loadavg()[0] };
           results.push(row);
           console.log(JSON.stringify(row));
@@ -133,19 +140,32 @@ console.error(`load average at end: ${loadavg().map((l) => l.toFixed(2)).join(' 
 // ratio to wllama's best of 1 and N threads.
 const best = new Map();
 for (const r of results) {
-  const key = `${r.model}|${r.engine}|${r.threads}`;
+  const key = `${r.model}|${r.engine}|${r.simd ?? ''}|${r.threads}`;
   const b = best.get(key) ?? { ...r };
   b.prefill_tok_s = Math.max(b.prefill_tok_s ?? 0, r.prefill_tok_s ?? 0);
   b.decode_tok_s = Math.max(b.decode_tok_s ?? 0, r.decode_tok_s ?? 0);
   best.set(key, b);
 }
 const f = (x) => (x ? x.toFixed(1) : '?');
-console.log('\nmodel | engine | threads | prefill tok/s | decode tok/s');
-for (const b of best.values()) console.log(`${b.model} | ${b.engine} | ${b.threads} | ${f(b.prefill_tok_s)} | ${f(b.decode_tok_s)}`);
+console.log('\nmodel | engine | simd | threads | prefill tok/s | decode tok/s');
+for (const b of best.values()) console.log(`${b.model} | ${b.engine} | ${b.simd ?? '-'} | ${b.threads} | ${f(b.prefill_tok_s)} | ${f(b.decode_tok_s)}`);
+/** The best row of `engine` (over its modules): decode and prefill each their best. */
+const bestOf = (rows, engine) => {
+  const of = rows.filter((b) => b.engine === engine);
+  if (!of.length) return undefined;
+  return { decode_tok_s: Math.max(...of.map((b) => b.decode_tok_s ?? 0)), prefill_tok_s: Math.max(...of.map((b) => b.prefill_tok_s ?? 0)) };
+};
 for (const model of new Set(results.map((r) => r.model))) {
   const rows = [...best.values()].filter((b) => b.model === model);
-  const one = rows.find((b) => b.engine === 'pensive single');
-  const many = rows.find((b) => b.engine === 'pensive threads');
+  const simds = [...new Set(rows.filter((b) => b.simd).map((b) => b.simd))];
+  if (simds.includes('relaxed') && simds.includes('simd128')) {
+    for (const engine of ['pensive single', 'pensive threads']) {
+      const [r, s] = ['relaxed', 'simd128'].map((m) => rows.find((b) => b.engine === engine && b.simd === m));
+      if (r && s) console.log(`${model}: ${engine} relaxed/simd128 decode ${(r.decode_tok_s / s.decode_tok_s).toFixed(2)}x, prefill ${(r.prefill_tok_s / s.prefill_tok_s).toFixed(2)}x`);
+    }
+  }
+  const one = bestOf(rows, 'pensive single');
+  const many = bestOf(rows, 'pensive threads');
   const wl = rows.filter((b) => b.engine === 'wllama');
   const wlBest = (k) => Math.max(0, ...wl.map((b) => b[k] ?? 0));
   const ratio = (a, b) => (a && b ? `${(a / b).toFixed(2)}x` : '?');

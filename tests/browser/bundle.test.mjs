@@ -55,9 +55,11 @@ test('the 10-line example, bundled by Vite from the packed package, runs in Chro
   assert.ok(assets.some((f) => f.endsWith('.wasm')), `no wasm among ${assets}`);
   const workers = assets.filter((f) => f.startsWith('worker-') && f.endsWith('.js'));
   assert.equal(workers.length, 1, `Vite did not emit the worker as its own chunk: ${assets}`);
-  // The threaded build's pool workers (wasm-bindgen-rayon's script) and both modules.
+  // The threaded build's pool workers (wasm-bindgen-rayon's script) and the four modules
+  // (single and threaded builds, each simd128 and relaxed SIMD).
   assert.ok(assets.some((f) => f.startsWith('workerHelpers') && f.endsWith('.js')), `no pool worker among ${assets}`);
-  assert.equal(assets.filter((f) => f.endsWith('.wasm')).length, 2, `not both wasm builds among ${assets}`);
+  assert.equal(assets.filter((f) => f.endsWith('.wasm')).length, 4, `not all four wasm modules among ${assets}`);
+  assert.equal(assets.filter((f) => f.startsWith('pensive_relaxed_bg') && f.endsWith('.wasm')).length, 2, `not both relaxed-SIMD modules among ${assets}`);
 
   const native = nativePensive(['generate', '--model', SMOLLM2, ...NATIVE_FLAGS, '--json']);
   const text = (phase) => native.events.filter((e) => e.type === 'token' && e.phase === phase && !e.marker).map((e) => e.text).join('');
@@ -75,6 +77,8 @@ test('the 10-line example, bundled by Vite from the packed package, runs in Chro
     // The worker and the wasm came from the bundle, not from the package's own layout.
     assert.ok(requests.some((p) => p.startsWith('/app/assets/worker')), requests.join(' '));
     assert.ok(requests.some((p) => p.startsWith('/app/assets/') && p.endsWith('.wasm')), requests.join(' '));
+    // Chromium runs relaxed SIMD: the bundled relaxed module is the one that was fetched.
+    assert.ok(requests.some((p) => p.startsWith('/app/assets/pensive_relaxed_bg') && p.endsWith('.wasm')), requests.join(' '));
     // The test server makes the page cross-origin isolated: the bundled worker ran the threaded
     // build and started its pool from the bundle.
     assert.ok(requests.some((p) => p.startsWith('/app/assets/workerHelpers')), requests.join(' '));

@@ -29,13 +29,13 @@ after(() => {
 test('the packed tarball holds the built module, the JS API and its types, and nothing else', () => {
   const files = tarball.files.map((f) => f.path).sort();
   for (const f of ['package.json', 'src/index.js', 'src/index.d.ts', 'src/worker.js', 'pkg/pensive.js', 'pkg/pensive_bg.wasm',
-    'pkg/threads/pensive.js', 'pkg/threads/pensive_bg.wasm']) {
+    'pkg/pensive_relaxed_bg.wasm', 'pkg/threads/pensive.js', 'pkg/threads/pensive_bg.wasm', 'pkg/threads/pensive_relaxed_bg.wasm']) {
     assert.ok(files.includes(f), `${f} missing from the tarball: ${files.join(', ')}`);
   }
   // The threaded build's pool workers run wasm-bindgen-rayon's script from the package.
   assert.ok(files.some((f) => /^pkg\/threads\/snippets\/wasm-bindgen-rayon-[^/]+\/src\/workerHelpers\.js$/.test(f)), files.join(', '));
   assert.ok(!files.some((f) => f.startsWith('demo/') || f.startsWith('node_modules/') || f.startsWith('scripts/')), files.join(', '));
-  for (const path of ['pkg/pensive_bg.wasm', 'pkg/threads/pensive_bg.wasm']) {
+  for (const path of ['pkg/pensive_bg.wasm', 'pkg/pensive_relaxed_bg.wasm', 'pkg/threads/pensive_bg.wasm', 'pkg/threads/pensive_relaxed_bg.wasm']) {
     const wasm = tarball.files.find((f) => f.path === path);
     assert.ok(wasm.size > 100_000, `suspiciously small ${path}: ${wasm.size} bytes`);
   }

@@ -43,7 +43,7 @@ test('on a cross-origin isolated page a worker engine runs the threaded build on
   const threaded = await greedy(page, { worker: true, threads: 2, cache: false });
   assert.equal(threaded.error, undefined, JSON.stringify(threaded.error));
   assert.equal(threaded.isolated, true, 'the test server did not make the page cross-origin isolated');
-  assert.deepEqual(threaded.info.wasm, { module: 'threads', threads: 2, reason: null });
+  assert.deepEqual(threaded.info.wasm, { module: 'threads', threads: 2, reason: null, simd: 'relaxed' });
   assert.equal(threaded.info.backend, 'cpu (wasm, 2 threads)');
 
   // threads: 1 is the single-thread build, in a worker of its own, on the same page.
@@ -84,5 +84,27 @@ test('on a page that is not cross-origin isolated, a worker engine falls back to
   assert.match(r.info.wasm.reason, /not cross-origin isolated/);
   assert.equal(r.info.backend, 'cpu (wasm)');
   assert.equal(r.ids.length, 4);
+  assert.deepEqual(page.errors, []);
+});
+
+test('where the browser runs relaxed SIMD its module runs, and decodes the simd128 module\'s tokens bit for bit', { timeout: 240_000 }, async (t) => {
+  if (!requireModel(SMOLLM2)) return t.skip('model missing');
+  const page = await plain.newPage();
+  // Each worker engine instantiates a module of its own: one of each, on the same page.
+  const relaxed = await greedy(page, { worker: true, cache: false });
+  const simd128 = await greedy(page, { worker: true, cache: false, wasmSimd: 'simd128' });
+  const forced = await greedy(page, { worker: true, cache: false, wasmSimd: 'relaxed' }, 4);
+  for (const r of [relaxed, simd128, forced]) assert.equal(r.error, undefined, JSON.stringify(r.error));
+  // Headless Chromium has had relaxed SIMD since 114: 'auto' must have picked it.
+  assert.equal(relaxed.info.wasm.simd, 'relaxed');
+  assert.equal(simd128.info.wasm.simd, 'simd128');
+  assert.equal(forced.info.wasm.simd, 'relaxed');
+  assert.ok(relaxed.ids.length >= 8, `only ${relaxed.ids.length} tokens`);
+  assert.deepEqual(relaxed.ids, simd128.ids);
+  assert.deepEqual(forced.ids, simd128.ids.slice(0, 4));
+  // An unknown choice is refused before anything loads.
+  const bad = await greedy(page, { cache: false, wasmSimd: 'avx512' }, 4);
+  assert.equal(bad.error?.code, 'invalid_options', JSON.stringify(bad));
+  assert.match(bad.error.message, /wasmSimd/);
   assert.deepEqual(page.errors, []);
 });

@@ -8,6 +8,13 @@
 //                         Web Workers (wasm-bindgen-rayon). Loaded by src/engine.js only where
 //                         the page is cross-origin isolated; the single-thread one otherwise.
 //
+// and of each a second module with relaxed SIMD (pensive_relaxed_bg.wasm next to
+// pensive_bg.wasm): the crate alone recompiled with `-C target-feature=+relaxed-simd` (its
+// int8 kernels' `i32x4.relaxed_dot_i8x16_i7x16_add_s`; the dependencies are the same
+// objects). It has the same exports and imports, so the same JS glue loads it (checked:
+// wasm-bindgen must emit the same JS for both); src/engine.js picks it where the browser
+// validates a relaxed-SIMD instruction. Both compute the same bits (crate/quant/int8.rs).
+//
 // For each: cargo rustc --release --lib --target wasm32-unknown-unknown, wasm-bindgen --target
 // web (the exact version of the crate in Cargo.lock), wasm-opt -O3 (binaryen from npm; Debian's
 // v108 emits a broken module).
@@ -15,12 +22,19 @@
 // Environment: CARGO_TARGET_DIR is honoured (the threaded build uses <target>/wasm-threads:
 // other flags and another toolchain); PENSIVE_WASM_OPT=0 skips wasm-opt (faster development
 // builds); PENSIVE_WASM_THREADS=0 skips the threaded build (the package then always runs on
-// one thread); WASM_BINDGEN overrides the wasm-bindgen executable.
+// one thread); PENSIVE_WASM_RELAXED=0 skips the relaxed-SIMD modules (the package then runs
+// simd128 everywhere); WASM_BINDGEN overrides the wasm-bindgen executable.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { setFlagsFromString } from 'node:v8';
+
+// checkShared compiles the modules (it runs nothing): Node 20 (V8 11.3) has relaxed SIMD
+// behind this flag, on by default from V8 11.4, which no longer knows the flag.
+const [v8Major, v8Minor] = process.versions.v8.split('.').map(Number);
+if (v8Major < 11 || (v8Major === 11 && v8Minor < 4)) setFlagsFromString('--experimental-wasm-relaxed-simd');
 
 const www = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const root = resolve(www, '..');
@@ -99,6 +113,9 @@ const WASM_OPT_FEATURES = ['simd', 'bulk-memory', 'nontrapping-float-to-int', 's
 
 const mib = (n) => (n / 2 ** 20).toFixed(2);
 
+/** The crate's own flags for the relaxed-SIMD module (`cargo rustc -- ...`). */
+const RELAXED_RUSTC_ARGS = ['-C', 'target-feature=+relaxed-simd'];
+
 function build({ name, outDir, toolchain = [], cargoArgs = [], rustcArgs = [], env = {}, targetDir: dir, features = [] }) {
   const t0 = Date.now();
   run('cargo', [...toolchain, 'rustc', '--release', '--lib', '--target', 'wasm32-unknown-unknown', ...cargoArgs, '--', ...rustcArgs],
@@ -121,10 +138,10 @@ function build({ name, outDir, toolchain = [], cargoArgs = [], rustcArgs = [], e
 }
 
 /** The threaded module must import a shared memory, or its workers would not share one. */
-function checkShared(outDir) {
-  const module = new WebAssembly.Module(readFileSync(join(outDir, 'pensive_bg.wasm')));
+function checkShared(outDir, file = 'pensive_bg.wasm') {
+  const module = new WebAssembly.Module(readFileSync(join(outDir, file)));
   if (!WebAssembly.Module.imports(module).some((i) => i.kind === 'memory')) {
-    fail(`${outDir}/pensive_bg.wasm does not import its memory: it was not linked with a shared memory`);
+    fail(`${outDir}/${file} does not import its memory: it was not linked with a shared memory`);
   }
 }
 
@@ -158,11 +175,37 @@ function patchRayonWorker(outDir) {
   writeFileSync(file, `// Edited by www/scripts/build.mjs (RAYON_WORKER_EDITS).\nimport * as pensive from '../../../pensive.js';\n${text}`);
 }
 
+/**
+ * `spec` built a second time with relaxed SIMD into a scratch folder; its module moves next
+ * to the first as pensive_relaxed_bg.wasm. The JS glue must be the same file, since the
+ * package ships one per build.
+ */
+function buildRelaxed(spec) {
+  const scratch = `${spec.outDir}.relaxed`;
+  rmSync(scratch, { recursive: true, force: true });
+  build({
+    ...spec,
+    name: `${spec.name}, relaxed SIMD`,
+    outDir: scratch,
+    rustcArgs: [...(spec.rustcArgs ?? []), ...RELAXED_RUSTC_ARGS],
+    features: [...(spec.features ?? []), 'relaxed-simd'],
+  });
+  const glue = (dir) => readFileSync(join(dir, 'pensive.js'), 'utf8');
+  if (glue(scratch) !== glue(spec.outDir)) {
+    fail(`wasm-bindgen emitted other JS for the relaxed-SIMD module of '${spec.name}': it cannot share the glue`);
+  }
+  renameSync(join(scratch, 'pensive_bg.wasm'), join(spec.outDir, 'pensive_relaxed_bg.wasm'));
+  rmSync(scratch, { recursive: true, force: true });
+}
+
+const relaxed = process.env.PENSIVE_WASM_RELAXED !== '0';
 rmSync(outDir, { recursive: true, force: true });
-build({ name: 'single thread', outDir, targetDir });
+const single = { name: 'single thread', outDir, targetDir };
+build(single);
+if (relaxed) buildRelaxed(single);
 if (process.env.PENSIVE_WASM_THREADS !== '0') {
   const threadsDir = join(outDir, 'threads');
-  build({
+  const threads = {
     name: 'threads',
     outDir: threadsDir,
     toolchain: ['+nightly'],
@@ -171,7 +214,12 @@ if (process.env.PENSIVE_WASM_THREADS !== '0') {
     env: { RUSTFLAGS: THREADS_RUSTFLAGS },
     targetDir: join(targetDir, 'wasm-threads'),
     features: ['threads'],
-  });
+  };
+  build(threads);
   checkShared(threadsDir);
+  if (relaxed) {
+    buildRelaxed(threads);
+    checkShared(threadsDir, 'pensive_relaxed_bg.wasm');
+  }
   patchRayonWorker(threadsDir);
 }

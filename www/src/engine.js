@@ -13,7 +13,7 @@ let wasmReady = null;
 let wasm = null;
 /** The instantiated module's exports (for its linear memory), once initialised. */
 let wasmExports = null;
-/** Which build runs in this thread: `{module: 'threads' | 'single', threads, reason}`. */
+/** Which build runs in this thread: `{module: 'threads' | 'single', threads, reason, simd}`. */
 let wasmBuild = null;
 
 /**
@@ -39,18 +39,83 @@ function threadsUnavailable() {
 }
 
 /**
- * Instantiate a wasm module once per thread: the threaded build (shared memory, rayon on
- * `threads` Web Workers) when this thread can run it, else the single-thread build.
- * `wasmUrl` / `wasmThreadsUrl` override where each .wasm file is fetched from (bundlers that
- * move assets); by default they sit next to their JS. Options count at the first call only.
+ * A module whose one function runs `i32x4.relaxed_dot_i8x16_i7x16_add_s` (the instruction the
+ * relaxed-SIMD modules' int8 kernels use): it validates only where the engine runs relaxed
+ * SIMD (Chrome 114+; not Safari).
  */
-export function initWasm(wasmUrl, { threads, wasmThreadsUrl } = {}) {
+const RELAXED_SIMD_PROBE = new Uint8Array([
+  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
+  0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7b, // types: () -> v128
+  0x03, 0x02, 0x01, 0x00, // functions: one, of type 0
+  0x0a, 0x3d, 0x01, 0x3b, 0x00, // code: one body of 59 bytes, no locals
+  ...[0, 1, 2].flatMap(() => [0xfd, 0x0c, ...new Array(16).fill(0)]), // v128.const 0, three times
+  0xfd, 0x93, 0x02, // i32x4.relaxed_dot_i8x16_i7x16_add_s (0xfd 0x113)
+  0x0b, // end
+]);
+
+function relaxedSimdSupported() {
+  try {
+    return WebAssembly.validate(RELAXED_SIMD_PROBE);
+  } catch {
+    return false;
+  }
+}
+
+const WASM_SIMD = ['auto', 'relaxed', 'simd128'];
+
+/**
+ * Which of a build's two modules to load: the relaxed-SIMD one (same results, faster int8
+ * kernels) where the browser validates its instructions, unless `wasmSimd` says simd128 or
+ * the page moved the build's simd128 module (`moved`) without saying where its relaxed one is.
+ */
+function pickSimd(wasmSimd, moved, relaxedUrl) {
+  if (wasmSimd === 'simd128') return 'simd128';
+  if (!relaxedSimdSupported()) {
+    if (wasmSimd === 'relaxed') throw new PensiveError('backend_unavailable', 'wasmSimd: relaxed was asked, but this browser does not run relaxed SIMD');
+    return 'simd128';
+  }
+  return moved && !relaxedUrl && wasmSimd !== 'relaxed' ? 'simd128' : 'relaxed';
+}
+
+/**
+ * The .wasm file of a build's module, or the page's own URL for it. Literal `new URL(...,
+ * import.meta.url)`s: bundlers (Vite, webpack) find and copy assets named that way.
+ */
+const MODULE_URLS = {
+  single: {
+    simd128: () => new URL('../pkg/pensive_bg.wasm', import.meta.url),
+    relaxed: () => new URL('../pkg/pensive_relaxed_bg.wasm', import.meta.url),
+  },
+  threads: {
+    simd128: () => new URL('../pkg/threads/pensive_bg.wasm', import.meta.url),
+    relaxed: () => new URL('../pkg/threads/pensive_relaxed_bg.wasm', import.meta.url),
+  },
+};
+
+function moduleUrl(build, simd, url, relaxedUrl) {
+  return (simd === 'relaxed' ? relaxedUrl : url) ?? MODULE_URLS[build][simd]();
+}
+
+/**
+ * Instantiate a wasm module once per thread: the threaded build (shared memory, rayon on
+ * `threads` Web Workers) when this thread can run it, else the single-thread build; of the
+ * build, its relaxed-SIMD module where the browser runs relaxed SIMD (`wasmSimd`: 'auto',
+ * 'relaxed' or 'simd128'). `wasmUrl` / `wasmThreadsUrl` / `wasmRelaxedUrl` /
+ * `wasmThreadsRelaxedUrl` override where each .wasm file is fetched from (bundlers that move
+ * assets); by default they sit next to their JS. Options count at the first call only.
+ */
+export function initWasm(wasmUrl, { threads, wasmThreadsUrl, wasmRelaxedUrl, wasmThreadsRelaxedUrl, wasmSimd } = {}) {
   if (threads !== undefined && !(Number.isInteger(threads) && threads > 0)) {
     return Promise.reject(new PensiveError('invalid_options', 'threads must be a positive integer'));
   }
-  wasmReady ??= instantiate(wasmUrl, wasmThreadsUrl, threads)
+  if (wasmSimd !== undefined && !WASM_SIMD.includes(wasmSimd)) {
+    return Promise.reject(new PensiveError('invalid_options', `wasmSimd must be one of ${WASM_SIMD.join(', ')}, not '${wasmSimd}'`));
+  }
+  const urls = { wasmUrl, wasmThreadsUrl, wasmRelaxedUrl, wasmThreadsRelaxedUrl };
+  wasmReady ??= instantiate(urls, threads, wasmSimd ?? 'auto')
     .catch((e) => {
       wasmReady = null;
+      if (e instanceof PensiveError) throw e;
       throw new PensiveError('backend', `cannot instantiate the wasm module: ${e?.message ?? e}`, { cause: e });
     });
   return wasmReady;
@@ -64,19 +129,21 @@ function withTimeout(promise, ms, message) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-async function instantiate(wasmUrl, wasmThreadsUrl, threads) {
+async function instantiate(urls, threads, wasmSimd) {
   const wanted = threads ?? Math.min(globalThis.navigator?.hardwareConcurrency || 1, MAX_DEFAULT_THREADS);
   let reason = wanted === 1 ? (threads === 1 ? 'threads: 1 was asked' : 'the browser reports one core') : threadsUnavailable();
   if (reason === null) {
     try {
-      wasmExports = await initThreads({ module_or_path: wasmThreadsUrl ?? new URL('../pkg/threads/pensive_bg.wasm', import.meta.url) });
+      const simd = pickSimd(wasmSimd, urls.wasmThreadsUrl, urls.wasmThreadsRelaxedUrl);
+      wasmExports = await initThreads({ module_or_path: moduleUrl('threads', simd, urls.wasmThreadsUrl, urls.wasmThreadsRelaxedUrl) });
       // wasm-bindgen-rayon waits for every worker's 'ready' and never hears of one that failed
       // to load: a pool that has not started in this long is given up on.
       await withTimeout(threaded.initThreadPool(wanted), POOL_START_MS, `the pool of ${wanted} workers did not start in ${POOL_START_MS / 1000} s`);
       wasm = threaded;
-      wasmBuild = { module: 'threads', threads: threaded.cpuThreads(), reason: null };
+      wasmBuild = { module: 'threads', threads: threaded.cpuThreads(), reason: null, simd };
       return wasmExports;
     } catch (e) {
+      if (e instanceof PensiveError) throw e;
       // A browser without nested workers, a bundle without the threaded files: one thread
       // still works, and the info says why it is one.
       reason = `the threaded module failed to start: ${e?.message ?? e}`;
@@ -84,9 +151,18 @@ async function instantiate(wasmUrl, wasmThreadsUrl, threads) {
       wasmExports = null;
     }
   }
-  wasmExports = await initSingle({ module_or_path: wasmUrl ?? new URL('../pkg/pensive_bg.wasm', import.meta.url) });
+  let simd = pickSimd(wasmSimd, urls.wasmUrl, urls.wasmRelaxedUrl);
+  try {
+    wasmExports = await initSingle({ module_or_path: moduleUrl('single', simd, urls.wasmUrl, urls.wasmRelaxedUrl) });
+  } catch (e) {
+    // A bundle that left the relaxed module out: its simd128 twin computes the same.
+    if (simd !== 'relaxed' || wasmSimd === 'relaxed') throw e;
+    console.warn(`pensive: the relaxed-SIMD module failed to load (${e?.message ?? e}); using the simd128 one`);
+    simd = 'simd128';
+    wasmExports = await initSingle({ module_or_path: moduleUrl('single', simd, urls.wasmUrl, urls.wasmRelaxedUrl) });
+  }
   wasm = single;
-  wasmBuild = { module: 'single', threads: 1, reason };
+  wasmBuild = { module: 'single', threads: 1, reason, simd };
   return wasmExports;
 }
 
@@ -106,7 +182,7 @@ export async function version() {
 const BACKENDS = ['auto', 'webgpu', 'cpu'];
 const CPU_KERNELS = ['int8', 'f32'];
 export const LOAD_OPTIONS = ['model', 'tokenizer', 'backend', 'max_context', 'cpu_kernels', 'onProgress', 'cache', 'persist', 'worker', 'signal', 'wasmUrl',
-  'wasmThreadsUrl', 'threads'];
+  'wasmThreadsUrl', 'wasmRelaxedUrl', 'wasmThreadsRelaxedUrl', 'wasmSimd', 'threads'];
 /** Progress is reported at most once per this many bytes (plus the first and last chunk). */
 const PROGRESS_STEP = 1 << 20;
 
@@ -139,6 +215,9 @@ export function checkLoadOptions(options) {
   }
   if (options.threads !== undefined && !(Number.isInteger(options.threads) && options.threads > 0)) {
     throw new PensiveError('invalid_options', 'threads must be a positive integer');
+  }
+  if (options.wasmSimd !== undefined && !WASM_SIMD.includes(options.wasmSimd)) {
+    throw new PensiveError('invalid_options', `wasmSimd must be one of ${WASM_SIMD.join(', ')}, not '${options.wasmSimd}'`);
   }
   checkSignal(options.signal);
   return { ...options, backend, cache: options.cache ?? true };

@@ -83,6 +83,21 @@ export interface LoadOptions {
   /** Where to fetch threads/pensive_bg.wasm (the threaded build) from when a bundler moved it. */
   wasmThreadsUrl?: string | URL;
   /**
+   * Where to fetch pensive_relaxed_bg.wasm (the single-thread build's relaxed-SIMD module)
+   * from when a bundler moved it. Where `wasmUrl` is given without it, the simd128 module runs.
+   */
+  wasmRelaxedUrl?: string | URL;
+  /** Where to fetch threads/pensive_relaxed_bg.wasm from (as `wasmRelaxedUrl`, for `wasmThreadsUrl`). */
+  wasmThreadsRelaxedUrl?: string | URL;
+  /**
+   * Which of the build's two modules runs: `relaxed` (relaxed SIMD: faster int8 kernels of the
+   * CPU backend, Chrome 114+), `simd128` (every browser with WebAssembly SIMD), or `auto`
+   * (default: relaxed where the browser validates its instructions). Both compute the same
+   * bits. `relaxed` where the browser lacks it fails with `backend_unavailable`. Counts at the
+   * module's first initialisation in its thread, as `threads`.
+   */
+  wasmSimd?: 'auto' | 'relaxed' | 'simd128';
+  /**
    * Threads of the wasm CPU backend (default: `navigator.hardwareConcurrency`, at most 8).
    * More than 1 runs the threaded build, whose memory is shared with a pool of Web Workers:
    * it needs a cross-origin isolated page (COOP `same-origin` + COEP `require-corp`) and
@@ -101,6 +116,8 @@ export interface WasmBuildInfo {
   threads: number;
   /** Why the single-thread build runs (not cross-origin isolated, not in a worker, ...); null for `threads`. */
   reason: string | null;
+  /** The build's module that runs: with relaxed SIMD, or simd128 only (see `wasmSimd`). */
+  simd: 'relaxed' | 'simd128';
 }
 
 export interface ChatMessage {
@@ -527,7 +544,10 @@ export declare const Pensive: {
   inspect(options: LoadOptions): Promise<InspectResult>;
   version(): Promise<string>;
   /** Instantiate the wasm module ahead of time (options as `load`'s of the same names). */
-  init(wasmUrl?: string | URL, options?: { threads?: number; wasmThreadsUrl?: string | URL }): Promise<unknown>;
+  init(
+    wasmUrl?: string | URL,
+    options?: Pick<LoadOptions, 'threads' | 'wasmThreadsUrl' | 'wasmRelaxedUrl' | 'wasmThreadsRelaxedUrl' | 'wasmSimd'>,
+  ): Promise<unknown>;
   readonly cache: ModelCache;
   clearCache(): Promise<void>;
 };
