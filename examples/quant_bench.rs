@@ -5,12 +5,43 @@
 //!     cargo run --release --example quant_bench [-- --quick] [--int8 (only the int8 kernels)] [--attention (only the CPU attention)]
 //!
 //! Weights are random but valid (finite scales); only the shapes matter for speed.
+//!
+//! Also as wasm (one thread; simd128, or relaxed SIMD with the flag), under Node's WASI:
+//!
+//!     cargo build --release --target wasm32-wasip1 --example quant_bench
+//!     node scripts/wasi-run.mjs target/wasm32-wasip1/release/examples/quant_bench.wasm --int8
 
 use std::time::{Duration, Instant};
 
 use half::f16;
 use pensive::bytes::AlignedBytes;
 use pensive::quant::*;
+#[cfg(not(target_arch = "wasm32"))]
+use rayon::ThreadPool;
+
+/// wasm32 (WASI, one thread): the kernels run on the calling thread.
+#[cfg(target_arch = "wasm32")]
+struct ThreadPool;
+
+#[cfg(target_arch = "wasm32")]
+impl ThreadPool {
+    fn install<R>(&self, f: impl FnOnce() -> R) -> R {
+        f()
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn pools() -> Vec<(usize, ThreadPool)> {
+    [1, 2]
+        .into_iter()
+        .map(|t| (t, rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("thread pool")))
+        .collect()
+}
+
+#[cfg(target_arch = "wasm32")]
+fn pools() -> Vec<(usize, ThreadPool)> {
+    vec![(1, ThreadPool)]
+}
 
 /// splitmix64: a tiny seeded PRNG, enough for benchmark data.
 struct Rng(u64);
@@ -79,10 +110,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let min = Duration::from_millis(if quick { 150 } else { 600 });
     let mut rng = Rng(0x5eed);
-    let pools: Vec<(usize, rayon::ThreadPool)> = [1, 2]
-        .into_iter()
-        .map(|t| (t, rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("thread pool")))
-        .collect();
+    let pools = pools();
 
     // (type, rows, cols): shapes of SmolLM2-135M (Q4_1, Q8_0), Qwen2.5-0.5B (d 896: only
     // its 4864-wide ffn_down can be a K-quant, 896 is not a multiple of 256) and Qwen2.5-1.5B.
@@ -162,7 +190,7 @@ fn main() {
 /// The int8 kernels (the CPU default) on Qwen2.5-0.5B Q4_K_M's decode shapes: 896-wide
 /// matrices fall back from K-quants to Q5_0 / Q8_0 there. Activations are quantized once
 /// outside the timing (as a layer shares them among matrices).
-fn int8_decode(min: Duration, rng: &mut Rng, one: &rayon::ThreadPool) {
+fn int8_decode(min: Duration, rng: &mut Rng, one: &ThreadPool) {
     println!("\nint8 matvec (decode), G weights/s and GB/s of weights, 1 thread");
     for &(ty, rows, cols) in &[
         (GgmlType::Q5_0, 4864, 896),
@@ -196,7 +224,7 @@ fn int8_decode(min: Duration, rng: &mut Rng, one: &rayon::ThreadPool) {
 /// The CPU attention over an f16 cache, Qwen2.5-0.5B's heads (14 query, 2 kv, 64 wide):
 /// one decode step's attention per layer after 1k and 4k cached tokens, and a 512-token
 /// prefill chunk's after 0 and 3584.
-fn attention(min: Duration, rng: &mut Rng, one: &rayon::ThreadPool) {
+fn attention(min: Duration, rng: &mut Rng, one: &ThreadPool) {
     use pensive::ops::{self, Heads};
     let heads = Heads { n_heads: 14, n_kv_heads: 2, head_dim: 64 };
     println!("CPU attention per layer (Qwen2.5-0.5B heads), 1 thread");

@@ -20,7 +20,7 @@
 //! blocks unpack to the family's integer form ([`Block32::unpack`], [`BlockK::unpack`]);
 //! the instruction-set-specific pieces are inner products of 32 bytes ([`IntDot`]: AVX2
 //! `vpmaddubsw`/`vpmaddwd`, wasm simd128 `i32x4.dot_i16x8_s` or relaxed SIMD's
-//! `i32x4.relaxed_dot_i8x16_i7x16_add_s`, a portable fallback).
+//! `i16x8.relaxed_dot_i8x16_i7x16_s` for the K-quants, a portable fallback).
 //!
 //! Batching cannot change a result: [`rows_q8`] / [`rows_q8k`] unpack a weight row once
 //! and take its dot product with every activation row (that reuse is the prefill's speed),
@@ -444,7 +444,7 @@ pub(crate) trait IntDot {
     /// # Safety
     /// As for `load`.
     unsafe fn with_fifth_bits(q: Self::Q, qh: &[u8; 4]) -> Self::Q;
-    /// `(b[l] >> shift) & mask` for each byte (shift < 8).
+    /// `(b[l] >> shift) & mask` for each byte (shift < 8, mask < 1 << (8 - shift)).
     ///
     /// # Safety
     /// As for `load`.
@@ -744,16 +744,18 @@ impl<const VNNI: u8> IntDot for Avx2<VNNI> {
 /// to i32). No FMA in simd128: a multiply and an add.
 ///
 /// Built with relaxed SIMD too (`-C target-feature=+relaxed-simd`: the package's second
-/// module, loaded where the browser validates it), unsigned weights take one
-/// `i32x4.relaxed_dot_i8x16_i7x16_add_s` per 16 bytes instead of four widenings, two dots and
-/// an add (x86 engines lower it to `pmaddubsw` + `pmaddwd` + `paddd`, or `vpdpbusd`). Its
-/// result is only implementation-defined where the second operand has its top bit set or a
-/// pair's sum leaves i16; here that operand is the weights, 0..=63, and a pair's sum is at
-/// most 2 * 128 * 63 in magnitude, so its sums are exact. Its lanes group the bytes
-/// otherwise than the widening dots do; the 32-value formats, whose lanes become f32 lanes,
-/// first shuffle both operands (constant shuffles) so that each lane holds the simd128
-/// path's integer: both modules give the same bits. Q8_0's signed weights keep the widening
-/// path.
+/// module, loaded where the browser validates it), the K-quants take relaxed SIMD's
+/// `i16x8.relaxed_dot_i8x16_i7x16_s` (the products of byte pairs summed in i16; x86 engines
+/// lower it to `pmaddubsw`) and apply the sub-block scale with `i32x4.dot_i16x8_s`: two
+/// instructions per 16 bytes where simd128 needs four widenings, two dots and a multiply.
+/// Its result is only implementation-defined where the second operand has its top bit set
+/// or a pair's sum leaves i16; here that operand is the weights, 0..=63, and a pair's sum
+/// is at most 2 * 128 * 63 in magnitude, so its sums are exact; the K-quants' totals are
+/// exact integers in both modules, hence the same bits. The 32-value formats keep the
+/// widening path: their i32 lanes become f32 lanes, whose sums depend on how the bytes are
+/// split among lanes, and the relaxed dot's split differs (shuffling the operands into the
+/// widening split cost more than the relaxed dot saved: V8 rebuilds a shuffle's constant on
+/// every use). So do Q8_0's signed weights.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 pub(crate) struct Simd128;
 
@@ -786,44 +788,49 @@ impl IntDot for Simd128 {
         out
     }
     #[inline(always)]
+    // The byte shifts below are 16-bit shifts with a mask: wasm engines lower `i8x16.shr_u`
+    // and `i8x16.shl` to a 16-bit shift plus a mask they rebuild on every use (V8: three
+    // more instructions each; by a variable count, unpack, two shifts and a pack), whereas
+    // the mask here is one constant the compiler keeps in a register.
+    #[inline(always)]
     unsafe fn nibbles(qs: &[u8; 16]) -> Self::Q {
         use std::arch::wasm32::*;
         let b = v128_load(qs.as_ptr().cast());
-        [v128_and(b, u8x16_splat(0x0f)), u8x16_shr(b, 4)]
+        let low = u8x16_splat(0x0f);
+        // A 16-bit shift moves the next byte's low bits in: masked off.
+        [v128_and(b, low), v128_and(u16x8_shr(b, 4), low)]
     }
     #[inline(always)]
     unsafe fn with_fifth_bits(q: Self::Q, qh: &[u8; 4]) -> Self::Q {
         use std::arch::wasm32::*;
-        // Byte j takes qh[j / 8] (a swizzle of the broadcast word), keeps its bit j % 8, and
-        // becomes 16 where that bit is set.
-        let word = u32x4_splat(u32::from_le_bytes(*qh));
-        let bit = u64x2_splat(0x8040_2010_0804_0201);
-        let half = |spread: v128| {
-            let set = i8x16_eq(v128_and(i8x16_swizzle(word, spread), bit), bit);
-            v128_and(set, u8x16_splat(16))
-        };
-        let lo = half(u64x2(0, 0x0101_0101_0101_0101));
-        let hi = half(u64x2(0x0202_0202_0202_0202, 0x0303_0303_0303_0303));
+        // Byte j becomes 16 where bit j of qh is set: eight bytes per byte of qh, looked up.
+        let t = |b: u8| FIFTH_BITS[b as usize];
+        let lo = u64x2(t(qh[0]), t(qh[1]));
+        let hi = u64x2(t(qh[2]), t(qh[3]));
         [v128_or(q[0], lo), v128_or(q[1], hi)]
     }
     #[inline(always)]
     unsafe fn bits(b: &[u8; 32], shift: u32, mask: u8) -> Self::Q {
         use std::arch::wasm32::*;
+        debug_assert!(shift < 8 && u32::from(mask) < 1 << (8 - shift));
         let [lo, hi] = Self::load(b);
+        // A 16-bit shift moves the next byte's low bits in; `mask` (below 1 << (8 - shift),
+        // as every caller's) drops them.
         let m = u8x16_splat(mask);
-        [v128_and(u8x16_shr(lo, shift), m), v128_and(u8x16_shr(hi, shift), m)]
+        [v128_and(u16x8_shr(lo, shift), m), v128_and(u16x8_shr(hi, shift), m)]
     }
     #[inline(always)]
     unsafe fn add_high_bits(q: Self::Q, h: &[u8; 32], shift: u32, mask: u8) -> Self::Q {
         use std::arch::wasm32::*;
+        // (h >> shift) & mask <= 3 per byte: shifting the 16-bit lanes left by 4 keeps each
+        // byte's bits in that byte.
         let [lo, hi] = Self::bits(h, shift, mask);
-        [v128_or(q[0], i8x16_shl(lo, 4)), v128_or(q[1], i8x16_shl(hi, 4))]
+        [v128_or(q[0], u16x8_shl(lo, 4)), v128_or(q[1], u16x8_shl(hi, 4))]
     }
     #[inline(always)]
     unsafe fn dot_add<const SIGNED: bool>(acc: Self::Acc, q: Self::Q, x: &[i8; 32], d: f32) -> Self::Acc {
         use std::arch::wasm32::*;
-        // The lanes' integers become f32 lanes: they must be the simd128 module's (below).
-        let s = half_dot_add::<SIGNED, true>(q[1], x, 1, half_dot_add::<SIGNED, true>(q[0], x, 0, i32x4_splat(0)));
+        let s = half_dot_add::<SIGNED>(q[1], x, 1, half_dot_add::<SIGNED>(q[0], x, 0, i32x4_splat(0)));
         f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(d)))
     }
     #[inline(always)]
@@ -847,10 +854,24 @@ impl IntDot for Simd128 {
     unsafe fn idot_add(acc: Self::IAcc, q: Self::Q, x: &[i8; 32], s: [i16; 2]) -> Self::IAcc {
         use std::arch::wasm32::*;
         // One scale per 16-byte half.
-        // Exact integers summed exactly (`isum`): any split into lanes gives the same total.
-        let lo = i32x4_mul(half_dot_add::<false, false>(q[0], x, 0, i32x4_splat(0)), i32x4_splat(s[0] as i32));
-        let hi = i32x4_mul(half_dot_add::<false, false>(q[1], x, 1, i32x4_splat(0)), i32x4_splat(s[1] as i32));
-        i32x4_add(acc, i32x4_add(lo, hi))
+        #[cfg(target_feature = "relaxed-simd")]
+        {
+            // Products of byte pairs summed in i16 (exact: see `relaxed_pairs`), times the
+            // half's scale and summed pairwise into i32 by `i32x4.dot_i16x8_s` (exact: at
+            // most 2 * 16_256 * 128 in magnitude). Only the total counts (`isum`), exact in
+            // any split: the simd128 module's.
+            let x0 = v128_load(x.as_ptr().cast());
+            let x1 = v128_load(x.as_ptr().add(16).cast());
+            let lo = i32x4_dot_i16x8(relaxed_pairs(q[0], x0), i16x8_splat(s[0]));
+            let hi = i32x4_dot_i16x8(relaxed_pairs(q[1], x1), i16x8_splat(s[1]));
+            i32x4_add(acc, i32x4_add(lo, hi))
+        }
+        #[cfg(not(target_feature = "relaxed-simd"))]
+        {
+            let lo = i32x4_mul(half_dot_add::<false>(q[0], x, 0, i32x4_splat(0)), i32x4_splat(s[0] as i32));
+            let hi = i32x4_mul(half_dot_add::<false>(q[1], x, 1, i32x4_splat(0)), i32x4_splat(s[1] as i32));
+            i32x4_add(acc, i32x4_add(lo, hi))
+        }
     }
     #[inline(always)]
     unsafe fn isum(v: Self::IAcc) -> i32 {
@@ -862,43 +883,46 @@ impl IntDot for Simd128 {
     }
 }
 
-/// `acc` plus the products of half h of q (16 bytes, u8 (<= 63), or i8 when `SIGNED`) and
-/// bytes 16 h .. 16 h + 16 of x, summed in four i32 lanes: lane l takes bytes 2 l, 2 l + 1,
-/// 2 l + 8 and 2 l + 9 (the widening path's split), or, in the relaxed-SIMD module without
-/// `SAME_LANES`, any split.
+/// Q5_0/Q5_1's fifth bits for wasm: entry b has byte i = 16 where bit i of b is set.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+static FIFTH_BITS: [u64; 256] = {
+    let mut table = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut i = 0;
+        while i < 8 {
+            if b >> i & 1 == 1 {
+                table[b] |= 16 << (8 * i);
+            }
+            i += 1;
+        }
+        b += 1;
+    }
+    table
+};
+
+/// `acc` plus the products of half h of q (16 bytes, u8, or i8 when `SIGNED`) and bytes
+/// 16 h .. 16 h + 16 of x, summed in four i32 lanes (lane l: bytes 2 l, 2 l + 1, 2 l + 8 and
+/// 2 l + 9).
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 #[inline(always)]
-unsafe fn half_dot_add<const SIGNED: bool, const SAME_LANES: bool>(
+unsafe fn half_dot_add<const SIGNED: bool>(
     q: std::arch::wasm32::v128,
     x: &[i8; 32],
     h: usize,
     acc: std::arch::wasm32::v128,
 ) -> std::arch::wasm32::v128 {
-    use std::arch::wasm32::*;
-    let x = v128_load(x.as_ptr().add(16 * h).cast());
-    #[cfg(target_feature = "relaxed-simd")]
-    if !SIGNED {
-        return relaxed_dot_add::<SAME_LANES>(q, x, acc);
-    }
+    let x = std::arch::wasm32::v128_load(x.as_ptr().add(16 * h).cast());
     widened_dot_add::<SIGNED>(q, x, acc)
 }
 
-/// [`half_dot_add`] with relaxed SIMD (q <= 127: exact, see [`Simd128`]). Its lane l sums
-/// bytes 4 l .. 4 l + 4; with `SAME_LANES` both operands are first shuffled so that those
-/// are the bytes [`widened_dot_add`]'s lane l sums, and each lane holds the same integer.
+/// Relaxed SIMD's `i16x8.relaxed_dot_i8x16_i7x16_s`: i16 lane l = q[2 l] x[2 l] + q[2 l + 1]
+/// x[2 l + 1], exact for q <= 63 (at most 2 * 128 * 63 in magnitude, and q below 128: see
+/// [`Simd128`]).
 #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
 #[inline(always)]
-fn relaxed_dot_add<const SAME_LANES: bool>(
-    q: std::arch::wasm32::v128,
-    x: std::arch::wasm32::v128,
-    acc: std::arch::wasm32::v128,
-) -> std::arch::wasm32::v128 {
-    use std::arch::wasm32::*;
-    if SAME_LANES {
-        let spread = |v: v128| i8x16_shuffle::<0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15>(v, v);
-        return i32x4_relaxed_dot_i8x16_i7x16_add(spread(x), spread(q), acc);
-    }
-    i32x4_relaxed_dot_i8x16_i7x16_add(x, q, acc)
+fn relaxed_pairs(q: std::arch::wasm32::v128, x: std::arch::wasm32::v128) -> std::arch::wasm32::v128 {
+    std::arch::wasm32::i16x8_relaxed_dot_i8x16_i7x16(x, q)
 }
 
 /// [`half_dot_add`] without relaxed SIMD, x loaded.
@@ -1302,10 +1326,11 @@ mod tests {
         assert_eq!(relaxed, asked, "relaxed-simd compiled in: {relaxed}, PENSIVE_EXPECT_RELAXED_SIMD=1: {asked}");
     }
 
-    /// The relaxed dot product against the widening one on the extremes of their operands
-    /// (weights 0..=63, activations -128..=127: every pair sum's largest magnitude) and on
-    /// random bytes: the same i32 lanes (`SAME_LANES`, what the f32 lanes of the 32-value
-    /// formats take), so both modules compute the same bits.
+    /// The relaxed pair sums, and the widening dot product, against plain integer sums on
+    /// the extremes of their operands (weights 0..=63, activations -128..=127: every pair
+    /// sum's largest magnitude) and on random bytes: each lane exact, so the K-quants'
+    /// integer totals (the only sums the relaxed module computes otherwise) are the simd128
+    /// module's.
     #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
     #[test]
     fn relaxed_dot_is_the_exact_one() {
@@ -1331,18 +1356,26 @@ mod tests {
         for (q, x) in cases {
             // SAFETY: 16-byte arrays, unaligned loads.
             let (qv, xv) = unsafe { (v128_load(q.as_ptr().cast()), v128_load(x.as_ptr().cast())) };
+            let product = |b: usize| i32::from(q[b]) * i32::from(x[b]);
+            let mut pairs = [0i16; 8];
+            // SAFETY: 16 bytes into a 16-byte array.
+            unsafe { v128_store(pairs.as_mut_ptr().cast(), relaxed_pairs(qv, xv)) };
+            for (l, &p) in pairs.iter().enumerate() {
+                assert_eq!(i32::from(p), product(2 * l) + product(2 * l + 1), "relaxed lane {l}: q {q:?} x {x:?}");
+            }
             let acc = i32x4(7, -7, i32::MAX - 200_000, i32::MIN + 200_000);
             let widened = widened_dot_add::<false>(qv, xv, acc);
-            let relaxed = relaxed_dot_add::<true>(qv, xv, acc);
-            assert!(i32x4_all_true(i32x4_eq(relaxed, widened)), "q {q:?} x {x:?}");
-            // The plain one splits the same total otherwise.
-            let total = |v: v128| (0..4).fold(0i32, |t, l| t.wrapping_add(match l {
-                0 => i32x4_extract_lane::<0>(v),
-                1 => i32x4_extract_lane::<1>(v),
-                2 => i32x4_extract_lane::<2>(v),
-                _ => i32x4_extract_lane::<3>(v),
-            }));
-            assert_eq!(total(relaxed_dot_add::<false>(qv, xv, acc)), total(widened), "q {q:?} x {x:?}");
+            let mut lanes = [0i32; 4];
+            let mut a = [0i32; 4];
+            // SAFETY: 16 bytes into 16-byte arrays.
+            unsafe {
+                v128_store(lanes.as_mut_ptr().cast(), widened);
+                v128_store(a.as_mut_ptr().cast(), acc);
+            }
+            for l in 0..4 {
+                let sum = product(2 * l) + product(2 * l + 1) + product(2 * l + 8) + product(2 * l + 9);
+                assert_eq!(lanes[l], a[l].wrapping_add(sum), "widened lane {l}: q {q:?} x {x:?}");
+            }
         }
     }
 

@@ -10,7 +10,7 @@
 //
 // and of each a second module with relaxed SIMD (pensive_relaxed_bg.wasm next to
 // pensive_bg.wasm): the crate alone recompiled with `-C target-feature=+relaxed-simd` (its
-// int8 kernels' `i32x4.relaxed_dot_i8x16_i7x16_add_s`; the dependencies are the same
+// int8 kernels' `i16x8.relaxed_dot_i8x16_i7x16_s`; the dependencies are the same
 // objects). It has the same exports and imports, so the same JS glue loads it (checked:
 // wasm-bindgen must emit the same JS for both); src/engine.js picks it where the browser
 // validates a relaxed-SIMD instruction. Both compute the same bits (crate/quant/int8.rs).

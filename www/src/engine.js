@@ -39,7 +39,7 @@ function threadsUnavailable() {
 }
 
 /**
- * A module whose one function runs `i32x4.relaxed_dot_i8x16_i7x16_add_s` (the instruction the
+ * A module whose one function runs `i16x8.relaxed_dot_i8x16_i7x16_s` (the instruction the
  * relaxed-SIMD modules' int8 kernels use): it validates only where the engine runs relaxed
  * SIMD (Chrome 114+; not Safari).
  */
@@ -47,9 +47,9 @@ const RELAXED_SIMD_PROBE = new Uint8Array([
   0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
   0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7b, // types: () -> v128
   0x03, 0x02, 0x01, 0x00, // functions: one, of type 0
-  0x0a, 0x3d, 0x01, 0x3b, 0x00, // code: one body of 59 bytes, no locals
-  ...[0, 1, 2].flatMap(() => [0xfd, 0x0c, ...new Array(16).fill(0)]), // v128.const 0, three times
-  0xfd, 0x93, 0x02, // i32x4.relaxed_dot_i8x16_i7x16_add_s (0xfd 0x113)
+  0x0a, 0x2b, 0x01, 0x29, 0x00, // code: one body of 41 bytes, no locals
+  ...[0, 1].flatMap(() => [0xfd, 0x0c, ...new Array(16).fill(0)]), // v128.const 0, twice
+  0xfd, 0x92, 0x02, // i16x8.relaxed_dot_i8x16_i7x16_s (0xfd 0x112)
   0x0b, // end
 ]);
 
