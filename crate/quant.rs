@@ -536,6 +536,8 @@ macro_rules! match_block_type {
 }
 
 pub mod int8;
+#[cfg(any(test, all(target_arch = "wasm32", feature = "wasm-threads")))]
+mod spin;
 
 // ======================================================================================
 // dequantize: bytes of any type → f32
@@ -851,6 +853,23 @@ const MIN_WORK_PER_TASK: usize = 1 << 16;
 #[cfg(any(not(target_arch = "wasm32"), feature = "wasm-threads"))]
 const TASKS_PER_THREAD: usize = 2;
 
+/// `out`'s address, shared with the tasks of [`parallel_rows`] (each takes its own rows).
+#[cfg(all(target_arch = "wasm32", feature = "wasm-threads"))]
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+
+// SAFETY: the tasks write disjoint ranges (see `parallel_rows`).
+#[cfg(all(target_arch = "wasm32", feature = "wasm-threads"))]
+unsafe impl Sync for SyncPtr {}
+
+#[cfg(all(target_arch = "wasm32", feature = "wasm-threads"))]
+impl SyncPtr {
+    /// A method, so closures capture the `Sync` wrapper rather than its pointer field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Run `f(first_row, chunk)` over `out` — rows of `row_len` values, each row costing
 /// `work_per_row` multiply-adds — split into chunks of whole rows (a multiple of
 /// `row_align` rows, except the last). The chunks run on rayon's current pool when the work
@@ -865,16 +884,34 @@ where
     }
     #[cfg(any(not(target_arch = "wasm32"), feature = "wasm-threads"))]
     {
-        use rayon::prelude::*;
         let rows = out.len() / row_len;
         let work = rows.saturating_mul(work_per_row);
         let threads = rayon::current_num_threads();
         if threads > 1 && work >= 2 * MIN_WORK_PER_TASK {
             let tasks = (work / MIN_WORK_PER_TASK).clamp(1, threads * TASKS_PER_THREAD);
             let chunk_rows = rows.div_ceil(tasks).next_multiple_of(row_align.max(1));
-            out.par_chunks_mut(chunk_rows * row_len)
-                .enumerate()
-                .for_each(|(i, chunk)| f(i * chunk_rows, chunk));
+            #[cfg(not(target_arch = "wasm32"))]
+            {
+                use rayon::prelude::*;
+                out.par_chunks_mut(chunk_rows * row_len)
+                    .enumerate()
+                    .for_each(|(i, chunk)| f(i * chunk_rows, chunk));
+            }
+            // The browser's pool: this thread and threads - 1 spinning helpers (spin.rs).
+            #[cfg(target_arch = "wasm32")]
+            {
+                let chunk_len = chunk_rows * row_len;
+                let chunks = out.len().div_ceil(chunk_len);
+                let (base, len) = (SyncPtr(out.as_mut_ptr()), out.len());
+                spin::run(chunks, threads - 1, &|i| {
+                    let start = i * chunk_len;
+                    let end = (start + chunk_len).min(len);
+                    // SAFETY: task i (each run once, `spin::run`) takes elements start..end
+                    // of `out`, disjoint from every other task's; `out` outlives the run.
+                    let chunk = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
+                    f(i * chunk_rows, chunk)
+                });
+            }
             return;
         }
     }

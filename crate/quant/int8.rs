@@ -787,7 +787,6 @@ impl IntDot for Simd128 {
         v128_store(out.as_mut_ptr().add(16).cast(), q[1]);
         out
     }
-    #[inline(always)]
     // The byte shifts below are 16-bit shifts with a mask: wasm engines lower `i8x16.shr_u`
     // and `i8x16.shl` to a 16-bit shift plus a mask they rebuild on every use (V8: three
     // more instructions each; by a variable count, unpack, two shifts and a pack), whereas
