@@ -216,9 +216,9 @@ impl KvElement for f32 {
 /// f32, up to rounding: softmax runs online over tiles (flash attention's running max and
 /// sum) with a polynomial `exp`, and dot products sum in several partial sums.
 ///
-/// Natively the (kv head, block of query rows) tasks run on rayon's current pool; a row's
-/// result does not depend on how rows are split into tasks, so it does not depend on the
-/// thread count either.
+/// The (kv head, block of query rows) tasks run on the thread pool (rayon natively, the
+/// helpers of `quant::spin` in the threaded wasm build); a row's result does not depend on
+/// how rows are split into tasks, so it does not depend on the thread count either.
 pub fn attention_cached<E: KvElement>(out: &mut [f32], q: &[f32], keys: &[Vec<E>], values: &[Vec<E>], pos0: usize, heads: Heads) {
     let Heads { n_heads, n_kv_heads, head_dim } = heads;
     let q_dim = n_heads * head_dim;
@@ -238,13 +238,7 @@ pub fn attention_cached<E: KvElement>(out: &mut [f32], q: &[f32], keys: &[Vec<E>
     let run = |(g, rows): &(usize, std::ops::Range<usize>)| {
         attend_rows(q, &keys[*g], &values[*g], pos0, heads, *g, rows.clone())
     };
-    #[cfg(not(target_arch = "wasm32"))]
-    let results: Vec<Vec<f32>> = {
-        use rayon::prelude::*;
-        tasks.par_iter().map(run).collect()
-    };
-    #[cfg(target_arch = "wasm32")]
-    let results: Vec<Vec<f32>> = tasks.iter().map(run).collect();
+    let results: Vec<Vec<f32>> = crate::quant::par_map(&tasks, run);
     // Scatter each task's (rows, head_dim) block into out's (n, n_heads × head_dim) rows.
     for ((g, rows), result) in tasks.iter().zip(&results) {
         for (r, o) in rows.clone().zip(result.chunks_exact(head_dim)) {
@@ -255,22 +249,18 @@ pub fn attention_cached<E: KvElement>(out: &mut [f32], q: &[f32], keys: &[Vec<E>
 }
 
 /// Into how many blocks of rows each kv head's work is split: one where threads would not
-/// pay (one thread, wasm32, little work), else enough for a few tasks per thread.
+/// pay (one thread, little work), else enough for a few tasks per thread.
 /// `work_per_row`: multiply-adds of one row against the whole cache (an upper bound).
 fn row_blocks_per_head(rows: usize, n_kv_heads: usize, work_per_row: usize) -> usize {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        /// Below this a rayon task costs more to schedule than it saves (a few µs).
-        const MIN_WORK_PER_TASK: usize = 1 << 16;
-        const TASKS_PER_THREAD: usize = 2;
-        let threads = rayon::current_num_threads();
-        let work = rows.saturating_mul(work_per_row).saturating_mul(n_kv_heads);
-        if threads > 1 && work >= 2 * MIN_WORK_PER_TASK {
-            let tasks = (work / MIN_WORK_PER_TASK).min(threads * TASKS_PER_THREAD);
-            return tasks.div_ceil(n_kv_heads).clamp(1, rows.max(1));
-        }
+    /// Below this a task costs more to schedule than it saves (a few µs).
+    const MIN_WORK_PER_TASK: usize = 1 << 16;
+    const TASKS_PER_THREAD: usize = 2;
+    let threads = crate::quant::pool_threads();
+    let work = rows.saturating_mul(work_per_row).saturating_mul(n_kv_heads);
+    if threads > 1 && work >= 2 * MIN_WORK_PER_TASK {
+        let tasks = (work / MIN_WORK_PER_TASK).min(threads * TASKS_PER_THREAD);
+        return tasks.div_ceil(n_kv_heads).clamp(1, rows.max(1));
     }
-    let _ = (rows, n_kv_heads, work_per_row);
     1
 }
 

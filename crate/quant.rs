@@ -845,8 +845,45 @@ impl QMatrix {
 /// Below this many multiply-adds a task costs more to schedule than it saves: a rayon
 /// task costs a few microseconds, 64K multiply-adds take 7-15 us at 5-9 G/s. (So decode
 /// runs SmolLM2's 192x576 k/v projections on one thread and splits everything larger.)
-#[cfg(any(not(target_arch = "wasm32"), feature = "wasm-threads"))]
+#[cfg(not(target_arch = "wasm32"))]
 const MIN_WORK_PER_TASK: usize = 1 << 16;
+
+/// The threaded wasm build's [`spin::run`] hands a task over in well under a microsecond
+/// (one atomic word watched by a spinning helper): 16K multiply-adds (~2 us at 9 G/s) pay.
+#[cfg(all(target_arch = "wasm32", feature = "wasm-threads"))]
+const MIN_WORK_PER_TASK: usize = 1 << 14;
+
+/// `f(&tasks[i])` for each task, in order of the tasks, the tasks run on this thread's
+/// pool: rayon natively, [`spin::run`] in the threaded wasm build, one after the other in
+/// the single-thread one.
+pub(crate) fn par_map<T: Sync, R: Send + Sync>(tasks: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        tasks.par_iter().map(f).collect()
+    }
+    #[cfg(all(target_arch = "wasm32", feature = "wasm-threads"))]
+    {
+        let slots: Vec<std::sync::OnceLock<R>> = tasks.iter().map(|_| std::sync::OnceLock::new()).collect();
+        spin::run(tasks.len(), rayon::current_num_threads().saturating_sub(1), &|i| {
+            let _ = slots[i].set(f(&tasks[i]));
+        });
+        // Every slot is set: `spin::run` ran each task once before returning.
+        slots.into_iter().filter_map(std::sync::OnceLock::into_inner).collect()
+    }
+    #[cfg(all(target_arch = "wasm32", not(feature = "wasm-threads")))]
+    {
+        tasks.iter().map(f).collect()
+    }
+}
+
+/// Threads [`par_map`] and [`parallel_rows`] run on (1 in the single-thread wasm build).
+pub(crate) fn pool_threads() -> usize {
+    #[cfg(any(not(target_arch = "wasm32"), feature = "wasm-threads"))]
+    return rayon::current_num_threads();
+    #[cfg(all(target_arch = "wasm32", not(feature = "wasm-threads")))]
+    return 1;
+}
 
 /// Tasks per thread: a few, so a thread that is descheduled (2 cores shared with the OS)
 /// does not hold up the whole matrix, but not so many that scheduling shows.
