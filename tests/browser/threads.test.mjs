@@ -102,6 +102,15 @@ test('where the browser runs relaxed SIMD its module runs, and decodes the simd1
   assert.ok(relaxed.ids.length >= 8, `only ${relaxed.ids.length} tokens`);
   assert.deepEqual(relaxed.ids, simd128.ids);
   assert.deepEqual(forced.ids, simd128.ids.slice(0, 4));
+  // A relaxed module that is not where it should be (a bundler that left it out): 'auto'
+  // falls back to the simd128 one, with a warning; 'relaxed' asked for explicitly fails.
+  const missing = '/pkg/missing/pensive_relaxed_bg.wasm';
+  const fallback = await greedy(page, { worker: true, cache: false, wasmRelaxedUrl: missing }, 4);
+  assert.equal(fallback.error, undefined, JSON.stringify(fallback.error));
+  assert.equal(fallback.info.wasm.simd, 'simd128');
+  assert.deepEqual(fallback.ids, simd128.ids.slice(0, 4));
+  const refused = await greedy(page, { worker: true, cache: false, wasmRelaxedUrl: missing, wasmSimd: 'relaxed' }, 4);
+  assert.equal(refused.error?.code, 'backend', JSON.stringify(refused));
   // An unknown choice is refused before anything loads.
   const bad = await greedy(page, { cache: false, wasmSimd: 'avx512' }, 4);
   assert.equal(bad.error?.code, 'invalid_options', JSON.stringify(bad));

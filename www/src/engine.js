@@ -129,13 +129,31 @@ function withTimeout(promise, ms, message) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
+/**
+ * Instantiate one build (`init`: its wasm-bindgen init) from the module `pickSimd` chooses;
+ * sets `wasmExports` and returns which module ran. A relaxed module that fails to load
+ * (a bundle that left it out) falls back to its simd128 twin, which computes the same,
+ * unless relaxed SIMD was asked for.
+ */
+async function initModule(init, build, wasmSimd, url, relaxedUrl) {
+  const simd = pickSimd(wasmSimd, url, relaxedUrl);
+  try {
+    wasmExports = await init({ module_or_path: moduleUrl(build, simd, url, relaxedUrl) });
+    return simd;
+  } catch (e) {
+    if (simd !== 'relaxed' || wasmSimd === 'relaxed') throw e;
+    console.warn(`pensive: the relaxed-SIMD module of the ${build} build failed to load (${e?.message ?? e}); using the simd128 one`);
+    wasmExports = await init({ module_or_path: moduleUrl(build, 'simd128', url, relaxedUrl) });
+    return 'simd128';
+  }
+}
+
 async function instantiate(urls, threads, wasmSimd) {
   const wanted = threads ?? Math.min(globalThis.navigator?.hardwareConcurrency || 1, MAX_DEFAULT_THREADS);
   let reason = wanted === 1 ? (threads === 1 ? 'threads: 1 was asked' : 'the browser reports one core') : threadsUnavailable();
   if (reason === null) {
     try {
-      const simd = pickSimd(wasmSimd, urls.wasmThreadsUrl, urls.wasmThreadsRelaxedUrl);
-      wasmExports = await initThreads({ module_or_path: moduleUrl('threads', simd, urls.wasmThreadsUrl, urls.wasmThreadsRelaxedUrl) });
+      const simd = await initModule(initThreads, 'threads', wasmSimd, urls.wasmThreadsUrl, urls.wasmThreadsRelaxedUrl);
       // wasm-bindgen-rayon waits for every worker's 'ready' and never hears of one that failed
       // to load: a pool that has not started in this long is given up on.
       await withTimeout(threaded.initThreadPool(wanted), POOL_START_MS, `the pool of ${wanted} workers did not start in ${POOL_START_MS / 1000} s`);
@@ -151,16 +169,7 @@ async function instantiate(urls, threads, wasmSimd) {
       wasmExports = null;
     }
   }
-  let simd = pickSimd(wasmSimd, urls.wasmUrl, urls.wasmRelaxedUrl);
-  try {
-    wasmExports = await initSingle({ module_or_path: moduleUrl('single', simd, urls.wasmUrl, urls.wasmRelaxedUrl) });
-  } catch (e) {
-    // A bundle that left the relaxed module out: its simd128 twin computes the same.
-    if (simd !== 'relaxed' || wasmSimd === 'relaxed') throw e;
-    console.warn(`pensive: the relaxed-SIMD module failed to load (${e?.message ?? e}); using the simd128 one`);
-    simd = 'simd128';
-    wasmExports = await initSingle({ module_or_path: moduleUrl('single', simd, urls.wasmUrl, urls.wasmRelaxedUrl) });
-  }
+  const simd = await initModule(initSingle, 'single', wasmSimd, urls.wasmUrl, urls.wasmRelaxedUrl);
   wasm = single;
   wasmBuild = { module: 'single', threads: 1, reason, simd };
   return wasmExports;
