@@ -29,12 +29,6 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, s
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { setFlagsFromString } from 'node:v8';
-
-// checkShared compiles the modules (it runs nothing): Node 20 (V8 11.3) has relaxed SIMD
-// behind this flag, on by default from V8 11.4, which no longer knows the flag.
-const [v8Major, v8Minor] = process.versions.v8.split('.').map(Number);
-if (v8Major < 11 || (v8Major === 11 && v8Minor < 4)) setFlagsFromString('--experimental-wasm-relaxed-simd');
 
 const www = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const root = resolve(www, '..');
@@ -139,10 +133,49 @@ function build({ name, outDir, toolchain = [], cargoArgs = [], rustcArgs = [], e
 
 /** The threaded module must import a shared memory, or its workers would not share one. */
 function checkShared(outDir, file = 'pensive_bg.wasm') {
-  const module = new WebAssembly.Module(readFileSync(join(outDir, file)));
-  if (!WebAssembly.Module.imports(module).some((i) => i.kind === 'memory')) {
-    fail(`${outDir}/${file} does not import its memory: it was not linked with a shared memory`);
+  if (!importsSharedMemory(readFileSync(join(outDir, file)))) {
+    fail(`${outDir}/${file} does not import a shared memory: it was not linked with one`);
   }
+}
+
+/**
+ * Whether a wasm binary imports a shared memory, read from its import section (not compiled:
+ * this Node's V8 may not know every instruction the module uses, e.g. relaxed SIMD).
+ */
+function importsSharedMemory(bytes) {
+  let at = 8; // magic and version
+  const leb = () => {
+    let value = 0;
+    for (let shift = 0; ; shift += 7) {
+      const b = bytes[at++];
+      value += (b & 0x7f) * 2 ** shift;
+      if (b < 0x80) return value;
+    }
+  };
+  const name = () => {
+    const n = leb();
+    at += n;
+  };
+  while (at < bytes.length) {
+    const id = bytes[at++];
+    const size = leb();
+    const end = at + size;
+    if (id === 2) {
+      for (let count = leb(); count > 0; count--) {
+        name();
+        name();
+        const kind = bytes[at++];
+        if (kind === 0) leb(); // function: type index
+        else if (kind === 1) { at++; const flags = leb(); leb(); if (flags & 1) leb(); } // table
+        else if (kind === 2) { const flags = leb(); return (flags & 2) !== 0; } // memory: bit 1 = shared
+        else if (kind === 3) at += 2; // global: value type, mutability
+        else return false;
+      }
+      return false;
+    }
+    at = end;
+  }
+  return false;
 }
 
 /**
