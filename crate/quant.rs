@@ -536,7 +536,8 @@ macro_rules! match_block_type {
 }
 
 pub mod int8;
-#[cfg(any(test, all(target_arch = "wasm32", feature = "wasm-threads")))]
+// Natively only its test (rayon runs the native pool); wasm32 without threads has no rayon.
+#[cfg(any(all(test, not(target_arch = "wasm32")), all(target_arch = "wasm32", feature = "wasm-threads")))]
 mod spin;
 
 // ======================================================================================
