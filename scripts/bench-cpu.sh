@@ -7,8 +7,8 @@
 #    and llama.cpp (tests/bench/llama_cpp_bench.py, n_threads=1) alternating, ROUNDS times
 #    each; each process runs one warm-up round and reports its fastest of 2. Prints the best
 #    tok/s of each and Pensive ÷ llama.cpp.
-# 2. Long context, Pensive on Qwen2.5-0.5B: a 4096-token prefill then 32 decode steps after
-#    those 4096 cached tokens; prints the 4096-token prefill rate ÷ the 128-token one, the
+# 2. Long context, Pensive on Qwen2.5-0.5B: a 4096-token prefill then 64 decode steps after
+#    those 4096 cached tokens (fastest of 2 rounds: one round of 32 steps varied by 1.5x); prints the 4096-token prefill rate ÷ the 128-token one, the
 #    decode rate after 4096 ÷ after 128, and the peak RSS (VmHWM) of that process.
 #    (LLAMA_LONG=1 runs llama.cpp's 4096-token prefill too.)
 #
@@ -79,7 +79,7 @@ done
 if [ -z "${SKIP_LONG:-}" ]; then
   echo "long context, $(basename "$QWEN05")" >&2
   run "pensive|$QWEN05|long" "$PENSIVE" bench --model "$QWEN05" --backend cpu --threads 1 \
-    --prompt-tokens 4096 --gen-tokens 32 --repeats 1
+    --prompt-tokens 4096 --gen-tokens 64 --repeats 2
   if [ -n "${LLAMA_LONG:-}" ] && [ -z "${SKIP_LLAMA:-}" ]; then
     run "llama.cpp|$QWEN05|long" "$LLAMA_VENV/bin/python" tests/bench/llama_cpp_bench.py \
       --model "$QWEN05" --threads 1 --prompt-tokens 4096 --gen-tokens 32 --warmup 0 --repeats 1
