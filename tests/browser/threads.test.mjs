@@ -117,3 +117,43 @@ test('where the browser runs relaxed SIMD its module runs, and decodes the simd1
   assert.match(bad.error.message, /wasmSimd/);
   assert.deepEqual(page.errors, []);
 });
+
+/**
+ * The users' workload on the threaded build: a long sampled thinking request (temperature
+ * 0.6, top_p 0.95, 500+ thinking tokens: the attention's tasks run on the pool once the cache
+ * holds a few hundred tokens), then the same request again on the same engine (Regenerate).
+ */
+function longSampled(page, options) {
+  return withPensive(page, async (m, { model, options, prompt, request }) => {
+    const engine = await m.Pensive.load({ model, backend: 'cpu', cache: false, ...options });
+    try {
+      const runs = [];
+      for (let i = 0; i < 2; i++) {
+        const done = await engine.complete(prompt, request);
+        const tokens = done.events.filter((e) => e.type === 'token');
+        runs.push({ ids: tokens.map((e) => e.id), thinking: tokens.filter((e) => e.phase === 'thinking').length });
+      }
+      return { info: engine.info, runs };
+    } finally {
+      engine.dispose();
+    }
+  }, {
+    model: `/${SMOLLM2}`, options, prompt: PROMPT,
+    request: { max_tokens: 700, temperature: 0.6, top_p: 0.95, seed: 11, thinking: { open: true, min_tokens: 500, max_tokens: 600 } },
+  });
+}
+
+test('a long sampled thinking request and its Regenerate give the same tokens on 2 threads as on one', { timeout: 300_000 }, async (t) => {
+  if (!requireModel(SMOLLM2)) return t.skip('model missing');
+  const page = await isolated.newPage();
+  const threaded = await longSampled(page, { worker: true, threads: 2 });
+  const single = await longSampled(page, { worker: true, threads: 1 });
+  for (const r of [threaded, single]) assert.equal(r.error, undefined, JSON.stringify(r.error));
+  assert.equal(threaded.info.wasm.module, 'threads');
+  assert.equal(single.info.wasm.module, 'single');
+  const [first, again] = threaded.runs;
+  assert.ok(first.thinking >= 500, `only ${first.thinking} thinking tokens`);
+  assert.deepEqual(again.ids, first.ids, 'Regenerate with the same seed changed the tokens');
+  assert.deepEqual(single.runs[0].ids, first.ids, 'the threaded build sampled other tokens');
+  assert.deepEqual(page.errors, []);
+});
