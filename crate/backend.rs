@@ -34,6 +34,11 @@ pub struct SampleRequest<'a> {
     /// Also report the argmax of the raw logits (before bans and penalties), which the
     /// loop counts in `ends_suppressed` when a banned id would have won.
     pub raw_argmax: bool,
+    /// The uniform the next step will draw, when the caller expects that step to ask the
+    /// same (same options and bans) after feeding this one's answer. A backend may then
+    /// start it before this answer is read back (run-ahead); the next request claims it only
+    /// if it matches, so a wrong guess costs time, never a different token.
+    pub ahead: Option<f64>,
 }
 
 /// The answer of [`Backend::forward_sample`].

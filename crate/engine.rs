@@ -281,6 +281,23 @@ impl Engine {
         }
     }
 
+    /// Whether a GPU engine may submit the next decode step before the host has read the
+    /// previous token (on by default): the token is fed on the GPU, and a step the host
+    /// then does not want is dropped, so the tokens never depend on it, only the speed.
+    pub fn set_run_ahead(&mut self, on: bool) {
+        if let AnyBackend::Gpu(m) = self.transcript.backend_mut() {
+            m.set_run_ahead(on);
+        }
+    }
+
+    /// Steps run ahead that their request claimed, and steps dropped (a GPU engine only).
+    pub fn run_ahead_stats(&self) -> Option<crate::gpu::AheadStats> {
+        match self.transcript.backend() {
+            AnyBackend::Gpu(m) => Some(m.ahead_stats()),
+            AnyBackend::Cpu { .. } => None,
+        }
+    }
+
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }

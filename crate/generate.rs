@@ -758,11 +758,16 @@ impl<C: TextCodec> Generation<C> {
         let n = t.pending().len();
         let t0 = monotonic_seconds();
         let options = self.sampling_now().clone();
-        let taken = if banned.is_empty() && options.is_greedy() {
-            Some(t.feed_greedy(&[]).await.map(|id| SampledToken { id: Some(id), raw_argmax: None }))
-        } else {
-            t.feed_sample(&options, banned, uniform, !banned.is_empty()).await
-        };
+        // Another step will likely follow this one unless it is the last the limits allow
+        // (an end of generation or a controller's intervention cannot be foreseen): the
+        // backend may start it early with the next uniform (run-ahead).
+        let room = t.len() + 2 <= t.max_context() && t.len() + 1 - self.prompt_len < self.max_tokens;
+        let ahead = room.then(|| self.sampler.peek_uniform());
+        let mut taken = t.feed_sample(&options, banned, uniform, !banned.is_empty(), ahead).await;
+        if taken.is_none() && banned.is_empty() && options.is_greedy() {
+            // A backend that does not choose itself may still have a cheaper greedy step.
+            taken = Some(t.feed_greedy(&[]).await.map(|id| SampledToken { id: Some(id), raw_argmax: None }));
+        }
         let Some(sampled) = taken else {
             // The backend does not sample this request itself: logits to the host.
             self.feed(t, true).await?;

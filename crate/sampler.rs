@@ -176,6 +176,11 @@ impl Sampler {
         self.rng.uniform()
     }
 
+    /// The uniform the next [`Sampler::next_uniform`] will return, without drawing it.
+    pub fn peek_uniform(&self) -> f64 {
+        self.rng.clone().uniform()
+    }
+
     /// Choose the next token. `logits`: (vocab,) f32. `history`: every token id so far
     /// (prompt included), for the repetition penalty. `banned`: ids that must not be chosen
     /// (they get -inf before anything else, e.g. an end-of-thinking marker under budget).

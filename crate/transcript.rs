@@ -34,6 +34,11 @@ impl<B: Backend> Transcript<B> {
         &self.backend
     }
 
+    /// The backend, for settings that leave its cache as it is.
+    pub(crate) fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
     /// Kept ids, fed or pending.
     pub fn ids(&self) -> &[u32] {
         &self.ids
@@ -136,8 +141,9 @@ impl<B: Backend> Transcript<B> {
         banned: &[u32],
         uniform: f64,
         raw_argmax: bool,
+        ahead: Option<f64>,
     ) -> Option<Result<SampledToken, BackendError>> {
-        let request = SampleRequest { options, history: &self.ids, banned, uniform, raw_argmax };
+        let request = SampleRequest { options, history: &self.ids, banned, uniform, raw_argmax, ahead };
         let result = self.backend.forward_sample(&self.ids[self.fed..], &request).await?;
         Some(self.after_forward(result.is_ok()).and(result))
     }

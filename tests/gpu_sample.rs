@@ -225,7 +225,7 @@ fn smollm2_sampled_on_the_gpu_follows_the_cpu() {
         let best = ops::argmax(&logits) as u32;
         let banned = if step % 3 == 2 { vec![best] } else { vec![] };
         let want = sample_with_uniform(&options, &logits, &history, &banned, u).expect("cpu sample");
-        let request = SampleRequest { options: &options, history: &history, banned: &banned, uniform: u, raw_argmax: !banned.is_empty() };
+        let request = SampleRequest { options: &options, history: &history, banned: &banned, uniform: u, raw_argmax: !banned.is_empty(), ahead: None };
         let got = block_on(gpu.forward_sample(&pending, &request)).expect("the GPU samples itself").expect("gpu sample");
         if !banned.is_empty() {
             assert_eq!(got.raw_argmax, Some(best), "step {step}: raw argmax");
@@ -275,4 +275,59 @@ fn seeded_sampled_runs_on_the_gpu_repeat() {
     eprintln!("sampled on the gpu: {}", a["tokens"]);
     assert_eq!(a["tokens"].as_array().map(Vec::len), Some(24));
     assert_eq!(a["tokens"], b["tokens"]);
+}
+
+/// Run-ahead (the next step submitted before this one's token is read, fed on the GPU):
+/// SmolLM2 sampled on the device for 36 steps, its own tokens fed back, with and without
+/// run-ahead on two models of one device. Every fifth request bans another id (a guess
+/// that does not hold: the step run ahead is dropped), one step rolls a token back with
+/// `truncate`, one feeds two tokens: the tokens must be the same, and steps must have been
+/// claimed as well as dropped.
+#[test]
+fn run_ahead_gives_the_same_tokens() {
+    let file = "smollm2-135m-instruct-q4_1.gguf";
+    let Some(path) = common::model_path(file) else { return };
+    let Some(ctx) = contexts().into_iter().last() else { return };
+    let ctx = Rc::new(ctx);
+    let load = || GpuModel::from_loaded(ctx.clone(), pensive::loader::load_gguf_file(&path).expect("load"), Some(128)).expect("gpu");
+    let (mut with, mut without) = (load(), load());
+    without.set_run_ahead(false);
+    let options = SamplerOptions { temperature: 0.6, top_p: 0.95, seed: 9, ..SamplerOptions::default() };
+    let run = |gpu: &mut GpuModel, ahead_on: bool| -> Vec<u32> {
+        let mut sampler = pensive::sampler::Sampler::new(options.clone()).expect("options");
+        let mut history: Vec<u32> = (0..20u32).map(|i| 400 + i * 37).collect();
+        let mut pending = history.clone();
+        let mut out = Vec::new();
+        let steps = 36;
+        for step in 0..steps {
+            let u = sampler.next_uniform();
+            let banned = if step % 5 == 4 { vec![13u32] } else { vec![] };
+            let ahead = (ahead_on && step + 1 < steps).then(|| sampler.peek_uniform());
+            let request = SampleRequest { options: &options, history: &history, banned: &banned, uniform: u, raw_argmax: false, ahead };
+            let id = block_on(gpu.forward_sample(&pending, &request)).expect("the GPU samples itself").expect("gpu sample").id.expect("a candidate");
+            out.push(id);
+            if step == 20 {
+                // Take the last fed token back and feed it again with this answer.
+                let last = *history.last().expect("history");
+                gpu.truncate(gpu.kv_len() - 1).expect("truncate");
+                history.push(id);
+                pending = vec![last, id];
+                continue;
+            }
+            history.push(id);
+            pending = vec![id];
+        }
+        out
+    };
+    let a = run(&mut with, true);
+    let b = run(&mut without, false);
+    let stats = with.ahead_stats();
+    eprintln!("run-ahead: {stats:?}; tokens {a:?}");
+    assert_eq!(a, b);
+    assert_eq!(without.ahead_stats(), Default::default());
+    assert!(stats.claimed >= 15, "{stats:?}");
+    assert!(stats.dropped >= 5, "{stats:?}");
+    // Again on the same model, after its cache was rolled back to nothing.
+    with.truncate(0).expect("truncate");
+    assert_eq!(run(&mut with, true), a);
 }

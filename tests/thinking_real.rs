@@ -314,3 +314,40 @@ fn qwen25_coder_suppressed_string_marker_finishes_with_the_minimum() {
     assert!((32..=64).contains(&thinking), "thinking {thinking}");
     assert_eq!(thinking, s.thinking_tokens);
 }
+
+/// A sampled thinking request (T 0.6, top_p 0.95, a floor with continuations and a cap) on
+/// WebGPU with run-ahead (the default), its Regenerate, and the same request with run-ahead
+/// off: the same events. The controller's interventions drop steps run ahead; the
+/// uninterrupted stretches claim them.
+#[test]
+fn run_ahead_keeps_a_sampled_thinking_stream() {
+    let file = "smollm2-135m-instruct-q4_1.gguf";
+    let Some(mut gpu) = engine_on(file, BackendChoice::Gpu, CpuKernels::default()) else { return };
+    let request = || GenerateRequest {
+        temperature: Some(0.6),
+        top_p: Some(0.95),
+        seed: Some(21),
+        max_tokens: Some(96),
+        thinking: Some(ThinkingOptions {
+            min_tokens: 12,
+            max_tokens: Some(48),
+            open: true,
+            answer_prefix: Some("\nFinal Answer:".into()),
+            answer_max_tokens: Some(16),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let prompt = Prompt::Messages(vec![Message { role: "user".into(), content: "Think step by step: what is 17 + 25?".into() }]);
+    let first = run(&mut gpu, &prompt, request());
+    let again = run(&mut gpu, &prompt, request());
+    let stats_on = gpu.run_ahead_stats().expect("a GPU engine");
+    gpu.set_run_ahead(false);
+    let off = run(&mut gpu, &prompt, request());
+    eprintln!("run-ahead {stats_on:?}; {:?}", stats(&first));
+    assert_eq!(first, again);
+    assert_eq!(first, off);
+    assert_eq!(gpu.run_ahead_stats(), Some(stats_on), "run-ahead off runs nothing ahead");
+    assert!(stats_on.claimed >= 20, "{stats_on:?}");
+    assert!(stats(&first).thinking_tokens >= 12);
+}

@@ -341,6 +341,10 @@ mod cli {
         /// bound (weight and KV bytes per token ÷ bandwidth) that decode reached.
         #[arg(long)]
         bandwidth_gbs: Option<f64>,
+        /// Do not run a decode step ahead of the host's reading of the previous token (the
+        /// GPU backend's run-ahead, on by default as in generation).
+        #[arg(long)]
+        no_run_ahead: bool,
     }
 
     pub fn main() -> ExitCode {
@@ -591,6 +595,9 @@ mod cli {
             block_on(gguf_loader(&a.model, &options)?.finish_backend())?.0
         };
         let load_s = t0.elapsed().as_secs_f64();
+        if let AnyBackend::Gpu(m) = &mut backend {
+            m.set_run_ahead(!a.no_run_ahead);
+        }
         let vocab = backend.config().vocab_size as u32;
         let prompt: Vec<u32> = (0..a.prompt_tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
         let context: Vec<u32> = (0..a.context as u32).map(|i| (i * 104_729 + 7) % vocab).collect();
@@ -623,14 +630,14 @@ mod cli {
                 // starts, where a prefill without logits would still be running.
                 block_on(backend.forward_greedy(&context, &[]))?;
             }
-            let mut step = |backend: &mut AnyBackend, tokens: &[u32], history: &[u32]| -> Result<u32, EngineError> {
+            let mut step = |backend: &mut AnyBackend, tokens: &[u32], history: &[u32], last: bool| -> Result<u32, EngineError> {
                 let u = sampler.next_uniform();
-                if options.temperature == 0.0 {
-                    return Ok(block_on(backend.forward_greedy(tokens, &[]))?);
-                }
-                let request = SampleRequest { options: &options, history, banned: &[], uniform: u, raw_argmax: false };
+                // As generation: the next step may run ahead unless this is the last one.
+                let ahead = (!last).then(|| sampler.peek_uniform());
+                let request = SampleRequest { options: &options, history, banned: &[], uniform: u, raw_argmax: false, ahead };
                 let id = match block_on(backend.forward_sample(tokens, &request)) {
                     Some(r) => r?.id,
+                    None if options.temperature == 0.0 => Some(block_on(backend.forward_greedy(tokens, &[]))?),
                     None => {
                         let logits = block_on(backend.forward(tokens, 1))?;
                         Some(sample_with_uniform(&options, &logits, history, &[], u).map_err(|e| EngineError::Generate(e.into()))?)
@@ -639,14 +646,14 @@ mod cli {
                 id.ok_or(EngineError::Generate(SamplerError::NoCandidates.into()))
             };
             let t = std::time::Instant::now();
-            let mut next = step(&mut backend, &prompt, &history)?;
+            let mut next = step(&mut backend, &prompt, &history, a.gen_tokens == 0)?;
             let prefill_s = t.elapsed().as_secs_f64();
             let before = counters(&backend);
             let mut steps = Vec::with_capacity(a.gen_tokens);
-            for _ in 0..a.gen_tokens {
+            for i in 0..a.gen_tokens {
                 history.push(next);
                 let t = std::time::Instant::now();
-                next = step(&mut backend, &[next], &history)?;
+                next = step(&mut backend, &[next], &history, i + 1 == a.gen_tokens)?;
                 steps.push(t.elapsed().as_secs_f64());
             }
             let after = counters(&backend);
@@ -708,6 +715,10 @@ mod cli {
             "bandwidth_gbs": a.bandwidth_gbs,
             "memory_bound_fraction": bound_fraction,
             "peak_rss_mb": peak_rss_mb(),
+            "run_ahead": match &backend {
+                AnyBackend::Gpu(m) => serde_json::json!({ "on": !a.no_run_ahead, "claimed": m.ahead_stats().claimed, "dropped": m.ahead_stats().dropped }),
+                AnyBackend::Cpu { .. } => serde_json::Value::Null,
+            },
         });
         println!("{json}");
         if let Some(f) = bound_fraction {

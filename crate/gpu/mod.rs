@@ -20,7 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub use model::{check_fits, GpuFootprint, GpuModel, GpuModelBuilder};
+pub use model::{check_fits, AheadStats, GpuFootprint, GpuModel, GpuModelBuilder};
 pub use repack::{FusedMatrix, GpuMatrix};
 
 #[derive(Debug, thiserror::Error)]
@@ -651,6 +651,12 @@ impl GpuContext {
 
     /// Map a MAP_READ buffer whose copy is already submitted and return its first `bytes`.
     pub async fn map_read(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>, GpuError> {
+        self.map_read_after(staging, bytes, None).await
+    }
+
+    /// [`Self::map_read`] of a buffer that `submission` (the last to write it) fills:
+    /// natively only that submission is waited for, not later ones (a step run ahead).
+    pub async fn map_read_after(&self, staging: &wgpu::Buffer, bytes: u64, submission: Option<wgpu::SubmissionIndex>) -> Result<Vec<u8>, GpuError> {
         let done = MapDone::default();
         let state = done.0.clone();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
@@ -663,8 +669,10 @@ impl GpuContext {
         // Natively this drives the map to completion; on the web it is a no-op.
         #[cfg(not(target_arch = "wasm32"))]
         self.device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait { submission_index: submission, timeout: None })
             .map_err(|e| GpuError::Readback(e.to_string()))?;
+        #[cfg(target_arch = "wasm32")]
+        let _ = submission;
         done.await.map_err(GpuError::Readback)?;
         self.readback_bytes.set(self.readback_bytes.get() + bytes);
         let out = {
@@ -867,21 +875,22 @@ impl<'c> Recorder<'c> {
     }
 
     /// Submit what is recorded so far and keep recording (only when the arena is full).
-    fn flush(&mut self) {
+    fn flush(&mut self) -> wgpu::SubmissionIndex {
         self.encode_ops();
         let encoder = std::mem::replace(
             &mut self.encoder,
             self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") }),
         );
         self.ctx.queue.write_buffer(&self.ctx.params, 0, &self.params);
-        self.ctx.queue.submit([encoder.finish()]);
+        let submission = self.ctx.queue.submit([encoder.finish()]);
         self.ctx.submits.set(self.ctx.submits.get() + 1);
         self.params.clear();
+        submission
     }
 
     /// Write the parameters and submit the step: one `queue.submit`.
-    pub fn submit(mut self) {
-        self.flush();
+    pub fn submit(mut self) -> wgpu::SubmissionIndex {
+        self.flush()
     }
 }
 

@@ -95,10 +95,11 @@ struct Scratch {
     banned: wgpu::Buffer,      // (MAX_BANNED) u32
     argmax_parts: wgpu::Buffer, // (argmax_scratch_len(vocab)) vec2<u32>
     next: wgpu::Buffer,        // (1) u32, the greedy token
-    next_readback: wgpu::Buffer, // (1) u32, MAP_READ
     adjust: wgpu::Buffer,      // (MAX_ADJUSTED) u32: ids to ban (| 1 << 31) or penalize
     sampled: wgpu::Buffer,     // (1) u32, the sampled token
-    sampled_readback: wgpu::Buffer, // (2) u32, MAP_READ: sampled token, raw argmax
+    /// (2) u32 each, MAP_READ: the chosen token, the raw argmax. Two, so that a step run
+    /// ahead copies its answer into one while the other is being read.
+    readback: [wgpu::Buffer; 2],
 }
 
 pub struct GpuModel {
@@ -117,6 +118,42 @@ pub struct GpuModel {
     load_checks: Vec<FaultCheck>,
     /// Whether a step has run (the first runs inside an error scope of its own).
     stepped: bool,
+    /// Whether a token choice may start the next step before it is read back (run-ahead).
+    run_ahead: bool,
+    /// The step run ahead, submitted and not yet claimed.
+    ahead: Option<Ahead>,
+    ahead_stats: AheadStats,
+}
+
+/// A decode step submitted before its request came (run-ahead): it feeds the token the
+/// previous step chose, straight from the GPU buffer the choice was written to, at the
+/// position after the committed cache, and chooses the next token with what the previous
+/// request predicted (`key`). The next request claims it if it feeds that token and asks
+/// the same; anything else drops it (its cache row is rewritten by whatever runs next).
+struct Ahead {
+    /// The token it feeds: the previous step's answer, known once that was read.
+    fed: u32,
+    key: ChoiceKey,
+    /// Which of scratch.readback it copies its answer to.
+    slot: usize,
+    submission: wgpu::SubmissionIndex,
+}
+
+/// Everything a token choice on the GPU depends on besides the logits.
+#[derive(Clone, Debug, PartialEq)]
+struct ChoiceKey {
+    options: SamplerOptions,
+    /// scratch.adjust's contents: banned ids | BANNED_FLAG, then penalized ids.
+    adjust: Vec<u32>,
+    uniform: f64,
+    raw_argmax: bool,
+}
+
+/// How run-ahead fared: steps claimed by the request they guessed, and steps dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AheadStats {
+    pub claimed: u64,
+    pub dropped: u64,
 }
 
 enum Uploaded {
@@ -382,19 +419,15 @@ impl GpuModelBuilder {
             banned: ctx.storage("banned", MAX_BANNED as u64 * 4),
             argmax_parts: ctx.storage("argmax_parts", argmax_scratch_len(vocab) as u64 * 8),
             next: ctx.storage("next", 4),
-            next_readback: ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("next readback"),
-                size: 4,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            }),
             adjust: ctx.storage("adjust", MAX_ADJUSTED as u64 * 4),
             sampled: ctx.storage("sampled", 4),
-            sampled_readback: ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("sampled readback"),
-                size: 8,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
+            readback: [0, 1].map(|_| {
+                ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("token readback"),
+                    size: 8,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
             }),
         };
         if let Some(name) = self.tensors.keys().next() {
@@ -414,6 +447,9 @@ impl GpuModelBuilder {
             max_context: self.max_context,
             load_checks: Vec::new(),
             stepped: false,
+            run_ahead: true,
+            ahead: None,
+            ahead_stats: AheadStats::default(),
         };
         model.warm_up();
         Ok(model)
@@ -479,12 +515,14 @@ enum Tail {
     None,
     /// Logits of the chunk's last `n` tokens, copied into `readback` ((n, vocab) f32).
     Logits { n: usize, readback: wgpu::Buffer },
-    /// The argmax of the last token's logits (banned ids excluded), into next_readback.
-    Greedy { n_banned: usize },
+    /// The argmax of the last token's logits (banned ids excluded), into scratch.next and
+    /// readback[slot][0].
+    Greedy { n_banned: usize, slot: usize },
     /// The token `options` sample from the last token's logits with `uniform`, after the
-    /// `n_adjust` bans and penalties in scratch.adjust, into sampled_readback[0]; with
-    /// `raw_argmax`, the argmax of the unadjusted logits into sampled_readback[1].
-    Sample { options: SamplerOptions, uniform: f64, n_adjust: usize, raw_argmax: bool },
+    /// `n_adjust` bans and penalties in scratch.adjust, into scratch.sampled and
+    /// readback[slot][0]; with `raw_argmax`, the argmax of the unadjusted logits into
+    /// readback[slot][1].
+    Sample { options: SamplerOptions, uniform: f64, n_adjust: usize, raw_argmax: bool, slot: usize },
 }
 
 impl GpuModel {
@@ -602,8 +640,8 @@ impl GpuModel {
     /// pipelines (shader compilation) and bind groups are created at load, not on the first
     /// token.
     fn warm_up(&self) {
-        let sample = Tail::Sample { options: SamplerOptions::default(), uniform: 0.0, n_adjust: 1, raw_argmax: true };
-        for (n, tail) in [(1, Tail::Greedy { n_banned: 0 }), (1, sample), (PREFILL_CHUNK, Tail::None)] {
+        let sample = Tail::Sample { options: SamplerOptions::default(), uniform: 0.0, n_adjust: 1, raw_argmax: true, slot: 0 };
+        for (n, tail) in [(1, Tail::Greedy { n_banned: 0, slot: 0 }), (1, sample), (PREFILL_CHUNK, Tail::None)] {
             let mut rec = self.ctx.recorder();
             self.record(&mut rec, n, 0, &tail);
             // Dropped unsubmitted: nothing runs.
@@ -611,12 +649,42 @@ impl GpuModel {
     }
 
     /// Record and submit one step over `tokens` (≤ PREFILL_CHUNK) at positions kv_len.. .
-    fn step(&mut self, tokens: &[u32], tail: &Tail) {
+    fn step(&mut self, tokens: &[u32], tail: &Tail) -> wgpu::SubmissionIndex {
         self.ctx.queue.write_buffer(&self.scratch.ids, 0, bytemuck::cast_slice(tokens));
         let mut rec = self.ctx.recorder();
         self.record(&mut rec, tokens.len(), self.kv_len, tail);
-        rec.submit();
+        let submission = rec.submit();
         self.kv_len += tokens.len();
+        submission
+    }
+
+    /// Submit a one-token step at position `pos` (past the committed cache, which it does
+    /// not extend) fed with the id the last step chose, read on the GPU from `chosen`.
+    fn step_ahead(&self, chosen: &wgpu::Buffer, pos: usize, tail: &Tail) -> wgpu::SubmissionIndex {
+        let mut rec = self.ctx.recorder();
+        rec.copy(chosen, 0, &self.scratch.ids, 0, 4);
+        self.record(&mut rec, 1, pos, tail);
+        rec.submit()
+    }
+
+    /// Forget the step run ahead, if any (something else runs at its position).
+    fn drop_ahead(&mut self) {
+        if self.ahead.take().is_some() {
+            self.ahead_stats.dropped += 1;
+        }
+    }
+
+    /// Whether token choices may run the next step ahead (on by default).
+    pub fn set_run_ahead(&mut self, on: bool) {
+        self.run_ahead = on;
+        if !on {
+            self.drop_ahead();
+        }
+    }
+
+    /// Steps run ahead that their request claimed, and steps dropped, so far.
+    pub fn ahead_stats(&self) -> AheadStats {
+        self.ahead_stats
     }
 
     /// Record one step of `n` tokens (ids already in scratch.ids) at positions pos0.. .
@@ -705,28 +773,29 @@ impl GpuModel {
                 rec.matmul(head, &s.h, (n - n_logits) * dim, dim, &s.logits, *n_logits, None, false, true);
                 rec.copy(&s.logits, 0, readback, 0, (n_logits * vocab * 4) as u64);
             }
-            Tail::Greedy { n_banned } => {
+            Tail::Greedy { n_banned, slot } => {
                 rec.rms_norm(&s.x, &self.output_norm, &s.h, dim, n, c.rms_eps);
                 rec.matmul(head, &s.h, (n - 1) * dim, dim, &s.logits, 1, None, false, true);
                 rec.argmax(&s.logits, 0, vocab, &s.banned, *n_banned, &s.argmax_parts, &s.next);
-                rec.copy(&s.next, 0, &s.next_readback, 0, 4);
+                rec.copy(&s.next, 0, &s.readback[*slot], 0, 4);
             }
-            Tail::Sample { options, uniform, n_adjust, raw_argmax } => {
+            Tail::Sample { options, uniform, n_adjust, raw_argmax, slot } => {
                 rec.rms_norm(&s.x, &self.output_norm, &s.h, dim, n, c.rms_eps);
                 rec.matmul(head, &s.h, (n - 1) * dim, dim, &s.logits, 1, None, false, true);
                 if *raw_argmax {
                     // Before the bans and penalties change the logits in place.
                     rec.argmax(&s.logits, 0, vocab, &s.banned, 0, &s.argmax_parts, &s.next);
-                    rec.copy(&s.next, 0, &s.sampled_readback, 4, 4);
+                    rec.copy(&s.next, 0, &s.readback[*slot], 4, 4);
                 }
                 rec.sample(&s.logits, vocab, &s.adjust, *n_adjust, options, *uniform, &s.sampled);
-                rec.copy(&s.sampled, 0, &s.sampled_readback, 0, 4);
+                rec.copy(&s.sampled, 0, &s.readback[*slot], 0, 4);
             }
         }
     }
 
     /// Run `tokens`, returning the logits of the last `n_logits`: (n_logits, vocab) f32.
     pub async fn forward_logits(&mut self, tokens: &[u32], n_logits: usize) -> Result<Vec<f32>, BackendError> {
+        self.drop_ahead();
         self.check(tokens)?;
         let n_logits = n_logits.min(tokens.len());
         let vocab = self.config.vocab_size;
@@ -758,6 +827,7 @@ impl GpuModel {
     /// Run `tokens` and return the greedy next token (argmax of the last logits, `banned`
     /// ids excluded), computed on the GPU: the step reads back 4 bytes.
     pub async fn forward_greedy_gpu(&mut self, tokens: &[u32], banned: &[u32]) -> Result<u32, BackendError> {
+        self.drop_ahead();
         self.check(tokens)?;
         if tokens.is_empty() {
             return Err(BackendError::Gpu("greedy step over no tokens".into()));
@@ -772,19 +842,19 @@ impl GpuModel {
         if !banned.is_empty() {
             self.ctx.queue.write_buffer(&self.scratch.banned, 0, bytemuck::cast_slice(banned));
         }
-        self.run_with_tail(tokens, &Tail::Greedy { n_banned: banned.len() });
-        let bytes = self.ctx.map_read(&self.scratch.next_readback, 4).await.map_err(gpu)?;
+        let submission = self.run_with_tail(tokens, &Tail::Greedy { n_banned: banned.len(), slot: 0 });
+        let bytes = self.ctx.map_read_after(&self.scratch.readback[0], 4, Some(submission)).await.map_err(gpu)?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 
     /// Run `tokens` (≥ 1) in chunks, the last chunk ending with `tail`.
-    fn run_with_tail(&mut self, tokens: &[u32], tail: &Tail) {
+    fn run_with_tail(&mut self, tokens: &[u32], tail: &Tail) -> wgpu::SubmissionIndex {
         let (body, last) = tokens.split_at(tokens.len() - tokens.len() % PREFILL_CHUNK.max(1));
         let (body, last) = if last.is_empty() { body.split_at(body.len() - PREFILL_CHUNK) } else { (body, last) };
         for chunk in body.chunks(PREFILL_CHUNK) {
             self.step(chunk, &Tail::None);
         }
-        self.step(last, tail);
+        self.step(last, tail)
     }
 
     /// Run `tokens` and sample the next token on the GPU (sample.wgsl): the step reads back
@@ -799,35 +869,87 @@ impl GpuModel {
         banned.sort_unstable();
         banned.dedup();
         let penalized = penalized_ids(request.options, request.history);
-        let penalized = penalized.into_iter().filter(|id| in_vocab(id) && banned.binary_search(id).is_err());
+        let penalized: Vec<u32> = penalized.into_iter().filter(|id| in_vocab(id) && banned.binary_search(id).is_err()).collect();
+        let n_penalized = penalized.len();
         let adjust: Vec<u32> = banned.iter().map(|&id| id | BANNED_FLAG).chain(penalized).collect();
         // logit_bias is applied on the host (sample.wgsl has no per-id bias yet).
         if adjust.len() > MAX_ADJUSTED || vocab >= MAX_SAMPLED_VOCAB || !request.options.logit_bias.is_empty() {
+            self.drop_ahead();
             return None;
         }
-        Some(self.sample_adjusted(tokens, request, &adjust).await)
+        let key = ChoiceKey { options: request.options.clone(), adjust, uniform: request.uniform, raw_argmax: request.raw_argmax };
+        // The next request's guess: the same choice with the next uniform. Penalties change
+        // with every token fed, so such a guess would rarely hold: none is made.
+        let next = request.ahead.filter(|_| self.run_ahead && n_penalized == 0).map(|uniform| ChoiceKey { uniform, ..key.clone() });
+        Some(self.choose(tokens, key, next).await)
     }
 
-    async fn sample_adjusted(&mut self, tokens: &[u32], request: &SampleRequest<'_>, adjust: &[u32]) -> Result<SampledToken, BackendError> {
+    /// The tail that makes `key`'s choice into readback[slot]: the plain argmax kernel where
+    /// nothing but the argmax is asked for, else the sampler.
+    fn choice_tail(key: &ChoiceKey, slot: usize) -> Tail {
+        if key.options.is_greedy() && key.adjust.is_empty() && !key.raw_argmax {
+            Tail::Greedy { n_banned: 0, slot }
+        } else {
+            Tail::Sample { options: key.options.clone(), uniform: key.uniform, n_adjust: key.adjust.len(), raw_argmax: key.raw_argmax, slot }
+        }
+    }
+
+    /// Where `tail` leaves its chosen id on the GPU.
+    fn chosen_buffer(&self, tail: &Tail) -> &wgpu::Buffer {
+        match tail {
+            Tail::Greedy { .. } => &self.scratch.next,
+            _ => &self.scratch.sampled,
+        }
+    }
+
+    /// Run `tokens` and choose the next token as `key` says. With `next` (the guess of the
+    /// next request), the step after it is submitted before this one is read back, fed with
+    /// this one's answer on the GPU, so the GPU never waits for the host between tokens.
+    async fn choose(&mut self, tokens: &[u32], key: ChoiceKey, next: Option<ChoiceKey>) -> Result<SampledToken, BackendError> {
         self.check(tokens)?;
         if tokens.is_empty() {
             return Err(BackendError::Gpu("sampling step over no tokens".into()));
         }
-        request.options.validate().map_err(|e| BackendError::Gpu(e.to_string()))?;
-        if !adjust.is_empty() {
-            self.ctx.queue.write_buffer(&self.scratch.adjust, 0, bytemuck::cast_slice(adjust));
-        }
-        let tail = Tail::Sample {
-            options: request.options.clone(),
-            uniform: request.uniform,
-            n_adjust: adjust.len(),
-            raw_argmax: request.raw_argmax,
+        key.options.validate().map_err(|e| BackendError::Gpu(e.to_string()))?;
+        let claimed = match self.ahead.take() {
+            Some(a) if tokens == [a.fed] && a.key == key => Some(a),
+            Some(_) => {
+                self.ahead_stats.dropped += 1;
+                None
+            }
+            None => None,
         };
-        self.run_with_tail(tokens, &tail);
-        let bytes = if request.raw_argmax { 8 } else { 4 };
-        let out = self.ctx.map_read(&self.scratch.sampled_readback, bytes).await.map_err(gpu)?;
+        let (slot, submission) = match claimed {
+            Some(a) => {
+                // It ran (or is running) at kv_len: that position is now committed.
+                self.ahead_stats.claimed += 1;
+                self.kv_len += 1;
+                (a.slot, a.submission)
+            }
+            None => {
+                if !key.adjust.is_empty() {
+                    self.ctx.queue.write_buffer(&self.scratch.adjust, 0, bytemuck::cast_slice(&key.adjust));
+                }
+                (0, self.run_with_tail(tokens, &Self::choice_tail(&key, 0)))
+            }
+        };
+        // Run the next step ahead where the cache has room for it; the adjust buffer already
+        // holds what the guess needs (the same ids).
+        let ahead = next.filter(|_| self.kv_len < self.max_context).map(|next| {
+            let tail = Self::choice_tail(&next, 1 - slot);
+            let submission = self.step_ahead(self.chosen_buffer(&Self::choice_tail(&key, slot)), self.kv_len, &tail);
+            (next, 1 - slot, submission)
+        });
+        let bytes = if key.raw_argmax { 8 } else { 4 };
+        let out = self.ctx.map_read_after(&self.scratch.readback[slot], bytes, Some(submission)).await.map_err(gpu)?;
         let word = |i: usize| u32::from_le_bytes([out[4 * i], out[4 * i + 1], out[4 * i + 2], out[4 * i + 3]]);
-        Ok(SampledToken { id: Some(word(0)).filter(|&id| id != u32::MAX), raw_argmax: request.raw_argmax.then(|| word(1)) })
+        let id = Some(word(0)).filter(|&id| id != u32::MAX);
+        match (id, ahead) {
+            (Some(fed), Some((key, slot, submission))) => self.ahead = Some(Ahead { fed, key, slot, submission }),
+            (None, Some(_)) => self.ahead_stats.dropped += 1,
+            _ => {}
+        }
+        Ok(SampledToken { id, raw_argmax: key.raw_argmax.then(|| word(1)) })
     }
 }
 
@@ -863,6 +985,7 @@ impl Backend for GpuModel {
             return Err(BackendError::BadTruncate { to: len, len: self.kv_len });
         }
         // Rows past `len` are simply overwritten by the next tokens.
+        self.drop_ahead();
         self.kv_len = len;
         Ok(())
     }
