@@ -1,7 +1,7 @@
 //! GPU timing of one model: load, prefill and greedy decode, printed as one JSON line.
 //!
 //! `cargo run --release --example gpu_bench -- models/smollm2-135m-instruct-q4_1.gguf
-//!  --prompt-tokens 40 --gen-tokens 16 [--f32] [--lanes N]`
+//!  --prompt-tokens 40 --gen-tokens 16 [--f32] [--lanes N] [--no-subgroups]`
 //!
 //! Instead of a file, `--synthetic smollm2|qwen0.5b|qwen1.5b` builds random weights of that
 //! model's shapes and GGUF types (examples/common/synthetic.rs) (for machines without the model files: GPU time does not
@@ -27,10 +27,11 @@ struct Args {
     gen_tokens: usize,
     f16: bool,
     lanes: Option<u32>,
+    subgroups: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { model: String::new(), synthetic: None, prompt_tokens: 40, gen_tokens: 16, f16: true, lanes: None };
+    let mut args = Args { model: String::new(), synthetic: None, prompt_tokens: 40, gen_tokens: 16, f16: true, lanes: None, subgroups: true };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut num = |name: &str| -> Result<usize, String> {
@@ -41,13 +42,14 @@ fn parse_args() -> Result<Args, String> {
             "--gen-tokens" => args.gen_tokens = num("--gen-tokens")?,
             "--f32" => args.f16 = false,
             "--lanes" => args.lanes = Some(num("--lanes")? as u32),
+            "--no-subgroups" => args.subgroups = false,
             "--synthetic" => args.synthetic = it.next(),
             _ if a.starts_with("--") => return Err(format!("unknown option {a}")),
             _ => args.model = a,
         }
     }
     if args.model.is_empty() == args.synthetic.is_none() {
-        return Err("usage: gpu_bench (MODEL.gguf | --synthetic NAME) [--prompt-tokens N] [--gen-tokens M] [--f32] [--lanes N]".into());
+        return Err("usage: gpu_bench (MODEL.gguf | --synthetic NAME) [--prompt-tokens N] [--gen-tokens M] [--f32] [--lanes N] [--no-subgroups]".into());
     }
     Ok(args)
 }
@@ -71,7 +73,7 @@ fn run(args: &Args) -> Result<String, Box<dyn std::error::Error>> {
         None => pensive::loader::load_gguf_file(std::path::Path::new(&args.model))?,
     };
     let read_s = t.elapsed().as_secs_f64();
-    let options = GpuOptions { prefer_f16: args.f16, largest_tensor_bytes: u64::MAX, matmul_lanes: args.lanes, ..Default::default() };
+    let options = GpuOptions { prefer_f16: args.f16, largest_tensor_bytes: u64::MAX, matmul_lanes: args.lanes, subgroups: args.subgroups, ..Default::default() };
     let ctx = Rc::new(block_on(GpuContext::new(&options))?);
     let t = Instant::now();
     let mut model = GpuModel::from_loaded(ctx.clone(), loaded, Some(args.prompt_tokens + args.gen_tokens + 1))?;

@@ -190,6 +190,20 @@ fn segment_dot(seg: u32, rows: array<u32, RPL>, lane: u32, t0: u32) -> array<f32
 
 // Sums partial over the lanes of each row group, into the group's first lane.
 fn reduce_lanes(lane: u32, lid: u32) {
+    if SUBGROUP_REDUCE {
+        // A row group is LANES adjacent lanes of one subgroup (checked at load: lanes_probe).
+        // The butterfly adds in the tree's order (lane 0: ((l0 + l4) + (l2 + l6)) + ...), so
+        // the sums are the same bits, without a barrier per step.
+        var a = partial[lid];
+        for (var s = LANES / 2u; s > 0u; s >>= 1u) {
+            for (var j = 0u; j < ACC; j++) {
+                a[j] += shuffle_xor(a[j], s);
+            }
+        }
+        partial[lid] = a;
+        workgroupBarrier();
+        return;
+    }
     workgroupBarrier();
     for (var s = LANES / 2u; s > 0u; s >>= 1u) {
         if lane < s {
@@ -349,6 +363,23 @@ fn matmul_gate_up(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
             let gate = partial[g * LANES][j];
             let up = partial[(g + HALF) * LANES][j];
             y[t * p.y_stride + r] = out_t(gate / (1.0 + exp(-gate)) * up);
+        }
+    }
+}
+
+// The load-time check of reduce_lanes under SUBGROUP_REDUCE (crate/gpu/mod.rs
+// probe_subgroup_reduce): invocation i puts 4 i + j in accumulator j, each row group's first
+// lane writes its sums. Needs TT = 1 and out_t = f32.
+@compute @workgroup_size(64)
+fn lanes_probe(@builtin(local_invocation_index) lid: u32) {
+    let lane = lid % LANES;
+    for (var j = 0u; j < ACC; j++) {
+        partial[lid][j] = f32(4u * lid + j);
+    }
+    reduce_lanes(lane, lid);
+    if lane == 0u {
+        for (var j = 0u; j < ACC; j++) {
+            y[(lid / LANES) * ACC + j] = out_t(partial[lid][j]);
         }
     }
 }

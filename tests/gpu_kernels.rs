@@ -532,3 +532,20 @@ fn qk_norm_rope_matches_cpu() {
         }
     }
 }
+
+/// Which reduction matmul runs here: with subgroups where the device has them and the
+/// load-time probe checked them (`PENSIVE_EXPECT_SUBGROUPS=1`: they must be on, so that a
+/// probe failing on an adapter known to have them does not go unseen), without when asked.
+#[test]
+fn matmul_reduction_follows_the_adapter_and_the_option() {
+    let Some(ctx) = context(true, None) else { return };
+    let has = ctx.device.features().contains(wgpu::Features::SUBGROUP);
+    eprintln!("{}; subgroups feature {has}, sizes {}..={}", ctx.describe(), ctx.info.subgroup_min_size, ctx.info.subgroup_max_size);
+    assert!(!ctx.subgroup_reduce() || has, "subgroup reduction without the feature");
+    if std::env::var("PENSIVE_EXPECT_SUBGROUPS").as_deref() == Ok("1") {
+        assert!(ctx.subgroup_reduce(), "subgroups expected on {}", ctx.describe());
+    }
+    let off = gpu_common::context_with(pensive::gpu::GpuOptions { subgroups: false, ..Default::default() }).expect("a context");
+    assert!(!off.subgroup_reduce());
+    assert!(!off.device.features().contains(wgpu::Features::SUBGROUP));
+}

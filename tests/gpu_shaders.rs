@@ -33,9 +33,12 @@ fn every_shader_validates_under_every_knob() {
         for shader in Shader::ALL {
             if shader.uses_dequant() {
                 for ty in weight_types() {
-                    // Every flag and both matmul shapes, in four combinations.
-                    for (tt, out_f32, x_even, lanes) in [(1, false, true, 32), (8, false, true, 8), (1, true, false, 8), (8, true, false, 32)] {
-                        let knobs = Knobs { wtype: wtype_id(ty), wtype1: wtype_id(ty), wtype2: wtype_id(ty), tt, out_f32, x_even, lanes, ..Knobs::new(act) };
+                    // Every flag and both matmul shapes, in four combinations, two of them with
+                    // the subgroup reduction.
+                    for (tt, out_f32, x_even, lanes, subgroups) in
+                        [(1, false, true, 32, false), (8, false, true, 8, true), (1, true, false, 8, false), (8, true, false, 32, true)]
+                    {
+                        let knobs = Knobs { wtype: wtype_id(ty), wtype1: wtype_id(ty), wtype2: wtype_id(ty), tt, out_f32, x_even, lanes, subgroups, ..Knobs::new(act) };
                         validate(shader, &knobs);
                         checked += 1;
                     }
@@ -60,8 +63,10 @@ fn fused_matmul_variants_validate() {
             // Segment types: all equal, and three different ones (every type in each slot).
             let (t1, t2) = (types[(i + 3) % types.len()], types[(i + 7) % types.len()]);
             for (wtype1, wtype2) in [(ty, ty), (t1, t2), (t1, t1)] {
-                for (tt, norm_cols, rope, lanes) in [(1, 896, true, 8), (1, 0, false, 32), (8, 0, true, 32), (1, 3072, false, 8), (8, 0, false, 8)] {
-                    let knobs = Knobs { wtype: ty, wtype1, wtype2, tt, norm_cols, rope, lanes, ..Knobs::new(act) };
+                for (tt, norm_cols, rope, lanes, subgroups) in
+                    [(1, 896, true, 8, true), (1, 0, false, 32, false), (8, 0, true, 32, true), (1, 3072, false, 8, false), (8, 0, false, 8, true)]
+                {
+                    let knobs = Knobs { wtype: ty, wtype1, wtype2, tt, norm_cols, rope, lanes, subgroups, ..Knobs::new(act) };
                     validate(Shader::Matmul, &knobs);
                     checked += 1;
                 }

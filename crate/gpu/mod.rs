@@ -210,7 +210,7 @@ impl Shader {
             Shader::Rope => &["rope", "rope_store_kv", "qk_norm_rope"],
             Shader::Attention => &["attend_split", "attend_group_split", "attend_merge"],
             Shader::Elementwise => &["silu_mul", "add"],
-            Shader::Matmul => &["matmul", "matmul_qkv", "matmul_gate_up"],
+            Shader::Matmul => &["matmul", "matmul_qkv", "matmul_gate_up", "lanes_probe"],
             Shader::Embed => &["embed"],
             Shader::Argmax => &["ban", "argmax_part", "argmax_final"],
             Shader::Sample => &["adjust", "sample"],
@@ -245,11 +245,14 @@ pub struct Knobs {
     /// `X_F32`: matmul's x is f32 whatever `act` is (the residual stream, which a folded
     /// RMSNorm reads).
     pub x_f32: bool,
+    /// `SUBGROUP_REDUCE`: matmul sums a row group's lanes with subgroup shuffles instead of
+    /// a tree in workgroup memory (`enable subgroups;`; [`GpuContext::subgroup_reduce`]).
+    pub subgroups: bool,
 }
 
 impl Knobs {
     pub fn new(act: Dtype) -> Self {
-        Knobs { act, wtype: 0, tt: 1, out_f32: false, x_even: true, lanes: 32, wtype1: 0, wtype2: 0, norm_cols: 0, rope: false, x_f32: false }
+        Knobs { act, wtype: 0, tt: 1, out_f32: false, x_even: true, lanes: 32, wtype1: 0, wtype2: 0, norm_cols: 0, rope: false, x_f32: false, subgroups: false }
     }
 
     pub fn prelude(&self) -> String {
@@ -258,12 +261,20 @@ impl Knobs {
             Dtype::F16 => "f16",
         };
         let out = if self.out_f32 { "f32" } else { act };
-        let enable = if self.act == Dtype::F16 { "enable f16;\n" } else { "" };
+        let mut enable = String::new();
+        if self.act == Dtype::F16 {
+            enable.push_str("enable f16;\n");
+        }
+        // shuffle_xor exists either way, so that the dead branch compiles without subgroup
+        // support; it is only called under SUBGROUP_REDUCE. (No `enable subgroups;`: naga 30
+        // refuses the directive and gates the built-ins by the device's feature instead. A
+        // browser would need it, but wgpu 30 cannot request the feature there.)
+        let shuffle = if self.subgroups { "subgroupShuffleXor(v, mask)" } else { "v" };
         // x_sh holds the normed row in vec4s, zero padded to whole 8-element units.
         let x_sh_len = (self.norm_cols.div_ceil(8) * 2).max(1);
         format!(
-            "{enable}alias act = {act};\nalias out_t = {out};\nconst ACT_F16: bool = {};\nconst WTYPE: u32 = {}u;\nconst WTYPE1: u32 = {}u;\nconst WTYPE2: u32 = {}u;\nconst TT: u32 = {}u;\nconst X_EVEN: bool = {};\nconst LANES: u32 = {}u;\nconst NORM_COLS: u32 = {}u;\nconst X_SH_LEN: u32 = {x_sh_len}u;\nconst ROPE: bool = {};\nconst X_F32: bool = {};\n",
-            self.act == Dtype::F16, self.wtype, self.wtype1, self.wtype2, self.tt, self.x_even, self.lanes, self.norm_cols, self.rope, self.x_f32
+            "{enable}alias act = {act};\nalias out_t = {out};\nconst ACT_F16: bool = {};\nconst WTYPE: u32 = {}u;\nconst WTYPE1: u32 = {}u;\nconst WTYPE2: u32 = {}u;\nconst TT: u32 = {}u;\nconst X_EVEN: bool = {};\nconst LANES: u32 = {}u;\nconst NORM_COLS: u32 = {}u;\nconst X_SH_LEN: u32 = {x_sh_len}u;\nconst ROPE: bool = {};\nconst X_F32: bool = {};\nconst SUBGROUP_REDUCE: bool = {};\nfn shuffle_xor(v: f32, mask: u32) -> f32 {{ return {shuffle}; }}\n",
+            self.act == Dtype::F16, self.wtype, self.wtype1, self.wtype2, self.tt, self.x_even, self.lanes, self.norm_cols, self.rope, self.x_f32, self.subgroups
         )
     }
 }
@@ -300,11 +311,22 @@ pub struct GpuOptions {
     /// Keep each layer's q/k/v and gate/up as separate matrices run by separate kernels, as
     /// when they cannot be fused (tests of that path; before/after comparisons).
     pub separate_projections: bool,
+    /// Use subgroup operations where the adapter has them and they check out
+    /// ([`GpuContext::subgroup_reduce`]); off: the workgroup-memory paths only.
+    pub subgroups: bool,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { largest_tensor_bytes: 0, prefer_f16: true, binding_cap: None, matmul_lanes: None, memory_budget: None, separate_projections: false }
+        GpuOptions {
+            largest_tensor_bytes: 0,
+            prefer_f16: true,
+            binding_cap: None,
+            matmul_lanes: None,
+            memory_budget: None,
+            separate_projections: false,
+            subgroups: true,
+        }
     }
 }
 
@@ -370,6 +392,8 @@ pub struct GpuContext {
     uniform_align: u64,
     /// Matmul lanes per row (matmul.wgsl LANES).
     matmul_lanes: u32,
+    /// Whether matmul reduces with subgroup shuffles ([`Self::subgroup_reduce`]).
+    subgroup_reduce: bool,
     /// [`GpuOptions::separate_projections`].
     pub separate_projections: bool,
     pipelines: RefCell<HashMap<PipelineKey, (wgpu::ComputePipeline, wgpu::BindGroupLayout)>>,
@@ -407,12 +431,62 @@ impl GpuContext {
             .map_err(|e| GpuError::NoAdapter(e.to_string()))?;
         let descriptor = Self::device_descriptor(&adapter, options);
         let (device, queue) = adapter.request_device(&descriptor).await.map_err(|e| GpuError::Device(e.to_string()))?;
+        let subgroups = device.features().contains(wgpu::Features::SUBGROUP);
         // A device may have higher limits than were asked for (WebGPU raises requests below
         // its defaults to the defaults), but the adapter only vouched for what it reported.
         let asked = &descriptor.required_limits;
         let cap = asked.max_storage_buffer_binding_size.min(asked.max_buffer_size);
         let options = GpuOptions { binding_cap: Some(options.binding_cap.map_or(cap, |c| c.min(cap))), ..options.clone() };
-        Self::from_device(device, queue, adapter.get_info(), &options)
+        let mut ctx = Self::from_device(device, queue, adapter.get_info(), &options)?;
+        if subgroups {
+            ctx.subgroup_reduce = ctx.probe_subgroup_reduce().await;
+        }
+        Ok(ctx)
+    }
+
+    /// Whether matmul's subgroup reduction gives the workgroup-memory tree's sums here.
+    /// It assumes a row group's LANES lanes are adjacent invocations of one subgroup, which
+    /// WGSL does not promise: the adapter's smallest subgroup must hold LANES lanes, and
+    /// matmul.wgsl `lanes_probe` (the real reduction on known values) must come out exact.
+    /// Any failure (no feature, an error, a wrong sum) means no.
+    async fn probe_subgroup_reduce(&self) -> bool {
+        if self.info.subgroup_min_size < self.matmul_lanes {
+            return false;
+        }
+        let scope = self.fault_scope();
+        let knobs = Knobs { out_f32: true, subgroups: true, ..self.knobs() };
+        let (pipeline, layout) = self.pipeline(Shader::Matmul, "lanes_probe", knobs);
+        let out = self.storage("lanes probe", 4 * 4 * 64);
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("lanes probe"),
+            layout: &layout,
+            entries: &[wgpu::BindGroupEntry { binding: 3, resource: out.as_entire_binding() }],
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+        self.queue.submit([encoder.finish()]);
+        let got = self.read_bytes(&out, 0, 4 * 4 * 64).await;
+        self.storage_allocated.set(self.storage_allocated.get().saturating_sub(out.size()));
+        out.destroy();
+        if scope.close().result().await.is_err() {
+            return false;
+        }
+        let Ok(got) = got else { return false };
+        let got: Vec<f32> = bytemuck::pod_collect_to_vec(&got);
+        // Invocation i holds 4 i + j in accumulator j (ACC is 4 in decode); each row group's
+        // first lane writes its sums at 4 g + j.
+        let lanes = self.matmul_lanes as usize;
+        (0..64 / lanes).all(|g| {
+            (0..4).all(|j| {
+                let want: usize = (g * lanes..(g + 1) * lanes).map(|i| 4 * i + j).sum();
+                got.get(4 * g + j) == Some(&(want as f32))
+            })
+        })
     }
 
     /// The features and limits to request from `adapter` for `options`.
@@ -425,6 +499,9 @@ impl GpuContext {
         let mut features = wgpu::Features::empty();
         if options.prefer_f16 && adapter.features().contains(wgpu::Features::SHADER_F16) {
             features |= wgpu::Features::SHADER_F16;
+        }
+        if options.subgroups && adapter.features().contains(wgpu::Features::SUBGROUP) {
+            features |= wgpu::Features::SUBGROUP;
         }
         wgpu::DeviceDescriptor {
             label: Some("pensive"),
@@ -483,6 +560,7 @@ impl GpuContext {
         Ok(GpuContext {
             uniform_align: limits.min_uniform_buffer_offset_alignment as u64,
             matmul_lanes,
+            subgroup_reduce: false,
             separate_projections: options.separate_projections,
             device,
             queue,
@@ -548,9 +626,16 @@ impl GpuContext {
         self.matmul_lanes
     }
 
+    /// Whether matmul sums a row's lanes with subgroup shuffles: the device has the
+    /// `subgroups` feature (natively; wgpu's WebGPU backend does not request it yet) and
+    /// the load-time probe checked the reduction.
+    pub fn subgroup_reduce(&self) -> bool {
+        self.subgroup_reduce
+    }
+
     /// The knobs every pipeline of this context starts from.
     pub fn knobs(&self) -> Knobs {
-        Knobs { lanes: self.matmul_lanes, ..Knobs::new(self.act) }
+        Knobs { lanes: self.matmul_lanes, subgroups: self.subgroup_reduce, ..Knobs::new(self.act) }
     }
 
     /// Bytes one binding (and one weight buffer) may hold here.
@@ -567,8 +652,9 @@ impl GpuContext {
     pub fn describe(&self) -> String {
         let l = self.device.limits();
         format!(
-            "{} ({:?}, {:?}); act {:?}; matmul lanes {}; max_storage_buffer_binding_size {}, max_buffer_size {}, binding used {}",
+            "{} ({:?}, {:?}); act {:?}; matmul lanes {}{}; max_storage_buffer_binding_size {}, max_buffer_size {}, binding used {}",
             self.info.name, self.info.backend, self.info.device_type, self.act, self.matmul_lanes,
+            if self.subgroup_reduce { ", subgroup reduction" } else { "" },
             l.max_storage_buffer_binding_size, l.max_buffer_size, self.max_binding
         )
     }

@@ -38,12 +38,16 @@ pub fn contexts() -> Vec<GpuContext> {
 
 /// Both activation paths, then f16 again with the matmul lanes per row that this adapter
 /// does not use by default (8 on CPU adapters, 32 on GPUs), so both matmul shapes are tested
-/// on any machine.
+/// on any machine, and where the adapter reduces with subgroups, f16 again without them.
 pub fn contexts_both_matmul_shapes() -> Vec<GpuContext> {
     let mut all = contexts();
-    if let Some(default) = all.first().map(|c| c.matmul_lanes()) {
+    if let Some((default, subgroups)) = all.first().map(|c| (c.matmul_lanes(), c.subgroup_reduce())) {
         let other = if default == 8 { 32 } else { 8 };
         all.extend(context_with(GpuOptions { matmul_lanes: Some(other), ..Default::default() }));
+        if subgroups {
+            // The workgroup-memory reduction, which adapters without subgroups run.
+            all.extend(context_with(GpuOptions { subgroups: false, ..Default::default() }));
+        }
     }
     all
 }
