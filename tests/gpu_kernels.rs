@@ -178,7 +178,10 @@ fn rope_store_kv_writes_rotated_keys_and_values_into_the_cache() {
 /// Decode (one query, many splits, several 64-position chunks per split) and causal prefill.
 #[test]
 fn attention_matches_cpu_decode_and_prefill() {
-    for ctx in contexts() {
+    // Also a context that cuts a decode step's context into up to 256 splits (a GPU's
+    // default), with a scratch that holds them.
+    let many = gpu_common::context_with(pensive::gpu::GpuOptions { attention_splits: Some(256), ..Default::default() });
+    for ctx in contexts().into_iter().chain(many) {
         let mut rng = Rng::new(4);
         // (n_heads, n_kv_heads, head_dim, pos0, n_tok): GQA groups of 1 to 8 query heads
         // (attend_group_split), and head_dim 250 or a group of 9 (attend_split).
@@ -200,7 +203,7 @@ fn attention_matches_cpu_decode_and_prefill() {
             let values = as_act(&ctx, &rng.vec(len * kv_dim));
             let qb = ctx.act_from_f32("q", &q);
             let (kc, vc) = (ctx.act_from_f32("kc", &keys), ctx.act_from_f32("vc", &values));
-            let parts = ctx.storage("parts", (attention_scratch_len(n_tok, nh, hd) * 4) as u64);
+            let parts = ctx.storage("parts", (attention_scratch_len(n_tok * 8, nh, hd) * 4) as u64);
             let out = ctx.storage("out", (n_tok * q_dim * 4) as u64);
             let mut rec = ctx.recorder();
             rec.attention(&qb, &kc, &vc, &parts, &out, nh, nkv, hd, pos0, n_tok);

@@ -43,7 +43,9 @@ pub struct QkvOut<'a> {
 fn matmul_rows_per_group(lanes: u32) -> u32 {
     MATMUL_WORKGROUP / lanes * MATMUL_ROWS_PER_LANE
 }
-/// Attention splits a sequence into at most this many parts (see attention.wgsl).
+/// Splits of the sequence the attention scratch holds per token: a prefill chunk's tokens
+/// get at most this many each; a decode step (one token) may use the whole scratch
+/// ([`GpuContext::attention_max_splits`]).
 pub const MAX_ATTENTION_SPLITS: usize = 32;
 /// Query heads per kv head that attention.wgsl attend_group_split serves (its MAX_GROUP).
 pub const MAX_ATTENTION_GROUP: usize = 8;
@@ -153,9 +155,10 @@ struct SampleParams {
 /// The largest f32 below 1: a uniform in [0, 1) drawn as f64 must stay below 1 in f32.
 const BELOW_ONE: f32 = 0.999_999_94;
 
-/// How attention cuts `len` positions: (split_len, n_splits), split_len a multiple of 64.
-pub fn attention_splits(len: usize) -> (usize, usize) {
-    let split_len = len.div_ceil(MAX_ATTENTION_SPLITS).next_multiple_of(64).max(64);
+/// How attention cuts `len` positions: (split_len, n_splits), split_len a multiple of 64,
+/// at most `max_splits` splits.
+pub fn attention_splits(len: usize, max_splits: usize) -> (usize, usize) {
+    let split_len = len.div_ceil(max_splits.max(1)).next_multiple_of(64).max(64);
     (split_len, len.div_ceil(split_len))
 }
 
@@ -237,7 +240,10 @@ impl Recorder<'_> {
         pos0: usize,
         n_tok: usize,
     ) {
-        let (split_len, n_splits) = attention_splits(pos0 + n_tok);
+        // As many splits as the adapter wants for this context (a long context on a big GPU
+        // needs many workgroups: one per kv head and split) and the scratch holds.
+        let room = (scratch.size() / 4) as usize / (n_tok * n_heads * (head_dim + 2)).max(1);
+        let (split_len, n_splits) = attention_splits(pos0 + n_tok, self.ctx().attention_max_splits().min(room));
         let p = AttnParams {
             n_heads: n_heads as u32,
             n_kv_heads: n_kv_heads as u32,

@@ -314,6 +314,9 @@ pub struct GpuOptions {
     /// Use subgroup operations where the adapter has them and they check out
     /// ([`GpuContext::subgroup_reduce`]); off: the workgroup-memory paths only.
     pub subgroups: bool,
+    /// Most splits attention cuts a decode step's context into instead of the adapter's
+    /// default ([`GpuContext::attention_max_splits`]).
+    pub attention_splits: Option<usize>,
 }
 
 impl Default for GpuOptions {
@@ -326,6 +329,7 @@ impl Default for GpuOptions {
             memory_budget: None,
             separate_projections: false,
             subgroups: true,
+            attention_splits: None,
         }
     }
 }
@@ -394,6 +398,8 @@ pub struct GpuContext {
     matmul_lanes: u32,
     /// Whether matmul reduces with subgroup shuffles ([`Self::subgroup_reduce`]).
     subgroup_reduce: bool,
+    /// [`Self::attention_max_splits`].
+    attention_max_splits: usize,
     /// [`GpuOptions::separate_projections`].
     pub separate_projections: bool,
     pipelines: RefCell<HashMap<PipelineKey, (wgpu::ComputePipeline, wgpu::BindGroupLayout)>>,
@@ -561,6 +567,9 @@ impl GpuContext {
             uniform_align: limits.min_uniform_buffer_offset_alignment as u64,
             matmul_lanes,
             subgroup_reduce: false,
+            // A CPU adapter runs a handful of workgroups at once; a GPU needs hundreds, and
+            // a decode step's attention has one per kv head and split.
+            attention_max_splits: options.attention_splits.unwrap_or(if info.device_type == wgpu::DeviceType::Cpu { 32 } else { 256 }).max(1),
             separate_projections: options.separate_projections,
             device,
             queue,
@@ -624,6 +633,12 @@ impl GpuContext {
     /// Matmul lanes per row (matmul.wgsl LANES): 8 on CPU adapters, 32 on GPUs.
     pub fn matmul_lanes(&self) -> u32 {
         self.matmul_lanes
+    }
+
+    /// Most splits (parallel parts, each ≥ 64 positions) attention cuts a decode step's
+    /// context into: 32 on CPU adapters, 256 on GPUs (at 32k tokens, 128 splits of 256).
+    pub fn attention_max_splits(&self) -> usize {
+        self.attention_max_splits
     }
 
     /// Whether matmul sums a row's lanes with subgroup shuffles: the device has the
