@@ -552,3 +552,44 @@ fn matmul_reduction_follows_the_adapter_and_the_option() {
     assert!(!off.subgroup_reduce());
     assert!(!off.device.features().contains(wgpu::Features::SUBGROUP));
 }
+
+/// Profiling (`pensive bench --profile`): with timestamp queries every dispatch is timed and
+/// summed per entry point, results unchanged; 1,500 dispatches in one step cross a
+/// submit's 1,024 timed ones. Without the feature it says so and times nothing.
+#[test]
+fn profiling_times_every_dispatch_per_entry_point() {
+    let Some(ctx) = context(true, None) else { return };
+    let has = ctx.device.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+    assert_eq!(ctx.enable_profiling(), has);
+    let (dim, n_tok) = (576, 2);
+    let mut rng = Rng::new(3);
+    let x = rng.vec(dim * n_tok);
+    let w = rng.vec(dim);
+    let xb = ctx.storage_init("x", bytemuck::cast_slice(&x));
+    let wb = ctx.storage_init("w", bytemuck::cast_slice(&w));
+    let out = ctx.storage("out", (dim * n_tok * 4) as u64);
+    let (a, b) = (ctx.storage("a", 4 * 1000), ctx.storage("b", 4 * 1000));
+    let mut rec = ctx.recorder();
+    for _ in 0..1500 {
+        rec.add(&a, &b, 1000);
+    }
+    rec.rms_norm(&xb, &wb, &out, dim, n_tok, 1e-5);
+    rec.submit();
+    let mut want = vec![0.0; dim * n_tok];
+    for (o, xi) in want.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+        ops::rms_norm(o, xi, &w, 1e-5);
+    }
+    assert_close("rms_norm, profiled", &read_act(&ctx, &out, dim * n_tok), &want, tol(&ctx), 1.0);
+    let times = ctx.take_kernel_times();
+    eprintln!("{times:?}");
+    if !has {
+        assert!(times.is_empty());
+        return;
+    }
+    let count = |entry: &str| times.iter().find(|t| t.entry == entry).map(|t| (t.dispatches, t.ms));
+    let (n_add, ms_add) = count("add").expect("add timed");
+    assert_eq!(n_add, 1500);
+    assert!(ms_add > 0.0 && ms_add.is_finite());
+    assert_eq!(count("rms_norm").map(|t| t.0), Some(1));
+    assert!(ctx.take_kernel_times().is_empty(), "taking the times resets them");
+}

@@ -345,6 +345,11 @@ mod cli {
         /// GPU backend's run-ahead, on by default as in generation).
         #[arg(long)]
         no_run_ahead: bool,
+        /// GPU: time every decode dispatch with timestamp queries and report the time per
+        /// kernel entry point (`gpu_kernels`). Each dispatch then runs in a pass of its own
+        /// and every step waits for its timestamps, so tok/s under it is not a speed figure.
+        #[arg(long)]
+        profile: bool,
     }
 
     pub fn main() -> ExitCode {
@@ -597,7 +602,14 @@ mod cli {
         let load_s = t0.elapsed().as_secs_f64();
         if let AnyBackend::Gpu(m) = &mut backend {
             m.set_run_ahead(!a.no_run_ahead);
+            if a.profile && !m.context().enable_profiling() {
+                eprintln!("--profile: this adapter has no timestamp queries; no kernel times");
+            }
         }
+        let kernel_times = |b: &AnyBackend| match b {
+            AnyBackend::Gpu(m) => m.context().take_kernel_times(),
+            AnyBackend::Cpu { .. } => Vec::new(),
+        };
         let vocab = backend.config().vocab_size as u32;
         let prompt: Vec<u32> = (0..a.prompt_tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
         let context: Vec<u32> = (0..a.context as u32).map(|i| (i * 104_729 + 7) % vocab).collect();
@@ -620,7 +632,8 @@ mod cli {
         // One round: the context untimed, then the prompt's prefill, then decode steps:
         // greedy (argmax on the backend) or sampled with the real sampler, on the backend
         // when it samples itself, else from logits on the host, as generation does.
-        let mut round = || -> Result<(f64, Vec<f64>, Option<(u64, u64)>), EngineError> {
+        type Round = (f64, Vec<f64>, Option<(u64, u64)>, Vec<pensive::gpu::KernelTime>);
+        let mut round = || -> Result<Round, EngineError> {
             backend.truncate(0)?;
             let mut sampler = Sampler::new(options.clone()).map_err(|e| EngineError::Generate(e.into()))?;
             let mut history = context.clone();
@@ -649,6 +662,7 @@ mod cli {
             let mut next = step(&mut backend, &prompt, &history, a.gen_tokens == 0)?;
             let prefill_s = t.elapsed().as_secs_f64();
             let before = counters(&backend);
+            kernel_times(&backend); // the decode steps' only
             let mut steps = Vec::with_capacity(a.gen_tokens);
             for i in 0..a.gen_tokens {
                 history.push(next);
@@ -658,23 +672,24 @@ mod cli {
             }
             let after = counters(&backend);
             let counted = before.zip(after).map(|((d0, r0), (d1, r1))| (d1 - d0, r1 - r0));
-            Ok((prefill_s, steps, counted))
+            Ok((prefill_s, steps, counted, kernel_times(&backend)))
         };
         if a.repeats > 1 {
             round()?; // warm-up: first-use costs (pipeline compilation, page faults)
         }
-        let mut best: Option<(f64, Vec<f64>, Option<(u64, u64)>)> = None;
+        let mut best: Option<Round> = None;
         for _ in 0..a.repeats.max(1) {
-            let (p, steps, counted) = round()?;
+            let (p, steps, counted, kernels) = round()?;
             best = Some(match best {
-                None => (p, steps, counted),
-                Some((bp, bs, bc)) => {
-                    let (s, c) = if steps.iter().sum::<f64>() < bs.iter().sum::<f64>() { (steps, counted) } else { (bs, bc) };
-                    (bp.min(p), s, c)
+                None => (p, steps, counted, kernels),
+                Some((bp, bs, bc, bk)) => {
+                    let (s, c, k) =
+                        if steps.iter().sum::<f64>() < bs.iter().sum::<f64>() { (steps, counted, kernels) } else { (bs, bc, bk) };
+                    (bp.min(p), s, c, k)
                 }
             });
         }
-        let (prefill_s, mut steps, counted) = best.unwrap_or_default();
+        let (prefill_s, mut steps, counted, kernels) = best.unwrap_or_default();
         let decode_s: f64 = steps.iter().sum();
         steps.sort_by(|x, y| x.total_cmp(y));
         let median = steps.get(steps.len() / 2).copied().unwrap_or(0.0);
@@ -715,6 +730,12 @@ mod cli {
             "bandwidth_gbs": a.bandwidth_gbs,
             "memory_bound_fraction": bound_fraction,
             "peak_rss_mb": peak_rss_mb(),
+            "gpu_kernels": (!kernels.is_empty()).then(|| {
+                kernels
+                    .iter()
+                    .map(|k| serde_json::json!({ "entry": k.entry, "ms_per_token": k.ms / a.gen_tokens.max(1) as f64, "dispatches_per_token": per_token(k.dispatches) }))
+                    .collect::<Vec<_>>()
+            }),
             "run_ahead": match &backend {
                 AnyBackend::Gpu(m) => serde_json::json!({ "on": !a.no_run_ahead, "claimed": m.ahead_stats().claimed, "dropped": m.ahead_stats().dropped }),
                 AnyBackend::Cpu { .. } => serde_json::Value::Null,

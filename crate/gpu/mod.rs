@@ -317,6 +317,9 @@ pub struct GpuOptions {
     /// Most splits attention cuts a decode step's context into instead of the adapter's
     /// default ([`GpuContext::attention_max_splits`]).
     pub attention_splits: Option<usize>,
+    /// Request `timestamp-query` where the adapter has it ([`GpuContext::enable_profiling`];
+    /// on by default natively).
+    pub timestamps: bool,
 }
 
 impl Default for GpuOptions {
@@ -330,6 +333,8 @@ impl Default for GpuOptions {
             separate_projections: false,
             subgroups: true,
             attention_splits: None,
+            // Natively, where a bench may profile ([`GpuContext::enable_profiling`]).
+            timestamps: cfg!(not(target_arch = "wasm32")),
         }
     }
 }
@@ -415,6 +420,55 @@ pub struct GpuContext {
     pub readback_bytes: Cell<u64>,
     /// Loss of the device and errors outside any scope, as its callbacks report them.
     pub faults: Arc<DeviceFaults>,
+    /// GPU time per kernel entry point, when asked for ([`GpuContext::enable_profiling`]).
+    profiler: std::cell::OnceCell<Profiler>,
+}
+
+/// Timestamps around every dispatch (each then gets a compute pass of its own), resolved
+/// and read back after each submit, summed per entry point. Native only: the readback
+/// blocks. It serializes the dispatches' passes and costs a readback per submit, so the
+/// totals are for comparing kernels, not a speed figure.
+struct Profiler {
+    queries: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    /// Nanoseconds per timestamp tick.
+    period: f64,
+    totals: RefCell<HashMap<&'static str, (f64, u64)>>,
+}
+
+/// Dispatches one submit may time (two queries each).
+const PROFILED_DISPATCHES: u64 = 1024;
+
+impl Profiler {
+    /// Wait for `submission`, read its timestamps and add each dispatch's time to its
+    /// entry's total. Failures (a lost device) only lose the sample.
+    fn collect(&self, device: &wgpu::Device, entries: &[&'static str], submission: wgpu::SubmissionIndex) {
+        let bytes = entries.len() as u64 * 16;
+        self.readback.map_async(wgpu::MapMode::Read, ..bytes, |_| {});
+        if device.poll(wgpu::PollType::Wait { submission_index: Some(submission), timeout: None }).is_err() {
+            return;
+        }
+        if let Ok(view) = self.readback.get_mapped_range(..bytes) {
+            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&view);
+            let mut totals = self.totals.borrow_mut();
+            for (i, entry) in entries.iter().enumerate() {
+                let ns = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * self.period;
+                let t = totals.entry(entry).or_insert((0.0, 0));
+                t.0 += ns;
+                t.1 += 1;
+            }
+        }
+        self.readback.unmap();
+    }
+}
+
+/// Total GPU time of one kernel entry point since profiling started (or was reset).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelTime {
+    pub entry: &'static str,
+    pub ms: f64,
+    pub dispatches: u64,
 }
 
 /// Bytes of one dispatch's uniform slot (the largest Params struct is 48 bytes).
@@ -509,6 +563,9 @@ impl GpuContext {
         if options.subgroups && adapter.features().contains(wgpu::Features::SUBGROUP) {
             features |= wgpu::Features::SUBGROUP;
         }
+        if options.timestamps && adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
         wgpu::DeviceDescriptor {
             label: Some("pensive"),
             required_features: features,
@@ -586,6 +643,7 @@ impl GpuContext {
             bind_groups_created: Cell::new(0),
             readback_bytes: Cell::new(0),
             faults,
+            profiler: std::cell::OnceCell::new(),
         })
     }
 
@@ -639,6 +697,44 @@ impl GpuContext {
     /// context into: 32 on CPU adapters, 256 on GPUs (at 32k tokens, 128 splits of 256).
     pub fn attention_max_splits(&self) -> usize {
         self.attention_max_splits
+    }
+
+    /// Time every dispatch from now on (natively, where the device has `TIMESTAMP_QUERY`,
+    /// which [`GpuOptions::timestamps`] requests). Returns whether it could.
+    pub fn enable_profiling(&self) -> bool {
+        if self.profiler.get().is_some() {
+            return true;
+        }
+        if cfg!(target_arch = "wasm32") || !self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return false;
+        }
+        let n = 2 * PROFILED_DISPATCHES;
+        let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count: n as u32 });
+        let resolved = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile resolve"),
+            size: n * 8,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let readback = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile readback"),
+            size: n * 8,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let period = f64::from(self.queue.get_timestamp_period());
+        self.profiler.get_or_init(|| Profiler { queries, resolved, readback, period, totals: RefCell::new(HashMap::new()) });
+        true
+    }
+
+    /// GPU time per entry point since profiling started or the last call (which resets
+    /// the totals), most expensive first. Empty when not profiling.
+    pub fn take_kernel_times(&self) -> Vec<KernelTime> {
+        let Some(p) = self.profiler.get() else { return Vec::new() };
+        let mut all: Vec<KernelTime> =
+            p.totals.borrow_mut().drain().map(|(entry, (ns, dispatches))| KernelTime { entry, ms: ns / 1e6, dispatches }).collect();
+        all.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        all
     }
 
     /// Whether matmul sums a row's lanes with subgroup shuffles: the device has the
@@ -803,6 +899,7 @@ impl GpuContext {
             encoder: self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") }),
             ops: Vec::new(),
             params: Vec::new(),
+            timed: Vec::new(),
         }
     }
 }
@@ -867,6 +964,7 @@ impl std::future::Future for MapDone {
 }
 
 struct Op {
+    entry: &'static str,
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     groups: [u32; 3],
@@ -880,6 +978,8 @@ pub struct Recorder<'c> {
     encoder: wgpu::CommandEncoder,
     ops: Vec<Op>,
     params: Vec<u8>,
+    /// Profiling: the entry of each dispatch encoded since the last submit, in order.
+    timed: Vec<&'static str>,
 }
 
 impl<'c> Recorder<'c> {
@@ -902,7 +1002,8 @@ impl<'c> Recorder<'c> {
             return;
         }
         let slot = PARAM_SLOT.max(self.ctx.uniform_align);
-        if (self.params.len() as u64 + slot) > self.ctx.params.size() {
+        let profiled_full = self.ctx.profiler.get().is_some() && (self.timed.len() + self.ops.len()) as u64 >= PROFILED_DISPATCHES;
+        if (self.params.len() as u64 + slot) > self.ctx.params.size() || profiled_full {
             self.flush();
         }
         let offset = self.params.len() as u64;
@@ -951,7 +1052,7 @@ impl<'c> Recorder<'c> {
                 bg
             }
         };
-        self.ops.push(Op { pipeline, bind_group, groups });
+        self.ops.push(Op { entry, pipeline, bind_group, groups });
     }
 
     /// Copy between buffers inside the step (recorded after the dispatches so far).
@@ -962,6 +1063,26 @@ impl<'c> Recorder<'c> {
 
     fn encode_ops(&mut self) {
         if self.ops.is_empty() {
+            return;
+        }
+        if let Some(profiler) = self.ctx.profiler.get() {
+            // A pass per dispatch, timestamps at its start and end.
+            for op in &self.ops {
+                let k = 2 * self.timed.len() as u32;
+                let timestamp_writes = wgpu::ComputePassTimestampWrites {
+                    query_set: &profiler.queries,
+                    beginning_of_pass_write_index: Some(k),
+                    end_of_pass_write_index: Some(k + 1),
+                };
+                let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(op.entry), timestamp_writes: Some(timestamp_writes) });
+                pass.set_pipeline(&op.pipeline);
+                pass.set_bind_group(0, &op.bind_group, &[]);
+                pass.dispatch_workgroups(op.groups[0], op.groups[1], op.groups[2]);
+                drop(pass);
+                self.timed.push(op.entry);
+            }
+            self.ctx.dispatches.set(self.ctx.dispatches.get() + self.ops.len() as u64);
+            self.ops.clear();
             return;
         }
         let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("step"), timestamp_writes: None });
@@ -978,6 +1099,12 @@ impl<'c> Recorder<'c> {
     /// Submit what is recorded so far and keep recording (only when the arena is full).
     fn flush(&mut self) -> wgpu::SubmissionIndex {
         self.encode_ops();
+        let timed = std::mem::take(&mut self.timed);
+        if let (Some(p), false) = (self.ctx.profiler.get(), timed.is_empty()) {
+            let n = 2 * timed.len() as u32;
+            self.encoder.resolve_query_set(&p.queries, 0..n, &p.resolved, 0);
+            self.encoder.copy_buffer_to_buffer(&p.resolved, 0, &p.readback, 0, u64::from(n) * 8);
+        }
         let encoder = std::mem::replace(
             &mut self.encoder,
             self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") }),
@@ -986,6 +1113,9 @@ impl<'c> Recorder<'c> {
         let submission = self.ctx.queue.submit([encoder.finish()]);
         self.ctx.submits.set(self.ctx.submits.get() + 1);
         self.params.clear();
+        if let (Some(p), false) = (self.ctx.profiler.get(), timed.is_empty()) {
+            p.collect(&self.ctx.device, &timed, submission.clone());
+        }
         submission
     }
 
