@@ -11,6 +11,18 @@
 // several logits equal that key, by bisection over the id within them. Each bisection step
 // is one pass over the row with a workgroup reduction of a count or a probability mass.
 //
+// The candidate prefix: a row has 150k logits, and those passes (~100 of them) over all of
+// them in one workgroup would cost more than the rest of a step on a fast GPU. So after
+// the max, one pass histograms every logit's distance below it (BIN_W-wide bins), and
+// where the cuts are sure to fall among the logits above some distance (top-k: at least k
+// of them; top-p: their mass, one more pass, reaches the goal; min-p alone: every
+// candidate is that close), those — all logits with a key above a threshold, which is a
+// prefix of the sorted order — are copied to `list` (at most LIST_CAP, in a fixed order:
+// per invocation, then by index) and every later pass reads the list instead of the row.
+// A bisection over the prefix asks the same questions as over the row (every sum at or
+// above the threshold is over the same elements; below it, both reach the goal), so the
+// cuts are the same up to f32 summation order. Otherwise the passes read the whole row.
+//
 // Differences from the CPU, by design: sums are f32 (tree-reduced) where the CPU sums f64
 // in sorted order, so a cut can differ when the running sum lies within f32 rounding of
 // its goal (top_p × total, or u × the scaled total); tests/gpu_sample.rs counts those.
@@ -38,6 +50,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> logits: array<f32>; // (≥ n) f32, row 0 is sampled
 @group(0) @binding(2) var<storage, read> adjust_ids: array<u32>;  // (n_adjust): id | BANNED
 @group(0) @binding(3) var<storage, read_write> result: array<u32>; // (1): the chosen id
+@group(0) @binding(4) var<storage, read_write> list: array<vec2<u32>>; // (LIST_CAP): (logit bits, id) of the prefix
 
 const WG: u32 = 256u;
 const NONE: u32 = 0xffffffffu;
@@ -46,6 +59,11 @@ const BANNED: u32 = 0x80000000u;
 const COUNT: u32 = 0u;
 const MASS: u32 = 1u;
 const SCALED: u32 = 2u;
+// The candidate prefix: at most this many logits; distance bins of this width (in logits
+// at temperature 1), this many (covering 32 below the max).
+const LIST_CAP: u32 = 8192u;
+const BIN_W: f32 = 0.25;
+const BINS: u32 = 128u;
 
 // -inf's bits, from a private variable: an infinite const-expression is a shader-creation
 // error in WGSL (Tint rejects it; naga lets it pass). See argmax.wgsl.
@@ -85,6 +103,27 @@ var<workgroup> red_i: array<u32, WG>;
 var<workgroup> out_f: f32;
 var<workgroup> out_k: u32;
 var<workgroup> out_i: u32;
+var<workgroup> hist: array<atomic<u32>, BINS>;
+// Where the passes read: the row (list 0, n = the vocabulary) or the list (list 1, n = its
+// length). Passed down as a value (from the uniform buffer or a workgroupUniformLoad) so
+// that the passes' loop bounds stay uniform: a reduction's barrier follows every loop.
+struct Src {
+    list: u32,
+    n: u32,
+}
+
+// Element j of `src`: (logit bits, id).
+fn elem(src: Src, j: u32) -> vec2<u32> {
+    if src.list == 1u {
+        return list[j];
+    }
+    return vec2<u32>(bitcast<u32>(logits[j]), j);
+}
+
+// The distance bin of logit l below the max m (BINS: too far).
+fn bin_of(l: f32, m: f32) -> u32 {
+    return u32(clamp((m - l) / BIN_W, 0.0, f32(BINS)));
+}
 
 fn reduce_sum(lid: u32, v: f32) -> f32 {
     workgroupBarrier(); // the previous reduction's readers are done with red_f
@@ -152,11 +191,13 @@ fn in_cands(l: f32, bits: u32, key: u32, i: u32, cand: Cands) -> bool {
 }
 
 // Sum of `kind` over the candidates with key ≥ at (eq: key == at and id ≤ id_max).
-fn sum_where(lid: u32, kind: u32, cand: Cands, at: u32, eq: bool, id_max: u32) -> f32 {
+fn sum_where(src: Src, lid: u32, kind: u32, cand: Cands, at: u32, eq: bool, id_max: u32) -> f32 {
     var acc = 0.0;
-    for (var i = lid; i < p.n; i += WG) {
-        let l = logits[i];
-        let bits = bitcast<u32>(l);
+    for (var j = lid; j < src.n; j += WG) {
+        let e = elem(src, j);
+        let i = e.y;
+        let bits = e.x;
+        let l = bitcast<f32>(bits);
         let key = order_key(bits);
         let hit = select(key >= at, key == at && i <= id_max, eq);
         if hit && in_cands(l, bits, key, i, cand) {
@@ -172,15 +213,15 @@ fn reaches(sum: f32, goal: f32, strict: bool) -> bool {
 
 // The first candidate of `cand`, in sorted order, at which the running sum of `kind` reaches
 // `goal` (> when strict, else ≥): (key, id, 1), or (_, _, 0) when the whole set does not.
-fn find_cut(lid: u32, kind: u32, cand: Cands, goal: f32, strict: bool) -> vec3<u32> {
-    let total = sum_where(lid, kind, cand, 0u, false, 0u);
+fn find_cut(src: Src, lid: u32, kind: u32, cand: Cands, goal: f32, strict: bool) -> vec3<u32> {
+    let total = sum_where(src, lid, kind, cand, 0u, false, 0u);
     // The largest key v whose "key ≥ v" part reaches the goal. Always 32 steps (once lo
     // meets hi a step repeats lo), so no barrier sits under a data-dependent branch.
     var lo = 0u;
     var hi = NONE;
     for (var it = 0u; it < 32u; it++) {
         let mid = lo + (hi - lo) / 2u + ((hi - lo) & 1u);
-        let g = sum_where(lid, kind, cand, mid, false, 0u);
+        let g = sum_where(src, lid, kind, cand, mid, false, 0u);
         if lo < hi {
             if reaches(g, goal, strict) {
                 lo = mid;
@@ -193,7 +234,7 @@ fn find_cut(lid: u32, kind: u32, cand: Cands, goal: f32, strict: bool) -> vec3<u
     // Within the logits equal to v (ids ascending), the first id that reaches the goal.
     var above = 0.0;
     if v != NONE {
-        above = sum_where(lid, kind, cand, v + 1u, false, 0u);
+        above = sum_where(src, lid, kind, cand, v + 1u, false, 0u);
     }
     var first_id = NONE;
     var count = 0.0;
@@ -201,9 +242,11 @@ fn find_cut(lid: u32, kind: u32, cand: Cands, goal: f32, strict: bool) -> vec3<u
         var k = 0u;
         var best = NONE;
         var c = 0.0;
-        for (var i = lid; i < p.n; i += WG) {
-            let l = logits[i];
-            let bits = bitcast<u32>(l);
+        for (var j = lid; j < src.n; j += WG) {
+            let e = elem(src, j);
+            let i = e.y;
+            let bits = e.x;
+            let l = bitcast<f32>(bits);
             let key = order_key(bits);
             if key == v && in_cands(l, bits, key, i, cand) {
                 best = min(best, i);
@@ -218,7 +261,7 @@ fn find_cut(lid: u32, kind: u32, cand: Cands, goal: f32, strict: bool) -> vec3<u
         var id_hi = p.n - 1u;
         for (var it = 0u; it < 32u - countLeadingZeros(p.n); it++) {
             let mid = id_lo + (id_hi - id_lo) / 2u;
-            let s = sum_where(lid, kind, cand, v, true, mid);
+            let s = sum_where(src, lid, kind, cand, v, true, mid);
             if id_lo < id_hi {
                 if reaches(above + s, goal, strict) {
                     id_hi = mid;
@@ -229,6 +272,92 @@ fn find_cut(lid: u32, kind: u32, cand: Cands, goal: f32, strict: bool) -> vec3<u
         }
     }
     return vec3<u32>(v, id_lo, u32(reaches(total, goal, strict)));
+}
+
+// Decide whether the cuts fall among the logits within some distance of the max m (see the
+// top), and if so copy those to `list` and read it from now on. `topk_on`: a top-k cut
+// comes first; `p_goal`: top-p's goal (top_p × the total mass), when top-p cuts the row.
+fn use_prefix(lid: u32, m: f32, topk_on: bool, p_goal: f32) -> Src {
+    for (var b = lid; b < BINS; b += WG) {
+        atomicStore(&hist[b], 0u);
+    }
+    workgroupBarrier();
+    for (var i = lid; i < p.n; i += WG) {
+        let l = logits[i];
+        let b = bin_of(l, m);
+        if is_finite(bitcast<u32>(l)) && b < BINS {
+            atomicAdd(&hist[b], 1u);
+        }
+    }
+    workgroupBarrier();
+    if lid == 0u {
+        // The most bins from the top whose logits fit the list.
+        var count = 0u;
+        var nb = 0u;
+        for (var b = 0u; b < BINS; b++) {
+            let c = atomicLoad(&hist[b]);
+            if count + c > LIST_CAP {
+                break;
+            }
+            count += c;
+            nb = b + 1u;
+        }
+        out_i = nb;
+        out_k = count;
+    }
+    let nb = workgroupUniformLoad(&out_i);
+    let count = workgroupUniformLoad(&out_k);
+    var sure = false;
+    if topk_on {
+        sure = count >= p.top_k;
+    } else if p.top_p < 1.0 {
+        // The prefix's temperature-1 mass must reach the goal, with room for rounding.
+        var mass = 0.0;
+        for (var i = lid; i < p.n; i += WG) {
+            let l = logits[i];
+            if is_finite(bitcast<u32>(l)) && bin_of(l, m) < nb {
+                mass += exp(l - m);
+            }
+        }
+        sure = reduce_sum(lid, mass) >= p_goal * 1.001;
+    } else if p.min_p_on == 1u {
+        // Everything farther is below min_p × the max's weight.
+        sure = exp(-f32(nb) * BIN_W) < p.min_p * 0.999;
+    }
+    if !sure || count == 0u {
+        return Src(0u, p.n);
+    }
+    // Copy the prefix in a fixed order: each invocation's share at its offset.
+    var mine = 0u;
+    for (var i = lid; i < p.n; i += WG) {
+        let l = logits[i];
+        if is_finite(bitcast<u32>(l)) && bin_of(l, m) < nb {
+            mine += 1u;
+        }
+    }
+    workgroupBarrier();
+    red_k[lid] = mine;
+    workgroupBarrier();
+    if lid == 0u {
+        var total = 0u;
+        for (var t = 0u; t < WG; t++) {
+            let c = red_k[t];
+            red_k[t] = total;
+            total += c;
+        }
+        out_k = total;
+    }
+    workgroupBarrier();
+    var at = red_k[lid];
+    for (var i = lid; i < p.n; i += WG) {
+        let l = logits[i];
+        if is_finite(bitcast<u32>(l)) && bin_of(l, m) < nb {
+            list[at] = vec2<u32>(bitcast<u32>(l), i);
+            at += 1u;
+        }
+    }
+    storageBarrier();
+    return Src(1u, workgroupUniformLoad(&out_k));
 }
 
 @compute @workgroup_size(256)
@@ -259,16 +388,27 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
     let m = key_value(best.x);
     var cand = Cands(m, 0u, NONE, false);
 
+    let topk_on = p.top_k > 0u && f32(p.top_k) < n_candidates;
+    // Without top-k, top-p's total is over every candidate: taken from the row.
+    var row_total = 0.0;
+    if !topk_on && p.top_p < 1.0 {
+        row_total = sum_where(Src(0u, p.n), lid, MASS, cand, 0u, false, 0u);
+    }
+    let src = use_prefix(lid, m, topk_on, p.top_p * row_total);
+
     // top-k: the k-th candidate in sorted order ends the cand.
-    if p.top_k > 0u && f32(p.top_k) < n_candidates {
-        let cut = find_cut(lid, COUNT, cand, f32(p.top_k), false);
+    if topk_on {
+        let cut = find_cut(src, lid, COUNT, cand, f32(p.top_k), false);
         cand.cut_key = cut.x;
         cand.cut_id = cut.y;
     }
     // top-p: the first candidate at which the temperature-1 mass reaches top_p × total.
     if p.top_p < 1.0 {
-        let total = sum_where(lid, MASS, cand, 0u, false, 0u);
-        let cut = find_cut(lid, MASS, cand, p.top_p * total, false);
+        var total = row_total;
+        if topk_on {
+            total = sum_where(src, lid, MASS, cand, 0u, false, 0u);
+        }
+        let cut = find_cut(src, lid, MASS, cand, p.top_p * total, false);
         if cut.z == 1u {
             cand.cut_key = cut.x;
             cand.cut_id = cut.y;
@@ -277,17 +417,19 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
     // min-p: weight exp(l - max) ≥ min_p; the most likely candidate (weight 1) always stays.
     cand.min_p = p.min_p_on == 1u;
     // The draw: the first candidate whose running scaled mass exceeds u × the scaled total.
-    let scaled_total = sum_where(lid, SCALED, cand, 0u, false, 0u);
-    let cut = find_cut(lid, SCALED, cand, p.uniform * scaled_total, true);
+    let scaled_total = sum_where(src, lid, SCALED, cand, 0u, false, 0u);
+    let cut = find_cut(src, lid, SCALED, cand, p.uniform * scaled_total, true);
     var chosen = cut.y;
     if cut.z == 0u {
         // Rounding left the goal at or above the sum: the last candidate owns it (as on
         // the CPU). Last = the smallest key, then the largest id: the best of (~key, n-1-id).
         var lk = 0u;
         var li = NONE;
-        for (var i = lid; i < p.n; i += WG) {
-            let l = logits[i];
-            let bits = bitcast<u32>(l);
+        for (var j = lid; j < src.n; j += WG) {
+            let e = elem(src, j);
+            let i = e.y;
+            let bits = e.x;
+            let l = bitcast<f32>(bits);
             let key = order_key(bits);
             let rev = p.n - 1u - i;
             if in_cands(l, bits, key, i, cand) && (li == NONE || ~key > lk || (~key == lk && rev < li)) {

@@ -49,6 +49,9 @@ fn matmul_rows_per_group(lanes: u32) -> u32 {
 pub const MAX_ATTENTION_SPLITS: usize = 32;
 /// Query heads per kv head that attention.wgsl attend_group_split serves (its MAX_GROUP).
 pub const MAX_ATTENTION_GROUP: usize = 8;
+/// (logit, id) pairs the sampler's candidate prefix holds (sample.wgsl LIST_CAP): the
+/// `list` scratch of [`Recorder::sample`] is this many × 8 bytes.
+pub const SAMPLE_LIST_LEN: usize = 8192;
 /// Logits per argmax_part workgroup.
 const ARGMAX_PER_GROUP: u32 = 4096;
 /// Largest head_dim the attention kernel holds (4 dims per lane × 64 lanes).
@@ -488,6 +491,7 @@ impl Recorder<'_> {
         options: &crate::sampler::SamplerOptions,
         u: f64,
         result: &wgpu::Buffer,
+        list: &wgpu::Buffer,
     ) {
         let k = self.knobs();
         let temperature = options.temperature;
@@ -505,7 +509,7 @@ impl Recorder<'_> {
         };
         self.dispatch(Shader::Sample, "adjust", k, &p, &[b(logits), b(adjust)], [(n_adjust as u32).div_ceil(64), 1, 1]);
         let p = SampleParams { n: n as u32, ..p };
-        self.dispatch(Shader::Sample, "sample", k, &p, &[b(logits), None, b(result)], [1, 1, 1]);
+        self.dispatch(Shader::Sample, "sample", k, &p, &[b(logits), None, b(result), b(list)], [1, 1, 1]);
     }
 }
 

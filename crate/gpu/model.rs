@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::kernels::{argmax_scratch_len, attention_scratch_len, FoldedNorm, QkvOut, MAX_FOLDED_NORM, MAX_HEAD_DIM};
+use super::kernels::{argmax_scratch_len, attention_scratch_len, FoldedNorm, QkvOut, MAX_FOLDED_NORM, MAX_HEAD_DIM, SAMPLE_LIST_LEN};
 use super::repack::{matrix_layout, FusedMatrix, GpuMatrix};
 use super::{storage_bytes, FaultCheck, GpuContext, GpuError, Recorder};
 use crate::backend::{Backend, BackendError, SampleRequest, SampledToken};
@@ -97,6 +97,7 @@ struct Scratch {
     next: wgpu::Buffer,        // (1) u32, the greedy token
     adjust: wgpu::Buffer,      // (MAX_ADJUSTED) u32: ids to ban (| 1 << 31) or penalize
     sampled: wgpu::Buffer,     // (1) u32, the sampled token
+    sample_list: wgpu::Buffer, // (SAMPLE_LIST_LEN) vec2<u32>: the sampler's candidate prefix
     /// (2) u32 each, MAP_READ: the chosen token, the raw argmax. Two, so that a step run
     /// ahead copies its answer into one while the other is being read.
     readback: [wgpu::Buffer; 2],
@@ -263,6 +264,7 @@ pub fn check_fits<'a>(
         4,
         MAX_ADJUSTED as u64 * 4,
         4,
+        SAMPLE_LIST_LEN as u64 * 8,
         (c.head_dim / 2) as u64 * 4,
     ]
     .into_iter()
@@ -421,6 +423,7 @@ impl GpuModelBuilder {
             next: ctx.storage("next", 4),
             adjust: ctx.storage("adjust", MAX_ADJUSTED as u64 * 4),
             sampled: ctx.storage("sampled", 4),
+            sample_list: ctx.storage("sample_list", SAMPLE_LIST_LEN as u64 * 8),
             readback: [0, 1].map(|_| {
                 ctx.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("token readback"),
@@ -787,7 +790,7 @@ impl GpuModel {
                     rec.argmax(&s.logits, 0, vocab, &s.banned, 0, &s.argmax_parts, &s.next);
                     rec.copy(&s.next, 0, &s.readback[*slot], 4, 4);
                 }
-                rec.sample(&s.logits, vocab, &s.adjust, *n_adjust, options, *uniform, &s.sampled);
+                rec.sample(&s.logits, vocab, &s.adjust, *n_adjust, options, *uniform, &s.sampled, &s.sample_list);
                 rec.copy(&s.sampled, 0, &s.readback[*slot], 0, 4);
             }
         }

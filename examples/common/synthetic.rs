@@ -9,7 +9,7 @@ use pensive::config::{Arch, ModelConfig, RopeLayout};
 use pensive::loader::{LoadedModel, RawTensor};
 use pensive::quant::GgmlType;
 
-pub const NAMES: &str = "smollm2, qwen0.5b, qwen1.5b (= r1-1.5b)";
+pub const NAMES: &str = "smollm2, qwen0.5b, qwen1.5b (= r1-1.5b), qwen3-0.6b";
 
 /// The model `name` with random weights, or `None` for an unknown name.
 pub fn model(name: &str) -> Option<LoadedModel> {
@@ -21,24 +21,27 @@ pub fn model(name: &str) -> Option<LoadedModel> {
         "qwen0.5b" => (Arch::Qwen2, 24, 896, 14, 2, 4864, 151936, [Q5_0, Q5_0, Q6_K, Q5_0, Q8_0]),
         // DeepSeek-R1-Distill-Qwen-1.5B has Qwen2.5-1.5B's shapes.
         "qwen1.5b" | "r1-1.5b" => (Arch::Qwen2, 28, 1536, 12, 2, 8960, 151936, [Q4_K, Q4_K, Q6_K, Q4_K, Q6_K]),
+        // Qwen3-0.6B: head_dim 128 on its own, q/k norm, tied embeddings.
+        "qwen3-0.6b" => (Arch::Qwen3, 28, 1024, 16, 8, 3072, 151936, [Q4_K, Q4_K, Q6_K, Q6_K, Q6_K]),
         _ => return None,
     };
     let llama = arch == Arch::Llama;
+    let qwen3 = arch == Arch::Qwen3;
     let config = ModelConfig {
         arch,
         n_layers,
         dim,
         n_heads,
         n_kv_heads,
-        head_dim: dim / n_heads,
+        head_dim: if qwen3 { 128 } else { dim / n_heads },
         ffn_dim,
         vocab_size: vocab,
         rope_theta: 1e6,
         rope_layout: if llama { RopeLayout::Interleaved } else { RopeLayout::NeoX },
         rms_eps: 1e-6,
-        qkv_bias: !llama,
-        qk_norm: false,
-        tied_embeddings: llama,
+        qkv_bias: arch == Arch::Qwen2,
+        qk_norm: qwen3,
+        tied_embeddings: llama || qwen3,
         context_length: 32768,
     };
     let mut seed = 42u64;
@@ -49,7 +52,7 @@ pub fn model(name: &str) -> Option<LoadedModel> {
     let (d, q, kv, f, v) = (dim as u64, config.q_dim() as u64, config.kv_dim() as u64, ffn_dim as u64, vocab as u64);
     add("token_embd.weight".into(), embd, vec![d, v]);
     add("output_norm.weight".into(), F32, vec![d]);
-    if !llama {
+    if !config.tied_embeddings {
         add("output.weight".into(), out, vec![d, v]);
     }
     for l in 0..n_layers {
@@ -63,7 +66,11 @@ pub fn model(name: &str) -> Option<LoadedModel> {
         add(n("ffn_gate.weight"), gate_up, vec![d, f]);
         add(n("ffn_up.weight"), gate_up, vec![d, f]);
         add(n("ffn_down.weight"), down, vec![f, d]);
-        if !llama {
+        if qwen3 {
+            add(n("attn_q_norm.weight"), F32, vec![config.head_dim as u64]);
+            add(n("attn_k_norm.weight"), F32, vec![config.head_dim as u64]);
+        }
+        if config.qkv_bias {
             add(n("attn_q.bias"), F32, vec![q]);
             add(n("attn_k.bias"), F32, vec![kv]);
             add(n("attn_v.bias"), F32, vec![kv]);
