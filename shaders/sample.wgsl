@@ -275,21 +275,27 @@ fn find_cut(src: Src, lid: u32, kind: u32, cand: Cands, goal: f32, strict: bool)
 }
 
 // Decide whether the cuts fall among the logits within some distance of the max m (see the
-// top), and if so copy those to `list` and read it from now on. `topk_on`: a top-k cut
-// comes first; `p_goal`: top-p's goal (top_p × the total mass), when top-p cuts the row.
-fn use_prefix(lid: u32, m: f32, topk_on: bool, p_goal: f32) -> Src {
+// top), and if so copy those to `list` and say to read it from now on. `topk_on`: a top-k
+// cut comes first. Also returns top-p's total over the row (its temperature-1 mass, summed
+// as sum_where sums it), taken in the histogram's pass: .x = the source's list flag, .y =
+// its length, .z = the total's bits.
+fn use_prefix(lid: u32, m: f32, topk_on: bool) -> vec3<u32> {
     for (var b = lid; b < BINS; b += WG) {
         atomicStore(&hist[b], 0u);
     }
     workgroupBarrier();
+    var mass_all = 0.0;
     for (var i = lid; i < p.n; i += WG) {
         let l = logits[i];
-        let b = bin_of(l, m);
-        if is_finite(bitcast<u32>(l)) && b < BINS {
-            atomicAdd(&hist[b], 1u);
+        if is_finite(bitcast<u32>(l)) {
+            mass_all += exp(l - m);
+            let b = bin_of(l, m);
+            if b < BINS {
+                atomicAdd(&hist[b], 1u);
+            }
         }
     }
-    workgroupBarrier();
+    let row_total = reduce_sum(lid, mass_all);
     if lid == 0u {
         // The most bins from the top whose logits fit the list.
         var count = 0u;
@@ -303,38 +309,20 @@ fn use_prefix(lid: u32, m: f32, topk_on: bool, p_goal: f32) -> Src {
             nb = b + 1u;
         }
         out_i = nb;
-        out_k = count;
     }
     let nb = workgroupUniformLoad(&out_i);
-    let count = workgroupUniformLoad(&out_k);
-    var sure = false;
-    if topk_on {
-        sure = count >= p.top_k;
-    } else if p.top_p < 1.0 {
-        // The prefix's temperature-1 mass must reach the goal, with room for rounding.
-        var mass = 0.0;
-        for (var i = lid; i < p.n; i += WG) {
-            let l = logits[i];
-            if is_finite(bitcast<u32>(l)) && bin_of(l, m) < nb {
-                mass += exp(l - m);
-            }
-        }
-        sure = reduce_sum(lid, mass) >= p_goal * 1.001;
-    } else if p.min_p_on == 1u {
-        // Everything farther is below min_p × the max's weight.
-        sure = exp(-f32(nb) * BIN_W) < p.min_p * 0.999;
-    }
-    if !sure || count == 0u {
-        return Src(0u, p.n);
-    }
-    // Copy the prefix in a fixed order: each invocation's share at its offset.
+    let row = vec3<u32>(0u, p.n, bitcast<u32>(row_total));
+    // This invocation's share of the prefix, and the prefix's temperature-1 mass.
     var mine = 0u;
+    var mass = 0.0;
     for (var i = lid; i < p.n; i += WG) {
         let l = logits[i];
         if is_finite(bitcast<u32>(l)) && bin_of(l, m) < nb {
             mine += 1u;
+            mass += exp(l - m);
         }
     }
+    let prefix_mass = reduce_sum(lid, mass);
     workgroupBarrier();
     red_k[lid] = mine;
     workgroupBarrier();
@@ -347,7 +335,21 @@ fn use_prefix(lid: u32, m: f32, topk_on: bool, p_goal: f32) -> Src {
         }
         out_k = total;
     }
-    workgroupBarrier();
+    let count = workgroupUniformLoad(&out_k);
+    var sure = false;
+    if topk_on {
+        sure = count >= p.top_k;
+    } else if p.top_p < 1.0 {
+        // The prefix's mass reaches top-p's goal, with room for rounding.
+        sure = prefix_mass >= p.top_p * row_total * 1.001;
+    } else if p.min_p_on == 1u {
+        // Everything farther is below min_p × the max's weight.
+        sure = exp(-f32(nb) * BIN_W) < p.min_p * 0.999;
+    }
+    if !sure || count == 0u {
+        return row;
+    }
+    // Copy the prefix in a fixed order: each invocation's share at its offset.
     var at = red_k[lid];
     for (var i = lid; i < p.n; i += WG) {
         let l = logits[i];
@@ -357,7 +359,7 @@ fn use_prefix(lid: u32, m: f32, topk_on: bool, p_goal: f32) -> Src {
         }
     }
     storageBarrier();
-    return Src(1u, workgroupUniformLoad(&out_k));
+    return vec3<u32>(1u, count, row.z);
 }
 
 @compute @workgroup_size(256)
@@ -389,12 +391,10 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
     var cand = Cands(m, 0u, NONE, false);
 
     let topk_on = p.top_k > 0u && f32(p.top_k) < n_candidates;
+    let prefix = use_prefix(lid, m, topk_on);
+    let src = Src(prefix.x, prefix.y);
     // Without top-k, top-p's total is over every candidate: taken from the row.
-    var row_total = 0.0;
-    if !topk_on && p.top_p < 1.0 {
-        row_total = sum_where(Src(0u, p.n), lid, MASS, cand, 0u, false, 0u);
-    }
-    let src = use_prefix(lid, m, topk_on, p.top_p * row_total);
+    let row_total = bitcast<f32>(prefix.z);
 
     // top-k: the k-th candidate in sorted order ends the cand.
     if topk_on {
