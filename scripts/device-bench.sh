@@ -23,7 +23,18 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 echo "NVIDIA_DRIVER_CAPABILITIES=${NVIDIA_DRIVER_CAPABILITIES:-unset}"
 export LD_LIBRARY_PATH=$PWD:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
 export XDG_RUNTIME_DIR=$(mktemp -d) WGPU_BACKEND=vulkan
-for shape in r1-1.5b qwen0.5b; do
-  timeout 150 ./synthetic_bench --shape "$shape" --backend gpu --prompt-tokens 128 --gen-tokens 64 || echo "gpu $shape failed"
+# The sweep of issue 9: decode after 0 / 1k / 4k / 16k cached tokens, greedy and sampled
+# (T 0.6, top_p 0.95, on the device), for the R1-Distill-1.5B and Qwen3-0.6B shapes; then
+# where the time goes (GPU time per kernel entry point, timestamp queries) at 0 and 4k.
+for shape in r1-1.5b qwen3-0.6b; do
+  for context in 0 1024 4096 16384; do
+    for t in 0 0.6; do
+      timeout 60 ./synthetic_bench --shape "$shape" --backend gpu --prompt-tokens 128 --gen-tokens 64 \
+        --context "$context" --temperature "$t" || echo "gpu $shape context $context T $t failed"
+    done
+  done
+  for context in 0 4096; do
+    timeout 60 ./synthetic_bench --shape "$shape" --backend gpu --prompt-tokens 16 --gen-tokens 16 \
+      --context "$context" --temperature 0.6 --profile || echo "profile $shape $context failed"
+  done
 done
-timeout 60 ./gpu_bench --synthetic qwen1.5b --prompt-tokens 128 --gen-tokens 64 || echo "gpu_bench failed"
