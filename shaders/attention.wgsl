@@ -42,7 +42,7 @@ var<workgroup> probs: array<f32, 64>;   // scores, then exp(score - m) of the cu
 
 const MAX_GROUP: u32 = 8u;              // query heads per kv head that attend_group_split serves
 const WORD_ELEMS: u32 = select(4u, 8u, ACT_F16); // act elements per 16-byte word
-var<workgroup> qg_sh: array<f32, 2048>;            // (G, head_dim): the group's queries × scale
+var<workgroup> qg_sh: array<vec4<f32>, 512>;      // (G, head_dim / 4): the group's queries × scale, 4 dims a load
 var<workgroup> pg: array<array<f32, 64>, MAX_GROUP>; // (G, 64 positions): scores, then exp(score - m)
 var<workgroup> mg: array<f32, MAX_GROUP>;          // the running max of each head after this chunk
 
@@ -69,8 +69,10 @@ fn attend_group_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
     let len = p.pos0 + t + 1u;
     let start = s * p.split_len;
     let end = min(start + p.split_len, len);
-    for (var i = lid; i < group * hd; i += 64u) {
-        qg_sh[i] = f32(q[(t * p.n_heads + h0) * hd + i]) * p.scale;
+    let q0 = (t * p.n_heads + h0) * hd;
+    for (var i = lid; i < group * hd / 4u; i += 64u) {
+        let e = q0 + 4u * i;
+        qg_sh[i] = vec4<f32>(f32(q[e]), f32(q[e + 1u]), f32(q[e + 2u]), f32(q[e + 3u])) * p.scale;
     }
     workgroupBarrier();
     var m: array<f32, MAX_GROUP>;  // running max per head (the same in every lane)
@@ -87,8 +89,10 @@ fn attend_group_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
             sc[g] = NEG_BIG;
         }
         if pos < end {
-            for (var g = 0u; g < group; g++) {
-                sc[g] = 0.0;
+            for (var g = 0u; g < MAX_GROUP; g++) {
+                if g < group {
+                    sc[g] = 0.0;
+                }
             }
             let kb = (pos * kv_dim + kvh * hd) / WORD_ELEMS;
             for (var wd = 0u; wd < hd / WORD_ELEMS; wd++) {
@@ -96,15 +100,18 @@ fn attend_group_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
                 for (var hh = 0u; hh < halves; hh++) {
                     let k4 = word_half(kw, hh);
                     let d = wd * WORD_ELEMS + 4u * hh;
-                    for (var g = 0u; g < group; g++) {
-                        let qb = g * hd + d;
-                        sc[g] += dot(k4, vec4<f32>(qg_sh[qb], qg_sh[qb + 1u], qg_sh[qb + 2u], qg_sh[qb + 3u]));
+                    for (var g = 0u; g < MAX_GROUP; g++) {
+                        if g < group {
+                            sc[g] += dot(k4, qg_sh[(g * hd + d) / 4u]);
+                        }
                     }
                 }
             }
         }
-        for (var g = 0u; g < group; g++) {
-            pg[g][lid] = sc[g];
+        for (var g = 0u; g < MAX_GROUP; g++) {
+            if g < group {
+                pg[g][lid] = sc[g];
+            }
         }
         workgroupBarrier();
         if lid < group {
@@ -112,45 +119,75 @@ fn attend_group_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
             for (var j = 0u; j < 64u; j++) {
                 mc = max(mc, pg[lid][j]);
             }
-            mg[lid] = max(m[lid], mc);
+            // m[lid] without indexing m by a lane-varying value (that would keep m in memory
+            // instead of registers).
+            var m_lid = NEG_BIG;
+            for (var g = 0u; g < MAX_GROUP; g++) {
+                if g == lid {
+                    m_lid = m[g];
+                }
+            }
+            mg[lid] = max(m_lid, mc);
         }
         workgroupBarrier();
-        for (var g = 0u; g < group; g++) {
-            pg[g][lid] = select(0.0, exp(sc[g] - mg[g]), pos < end);
-            let corr = exp(m[g] - mg[g]);
-            acc[g] *= corr;
-            l[g] *= corr;
-            m[g] = mg[g];
+        for (var g = 0u; g < MAX_GROUP; g++) {
+            if g < group {
+                pg[g][lid] = select(0.0, exp(sc[g] - mg[g]), pos < end);
+                let corr = exp(m[g] - mg[g]);
+                acc[g] *= corr;
+                l[g] *= corr;
+                m[g] = mg[g];
+            }
         }
         workgroupBarrier();
         let n = min(64u, end - c0);
-        for (var j = 0u; j < n; j++) {
-            let vb = (c0 + j) * kv_dim + kvh * hd;
-            var vv = vec4<f32>(0.0);
-            for (var r = 0u; r < 4u; r++) {
-                let d = lid + 64u * r;
-                if d < hd {
-                    vv[r] = f32(v_cache[vb + d]);
+        if hd <= 64u {
+            // One dimension per lane: only acc[g].x is live (a vec4 would do 4 times the work
+            // where a lane is a SIMD slot, as on lavapipe). The same sums as below.
+            let dv = min(lid, hd - 1u);
+            for (var j = 0u; j < n; j++) {
+                let v1 = select(0.0, f32(v_cache[(c0 + j) * kv_dim + kvh * hd + dv]), lid < hd);
+                for (var g = 0u; g < MAX_GROUP; g++) {
+                    if g < group {
+                        let pj = pg[g][j];
+                        l[g] += pj;
+                        acc[g].x += pj * v1;
+                    }
                 }
             }
-            for (var g = 0u; g < group; g++) {
-                let pj = pg[g][j];
-                l[g] += pj;
-                acc[g] += pj * vv;
+        } else {
+            for (var j = 0u; j < n; j++) {
+                let vb = (c0 + j) * kv_dim + kvh * hd;
+                var vv = vec4<f32>(0.0);
+                for (var r = 0u; r < 4u; r++) {
+                    let d = lid + 64u * r;
+                    if d < hd {
+                        vv[r] = f32(v_cache[vb + d]);
+                    }
+                }
+                for (var g = 0u; g < MAX_GROUP; g++) {
+                    if g < group {
+                        let pj = pg[g][j];
+                        l[g] += pj;
+                        acc[g] += pj * vv;
+                    }
+                }
             }
         }
         workgroupBarrier();
     }
-    for (var g = 0u; g < group; g++) {
-        let base = ((t * p.n_heads + h0 + g) * p.n_splits + s) * (hd + 2u);
-        if lid == 0u {
-            parts[base] = m[g];
-            parts[base + 1u] = l[g];
-        }
-        for (var r = 0u; r < 4u; r++) {
-            let d = lid + 64u * r;
-            if d < hd {
-                parts[base + 2u + d] = acc[g][r];
+    for (var g = 0u; g < MAX_GROUP; g++) {
+        if g < group {
+            let base = ((t * p.n_heads + h0 + g) * p.n_splits + s) * (hd + 2u);
+            if lid == 0u {
+                parts[base] = m[g];
+                parts[base + 1u] = l[g];
+            }
+            for (var r = 0u; r < 4u; r++) {
+                let d = lid + 64u * r;
+                if d < hd {
+                    parts[base + 2u + d] = acc[g][r];
+                }
             }
         }
     }
