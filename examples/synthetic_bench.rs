@@ -5,7 +5,7 @@
 //! where the real file cannot be copied. Weights are random blocks with small finite scales.
 //!
 //! cargo run --release --example synthetic_bench -- --shape r1-1.5b --backend gpu|cpu
-//!     [--context N] [--temperature T] [--no-run-ahead] [--profile]
+//!     [--context N] [--temperature T] [--run-ahead on|off] [--profile]
 //!
 //! `--context N`: decode after N cached tokens (prefilled untimed); `--temperature T`: decode
 //! through the sampler (top_p 0.95; on the GPU, as generation does); `--profile`: GPU time per
@@ -30,7 +30,7 @@ fn main() {
     let gen_tokens: usize = arg(&args, "--gen-tokens", 64);
     let context: usize = arg(&args, "--context", 0);
     let temperature: f32 = arg(&args, "--temperature", 0.0);
-    let run_ahead = !args.iter().any(|a| a == "--no-run-ahead");
+    let run_ahead: String = arg(&args, "--run-ahead", "auto".to_string());
     let profile = args.iter().any(|a| a == "--profile");
     let Some(model) = synthetic::model(&shape_name) else {
         eprintln!("unknown --shape {shape_name} ({})", synthetic::NAMES);
@@ -63,7 +63,11 @@ fn main() {
     let prompt: Vec<u32> = (0..prompt_tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
     let cached: Vec<u32> = (0..context as u32).map(|i| (i * 104_729 + 7) % vocab).collect();
     if let AnyBackend::Gpu(m) = &mut b {
-        m.set_run_ahead(run_ahead);
+        match run_ahead.as_str() {
+            "on" => m.set_run_ahead(true),
+            "off" => m.set_run_ahead(false),
+            _ => {}
+        }
         if profile && !m.context().enable_profiling() {
             eprintln!("--profile: no timestamp queries on this adapter");
         }
@@ -122,7 +126,10 @@ fn main() {
             "weight_bytes_per_token": weight_bytes,
             "context": context,
             "temperature": temperature,
-            "run_ahead": run_ahead,
+            "run_ahead": match &b {
+                AnyBackend::Gpu(m) => Some(m.run_ahead()),
+                AnyBackend::Cpu { .. } => None,
+            },
             "kv_bytes_per_token": kv_bytes,
             "prompt_tokens": prompt_tokens,
             "prefill_tok_s": prompt_tokens as f64 / prefill_s,

@@ -300,6 +300,9 @@ fn run_ahead_gives_the_same_tokens() {
     let ctx = Rc::new(ctx);
     let load = || GpuModel::from_loaded(ctx.clone(), pensive::loader::load_gguf_file(&path).expect("load"), Some(128)).expect("gpu");
     let (mut with, mut without) = (load(), load());
+    // Off by default on CPU adapters such as lavapipe.
+    assert_eq!(with.run_ahead(), ctx.info.device_type != wgpu::DeviceType::Cpu);
+    with.set_run_ahead(true);
     without.set_run_ahead(false);
     let options = SamplerOptions { temperature: 0.6, top_p: 0.95, seed: 9, ..SamplerOptions::default() };
     let run = |gpu: &mut GpuModel, ahead_on: bool| -> Vec<u32> {

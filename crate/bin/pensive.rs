@@ -130,6 +130,13 @@ mod cli {
         Cpu,
     }
 
+    #[derive(Clone, Copy, ValueEnum)]
+    enum RunAheadArg {
+        Auto,
+        On,
+        Off,
+    }
+
     #[derive(Args)]
     struct PromptArgs {
         /// Raw prompt text (no chat template; BOS only if the model's metadata asks for it).
@@ -341,10 +348,10 @@ mod cli {
         /// bound (weight and KV bytes per token ÷ bandwidth) that decode reached.
         #[arg(long)]
         bandwidth_gbs: Option<f64>,
-        /// Do not run a decode step ahead of the host's reading of the previous token (the
-        /// GPU backend's run-ahead, on by default as in generation).
-        #[arg(long)]
-        no_run_ahead: bool,
+        /// Run a decode step ahead of the host's reading of the previous token (the GPU
+        /// backend's run-ahead; auto: as in generation, on GPUs and off on CPU adapters).
+        #[arg(long, value_enum, default_value = "auto")]
+        run_ahead: RunAheadArg,
         /// GPU: time every decode dispatch with timestamp queries and report the time per
         /// kernel entry point (`gpu_kernels`). Each dispatch then runs in a pass of its own
         /// and every step waits for its timestamps, so tok/s under it is not a speed figure.
@@ -601,7 +608,11 @@ mod cli {
         };
         let load_s = t0.elapsed().as_secs_f64();
         if let AnyBackend::Gpu(m) = &mut backend {
-            m.set_run_ahead(!a.no_run_ahead);
+            match a.run_ahead {
+                RunAheadArg::Auto => {}
+                RunAheadArg::On => m.set_run_ahead(true),
+                RunAheadArg::Off => m.set_run_ahead(false),
+            }
             if a.profile && !m.context().enable_profiling() {
                 eprintln!("--profile: this adapter has no timestamp queries; no kernel times");
             }
@@ -737,7 +748,7 @@ mod cli {
                     .collect::<Vec<_>>()
             }),
             "run_ahead": match &backend {
-                AnyBackend::Gpu(m) => serde_json::json!({ "on": !a.no_run_ahead, "claimed": m.ahead_stats().claimed, "dropped": m.ahead_stats().dropped }),
+                AnyBackend::Gpu(m) => serde_json::json!({ "on": m.run_ahead(), "claimed": m.ahead_stats().claimed, "dropped": m.ahead_stats().dropped }),
                 AnyBackend::Cpu { .. } => serde_json::Value::Null,
             },
         });
