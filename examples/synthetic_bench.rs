@@ -114,7 +114,11 @@ fn main() {
     let (prefill_s, decode_s, median_s, kernels) = run(&mut b);
     let decode_tok_s = gen_tokens as f64 / decode_s;
     // What a decode step reads besides the weights: the KV cache of the positions before it.
-    let kv_per_position = 2 * config.n_layers * config.kv_dim() * if b.name().contains("F32") { 4 } else { 2 };
+    let kv_per_position = match &b {
+        AnyBackend::Gpu(m) => m.kv_bytes_per_position() as usize,
+        // The CPU backend caches f16 keys and values.
+        AnyBackend::Cpu { .. } => 2 * config.n_layers * config.kv_dim() * 2,
+    };
     let mean_len = (context + prompt_tokens) as f64 + (gen_tokens as f64 + 1.0) / 2.0;
     let kv_bytes = kv_per_position as f64 * mean_len;
     println!(
