@@ -116,7 +116,7 @@ fn main() {
     // What a decode step reads besides the weights: the KV cache of the positions before it.
     let kv_per_position = match &b {
         AnyBackend::Gpu(m) => m.kv_bytes_per_position() as usize,
-        // The CPU backend caches f16 keys and values.
+        // The CPU backend caches f16 keys and values by default (what this bench loads).
         AnyBackend::Cpu { .. } => 2 * config.n_layers * config.kv_dim() * 2,
     };
     let mean_len = (context + prompt_tokens) as f64 + (gen_tokens as f64 + 1.0) / 2.0;
