@@ -670,6 +670,12 @@ impl GpuContext {
     /// later than ten `setTimeout(0)` hops): the wait backs off up to [`LOST_WAIT_MS`]
     /// before the answer is no. Only a failed step pays it.
     pub async fn lost_after_failure(&self) -> Option<String> {
+        // Natively wgpu reports a destroyed device's loss from `poll` once its queue is idle;
+        // a wait on one submission (a step run ahead) can fail before that poll happens, with
+        // "submission not returned by a successful submit". Drive the device once more so the
+        // callback has run before the flag is read; its own error says nothing new.
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(std::time::Duration::from_secs(5)) });
         #[cfg(target_arch = "wasm32")]
         {
             let mut waited = 0;
