@@ -22,6 +22,10 @@
 // A bisection over the prefix asks the same questions as over the row (every sum at or
 // above the threshold is over the same elements; below it, both reach the goal), so the
 // cuts are the same up to f32 summation order. Otherwise the passes read the whole row.
+// The prefix taken is the fewest distance bins that (by the histogram's counts and its
+// fixed-point masses) hold every cut, checked exactly before it is used. A prefix of at most
+// SMALL logits (a model's usual nucleus) skips the bisections: it is sorted in workgroup
+// memory and one invocation walks it as the CPU does (f32 sums in sorted order).
 //
 // Differences from the CPU, by design: sums are f32 (tree-reduced) where the CPU sums f64
 // in sorted order, so a cut can differ when the running sum lies within f32 rounding of
@@ -61,9 +65,16 @@ const MASS: u32 = 1u;
 const SCALED: u32 = 2u;
 // The candidate prefix: at most this many logits; distance bins of this width (in logits
 // at temperature 1), this many (covering 32 below the max).
-const LIST_CAP: u32 = 8192u;
+const LIST_CAP: u32 = 32768u;
 const BIN_W: f32 = 0.25;
 const BINS: u32 = 128u;
+// A bin's temperature-1 mass is also summed, in fixed point (each weight exp(l - max) ≤ 1
+// rounded down to 1/MASS_FX: a lower bound, and 151,936 × 4096 fits a u32), to pick the
+// fewest bins that hold top-p's nucleus.
+const MASS_FX: f32 = 4096.0;
+// A prefix of at most SMALL logits is sorted in workgroup memory (bitonic) and walked in
+// order by one invocation, as the CPU walks it, instead of bisected.
+const SMALL: u32 = 1024u;
 
 // -inf's bits, from a private variable: an infinite const-expression is a shader-creation
 // error in WGSL (Tint rejects it; naga lets it pass). See argmax.wgsl.
@@ -104,6 +115,8 @@ var<workgroup> out_f: f32;
 var<workgroup> out_k: u32;
 var<workgroup> out_i: u32;
 var<workgroup> hist: array<atomic<u32>, BINS>;
+var<workgroup> hist_mass: array<atomic<u32>, BINS>;
+var<workgroup> sorted: array<vec2<u32>, SMALL>; // (key, id) of a small prefix
 // Where the passes read: the row (list 0, n = the vocabulary) or the list (list 1, n = its
 // length). Passed down as a value (from the uniform buffer or a workgroupUniformLoad) so
 // that the passes' loop bounds stay uniform: a reduction's barrier follows every loop.
@@ -282,23 +295,29 @@ fn find_cut(src: Src, lid: u32, kind: u32, cand: Cands, goal: f32, strict: bool)
 fn use_prefix(lid: u32, m: f32, topk_on: bool) -> vec3<u32> {
     for (var b = lid; b < BINS; b += WG) {
         atomicStore(&hist[b], 0u);
+        atomicStore(&hist_mass[b], 0u);
     }
     workgroupBarrier();
     var mass_all = 0.0;
     for (var i = lid; i < p.n; i += WG) {
         let l = logits[i];
         if is_finite(bitcast<u32>(l)) {
-            mass_all += exp(l - m);
+            let w = exp(l - m);
+            mass_all += w;
             let b = bin_of(l, m);
             if b < BINS {
                 atomicAdd(&hist[b], 1u);
+                atomicAdd(&hist_mass[b], u32(w * MASS_FX));
             }
         }
     }
     let row_total = reduce_sum(lid, mass_all);
     if lid == 0u {
-        // The most bins from the top whose logits fit the list.
+        // The fewest bins from the top that (by the histogram) hold every cut, else the
+        // most whose logits fit the list; the exact check below decides.
+        let goal_fx = p.top_p * row_total * 1.002 * MASS_FX;
         var count = 0u;
+        var fx = 0u;
         var nb = 0u;
         for (var b = 0u; b < BINS; b++) {
             let c = atomicLoad(&hist[b]);
@@ -306,7 +325,19 @@ fn use_prefix(lid: u32, m: f32, topk_on: bool) -> vec3<u32> {
                 break;
             }
             count += c;
+            fx += atomicLoad(&hist_mass[b]);
             nb = b + 1u;
+            var enough = false;
+            if topk_on {
+                enough = count >= p.top_k;
+            } else if p.top_p < 1.0 {
+                enough = f32(fx) >= goal_fx;
+            } else if p.min_p_on == 1u {
+                enough = exp(-f32(nb) * BIN_W) < p.min_p * 0.999;
+            }
+            if enough {
+                break;
+            }
         }
         out_i = nb;
     }
@@ -350,16 +381,103 @@ fn use_prefix(lid: u32, m: f32, topk_on: bool) -> vec3<u32> {
         return row;
     }
     // Copy the prefix in a fixed order: each invocation's share at its offset.
+    let small = count <= SMALL;
     var at = red_k[lid];
     for (var i = lid; i < p.n; i += WG) {
         let l = logits[i];
         if is_finite(bitcast<u32>(l)) && bin_of(l, m) < nb {
-            list[at] = vec2<u32>(bitcast<u32>(l), i);
+            let bits = bitcast<u32>(l);
+            if small {
+                sorted[at] = vec2<u32>(order_key(bits), i);
+            } else {
+                list[at] = vec2<u32>(bits, i);
+            }
             at += 1u;
         }
     }
     storageBarrier();
-    return vec3<u32>(1u, count, row.z);
+    workgroupBarrier();
+    return vec3<u32>(select(1u, 2u, small), count, row.z);
+}
+
+// Whether (key, id) a comes before b in the CPU's order: larger logit first, then lower id.
+fn before(a: vec2<u32>, b: vec2<u32>) -> bool {
+    return a.x > b.x || (a.x == b.x && a.y < b.y);
+}
+
+// Sort sorted[..n] into the CPU's order (bitonic; padded with entries that sort last).
+fn sort_small(lid: u32, n: u32) {
+    var size = 2u;
+    while size < n {
+        size <<= 1u;
+    }
+    for (var t = n + lid; t < size; t += WG) {
+        sorted[t] = vec2<u32>(0u, NONE);
+    }
+    workgroupBarrier();
+    for (var k = 2u; k <= size; k <<= 1u) {
+        for (var j = k >> 1u; j > 0u; j >>= 1u) {
+            for (var t = lid; t < size; t += WG) {
+                let o = t ^ j;
+                if o > t {
+                    let a = sorted[t];
+                    let b = sorted[o];
+                    if select(before(a, b), before(b, a), (t & k) == 0u) {
+                        sorted[t] = b;
+                        sorted[o] = a;
+                    }
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+}
+
+// The CPU's walk over the sorted candidates sorted[..n] (max logit m): top-k, top-p (its
+// total: row_total, or the top-k's), min-p, then the draw. One invocation, in order.
+fn walk_small(n: u32, row_total: f32, topk_on: bool, m: f32) -> u32 {
+    var keep = n;
+    if topk_on {
+        keep = min(p.top_k, n);
+    }
+    if p.top_p < 1.0 {
+        var total = row_total;
+        if topk_on {
+            total = 0.0;
+            for (var i = 0u; i < keep; i++) {
+                total += exp(key_value(sorted[i].x) - m);
+            }
+        }
+        let goal = p.top_p * total;
+        var cum = 0.0;
+        for (var i = 0u; i < keep; i++) {
+            cum += exp(key_value(sorted[i].x) - m);
+            if cum >= goal {
+                keep = i + 1u;
+                break;
+            }
+        }
+    }
+    if p.min_p_on == 1u {
+        var s = 0u;
+        while s < keep && exp(key_value(sorted[s].x) - m) >= p.min_p {
+            s++;
+        }
+        keep = max(s, 1u);
+    }
+    var scaled = 0.0;
+    for (var i = 0u; i < keep; i++) {
+        scaled += exp((key_value(sorted[i].x) - m) * p.inv_temp);
+    }
+    let goal_u = p.uniform * scaled;
+    var cum = 0.0;
+    for (var i = 0u; i < keep; i++) {
+        cum += exp((key_value(sorted[i].x) - m) * p.inv_temp);
+        if goal_u < cum {
+            return sorted[i].y;
+        }
+    }
+    return sorted[keep - 1u].y;
 }
 
 @compute @workgroup_size(256)
@@ -392,9 +510,16 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
 
     let topk_on = p.top_k > 0u && f32(p.top_k) < n_candidates;
     let prefix = use_prefix(lid, m, topk_on);
-    let src = Src(prefix.x, prefix.y);
     // Without top-k, top-p's total is over every candidate: taken from the row.
     let row_total = bitcast<f32>(prefix.z);
+    if prefix.x == 2u {
+        sort_small(lid, prefix.y);
+        if lid == 0u {
+            result[0] = walk_small(prefix.y, row_total, topk_on, m);
+        }
+        return;
+    }
+    let src = Src(prefix.x, prefix.y);
 
     // top-k: the k-th candidate in sorted order ends the cand.
     if topk_on {

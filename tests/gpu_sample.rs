@@ -111,6 +111,8 @@ fn configs() -> Vec<(&'static str, SamplerOptions)> {
         ("temperature only", base.clone()),
         ("top_k 40", SamplerOptions { top_k: 40, ..base.clone() }),
         ("top_k 1", SamplerOptions { top_k: 1, ..base.clone() }),
+        // More candidates than the sampler sorts in workgroup memory: bisected in its list.
+        ("top_k 3000", SamplerOptions { top_k: 3000, ..base.clone() }),
         ("top_p 0.95, T 0.6 (R1)", SamplerOptions { temperature: 0.6, top_p: 0.95, ..base.clone() }),
         ("top_p 0.5", SamplerOptions { top_p: 0.5, ..base.clone() }),
         ("min_p 0.05", SamplerOptions { min_p: 0.05, ..base.clone() }),

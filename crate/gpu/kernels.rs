@@ -51,7 +51,7 @@ pub const MAX_ATTENTION_SPLITS: usize = 32;
 pub const MAX_ATTENTION_GROUP: usize = 8;
 /// (logit, id) pairs the sampler's candidate prefix holds (sample.wgsl LIST_CAP): the
 /// `list` scratch of [`Recorder::sample`] is this many × 8 bytes.
-pub const SAMPLE_LIST_LEN: usize = 8192;
+pub const SAMPLE_LIST_LEN: usize = 32768;
 /// Logits per argmax_part workgroup.
 const ARGMAX_PER_GROUP: u32 = 4096;
 /// Largest head_dim the attention kernel holds (4 dims per lane × 64 lanes).
