@@ -802,6 +802,49 @@ impl<'a> Activations<'a> {
     }
 }
 
+/// Weight rows [`QMatrix::mul`]'s int8 prefill computes before writing them into y.
+const MUL_PANEL: usize = 32;
+
+/// `y[j * stride + i] = yt[i * n + j]` for i < pr, j < n: a (pr, n) panel written
+/// transposed into y's columns. On x86_64 in 4 x 4 blocks (four vector stores each): scalar
+/// stores to n rows' lines, each line fetched before it is written, filled the store buffer.
+///
+/// # Safety
+/// y must be valid for writes at every `j * stride + i`.
+unsafe fn scatter_panel(yt: &[f32], pr: usize, n: usize, y: *mut f32, stride: usize) {
+    debug_assert!(yt.len() >= pr * n);
+    // Panel rows written so far.
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    #[cfg(target_arch = "x86_64")]
+    let done = {
+        use std::arch::x86_64::*;
+        let (pi, pj) = (pr / 4 * 4, n / 4 * 4);
+        for i in (0..pi).step_by(4) {
+            for j in (0..pj).step_by(4) {
+                let mut r: [__m128; 4] = std::array::from_fn(|k| _mm_loadu_ps(yt[(i + k) * n + j..][..4].as_ptr()));
+                let [r0, r1, r2, r3] = &mut r;
+                _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+                for (k, v) in r.into_iter().enumerate() {
+                    _mm_storeu_ps(y.add((j + k) * stride + i), v);
+                }
+            }
+        }
+        // Columns past the last block of four; rows past it go below.
+        for i in 0..pi {
+            for j in pj..n {
+                *y.add(j * stride + i) = yt[i * n + j];
+            }
+        }
+        pi
+    };
+    for i in done..pr {
+        for j in 0..n {
+            *y.add(j * stride + i) = yt[i * n + j];
+        }
+    }
+}
+
 impl QMatrix {
     /// `Y = X W^T` for prepared activations: x (n, cols), y (n, rows). The int8 kernels
     /// when `x` was prepared for them and W is block-quantized, else [`QMatrix::matmul`].
@@ -829,11 +872,24 @@ impl QMatrix {
             0 => {}
             1 => parallel_rows(y, 1, self.cols, 1, |row0, y| kernel(row0, 1, y)),
             _ => {
-                // As in `matmul`: threads split the weight rows, each writing a (rows_chunk,
-                // n) block of Y^T; then transpose.
-                let mut yt = vec![0.0f32; n * self.rows]; // (rows, n)
-                parallel_rows(&mut yt, n, n * self.cols, 1, |row0, yt| kernel(row0, n, yt));
-                transpose(&yt, self.rows, n, y);
+                // Threads split the weight rows; the kernels write a (weight rows, n) block
+                // of Y^T, MUL_PANEL rows at a time into a small buffer, whose values go to
+                // y's columns while they are in cache (a whole Y^T and its transpose cost
+                // ~5% of a prefill).
+                let rows = self.rows;
+                let out = SyncPtr(y.as_mut_ptr());
+                parallel_ranges(rows, n * self.cols, 1, |first, count| {
+                    let mut panel = vec![0.0f32; MUL_PANEL.min(count) * n];
+                    for p0 in (first..first + count).step_by(MUL_PANEL) {
+                        let pr = MUL_PANEL.min(first + count - p0);
+                        let yt = &mut panel[..pr * n];
+                        kernel(p0, n, yt);
+                        // SAFETY: p0 + pr <= first + count <= rows: the panel's elements
+                        // lie inside y (n * rows values), and this range's rows are its own,
+                        // so no other task touches them.
+                        unsafe { scatter_panel(yt, pr, n, out.get().add(p0), rows) };
+                    }
+                });
             }
         }
     }
@@ -891,16 +947,15 @@ pub(crate) fn pool_threads() -> usize {
 #[cfg(any(not(target_arch = "wasm32"), feature = "wasm-threads"))]
 const TASKS_PER_THREAD: usize = 2;
 
-/// `out`'s address, shared with the tasks of [`parallel_rows`] (each takes its own rows).
-#[cfg(all(target_arch = "wasm32", feature = "wasm-threads"))]
+/// A buffer's address, shared with the tasks of [`parallel_ranges`] that each write their
+/// own disjoint elements of it.
 #[derive(Clone, Copy)]
 struct SyncPtr(*mut f32);
 
-// SAFETY: the tasks write disjoint ranges (see `parallel_rows`).
-#[cfg(all(target_arch = "wasm32", feature = "wasm-threads"))]
+// SAFETY: the tasks write disjoint elements (see `parallel_rows` and `QMatrix::mul`).
 unsafe impl Sync for SyncPtr {}
+unsafe impl Send for SyncPtr {}
 
-#[cfg(all(target_arch = "wasm32", feature = "wasm-threads"))]
 impl SyncPtr {
     /// A method, so closures capture the `Sync` wrapper rather than its pointer field.
     fn get(self) -> *mut f32 {
@@ -908,11 +963,47 @@ impl SyncPtr {
     }
 }
 
-/// Run `f(first_row, chunk)` over `out` — rows of `row_len` values, each row costing
-/// `work_per_row` multiply-adds — split into chunks of whole rows (a multiple of
-/// `row_align` rows, except the last). The chunks run on rayon's current pool when the work
-/// is worth it: natively, and in the threaded browser build (feature `wasm-threads`, a pool
-/// of Web Workers); in the single-thread wasm build in one call.
+/// Run `f(first_row, row_count)` over `rows` rows, each costing `work_per_row`
+/// multiply-adds, split into ranges of whole rows (a multiple of `row_align` rows, except
+/// the last). The ranges run on rayon's current pool when the work is worth it: natively,
+/// and in the threaded browser build (feature `wasm-threads`, a pool of Web Workers); in the
+/// single-thread wasm build in one call.
+fn parallel_ranges<F>(rows: usize, work_per_row: usize, row_align: usize, f: F)
+where
+    F: Fn(usize, usize) + Sync + Send,
+{
+    if rows == 0 {
+        return;
+    }
+    #[cfg(any(not(target_arch = "wasm32"), feature = "wasm-threads"))]
+    {
+        let work = rows.saturating_mul(work_per_row);
+        let threads = rayon::current_num_threads();
+        if threads > 1 && work >= 2 * MIN_WORK_PER_TASK {
+            let tasks = (work / MIN_WORK_PER_TASK).clamp(1, threads * TASKS_PER_THREAD);
+            let chunk_rows = rows.div_ceil(tasks).next_multiple_of(row_align.max(1));
+            let chunks = rows.div_ceil(chunk_rows);
+            let run = |i: usize| {
+                let first = i * chunk_rows;
+                f(first, chunk_rows.min(rows - first))
+            };
+            #[cfg(not(target_arch = "wasm32"))]
+            {
+                use rayon::prelude::*;
+                (0..chunks).into_par_iter().for_each(run);
+            }
+            // The browser's pool: this thread and threads - 1 spinning helpers (spin.rs).
+            #[cfg(target_arch = "wasm32")]
+            spin::run(chunks, threads - 1, &run);
+            return;
+        }
+    }
+    let _ = (work_per_row, row_align);
+    f(0, rows)
+}
+
+/// Run `f(first_row, chunk)` over `out` — rows of `row_len` values — split as
+/// [`parallel_ranges`] splits its rows.
 fn parallel_rows<F>(out: &mut [f32], row_len: usize, work_per_row: usize, row_align: usize, f: F)
 where
     F: Fn(usize, &mut [f32]) + Sync + Send,
@@ -920,41 +1011,15 @@ where
     if out.is_empty() || row_len == 0 {
         return;
     }
-    #[cfg(any(not(target_arch = "wasm32"), feature = "wasm-threads"))]
-    {
-        let rows = out.len() / row_len;
-        let work = rows.saturating_mul(work_per_row);
-        let threads = rayon::current_num_threads();
-        if threads > 1 && work >= 2 * MIN_WORK_PER_TASK {
-            let tasks = (work / MIN_WORK_PER_TASK).clamp(1, threads * TASKS_PER_THREAD);
-            let chunk_rows = rows.div_ceil(tasks).next_multiple_of(row_align.max(1));
-            #[cfg(not(target_arch = "wasm32"))]
-            {
-                use rayon::prelude::*;
-                out.par_chunks_mut(chunk_rows * row_len)
-                    .enumerate()
-                    .for_each(|(i, chunk)| f(i * chunk_rows, chunk));
-            }
-            // The browser's pool: this thread and threads - 1 spinning helpers (spin.rs).
-            #[cfg(target_arch = "wasm32")]
-            {
-                let chunk_len = chunk_rows * row_len;
-                let chunks = out.len().div_ceil(chunk_len);
-                let (base, len) = (SyncPtr(out.as_mut_ptr()), out.len());
-                spin::run(chunks, threads - 1, &|i| {
-                    let start = i * chunk_len;
-                    let end = (start + chunk_len).min(len);
-                    // SAFETY: task i (each run once, `spin::run`) takes elements start..end
-                    // of `out`, disjoint from every other task's; `out` outlives the run.
-                    let chunk = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
-                    f(i * chunk_rows, chunk)
-                });
-            }
-            return;
-        }
-    }
-    let _ = (work_per_row, row_align);
-    f(0, out)
+    let (base, len) = (SyncPtr(out.as_mut_ptr()), out.len());
+    parallel_ranges(len / row_len, work_per_row, row_align, |first, count| {
+        let start = first * row_len;
+        let end = (start + count * row_len).min(len);
+        // SAFETY: each range of rows (each run once) takes elements start..end of `out`,
+        // disjoint from every other range's; `out` outlives the run.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
+        f(first, chunk)
+    });
 }
 
 // ======================================================================================
