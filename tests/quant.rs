@@ -360,7 +360,7 @@ fn batched_int8_equals_the_int8_mat_vec_of_each_row() {
         let (rows, cols) = (131, if ty.block_len() == 256 { 768 } else { 608 });
         let w = random_matrix(ty, rows, cols, &mut rng);
         let dense = dequantized(&w);
-        for n in [2, 3, 7, 13] {
+        for n in [2, 3, 7, 13, 21] {
             let x = activations(n * cols, &mut rng);
             let mut single = vec![f32::NAN; n * rows];
             for (i, y) in single.chunks_exact_mut(rows).enumerate() {
