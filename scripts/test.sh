@@ -12,7 +12,8 @@ scripts/fetch-test-data.sh
 export PENSIVE_REQUIRE_MODELS=1 PENSIVE_REQUIRE_GPU=1
 export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
-cargo test --release --all-targets
+# --no-fail-fast: one failing binary must not hide the others in the log.
+cargo test --release --all-targets --no-fail-fast
 # The CPU kernels compiled to wasm with simd128 (the browser's CPU backend) against the
 # portable ones, under Node's WASI (scripts/wasi-run.mjs is the runner).
 scripts/wasm-toolchain.sh
