@@ -722,31 +722,9 @@ impl QMatrix {
         match n {
             0 => {}
             1 => self.matvec(x, y),
-            _ => {
-                // Threads split the weight rows, so each computes a (rows_chunk, n) block of
-                // Y^T; write Y^T whole, then transpose (n * rows values: cheap next to the
-                // n * rows * cols multiply-adds).
-                let mut yt = vec![0.0f32; n * self.rows]; // (rows, n)
-                parallel_rows(&mut yt, n, n * self.cols, kernels::PANEL_ROWS, |row0, yt| {
-                    kernels::matmul_rows(self, row0, x, n, yt)
-                });
-                transpose(&yt, self.rows, n, y);
-            }
-        }
-    }
-}
-
-/// `y (cols, rows) = src (rows, cols)` transposed, in square blocks (element by element, every
-/// write of a long row went to another cache line).
-fn transpose(src: &[f32], rows: usize, cols: usize, y: &mut [f32]) {
-    const BLOCK: usize = 32;
-    for r0 in (0..rows).step_by(BLOCK) {
-        for c0 in (0..cols).step_by(BLOCK) {
-            for r in r0..(r0 + BLOCK).min(rows) {
-                for c in c0..(c0 + BLOCK).min(cols) {
-                    y[c * rows + r] = src[r * cols + c];
-                }
-            }
+            _ => rows_transposed(y, self.rows, n, self.cols, kernels::PANEL_ROWS, |row0, yt| {
+                kernels::matmul_rows(self, row0, x, n, yt)
+            }),
         }
     }
 }
@@ -802,8 +780,34 @@ impl<'a> Activations<'a> {
     }
 }
 
-/// Weight rows [`QMatrix::mul`]'s int8 prefill computes before writing them into y.
+/// Weight rows a prefill kernel computes into a small buffer before they go into y
+/// ([`rows_transposed`]); a multiple of every kernel's row alignment.
 const MUL_PANEL: usize = 32;
+
+/// Prefill's `Y = X W^T`, y (n, rows): threads split the weight rows, and
+/// `kernel(row0, yt)` writes a (weight rows, n) block of Y^T, MUL_PANEL rows at a time into
+/// a small buffer whose values go to y's columns while they are in cache (a whole Y^T and
+/// its transpose cost ~5% of a prefill). Ranges start at multiples of `row_align`, which
+/// must divide MUL_PANEL, so every kernel call starts on one too.
+fn rows_transposed<F>(y: &mut [f32], rows: usize, n: usize, cols: usize, row_align: usize, kernel: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync + Send,
+{
+    debug_assert!(y.len() == n * rows && MUL_PANEL.is_multiple_of(row_align.max(1)));
+    let out = SyncPtr(y.as_mut_ptr());
+    parallel_ranges(rows, n * cols, row_align, |first, count| {
+        let mut panel = vec![0.0f32; MUL_PANEL.min(count) * n];
+        for p0 in (first..first + count).step_by(MUL_PANEL) {
+            let pr = MUL_PANEL.min(first + count - p0);
+            let yt = &mut panel[..pr * n];
+            kernel(p0, yt);
+            // SAFETY: p0 + pr <= first + count <= rows: the panel's elements lie inside y
+            // (n * rows values), and this range's rows are its own, so no other task
+            // touches them.
+            unsafe { scatter_panel(yt, pr, n, out.get().add(p0), rows) };
+        }
+    });
+}
 
 /// `y[j * stride + i] = yt[i * n + j]` for i < pr, j < n: a (pr, n) panel written
 /// transposed into y's columns. On x86_64 in 4 x 4 blocks (four vector stores each): scalar
@@ -871,26 +875,7 @@ impl QMatrix {
         match n {
             0 => {}
             1 => parallel_rows(y, 1, self.cols, 1, |row0, y| kernel(row0, 1, y)),
-            _ => {
-                // Threads split the weight rows; the kernels write a (weight rows, n) block
-                // of Y^T, MUL_PANEL rows at a time into a small buffer, whose values go to
-                // y's columns while they are in cache (a whole Y^T and its transpose cost
-                // ~5% of a prefill).
-                let rows = self.rows;
-                let out = SyncPtr(y.as_mut_ptr());
-                parallel_ranges(rows, n * self.cols, 1, |first, count| {
-                    let mut panel = vec![0.0f32; MUL_PANEL.min(count) * n];
-                    for p0 in (first..first + count).step_by(MUL_PANEL) {
-                        let pr = MUL_PANEL.min(first + count - p0);
-                        let yt = &mut panel[..pr * n];
-                        kernel(p0, n, yt);
-                        // SAFETY: p0 + pr <= first + count <= rows: the panel's elements
-                        // lie inside y (n * rows values), and this range's rows are its own,
-                        // so no other task touches them.
-                        unsafe { scatter_panel(yt, pr, n, out.get().add(p0), rows) };
-                    }
-                });
-            }
+            _ => rows_transposed(y, self.rows, n, self.cols, 1, |row0, yt| kernel(row0, n, yt)),
         }
     }
 }
@@ -952,7 +937,7 @@ const TASKS_PER_THREAD: usize = 2;
 #[derive(Clone, Copy)]
 struct SyncPtr(*mut f32);
 
-// SAFETY: the tasks write disjoint elements (see `parallel_rows` and `QMatrix::mul`).
+// SAFETY: the tasks write disjoint elements (see `parallel_rows` and `rows_transposed`).
 unsafe impl Sync for SyncPtr {}
 unsafe impl Send for SyncPtr {}
 

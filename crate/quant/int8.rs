@@ -1427,17 +1427,17 @@ pub(super) fn rows_q8k(w: &QMatrix, row0: usize, x: &Q8KRows, n: usize, yt: &mut
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn round_i8_is_round_then_saturating_cast() {
         let specials = [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.5, -0.5, 1.5, -1.5, 2.5, 126.5, 127.5, -127.5, -128.5, 0.49999997, -0.49999997, 1e30, -1e30, 0.0, -0.0];
         let sweep = (0..=u32::MAX).step_by(997).map(f32::from_bits);
         let halves = (-600..=600).map(|k| k as f32 * 0.25);
         for r in specials.into_iter().chain(sweep).chain(halves) {
-            assert_eq!(super::round_i8(r), r.round() as i8, "{r} ({:#x})", r.to_bits());
+            assert_eq!(round_i8(r), r.round() as i8, "{r} ({:#x})", r.to_bits());
         }
     }
-
-    use super::*;
 
     /// `PENSIVE_EXPECT_RELAXED_SIMD=1` (scripts/test.sh's relaxed-SIMD run): this test binary
     /// must be the relaxed-SIMD build, or that run would test the simd128 code twice.
