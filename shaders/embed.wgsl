@@ -12,7 +12,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> w: array<u32>;         // (rows, blocks_per_row, words_per_block) repacked
+@group(0) @binding(1) var<storage, read> w: array<w_word>;      // (rows, blocks_per_row, words_per_block) repacked (Knobs::weight_access)
 @group(0) @binding(2) var<storage, read> ids: array<u32>;       // (n_tok) token ids
 @group(0) @binding(3) var<storage, read_write> out: array<f32>; // (n_tok, cols)
 

@@ -9,7 +9,11 @@
 // reduction in workgroup memory then sums the lanes of a row group. Loads per weight·token are roughly
 // (4·TT + words_per_unit·RPL) / (8·RPL·TT): 0.375 for a decoded Q4_1 row, 0.16 in prefill.
 // (On lavapipe every non-uniform load is a scalar loop over the SIMD lanes, so this count is
-// its run time too.)
+// its run time too.) In decode a lane takes a *quad* (4 units, 32 weights, dequant.wgsl) per
+// step instead of a unit: a block's scales are loaded and decoded once per quad, not per
+// unit, and its quant words come as runs of 4 — one 16-byte load where aligned (K-quants,
+// with the knob `wide`: Knobs::weight_access). Header words per 32 weights: Q4_K 4 → 1
+// (16-byte) load instead of 16 scalar ones, Q5_0 2 instead of 8.
 //
 // Entry points:
 // - matmul: y = W x (+ bias[row]) (+= y: the residual stream), over one weight type.
@@ -62,7 +66,7 @@ const ACC: u32 = RPL * TT;   // accumulators per lane: (row, token)
 const X_F16: bool = ACT_F16 && !X_F32;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> w: array<u32>;              // (rows, blocks_per_row, words_per_block) repacked
+@group(0) @binding(1) var<storage, read> w: array<w_word>;           // (rows, blocks_per_row, words_per_block) repacked (Knobs::weight_access)
 @group(0) @binding(2) var<storage, read> x: array<u32>;              // (n_tok, x_stride) act (f32 with X_F32) from x_off, as words (f16: 2 per word)
 @group(0) @binding(3) var<storage, read_write> y: array<out_t>;      // matmul: (n_tok, y_stride); matmul_gate_up: (n_tok, y_stride) act
 @group(0) @binding(4) var<storage, read> bias: array<f32>;           // (row0 + rows); a dummy without flag bit 0
@@ -151,29 +155,74 @@ fn rows_dot(ty: u32, word0: u32, rows: array<u32, RPL>, lane: u32, t0: u32) -> a
         starts[k] = word0 + rows[k] * bpr * wpb;
     }
     var acc: array<f32, ACC>;
-    for (var i = lane; i < bpr * upb; i += LANES) {
-        let blk = i / upb;
-        let u = i % upb;
-        let c = blk * epb;
-        let first = dequant_unit(ty, starts[0] + blk * wpb, u);
-        var xlo: array<vec4<f32>, TT>;
-        var xhi: array<vec4<f32>, TT>;
-        for (var t = 0u; t < TT; t++) {
-            let tok = min(t0 + t, p.n_tok - 1u);
-            xlo[t] = x4(tok, c + first.lo_off, ragged);
-            xhi[t] = x4(tok, c + first.hi_off, ragged);
-        }
-        for (var k = 0u; k < RPL; k++) {
-            var un = first;
-            if k > 0u {
-                un = dequant_unit(ty, starts[k] + blk * wpb, u);
-            }
+    // Prefill (TT > 1) keeps the unit loop: its scale decodes serve TT tokens already, and
+    // a CPU adapter spills the quads of TT-token steps to memory (half the speed).
+    if !has_quads(ty) || TT > 1u {
+        for (var i = lane; i < bpr * upb; i += LANES) {
+            let blk = i / upb;
+            let u = i % upb;
+            let c = blk * epb;
+            let first = dequant_unit(ty, starts[0] + blk * wpb, u);
+            var xlo: array<vec4<f32>, TT>;
+            var xhi: array<vec4<f32>, TT>;
             for (var t = 0u; t < TT; t++) {
-                acc[k * TT + t] += dot(un.lo, xlo[t]) + dot(un.hi, xhi[t]);
+                let tok = min(t0 + t, p.n_tok - 1u);
+                xlo[t] = x4(tok, c + first.lo_off, ragged);
+                xhi[t] = x4(tok, c + first.hi_off, ragged);
+            }
+            for (var k = 0u; k < RPL; k++) {
+                var un = first;
+                if k > 0u {
+                    un = dequant_unit(ty, starts[k] + blk * wpb, u);
+                }
+                for (var t = 0u; t < TT; t++) {
+                    acc[k * TT + t] += dot(un.lo, xlo[t]) + dot(un.hi, xhi[t]);
+                }
             }
         }
+        return acc;
+    }
+    // Decode of quantized rows: a lane takes a quad (4 units sharing their scales) per step,
+    // loads the RPL rows' quads, then goes through its units: x of each unit loaded once for
+    // all rows.
+    let qpb = upb / 4u;
+    for (var i = lane; i < bpr * qpb; i += LANES) {
+        let blk = i / qpb;
+        let g = i % qpb;
+        let c = blk * epb;
+        var quads: array<Quad, RPL>;
+        for (var k = 0u; k < RPL; k++) {
+            quads[k] = load_quad(ty, starts[k] + blk * wpb, g);
+        }
+        // Spelled out (not a loop): each call's v is a constant, so the quads' fields are
+        // picked without indexing (a CPU adapter spills a private array indexed at run time).
+        quad_step(ty, quads, g, 0u, c, t0, &acc);
+        quad_step(ty, quads, g, 1u, c, t0, &acc);
+        quad_step(ty, quads, g, 2u, c, t0, &acc);
+        quad_step(ty, quads, g, 3u, c, t0, &acc);
     }
     return acc;
+}
+
+// Unit v of the RPL rows' loaded quads, for tokens t0..t0+TT: x of the unit loaded once.
+fn quad_step(ty: u32, quads: array<Quad, RPL>, g: u32, v: u32, c: u32, t0: u32, acc: ptr<function, array<f32, ACC>>) {
+    let first = quad_unit(ty, quads[0], g, v);
+    var xlo: array<vec4<f32>, TT>;
+    var xhi: array<vec4<f32>, TT>;
+    for (var t = 0u; t < TT; t++) {
+        let tok = min(t0 + t, p.n_tok - 1u);
+        xlo[t] = x4(tok, c + first.lo_off, false);
+        xhi[t] = x4(tok, c + first.hi_off, false);
+    }
+    for (var k = 0u; k < RPL; k++) {
+        var un = first;
+        if k > 0u {
+            un = quad_unit(ty, quads[k], g, v);
+        }
+        for (var t = 0u; t < TT; t++) {
+            (*acc)[k * TT + t] += dot(un.lo, xlo[t]) + dot(un.hi, xhi[t]);
+        }
+    }
 }
 
 // rows_dot over segment `seg` of a fused matrix (uniform across the row group).

@@ -248,11 +248,15 @@ pub struct Knobs {
     /// `SUBGROUP_REDUCE`: matmul sums a row group's lanes with subgroup shuffles instead of
     /// a tree in workgroup memory (`enable subgroups;`; [`GpuContext::subgroup_reduce`]).
     pub subgroups: bool,
+    /// `w_word`: how matmul and embed bind the weights: `vec4<u32>` (16-byte loads of
+    /// aligned quant runs, for GPUs) or `u32` (CPU adapters, where a 16-byte word read for
+    /// one u32 costs four gathers); see [`Knobs::weight_access`].
+    pub wide: bool,
 }
 
 impl Knobs {
     pub fn new(act: Dtype) -> Self {
-        Knobs { act, wtype: 0, tt: 1, out_f32: false, x_even: true, lanes: 32, wtype1: 0, wtype2: 0, norm_cols: 0, rope: false, x_f32: false, subgroups: false }
+        Knobs { act, wtype: 0, tt: 1, out_f32: false, x_even: true, lanes: 32, wtype1: 0, wtype2: 0, norm_cols: 0, rope: false, x_f32: false, subgroups: false, wide: false }
     }
 
     pub fn prelude(&self) -> String {
@@ -279,10 +283,31 @@ impl Knobs {
     }
 }
 
-/// Full WGSL of `shader` under `knobs`: prelude, then dequant.wgsl if used, then the file.
+impl Knobs {
+    /// dequant.wgsl's access to the weights `w: array<w_word>` that its users declare: word
+    /// i (`wd`), words i..i+4 (`load4`), and the same with i a multiple of 4 (`load4a`: one
+    /// 16-byte load when wide; every weight buffer and fused segment starts on 16 bytes).
+    pub fn weight_access(&self) -> &'static str {
+        if self.wide {
+            "alias w_word = vec4<u32>;\n\
+             fn wd(i: u32) -> u32 { return w[i >> 2u][i & 3u]; }\n\
+             fn load4(i: u32) -> vec4<u32> { return vec4<u32>(wd(i), wd(i + 1u), wd(i + 2u), wd(i + 3u)); }\n\
+             fn load4a(i: u32) -> vec4<u32> { return w[i >> 2u]; }\n"
+        } else {
+            "alias w_word = u32;\n\
+             fn wd(i: u32) -> u32 { return w[i]; }\n\
+             fn load4(i: u32) -> vec4<u32> { return vec4<u32>(w[i], w[i + 1u], w[i + 2u], w[i + 3u]); }\n\
+             fn load4a(i: u32) -> vec4<u32> { return load4(i); }\n"
+        }
+    }
+}
+
+/// Full WGSL of `shader` under `knobs`: prelude, then dequant.wgsl if used (with the weight
+/// accessors), then the file.
 pub fn shader_source(shader: Shader, knobs: &Knobs) -> String {
     let mut s = knobs.prelude();
     if shader.uses_dequant() {
+        s.push_str(knobs.weight_access());
         s.push_str(DEQUANT_WGSL);
     }
     if shader.uses_rotary() {
@@ -359,9 +384,10 @@ pub fn default_memory_budget() -> Option<u64> {
     None
 }
 
-/// Bytes a storage buffer of `bytes` really takes ([`GpuContext::storage`] rounds up).
+/// Bytes a storage buffer of `bytes` really takes ([`GpuContext::storage`] rounds up): whole
+/// 16-byte words, so that matmul.wgsl can bind any weight buffer as `array<vec4<u32>>`.
 pub fn storage_bytes(bytes: u64) -> u64 {
-    bytes.max(4).next_multiple_of(4)
+    bytes.max(16).next_multiple_of(16)
 }
 
 /// Pipelines are cached by (shader, entry, knobs).
@@ -593,6 +619,8 @@ impl GpuContext {
         if let Some(cap) = options.binding_cap {
             max_binding = max_binding.min(cap);
         }
+        // Whole 16-byte words (storage_bytes): a buffer that fits never grows past the limit.
+        max_binding &= !15;
         // A CPU "GPU" (lavapipe, SwiftShader) runs a workgroup as SIMD loops, where few lanes
         // per row and long loops win; a real GPU wants a wide, coalesced row read.
         let matmul_lanes = match options.matmul_lanes {
@@ -752,7 +780,8 @@ impl GpuContext {
 
     /// The knobs every pipeline of this context starts from.
     pub fn knobs(&self) -> Knobs {
-        Knobs { lanes: self.matmul_lanes, subgroups: self.subgroup_reduce, ..Knobs::new(self.act) }
+        // 16-byte weight loads go with the GPU shape (wide rows); CPU adapters run 8 lanes.
+        Knobs { lanes: self.matmul_lanes, subgroups: self.subgroup_reduce, wide: self.matmul_lanes >= 16, ..Knobs::new(self.act) }
     }
 
     /// Bytes one binding (and one weight buffer) may hold here.

@@ -189,7 +189,9 @@ impl FusedMatrix {
             return Err(mats);
         }
         let words: Vec<usize> = mats.iter().map(|m| m.rows * row_words(m.ty, cols).unwrap_or(0)).collect();
-        let total: usize = words.iter().sum();
+        // Each segment starts on a 16-byte word (matmul.wgsl reads K-quant blocks with
+        // 16-byte loads).
+        let total: usize = words.iter().map(|n| n.next_multiple_of(4)).sum();
         if total as u64 * 4 > ctx.max_binding() {
             return Err(mats);
         }
@@ -200,7 +202,7 @@ impl FusedMatrix {
         for (m, &n) in mats.iter().zip(&words) {
             encoder.copy_buffer_to_buffer(&m.parts[0].buffer, 0, &buffer, word0 as u64 * 4, n as u64 * 4);
             segments.push(Segment { ty: m.ty, rows: m.rows, word0 });
-            word0 += n;
+            word0 += n.next_multiple_of(4);
         }
         ctx.queue.submit([encoder.finish()]);
         for m in mats {
