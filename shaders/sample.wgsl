@@ -16,7 +16,8 @@
 // the max, one pass histograms every logit's distance below it (BIN_W-wide bins), and
 // where the cuts are sure to fall among the logits above some distance (top-k: at least k
 // of them; top-p: their mass, one more pass, reaches the goal; min-p alone: every
-// candidate is that close), those — all logits with a key above a threshold, which is a
+// candidate is that close; temperature alone: their scaled mass passes the draw's goal,
+// u × the row's), those — all logits with a key above a threshold, which is a
 // prefix of the sorted order — are copied to `list` (at most LIST_CAP, in a fixed order:
 // per invocation, then by index) and every later pass reads the list instead of the row.
 // A bisection over the prefix asks the same questions as over the row (every sum at or
@@ -116,6 +117,7 @@ var<workgroup> out_k: u32;
 var<workgroup> out_i: u32;
 var<workgroup> hist: array<atomic<u32>, BINS>;
 var<workgroup> hist_mass: array<atomic<u32>, BINS>;
+var<workgroup> hist_scaled: array<atomic<u32>, BINS>;
 var<workgroup> sorted: array<vec2<u32>, SMALL>; // (key, id) of a small prefix
 // Where the passes read: the row (list 0, n = the vocabulary) or the list (list 1, n = its
 // length). Passed down as a value (from the uniform buffer or a workgroupUniformLoad) so
@@ -289,35 +291,47 @@ fn find_cut(src: Src, lid: u32, kind: u32, cand: Cands, goal: f32, strict: bool)
 
 // Decide whether the cuts fall among the logits within some distance of the max m (see the
 // top), and if so copy those to `list` and say to read it from now on. `topk_on`: a top-k
-// cut comes first. Also returns top-p's total over the row (its temperature-1 mass, summed
-// as sum_where sums it), taken in the histogram's pass: .x = the source's list flag, .y =
-// its length, .z = the total's bits.
-fn use_prefix(lid: u32, m: f32, topk_on: bool) -> vec3<u32> {
+// cut comes first. Temperature alone (no top-k, top-p or min-p): the draw's cut, at u × the
+// row's scaled mass, is the only one. Also returns the row's totals (temperature-1 mass for
+// top-p, scaled mass for the draw by temperature alone, summed as sum_where sums them),
+// taken in the histogram's pass: .x = the source's list flag (0 row, 1 list, 2 sorted), .y =
+// its length, .z, .w = the totals' bits.
+fn use_prefix(lid: u32, m: f32, topk_on: bool) -> vec4<u32> {
+    let temp_only = !topk_on && p.top_p >= 1.0 && p.min_p_on == 0u;
     for (var b = lid; b < BINS; b += WG) {
         atomicStore(&hist[b], 0u);
         atomicStore(&hist_mass[b], 0u);
+        atomicStore(&hist_scaled[b], 0u);
     }
     workgroupBarrier();
     var mass_all = 0.0;
+    var scaled_all = 0.0;
     for (var i = lid; i < p.n; i += WG) {
         let l = logits[i];
         if is_finite(bitcast<u32>(l)) {
             let w = exp(l - m);
+            let ws = exp((l - m) * p.inv_temp);
             mass_all += w;
+            scaled_all += ws;
             let b = bin_of(l, m);
             if b < BINS {
                 atomicAdd(&hist[b], 1u);
                 atomicAdd(&hist_mass[b], u32(w * MASS_FX));
+                atomicAdd(&hist_scaled[b], u32(ws * MASS_FX));
             }
         }
     }
     let row_total = reduce_sum(lid, mass_all);
+    let row_scaled = reduce_sum(lid, scaled_all);
+    let draw_goal = p.uniform * row_scaled;
     if lid == 0u {
         // The fewest bins from the top that (by the histogram) hold every cut, else the
         // most whose logits fit the list; the exact check below decides.
         let goal_fx = p.top_p * row_total * 1.002 * MASS_FX;
+        let draw_fx = draw_goal * 1.002 * MASS_FX;
         var count = 0u;
         var fx = 0u;
+        var sfx = 0u;
         var nb = 0u;
         for (var b = 0u; b < BINS; b++) {
             let c = atomicLoad(&hist[b]);
@@ -326,6 +340,7 @@ fn use_prefix(lid: u32, m: f32, topk_on: bool) -> vec3<u32> {
             }
             count += c;
             fx += atomicLoad(&hist_mass[b]);
+            sfx += atomicLoad(&hist_scaled[b]);
             nb = b + 1u;
             var enough = false;
             if topk_on {
@@ -334,6 +349,8 @@ fn use_prefix(lid: u32, m: f32, topk_on: bool) -> vec3<u32> {
                 enough = f32(fx) >= goal_fx;
             } else if p.min_p_on == 1u {
                 enough = exp(-f32(nb) * BIN_W) < p.min_p * 0.999;
+            } else {
+                enough = f32(sfx) > draw_fx;
             }
             if enough {
                 break;
@@ -342,18 +359,21 @@ fn use_prefix(lid: u32, m: f32, topk_on: bool) -> vec3<u32> {
         out_i = nb;
     }
     let nb = workgroupUniformLoad(&out_i);
-    let row = vec3<u32>(0u, p.n, bitcast<u32>(row_total));
-    // This invocation's share of the prefix, and the prefix's temperature-1 mass.
+    let row = vec4<u32>(0u, p.n, bitcast<u32>(row_total), bitcast<u32>(row_scaled));
+    // This invocation's share of the prefix, and the prefix's temperature-1 and scaled mass.
     var mine = 0u;
     var mass = 0.0;
+    var scaled = 0.0;
     for (var i = lid; i < p.n; i += WG) {
         let l = logits[i];
         if is_finite(bitcast<u32>(l)) && bin_of(l, m) < nb {
             mine += 1u;
             mass += exp(l - m);
+            scaled += exp((l - m) * p.inv_temp);
         }
     }
     let prefix_mass = reduce_sum(lid, mass);
+    let prefix_scaled = reduce_sum(lid, scaled);
     workgroupBarrier();
     red_k[lid] = mine;
     workgroupBarrier();
@@ -376,6 +396,9 @@ fn use_prefix(lid: u32, m: f32, topk_on: bool) -> vec3<u32> {
     } else if p.min_p_on == 1u {
         // Everything farther is below min_p × the max's weight.
         sure = exp(-f32(nb) * BIN_W) < p.min_p * 0.999;
+    } else if temp_only {
+        // The running scaled mass passes the draw's goal within the prefix.
+        sure = prefix_scaled > draw_goal * 1.001;
     }
     if !sure || count == 0u {
         return row;
@@ -397,7 +420,7 @@ fn use_prefix(lid: u32, m: f32, topk_on: bool) -> vec3<u32> {
     }
     storageBarrier();
     workgroupBarrier();
-    return vec3<u32>(select(1u, 2u, small), count, row.z);
+    return vec4<u32>(select(1u, 2u, small), count, row.z, row.w);
 }
 
 // Whether (key, id) a comes before b in the CPU's order: larger logit first, then lower id.
@@ -434,8 +457,10 @@ fn sort_small(lid: u32, n: u32) {
 }
 
 // The CPU's walk over the sorted candidates sorted[..n] (max logit m): top-k, top-p (its
-// total: row_total, or the top-k's), min-p, then the draw. One invocation, in order.
-fn walk_small(n: u32, row_total: f32, topk_on: bool, m: f32) -> u32 {
+// total: row_total, or the top-k's), min-p, then the draw (its total: the kept candidates',
+// or by temperature alone the row's, row_scaled: then sorted[..n] is only the prefix that
+// holds the draw). One invocation, in order.
+fn walk_small(n: u32, row_total: f32, row_scaled: f32, topk_on: bool, m: f32) -> u32 {
     var keep = n;
     if topk_on {
         keep = min(p.top_k, n);
@@ -465,9 +490,12 @@ fn walk_small(n: u32, row_total: f32, topk_on: bool, m: f32) -> u32 {
         }
         keep = max(s, 1u);
     }
-    var scaled = 0.0;
-    for (var i = 0u; i < keep; i++) {
-        scaled += exp((key_value(sorted[i].x) - m) * p.inv_temp);
+    var scaled = row_scaled;
+    if topk_on || p.top_p < 1.0 || p.min_p_on == 1u {
+        scaled = 0.0;
+        for (var i = 0u; i < keep; i++) {
+            scaled += exp((key_value(sorted[i].x) - m) * p.inv_temp);
+        }
     }
     let goal_u = p.uniform * scaled;
     var cum = 0.0;
@@ -512,10 +540,11 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
     let prefix = use_prefix(lid, m, topk_on);
     // Without top-k, top-p's total is over every candidate: taken from the row.
     let row_total = bitcast<f32>(prefix.z);
+    let row_scaled = bitcast<f32>(prefix.w);
     if prefix.x == 2u {
         sort_small(lid, prefix.y);
         if lid == 0u {
-            result[0] = walk_small(prefix.y, row_total, topk_on, m);
+            result[0] = walk_small(prefix.y, row_total, row_scaled, topk_on, m);
         }
         return;
     }
@@ -542,7 +571,11 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
     // min-p: weight exp(l - max) ≥ min_p; the most likely candidate (weight 1) always stays.
     cand.min_p = p.min_p_on == 1u;
     // The draw: the first candidate whose running scaled mass exceeds u × the scaled total.
-    let scaled_total = sum_where(src, lid, SCALED, cand, 0u, false, 0u);
+    // By temperature alone every candidate counts, also those past the list: the row's total.
+    var scaled_total = row_scaled;
+    if topk_on || p.top_p < 1.0 || p.min_p_on == 1u || src.list == 0u {
+        scaled_total = sum_where(src, lid, SCALED, cand, 0u, false, 0u);
+    }
     let cut = find_cut(src, lid, SCALED, cand, p.uniform * scaled_total, true);
     var chosen = cut.y;
     if cut.z == 0u {

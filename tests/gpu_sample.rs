@@ -178,22 +178,26 @@ fn gpu_sampler_picks_the_cpu_token_on_a_qwen_sized_row() {
             *l -= 8.0;
         }
     }
-    let options = SamplerOptions { temperature: 0.6, top_k: 0, top_p: 0.95, min_p: 0.0, ..SamplerOptions::default() };
+    let r1 = SamplerOptions { temperature: 0.6, top_k: 0, top_p: 0.95, min_p: 0.0, ..SamplerOptions::default() };
+    // Temperature alone: the draw's cut decides the prefix (peaked rows), or the whole row.
+    let temp_only = SamplerOptions { top_p: 1.0, ..r1.clone() };
     let mut boundary = 0;
-    for row in &rows {
-        for _ in 0..4 {
-            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            let want = sample_with_uniform(&options, row, &[], &[], u).expect("cpu sample");
-            let t = std::time::Instant::now();
-            let got = gpu_pick(&ctx, row, &options, &[], &[], u).expect("gpu sample");
-            eprintln!("vocab {vocab}: gpu {got} cpu {want} ({:.1} ms incl. upload and readback)", t.elapsed().as_secs_f64() * 1e3);
-            if got != want {
-                assert!(reachable(&options, row, &[], &[], u, got, BOUNDARY), "gpu {got}, cpu {want}");
-                boundary += 1;
+    for (name, options) in [("T 0.6, top_p 0.95", r1), ("T 0.6 alone", temp_only)] {
+        for row in &rows {
+            for _ in 0..4 {
+                let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                let want = sample_with_uniform(&options, row, &[], &[], u).expect("cpu sample");
+                let t = std::time::Instant::now();
+                let got = gpu_pick(&ctx, row, &options, &[], &[], u).expect("gpu sample");
+                eprintln!("vocab {vocab}, {name}: gpu {got} cpu {want} ({:.1} ms incl. upload and readback)", t.elapsed().as_secs_f64() * 1e3);
+                if got != want {
+                    assert!(reachable(&options, row, &[], &[], u, got, BOUNDARY), "{name}: gpu {got}, cpu {want}");
+                    boundary += 1;
+                }
             }
         }
     }
-    assert!(boundary <= 1, "{boundary} boundary cases of 16");
+    assert!(boundary <= 2, "{boundary} boundary cases of 32");
 }
 
 #[test]
