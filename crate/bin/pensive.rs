@@ -720,6 +720,11 @@ mod cli {
             "model": a.model.model.display().to_string(),
             "backend": backend.name(),
             "fallback_reason": backend.fallback_reason(),
+            // The adapter and the kernel shapes chosen for it (lanes, subgroups, 16-byte words).
+            "gpu_adapter": match &backend {
+                AnyBackend::Gpu(m) => Some(m.context().describe()),
+                AnyBackend::Cpu { .. } => None,
+            },
             "load_s": load_s,
             "context": a.context,
             "prompt_tokens": a.prompt_tokens,

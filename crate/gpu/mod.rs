@@ -798,9 +798,10 @@ impl GpuContext {
     pub fn describe(&self) -> String {
         let l = self.device.limits();
         format!(
-            "{} ({:?}, {:?}); act {:?}; matmul lanes {}{}; max_storage_buffer_binding_size {}, max_buffer_size {}, binding used {}",
+            "{} ({:?}, {:?}); act {:?}; matmul lanes {}{}{}; max_storage_buffer_binding_size {}, max_buffer_size {}, binding used {}",
             self.info.name, self.info.backend, self.info.device_type, self.act, self.matmul_lanes,
             if self.subgroup_reduce { ", subgroup reduction" } else { "" },
+            if self.knobs().wide { ", 16-byte weight words" } else { "" },
             l.max_storage_buffer_binding_size, l.max_buffer_size, self.max_binding
         )
     }
