@@ -6,10 +6,10 @@
 
 mod gpu_common;
 
-use gpu_common::{as_act, assert_close, context, contexts, contexts_both_matmul_shapes, tol, Rng, TOL_F32};
+use gpu_common::{as_act, assert_close, context, context_with, contexts, contexts_both_matmul_shapes, tol, Rng, TOL_F32};
 use pensive::config::RopeLayout;
 use pensive::gpu::kernels::{argmax_scratch_len, attention_scratch_len, FoldedNorm, QkvOut};
-use pensive::gpu::{FusedMatrix, GpuContext, GpuMatrix};
+use pensive::gpu::{FusedMatrix, GpuContext, GpuMatrix, GpuOptions};
 use pensive::ops;
 use pensive::quant::{self, GgmlType};
 
@@ -247,7 +247,8 @@ fn silu_mul_and_add_match_cpu() {
 
 #[test]
 fn embedding_lookup_matches_dequantized_rows_for_every_type() {
-    for ctx in contexts() {
+    // Both shapes: the GPU one reads the table as 16-byte words (Knobs::wide).
+    for ctx in contexts_both_matmul_shapes() {
         let mut rng = Rng::new(6);
         for ty in all_types() {
             let (rows, cols) = (11, odd_cols(ty));
@@ -263,7 +264,7 @@ fn embedding_lookup_matches_dequantized_rows_for_every_type() {
             let want: Vec<f32> = ids.iter().flat_map(|&i| table[i as usize * cols..(i as usize + 1) * cols].to_vec()).collect();
             // Dequantization is exact in f32, and the residual stream is f32 on both paths.
             let got = block_on(ctx.read_f32(&out, 0, want.len())).expect("read");
-            assert_close(&format!("embed {ty:?} {:?}", ctx.act()), &got, &want, TOL_F32, 1.0);
+            assert_close(&format!("embed {ty:?} {:?} lanes {}", ctx.act(), ctx.matmul_lanes()), &got, &want, TOL_F32, 1.0);
         }
     }
 }
@@ -322,29 +323,33 @@ fn quantized_matmul_matches_cpu_for_every_type() {
 #[test]
 fn tensors_larger_than_the_binding_limit_are_split() {
     let Some(ctx) = context(false, Some(4096)) else { return };
-    let mut rng = Rng::new(8);
-    let ty = GgmlType::Q8_0;
-    let (rows, cols) = (301, 7 * 32); // 7 blocks × 36 B = 252 B per row → 16 rows per 4 KiB part
-    let bytes = random_weights(&mut rng, ty, rows, cols);
-    let w = dequant(ty, &bytes, rows * cols);
-    let m = GpuMatrix::upload(&ctx, "big", ty, rows, cols, &bytes).expect("upload");
-    assert_eq!(m.parts.len(), rows.div_ceil(4096 / 252), "parts");
-    let x = rng.vec(cols);
-    let xb = ctx.act_from_f32("x", &x);
-    let yb = ctx.storage("y", (rows * 4) as u64);
-    let ids = [300u32, 0, 17, 16];
-    let idb = ctx.storage_init("ids", bytemuck::cast_slice(&ids));
-    let eb = ctx.storage("e", (ids.len() * cols * 4) as u64);
-    let mut rec = ctx.recorder();
-    rec.matmul(&m, &xb, 0, cols, &yb, 1, None, false, true);
-    rec.embed(&m, &idb, &eb, ids.len());
-    rec.submit();
-    let want = matmul_ref(&w, rows, cols, &x, 1, None, None);
-    let got = block_on(ctx.read_f32(&yb, 0, rows)).expect("read");
-    assert_close("split matmul", &got, &want, TOL_F32, (cols as f32).sqrt());
-    let want: Vec<f32> = ids.iter().flat_map(|&i| w[i as usize * cols..(i as usize + 1) * cols].to_vec()).collect();
-    assert_close("split embed", &block_on(ctx.read_f32(&eb, 0, want.len())).expect("read"), &want, TOL_F32, 1.0);
-
+    // Both matmul shapes (the GPU one binds the parts as 16-byte words).
+    let other = if ctx.matmul_lanes() == 8 { 32 } else { 8 };
+    let other_shape = context_with(GpuOptions { prefer_f16: false, binding_cap: Some(4096), matmul_lanes: Some(other), ..Default::default() });
+    for ctx in std::iter::once(&ctx).chain(other_shape.as_ref()) {
+        let mut rng = Rng::new(8);
+        let ty = GgmlType::Q8_0;
+        let (rows, cols) = (301, 7 * 32); // 7 blocks × 36 B = 252 B per row → 16 rows per 4 KiB part
+        let bytes = random_weights(&mut rng, ty, rows, cols);
+        let w = dequant(ty, &bytes, rows * cols);
+        let m = GpuMatrix::upload(&ctx, "big", ty, rows, cols, &bytes).expect("upload");
+        assert_eq!(m.parts.len(), rows.div_ceil(4096 / 252), "parts");
+        let x = rng.vec(cols);
+        let xb = ctx.act_from_f32("x", &x);
+        let yb = ctx.storage("y", (rows * 4) as u64);
+        let ids = [300u32, 0, 17, 16];
+        let idb = ctx.storage_init("ids", bytemuck::cast_slice(&ids));
+        let eb = ctx.storage("e", (ids.len() * cols * 4) as u64);
+        let mut rec = ctx.recorder();
+        rec.matmul(&m, &xb, 0, cols, &yb, 1, None, false, true);
+        rec.embed(&m, &idb, &eb, ids.len());
+        rec.submit();
+        let want = matmul_ref(&w, rows, cols, &x, 1, None, None);
+        let got = block_on(ctx.read_f32(&yb, 0, rows)).expect("read");
+        assert_close(&format!("split matmul, lanes {}", ctx.matmul_lanes()), &got, &want, TOL_F32, (cols as f32).sqrt());
+        let want: Vec<f32> = ids.iter().flat_map(|&i| w[i as usize * cols..(i as usize + 1) * cols].to_vec()).collect();
+        assert_close(&format!("split embed, lanes {}", ctx.matmul_lanes()), &block_on(ctx.read_f32(&eb, 0, want.len())).expect("read"), &want, TOL_F32, 1.0);
+    }
     // A row that cannot fit any binding is a clear error, not a panic.
     let err = GpuMatrix::upload(&ctx, "wide", GgmlType::F32, 2, 2048, &vec![0u8; 2 * 2048 * 4]).err().expect("must fail");
     assert!(err.to_string().contains("cannot hold"), "{err}");
