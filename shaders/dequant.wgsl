@@ -261,27 +261,21 @@ fn has_quads(ty: u32) -> bool {
 fn load_quad(ty: u32, base: u32, g: u32) -> Quad {
     var r: Quad;
     switch ty {
-        case T_Q4_0: {
-            let d = f16_at(wd(base));
-            r.q = load4(base + 1u);
-            r.sc = vec4<f32>(d, 8.0 * d, d, 8.0 * d);
-        }
-        case T_Q4_1: {
+        // [d | pad or m][qh: Q5 only][qs: 4 words]. Q4_0/Q5_0 as q · d − offset · d
+        // (offset 8 or 16), Q4_1/Q5_1 as q · d + m.
+        case T_Q4_0, T_Q4_1, T_Q5_0, T_Q5_1: {
+            let five = ty == T_Q5_0 || ty == T_Q5_1;
             let dm = unpack2x16float(wd(base));
-            r.q = load4(base + 1u);
-            r.sc = vec4<f32>(dm.x, -dm.y, dm.x, -dm.y);
-        }
-        case T_Q5_0: {
-            let d = f16_at(wd(base));
-            r.h = wd(base + 1u);
-            r.q = load4(base + 2u);
-            r.sc = vec4<f32>(d, 16.0 * d, d, 16.0 * d);
-        }
-        case T_Q5_1: {
-            let dm = unpack2x16float(wd(base));
-            r.h = wd(base + 1u);
-            r.q = load4(base + 2u);
-            r.sc = vec4<f32>(dm.x, -dm.y, dm.x, -dm.y);
+            if five {
+                r.h = wd(base + 1u);
+            }
+            r.q = load4(base + select(1u, 2u, five));
+            if ty == T_Q4_0 || ty == T_Q5_0 {
+                let off = select(8.0, 16.0, five) * dm.x;
+                r.sc = vec4<f32>(dm.x, off, dm.x, off);
+            } else {
+                r.sc = vec4<f32>(dm.x, -dm.y, dm.x, -dm.y);
+            }
         }
         case T_Q8_0: {
             let d = f16_at(wd(base));
