@@ -12,7 +12,7 @@
 // its run time too.) In decode a lane takes a *quad* (4 units, 32 weights, dequant.wgsl) per
 // step instead of a unit: a block's scales are loaded and decoded once per quad, not per
 // unit, and its quant words come as runs of 4 — one 16-byte load where aligned (K-quants,
-// with the knob `wide`: Knobs::weight_access). Header loads per 32 weights: Q4_K 16 → 4
+// on the GPU shape: Knobs::wide, Knobs::weight_access). Header loads per 32 weights: Q4_K 16 → 4
 // (one 16-byte load when wide), Q5_0 8 → 2.
 //
 // Entry points:

@@ -38,7 +38,7 @@ fn every_shader_validates_under_every_knob() {
                     for (tt, out_f32, x_even, lanes, subgroups) in
                         [(1, false, true, 32, false), (8, false, true, 8, true), (1, true, false, 8, false), (8, true, false, 32, true)]
                     {
-                        let knobs = Knobs { wtype: wtype_id(ty), wtype1: wtype_id(ty), wtype2: wtype_id(ty), tt, out_f32, x_even, lanes, subgroups, wide: lanes == 32, ..Knobs::new(act) };
+                        let knobs = Knobs { wtype: wtype_id(ty), wtype1: wtype_id(ty), wtype2: wtype_id(ty), tt, out_f32, x_even, lanes, subgroups, ..Knobs::new(act) };
                         validate(shader, &knobs);
                         checked += 1;
                     }
@@ -66,7 +66,7 @@ fn fused_matmul_variants_validate() {
                 for (tt, norm_cols, rope, lanes, subgroups) in
                     [(1, 896, true, 8, true), (1, 0, false, 32, false), (8, 0, true, 32, true), (1, 3072, false, 8, false), (8, 0, false, 8, true)]
                 {
-                    let knobs = Knobs { wtype: ty, wtype1, wtype2, tt, norm_cols, rope, lanes, subgroups, wide: lanes == 32, ..Knobs::new(act) };
+                    let knobs = Knobs { wtype: ty, wtype1, wtype2, tt, norm_cols, rope, lanes, subgroups, ..Knobs::new(act) };
                     validate(Shader::Matmul, &knobs);
                     checked += 1;
                 }

@@ -248,15 +248,11 @@ pub struct Knobs {
     /// `SUBGROUP_REDUCE`: matmul sums a row group's lanes with subgroup shuffles instead of
     /// a tree in workgroup memory (`enable subgroups;`; [`GpuContext::subgroup_reduce`]).
     pub subgroups: bool,
-    /// `w_word`: how matmul and embed bind the weights: `vec4<u32>` (16-byte loads of
-    /// aligned quant runs, for GPUs) or `u32` (CPU adapters, where a 16-byte word read for
-    /// one u32 costs four gathers); see [`Knobs::weight_access`].
-    pub wide: bool,
 }
 
 impl Knobs {
     pub fn new(act: Dtype) -> Self {
-        Knobs { act, wtype: 0, tt: 1, out_f32: false, x_even: true, lanes: 32, wtype1: 0, wtype2: 0, norm_cols: 0, rope: false, x_f32: false, subgroups: false, wide: false }
+        Knobs { act, wtype: 0, tt: 1, out_f32: false, x_even: true, lanes: 32, wtype1: 0, wtype2: 0, norm_cols: 0, rope: false, x_f32: false, subgroups: false }
     }
 
     pub fn prelude(&self) -> String {
@@ -284,11 +280,18 @@ impl Knobs {
 }
 
 impl Knobs {
+    /// `w_word`: whether matmul and embed bind the weights as `vec4<u32>` (16-byte loads of
+    /// aligned quant runs) — with the GPU shape (wide rows, lanes ≥ 16) — or as `u32`: CPU
+    /// adapters run 8 lanes, and there a 16-byte word read for one u32 costs four gathers.
+    pub fn wide(&self) -> bool {
+        self.lanes >= 16
+    }
+
     /// dequant.wgsl's access to the weights `w: array<w_word>` that its users declare: word
     /// i (`wd`), words i..i+4 (`load4`), and the same with i a multiple of 4 (`load4a`: one
     /// 16-byte load when wide; every weight buffer and fused segment starts on 16 bytes).
     pub fn weight_access(&self) -> &'static str {
-        if self.wide {
+        if self.wide() {
             "alias w_word = vec4<u32>;\n\
              fn wd(i: u32) -> u32 { return w[i >> 2u][i & 3u]; }\n\
              fn load4(i: u32) -> vec4<u32> { return vec4<u32>(wd(i), wd(i + 1u), wd(i + 2u), wd(i + 3u)); }\n\
@@ -780,8 +783,7 @@ impl GpuContext {
 
     /// The knobs every pipeline of this context starts from.
     pub fn knobs(&self) -> Knobs {
-        // 16-byte weight loads go with the GPU shape (wide rows); CPU adapters run 8 lanes.
-        Knobs { lanes: self.matmul_lanes, subgroups: self.subgroup_reduce, wide: self.matmul_lanes >= 16, ..Knobs::new(self.act) }
+        Knobs { lanes: self.matmul_lanes, subgroups: self.subgroup_reduce, ..Knobs::new(self.act) }
     }
 
     /// Bytes one binding (and one weight buffer) may hold here.
@@ -801,7 +803,7 @@ impl GpuContext {
             "{} ({:?}, {:?}); act {:?}; matmul lanes {}{}{}; max_storage_buffer_binding_size {}, max_buffer_size {}, binding used {}",
             self.info.name, self.info.backend, self.info.device_type, self.act, self.matmul_lanes,
             if self.subgroup_reduce { ", subgroup reduction" } else { "" },
-            if self.knobs().wide { ", 16-byte weight words" } else { "" },
+            if self.knobs().wide() { ", 16-byte weight words" } else { "" },
             l.max_storage_buffer_binding_size, l.max_buffer_size, self.max_binding
         )
     }
