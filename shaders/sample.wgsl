@@ -295,9 +295,9 @@ fn find_cut(src: Src, lid: u32, kind: u32, cand: Cands, goal: f32, strict: bool)
 // row's scaled mass, is the only one. Also returns the row's totals (temperature-1 mass for
 // top-p, scaled mass for the draw by temperature alone, summed as sum_where sums them),
 // taken in the histogram's pass: .x = the source's list flag (0 row, 1 list, 2 sorted), .y =
-// its length, .z, .w = the totals' bits.
+// its length, .z, .w = the totals' bits (.w: 0 unless by temperature alone).
 fn use_prefix(lid: u32, m: f32, topk_on: bool) -> vec4<u32> {
-    let temp_only = !topk_on && p.top_p >= 1.0 && p.min_p_on == 0u;
+    let temp_only = by_temperature_alone(topk_on);
     for (var b = lid; b < BINS; b += WG) {
         atomicStore(&hist[b], 0u);
         atomicStore(&hist_mass[b], 0u);
@@ -310,14 +310,20 @@ fn use_prefix(lid: u32, m: f32, topk_on: bool) -> vec4<u32> {
         let l = logits[i];
         if is_finite(bitcast<u32>(l)) {
             let w = exp(l - m);
-            let ws = exp((l - m) * p.inv_temp);
             mass_all += w;
-            scaled_all += ws;
+            // The scaled weights only where the draw's cut picks the prefix.
+            var ws = 0.0;
+            if temp_only {
+                ws = exp((l - m) * p.inv_temp);
+                scaled_all += ws;
+            }
             let b = bin_of(l, m);
             if b < BINS {
                 atomicAdd(&hist[b], 1u);
                 atomicAdd(&hist_mass[b], u32(w * MASS_FX));
-                atomicAdd(&hist_scaled[b], u32(ws * MASS_FX));
+                if temp_only {
+                    atomicAdd(&hist_scaled[b], u32(ws * MASS_FX));
+                }
             }
         }
     }
@@ -369,7 +375,9 @@ fn use_prefix(lid: u32, m: f32, topk_on: bool) -> vec4<u32> {
         if is_finite(bitcast<u32>(l)) && bin_of(l, m) < nb {
             mine += 1u;
             mass += exp(l - m);
-            scaled += exp((l - m) * p.inv_temp);
+            if temp_only {
+                scaled += exp((l - m) * p.inv_temp);
+            }
         }
     }
     let prefix_mass = reduce_sum(lid, mass);
@@ -421,6 +429,11 @@ fn use_prefix(lid: u32, m: f32, topk_on: bool) -> vec4<u32> {
     storageBarrier();
     workgroupBarrier();
     return vec4<u32>(select(1u, 2u, small), count, row.z, row.w);
+}
+
+// No top-k, top-p or min-p cut: the draw (u × the row's scaled mass) is the only one.
+fn by_temperature_alone(topk_on: bool) -> bool {
+    return !topk_on && p.top_p >= 1.0 && p.min_p_on == 0u;
 }
 
 // Whether (key, id) a comes before b in the CPU's order: larger logit first, then lower id.
@@ -491,7 +504,7 @@ fn walk_small(n: u32, row_total: f32, row_scaled: f32, topk_on: bool, m: f32) ->
         keep = max(s, 1u);
     }
     var scaled = row_scaled;
-    if topk_on || p.top_p < 1.0 || p.min_p_on == 1u {
+    if !by_temperature_alone(topk_on) {
         scaled = 0.0;
         for (var i = 0u; i < keep; i++) {
             scaled += exp((key_value(sorted[i].x) - m) * p.inv_temp);
@@ -573,7 +586,7 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
     // The draw: the first candidate whose running scaled mass exceeds u × the scaled total.
     // By temperature alone every candidate counts, also those past the list: the row's total.
     var scaled_total = row_scaled;
-    if topk_on || p.top_p < 1.0 || p.min_p_on == 1u || src.list == 0u {
+    if !by_temperature_alone(topk_on) || src.list == 0u {
         scaled_total = sum_where(src, lid, SCALED, cand, 0u, false, 0u);
     }
     let cut = find_cut(src, lid, SCALED, cand, p.uniform * scaled_total, true);
