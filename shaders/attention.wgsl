@@ -5,10 +5,13 @@
 // attend_group_split: one workgroup per (split, kv head, token) serving all G = n_heads /
 //   n_kv_heads query heads that share the kv head (GQA), so each K and V row is read once
 //   per group, not once per query head (Qwen2.5-0.5B: 7 times fewer loads). It walks its
-//   positions 64 at a time with an online softmax per head: lane = position for the scores
-//   (its K row read 16 bytes at a time, dotted with the G queries in workgroup memory),
-//   lane = dimension for the values (neighbouring lanes read neighbouring dims). It writes,
-//   per query head, (max score m, sum of exp l, unnormalized output acc).
+//   positions 128 at a time with an online softmax per head: for the scores a lane takes two
+//   positions (their K rows read 16 bytes at a time, dotted with the G queries in workgroup
+//   memory: each query load serves both); for the values a lane takes a (head, 8 dims) pair
+//   and reads one 16-byte V word (f16) per position, neighbouring lanes neighbouring words,
+//   with the probabilities 4 positions a load. It writes, per query head, (max score m, sum
+//   of exp l, unnormalized output acc). The loads per product matter most on a CPU adapter,
+//   where (Mesa lavapipe) a load whose address is not a constant runs as a loop over lanes.
 // attend_split: the same per query head, for head_dim not a multiple of 8 or groups larger
 //   than MAX_GROUP.
 // attend_merge: one workgroup per (head, token) rescales the splits by exp(m_s - M) and
@@ -21,7 +24,7 @@ struct Params {
     head_dim: u32,    // ≤ 256 (4 dims per lane)
     n_tok: u32,
     pos0: u32,        // cached positions before token 0
-    split_len: u32,   // positions per split, a multiple of 64
+    split_len: u32,   // positions per split, a multiple of 128
     n_splits: u32,
     scale: f32,       // 1 / sqrt(head_dim)
 }
@@ -36,6 +39,7 @@ const NEG_BIG: f32 = -3.0e38; // "no score yet": exp(NEG_BIG - m) is 0 without i
 @group(0) @binding(5) var<storage, read> parts_in: array<f32>;       // attend_merge: the same buffer
 @group(0) @binding(6) var<storage, read_write> out: array<act>;      // (n_tok, n_heads, head_dim)
 @group(0) @binding(7) var<storage, read> k_words: array<vec4<u32>>;  // attend_group_split: k_cache in 16-byte words
+@group(0) @binding(8) var<storage, read> v_words: array<vec4<u32>>;  // attend_group_split: v_cache in 16-byte words
 
 var<workgroup> q_sh: array<f32, 256>;   // (head_dim)
 var<workgroup> probs: array<f32, 64>;   // scores, then exp(score - m) of the current 64 positions
@@ -43,8 +47,11 @@ var<workgroup> probs: array<f32, 64>;   // scores, then exp(score - m) of the cu
 const MAX_GROUP: u32 = 8u;              // query heads per kv head that attend_group_split serves
 const WORD_ELEMS: u32 = select(4u, 8u, ACT_F16); // act elements per 16-byte word
 var<workgroup> qg_sh: array<vec4<f32>, 512>;      // (G, head_dim / 4): the group's queries × scale, 4 dims a load
-var<workgroup> pg: array<array<f32, 64>, MAX_GROUP>; // (G, 64 positions): scores, then exp(score - m)
-var<workgroup> mg: array<f32, MAX_GROUP>;          // the running max of each head after this chunk
+var<workgroup> mg: array<f32, MAX_GROUP>;          // the running max of each head
+const CHUNK: u32 = 128u;                           // positions per step of attend_group_split: two per lane
+var<workgroup> pq: array<array<vec4<f32>, 32>, MAX_GROUP>; // (G, CHUNK positions): scores, then exp(score - m), 4 positions a load
+var<workgroup> corr_sh: array<f32, MAX_GROUP>;     // exp(previous max - max) of each head
+const MAX_PAIRS: u32 = 4u;                         // (head, 8 dims) pairs per lane: MAX_GROUP × 256 / 8 / 64
 
 // act elements 4w..4w+4 of a 16-byte word read as f32: half 0 or 1 of it (f16), or all of it.
 fn word_half(kw: vec4<u32>, half: u32) -> vec4<f32> {
@@ -74,120 +81,118 @@ fn attend_group_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
         let e = q0 + 4u * i;
         qg_sh[i] = vec4<f32>(f32(q[e]), f32(q[e + 1u]), f32(q[e + 2u]), f32(q[e + 3u])) * p.scale;
     }
-    workgroupBarrier();
-    var m: array<f32, MAX_GROUP>;  // running max per head (the same in every lane)
-    var l: array<f32, MAX_GROUP>;  // running sum of exp per head
-    var acc: array<vec4<f32>, MAX_GROUP>; // (head, dims lid, lid + 64, lid + 128, lid + 192)
-    for (var g = 0u; g < MAX_GROUP; g++) {
-        m[g] = NEG_BIG;
+    if lid < MAX_GROUP {
+        mg[lid] = NEG_BIG;
     }
+    // The values' lanes: pair lid + 64k = (head g, dims 8e..8e+8) for k < MAX_PAIRS.
+    let octs = hd / 8u;
+    let pairs = group * octs;
+    var acc: array<vec4<f32>, 2 * MAX_PAIRS>; // (pair slot k: dims 8e..8e+4, 8e+4..8e+8)
+    var l: array<f32, MAX_PAIRS>;             // sum of exp of the slot's head
+    workgroupBarrier();
     let halves = WORD_ELEMS / 4u;
-    for (var c0 = start; c0 < end; c0 += 64u) {
-        let pos = c0 + lid;
-        var sc: array<f32, MAX_GROUP>;
-        for (var g = 0u; g < MAX_GROUP; g++) {
-            sc[g] = NEG_BIG;
-        }
-        if pos < end {
-            for (var g = 0u; g < MAX_GROUP; g++) {
-                if g < group {
-                    sc[g] = 0.0;
+    for (var c0 = start; c0 < end; c0 += CHUNK) {
+        // Scores: a lane per two positions (c0 + lid and c0 + 64 + lid, each query loaded
+        // once for both), their K rows read 16 bytes at a time, dotted with the group's
+        // queries. A position past `end` reads the last real row and scores NEG_BIG.
+        let pos_a = c0 + lid;
+        let pos_b = pos_a + 64u;
+        var sa: array<f32, MAX_GROUP>;
+        var sb: array<f32, MAX_GROUP>;
+        let ka0 = (min(pos_a, end - 1u) * kv_dim + kvh * hd) / WORD_ELEMS;
+        let kb0 = (min(pos_b, end - 1u) * kv_dim + kvh * hd) / WORD_ELEMS;
+        for (var wd = 0u; wd < hd / WORD_ELEMS; wd++) {
+            let kwa = k_words[ka0 + wd];
+            let kwb = k_words[kb0 + wd];
+            for (var hh = 0u; hh < halves; hh++) {
+                let ka = word_half(kwa, hh);
+                let kb = word_half(kwb, hh);
+                let d = wd * WORD_ELEMS + 4u * hh;
+                for (var g = 0u; g < MAX_GROUP; g++) {
+                    if g < group {
+                        let qv = qg_sh[(g * hd + d) / 4u];
+                        sa[g] += dot(ka, qv);
+                        sb[g] += dot(kb, qv);
+                    }
                 }
             }
-            let kb = (pos * kv_dim + kvh * hd) / WORD_ELEMS;
-            for (var wd = 0u; wd < hd / WORD_ELEMS; wd++) {
-                let kw = k_words[kb + wd];
-                for (var hh = 0u; hh < halves; hh++) {
-                    let k4 = word_half(kw, hh);
-                    let d = wd * WORD_ELEMS + 4u * hh;
-                    for (var g = 0u; g < MAX_GROUP; g++) {
-                        if g < group {
-                            sc[g] += dot(k4, qg_sh[(g * hd + d) / 4u]);
+        }
+        for (var g = 0u; g < MAX_GROUP; g++) {
+            sa[g] = select(NEG_BIG, sa[g], pos_a < end);
+            sb[g] = select(NEG_BIG, sb[g], pos_b < end);
+            if g < group {
+                pq[g][lid / 4u][lid % 4u] = sa[g];
+                pq[g][16u + lid / 4u][lid % 4u] = sb[g];
+            }
+        }
+        workgroupBarrier();
+        // The running max of head lid, and the factor that rescales what was summed so far.
+        if lid < group {
+            var mc = vec4<f32>(NEG_BIG);
+            for (var j = 0u; j < CHUNK / 4u; j++) {
+                mc = max(mc, pq[lid][j]);
+            }
+            let m_new = max(mg[lid], max(max(mc.x, mc.y), max(mc.z, mc.w)));
+            corr_sh[lid] = exp(mg[lid] - m_new);
+            mg[lid] = m_new;
+        }
+        workgroupBarrier();
+        for (var g = 0u; g < MAX_GROUP; g++) {
+            if g < group {
+                pq[g][lid / 4u][lid % 4u] = exp(sa[g] - mg[g]);
+                pq[g][16u + lid / 4u][lid % 4u] = exp(sb[g] - mg[g]);
+            }
+        }
+        workgroupBarrier();
+        // Values: a lane per (head, 8 dims), one 16-byte word (f16) per position, so each
+        // position costs a lane two loads (its probability and its word) for 8 products.
+        let n = min(CHUNK, end - c0);
+        for (var k = 0u; k < MAX_PAIRS; k++) {
+            let pair = lid + 64u * k;
+            if pair < pairs {
+                let g = pair / octs;
+                let vb = kvh * hd + 8u * (pair % octs);
+                let corr = corr_sh[g];
+                var lo = acc[2u * k] * corr;
+                var hi = acc[2u * k + 1u] * corr;
+                var lk = l[k] * corr;
+                for (var j = 0u; j < n; j += 4u) {
+                    let p4 = pq[g][j / 4u];
+                    lk += p4.x + p4.y + p4.z + p4.w;
+                    for (var i = 0u; i < 4u; i++) {
+                        // Past `end` (the last quad of a split) the probability is 0 and the
+                        // row the last real one.
+                        let e = min(c0 + j + i, end - 1u) * kv_dim + vb;
+                        let w = v_words[e / WORD_ELEMS];
+                        if ACT_F16 {
+                            lo += p4[i] * word_half(w, 0u);
+                            hi += p4[i] * word_half(w, 1u);
+                        } else {
+                            lo += p4[i] * bitcast<vec4<f32>>(w);
+                            hi += p4[i] * bitcast<vec4<f32>>(v_words[e / WORD_ELEMS + 1u]);
                         }
                     }
                 }
-            }
-        }
-        for (var g = 0u; g < MAX_GROUP; g++) {
-            if g < group {
-                pg[g][lid] = sc[g];
-            }
-        }
-        workgroupBarrier();
-        if lid < group {
-            var mc = NEG_BIG;
-            for (var j = 0u; j < 64u; j++) {
-                mc = max(mc, pg[lid][j]);
-            }
-            // m[lid] without indexing m by a lane-varying value (that would keep m in memory
-            // instead of registers).
-            var m_lid = NEG_BIG;
-            for (var g = 0u; g < MAX_GROUP; g++) {
-                if g == lid {
-                    m_lid = m[g];
-                }
-            }
-            mg[lid] = max(m_lid, mc);
-        }
-        workgroupBarrier();
-        for (var g = 0u; g < MAX_GROUP; g++) {
-            if g < group {
-                pg[g][lid] = select(0.0, exp(sc[g] - mg[g]), pos < end);
-                let corr = exp(m[g] - mg[g]);
-                acc[g] *= corr;
-                l[g] *= corr;
-                m[g] = mg[g];
-            }
-        }
-        workgroupBarrier();
-        let n = min(64u, end - c0);
-        if hd <= 64u {
-            // One dimension per lane: only acc[g].x is live (a vec4 would do 4 times the work
-            // where a lane is a SIMD slot, as on lavapipe). The same sums as below.
-            let dv = min(lid, hd - 1u);
-            for (var j = 0u; j < n; j++) {
-                let v1 = select(0.0, f32(v_cache[(c0 + j) * kv_dim + kvh * hd + dv]), lid < hd);
-                for (var g = 0u; g < MAX_GROUP; g++) {
-                    if g < group {
-                        let pj = pg[g][j];
-                        l[g] += pj;
-                        acc[g].x += pj * v1;
-                    }
-                }
-            }
-        } else {
-            for (var j = 0u; j < n; j++) {
-                let vb = (c0 + j) * kv_dim + kvh * hd;
-                var vv = vec4<f32>(0.0);
-                for (var r = 0u; r < 4u; r++) {
-                    let d = lid + 64u * r;
-                    if d < hd {
-                        vv[r] = f32(v_cache[vb + d]);
-                    }
-                }
-                for (var g = 0u; g < MAX_GROUP; g++) {
-                    if g < group {
-                        let pj = pg[g][j];
-                        l[g] += pj;
-                        acc[g] += pj * vv;
-                    }
-                }
+                acc[2u * k] = lo;
+                acc[2u * k + 1u] = hi;
+                l[k] = lk;
             }
         }
         workgroupBarrier();
     }
-    for (var g = 0u; g < MAX_GROUP; g++) {
-        if g < group {
+    for (var k = 0u; k < MAX_PAIRS; k++) {
+        let pair = lid + 64u * k;
+        if pair < pairs {
+            let g = pair / octs;
+            let e = pair % octs;
             let base = ((t * p.n_heads + h0 + g) * p.n_splits + s) * (hd + 2u);
-            if lid == 0u {
-                parts[base] = m[g];
-                parts[base + 1u] = l[g];
+            if e == 0u {
+                parts[base] = mg[g];
+                parts[base + 1u] = l[k];
             }
             for (var r = 0u; r < 4u; r++) {
-                let d = lid + 64u * r;
-                if d < hd {
-                    parts[base + 2u + d] = acc[g][r];
-                }
+                parts[base + 2u + 8u * e + r] = acc[2u * k][r];
+                parts[base + 6u + 8u * e + r] = acc[2u * k + 1u][r];
             }
         }
     }

@@ -179,9 +179,11 @@ fn rope_store_kv_writes_rotated_keys_and_values_into_the_cache() {
 #[test]
 fn attention_matches_cpu_decode_and_prefill() {
     // Also a context that cuts a decode step's context into up to 256 splits (a GPU's
-    // default), with a scratch that holds them.
+    // default), with a scratch that holds them, and one with 3 splits: many 128-position
+    // steps per split, the last one partial.
     let many = gpu_common::context_with(pensive::gpu::GpuOptions { attention_splits: Some(256), ..Default::default() });
-    for ctx in contexts().into_iter().chain(many) {
+    let few = gpu_common::context_with(pensive::gpu::GpuOptions { attention_splits: Some(3), ..Default::default() });
+    for ctx in contexts().into_iter().chain(many).chain(few) {
         let mut rng = Rng::new(4);
         // (n_heads, n_kv_heads, head_dim, pos0, n_tok): GQA groups of 1 to 8 query heads
         // (attend_group_split), and head_dim 250 or a group of 9 (attend_split).

@@ -158,10 +158,11 @@ struct SampleParams {
 /// The largest f32 below 1: a uniform in [0, 1) drawn as f64 must stay below 1 in f32.
 const BELOW_ONE: f32 = 0.999_999_94;
 
-/// How attention cuts `len` positions: (split_len, n_splits), split_len a multiple of 64,
+/// How attention cuts `len` positions: (split_len, n_splits), split_len a multiple of 128
+/// (attend_group_split takes 128 positions a step),
 /// at most `max_splits` splits.
 pub fn attention_splits(len: usize, max_splits: usize) -> (usize, usize) {
-    let split_len = len.div_ceil(max_splits.max(1)).next_multiple_of(64).max(64);
+    let split_len = len.div_ceil(max_splits.max(1)).next_multiple_of(128).max(128);
     (split_len, len.div_ceil(split_len))
 }
 
@@ -260,7 +261,7 @@ impl Recorder<'_> {
         let k = self.knobs();
         let group = n_heads / n_kv_heads.max(1);
         if head_dim % 8 == 0 && group <= MAX_ATTENTION_GROUP && n_heads % n_kv_heads.max(1) == 0 {
-            let split = [b(q), None, b(v_cache), b(scratch), None, None, b(k_cache)];
+            let split = [b(q), None, None, b(scratch), None, None, b(k_cache), b(v_cache)];
             self.dispatch(Shader::Attention, "attend_group_split", k, &p, &split, [n_splits as u32, n_kv_heads as u32, n_tok as u32]);
         } else {
             let split = [b(q), b(k_cache), b(v_cache), b(scratch)];
