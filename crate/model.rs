@@ -114,6 +114,20 @@ impl<E: ops::KvElement + Default> KvHeads<E> {
             head.truncate(per_head);
         }
     }
+
+    /// Keys and values as f32 rows (len, n_kv_heads × head_dim).
+    fn rows(&self, head_dim: usize) -> [Vec<f32>; 2] {
+        [&self.keys, &self.values].map(|heads| {
+            let len = heads.first().map_or(0, |h| h.len() / head_dim.max(1));
+            let mut out = vec![0.0; len * heads.len() * head_dim];
+            for (p, row) in out.chunks_exact_mut(heads.len() * head_dim).enumerate() {
+                for (head, dst) in heads.iter().zip(row.chunks_exact_mut(head_dim)) {
+                    E::widen(&head[p * head_dim..(p + 1) * head_dim], dst);
+                }
+            }
+            out
+        })
+    }
 }
 
 impl KvCache {
@@ -142,6 +156,13 @@ impl LayerKv {
         match self {
             LayerKv::F16(c) => c.truncate(per_head),
             LayerKv::F32(c) => c.truncate(per_head),
+        }
+    }
+
+    fn rows(&self, head_dim: usize) -> [Vec<f32>; 2] {
+        match self {
+            LayerKv::F16(c) => c.rows(head_dim),
+            LayerKv::F32(c) => c.rows(head_dim),
         }
     }
 }
@@ -178,6 +199,12 @@ fn matrix(t: RawTensor) -> Result<QMatrix, LoadError> {
 }
 
 impl CpuModel {
+    /// The cached keys (rotated) and values of every layer as f32 rows (len, kv_dim): what
+    /// [`crate::gpu::GpuModel::import_kv`] takes (`pensive bench --context-fill cpu`).
+    pub fn kv_rows(&self) -> Vec<[Vec<f32>; 2]> {
+        self.cache.layers.iter().map(|l| l.rows(self.config.head_dim)).collect()
+    }
+
     /// Build the decoder from loaded tensors. `max_context` caps the KV cache (default:
     /// the smaller of the model's context and [`DEFAULT_MAX_CONTEXT`]).
     pub fn new(m: LoadedModel, max_context: Option<usize>) -> Result<Self, LoadError> {

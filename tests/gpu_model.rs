@@ -162,6 +162,20 @@ fn check_tiny(ctx: Rc<GpuContext>, arch: Arch) {
     assert_eq!(got_banned, want_banned, "{what}: greedy with banned ids");
     assert_ne!(got_banned, top);
     assert_eq!(gpu.kv_len(), 47);
+
+    // The CPU's cache imported into a fresh GPU model (bench --context-fill cpu): the next
+    // step sees the same 47 positions.
+    let mut fresh = GpuModel::from_loaded(ctx.clone(), tiny_model(&c, 11), None).expect("gpu model");
+    let kv = cpu.kv_rows();
+    assert!(fresh.import_kv(&kv[1..], 47).is_err(), "{what}: a layer missing");
+    assert!(fresh.import_kv(&kv, 46).is_err(), "{what}: rows of another length");
+    fresh.import_kv(&kv, 47).expect("import_kv");
+    assert_eq!(fresh.kv_len(), 47);
+    let tok = [rng.below(c.vocab_size) as u32];
+    let want = block_on(cpu.forward(&tok, 1)).expect("cpu");
+    let got = block_on(fresh.forward(&tok, 1)).expect("gpu");
+    let d = max_diff(&got, &want);
+    assert!(d < tol, "{what}: step after import_kv: logits differ by {d}");
 }
 
 #[test]

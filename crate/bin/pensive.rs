@@ -130,6 +130,13 @@ mod cli {
         Cpu,
     }
 
+    #[derive(Clone, Copy, PartialEq, ValueEnum)]
+    enum ContextFillArg {
+        #[value(name = "self")]
+        Itself,
+        Cpu,
+    }
+
     #[derive(Clone, Copy, ValueEnum)]
     enum RunAheadArg {
         Auto,
@@ -332,6 +339,12 @@ mod cli {
         /// Tokens already in the KV cache (run untimed) before the timed prefill and decode.
         #[arg(long, default_value_t = 0)]
         context: usize,
+        /// Who computes the context's keys and values: the measured backend itself (a
+        /// prefill), or the CPU backend, whose cache is then copied into the GPU's (the same
+        /// model, rounded to the same f16; decode cost does not depend on the values). A
+        /// software adapter prefills a few tokens a second: 4k positions would take an hour.
+        #[arg(long, value_enum, default_value = "self")]
+        context_fill: ContextFillArg,
         /// 0: greedy decode (argmax on the backend); > 0: decode through the real sampler
         /// (on the device where the backend samples itself).
         #[arg(long, default_value_t = 0.0)]
@@ -624,6 +637,19 @@ mod cli {
         let vocab = backend.config().vocab_size as u32;
         let prompt: Vec<u32> = (0..a.prompt_tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
         let context: Vec<u32> = (0..a.context as u32).map(|i| (i * 104_729 + 7) % vocab).collect();
+        // --context-fill cpu: the context's cache, computed once by the CPU backend.
+        let context_kv = match (&backend, a.context_fill) {
+            (AnyBackend::Gpu(_), ContextFillArg::Cpu) if !context.is_empty() => {
+                let options = LoadOptions { backend: BackendChoice::Cpu, ..load_options(&a.model) };
+                let mut cpu = block_on(gguf_loader(&a.model, &options)?.finish_backend())?.0;
+                block_on(cpu.forward_greedy(&context, &[]))?;
+                match cpu {
+                    AnyBackend::Cpu { model, .. } => Some(model.kv_rows()),
+                    AnyBackend::Gpu(_) => None,
+                }
+            }
+            _ => None,
+        };
         let options = SamplerOptions {
             temperature: a.temperature,
             top_k: a.top_k,
@@ -649,10 +675,20 @@ mod cli {
             let mut sampler = Sampler::new(options.clone()).map_err(|e| EngineError::Generate(e.into()))?;
             let mut history = context.clone();
             history.extend_from_slice(&prompt);
-            if !context.is_empty() {
+            match (&mut backend, &context_kv) {
+                _ if context.is_empty() => {}
+                (AnyBackend::Gpu(m), Some(kv)) => {
+                    m.import_kv(kv, context.len())?;
+                    // The copy has reached the device before the clock starts.
+                    let ctx = m.context();
+                    ctx.queue.submit([]);
+                    let _ = ctx.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None });
+                }
                 // A read-back step (4 bytes): a GPU has finished the context before the clock
                 // starts, where a prefill without logits would still be running.
-                block_on(backend.forward_greedy(&context, &[]))?;
+                _ => {
+                    block_on(backend.forward_greedy(&context, &[]))?;
+                }
             }
             let mut step = |backend: &mut AnyBackend, tokens: &[u32], history: &[u32], last: bool| -> Result<u32, EngineError> {
                 let u = sampler.next_uniform();

@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use super::kernels::{argmax_scratch_len, attention_scratch_len, FoldedNorm, QkvOut, MAX_FOLDED_NORM, MAX_HEAD_DIM, SAMPLE_LIST_LEN};
 use super::repack::{matrix_layout, FusedMatrix, GpuMatrix};
-use super::{storage_bytes, FaultCheck, GpuContext, GpuError, Recorder};
+use super::{storage_bytes, to_act_bytes, FaultCheck, GpuContext, GpuError, Recorder};
 use crate::backend::{Backend, BackendError, SampleRequest, SampledToken};
 use crate::config::ModelConfig;
 use crate::loader::{LoadedModel, RawTensor};
@@ -622,6 +622,36 @@ impl GpuModel {
             .sum();
         let embd = m(&self.token_embd);
         layers + v(&self.output_norm) + self.output.as_ref().map_or(embd, m) + embd / self.config.vocab_size.max(1) as u64
+    }
+
+    /// Replace the cache with `len` positions of keys (rotated, as this backend stores them)
+    /// and values computed elsewhere: `layers[i]` = layer i's (keys, values), each (len,
+    /// kv_dim) f32 rows ([`crate::model::CpuModel::kv_rows`]). What follows attends to them
+    /// as to positions this backend processed itself; `pensive bench --context-fill cpu`
+    /// fills a long context this way where prefill on a software adapter would take an hour.
+    pub fn import_kv(&mut self, layers: &[[Vec<f32>; 2]], len: usize) -> Result<(), BackendError> {
+        let c = &self.config;
+        let rows = len * c.kv_dim();
+        if len > self.max_context {
+            return Err(BackendError::ContextFull { needed: len, context: self.max_context });
+        }
+        if layers.len() != c.n_layers || layers.iter().flatten().any(|x| x.len() != rows) {
+            return Err(BackendError::Gpu(format!(
+                "import_kv: want {} layers of {len} × {} keys and values",
+                c.n_layers,
+                c.kv_dim()
+            )));
+        }
+        self.drop_ahead();
+        for (layer, [k, v]) in self.layers.iter().zip(layers) {
+            for (cache, x) in [(&layer.k_cache, k), (&layer.v_cache, v)] {
+                let mut bytes = to_act_bytes(self.ctx.act(), x);
+                bytes.resize(bytes.len().next_multiple_of(4), 0);
+                self.ctx.queue.write_buffer(cache, 0, &bytes);
+            }
+        }
+        self.kv_len = len;
+        Ok(())
     }
 
     /// Bytes of keys and values one cached position holds (all layers): what attention
