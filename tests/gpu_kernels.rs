@@ -196,6 +196,10 @@ fn attention_matches_cpu_decode_and_prefill() {
             (18, 2, 64, 100, 1),
             (9, 3, 64, 37, 5),
             (2, 1, 16, 0, 13),
+            // R1-Distill-1.5B's and Qwen3-0.6B's shapes: 96 and 32 value pairs of (head, 8
+            // dims), a round and a half of 64 lanes and half a round.
+            (12, 2, 128, 1500, 1),
+            (16, 8, 128, 900, 1),
         ];
         for (nh, nkv, hd, pos0, n_tok) in shapes {
             let len = pos0 + n_tok;
