@@ -24,7 +24,7 @@ struct Params {
     head_dim: u32,    // ≤ 256 (4 dims per lane)
     n_tok: u32,
     pos0: u32,        // cached positions before token 0
-    split_len: u32,   // positions per split, a multiple of 128
+    split_len: u32,   // positions per split, a multiple of 64
     n_splits: u32,
     scale: f32,       // 1 / sqrt(head_dim)
 }

@@ -178,10 +178,15 @@ fn rope_store_kv_writes_rotated_keys_and_values_into_the_cache() {
 /// Decode (one query, many splits, several 64-position chunks per split) and causal prefill.
 #[test]
 fn attention_matches_cpu_decode_and_prefill() {
-    // Also a context that cuts a decode step's context into up to 256 splits (a GPU's
-    // default), with a scratch that holds them, and one with 3 splits: many 128-position
-    // steps per split, the last one partial.
-    let many = gpu_common::context_with(pensive::gpu::GpuOptions { attention_splits: Some(256), ..Default::default() });
+    // Also a context that cuts a decode step's context into up to 256 splits of a multiple
+    // of 64 positions (a GPU's defaults: a 128-position step of attend_group_split half
+    // past its split), with a scratch that holds them, and one with 3 splits: many
+    // 128-position steps per split, the last one partial.
+    let many = gpu_common::context_with(pensive::gpu::GpuOptions {
+        attention_splits: Some(256),
+        attention_split_granule: Some(64),
+        ..Default::default()
+    });
     let few = gpu_common::context_with(pensive::gpu::GpuOptions { attention_splits: Some(3), ..Default::default() });
     for ctx in contexts().into_iter().chain(many).chain(few) {
         let mut rng = Rng::new(4);

@@ -158,11 +158,12 @@ struct SampleParams {
 /// The largest f32 below 1: a uniform in [0, 1) drawn as f64 must stay below 1 in f32.
 const BELOW_ONE: f32 = 0.999_999_94;
 
-/// How attention cuts `len` positions: (split_len, n_splits), split_len a multiple of 128
-/// (attend_group_split takes 128 positions a step),
-/// at most `max_splits` splits.
-pub fn attention_splits(len: usize, max_splits: usize) -> (usize, usize) {
-    let split_len = len.div_ceil(max_splits.max(1)).next_multiple_of(128).max(128);
+/// How attention cuts `len` positions: (split_len, n_splits), split_len a multiple of
+/// `granule` (64 or 128: [`GpuContext::attention_split_granule`]), at most `max_splits`
+/// splits.
+pub fn attention_splits(len: usize, max_splits: usize, granule: usize) -> (usize, usize) {
+    let granule = granule.next_multiple_of(64);
+    let split_len = len.div_ceil(max_splits.max(1)).next_multiple_of(granule).max(granule);
     (split_len, len.div_ceil(split_len))
 }
 
@@ -247,7 +248,7 @@ impl Recorder<'_> {
         // As many splits as the adapter wants for this context (a long context on a big GPU
         // needs many workgroups: one per kv head and split) and the scratch holds.
         let room = (scratch.size() / 4) as usize / (n_tok * n_heads * (head_dim + 2)).max(1);
-        let (split_len, n_splits) = attention_splits(pos0 + n_tok, self.ctx().attention_max_splits().min(room));
+        let (split_len, n_splits) = attention_splits(pos0 + n_tok, self.ctx().attention_max_splits().min(room), self.ctx().attention_split_granule());
         let p = AttnParams {
             n_heads: n_heads as u32,
             n_kv_heads: n_kv_heads as u32,

@@ -345,6 +345,9 @@ pub struct GpuOptions {
     /// Most splits attention cuts a decode step's context into instead of the adapter's
     /// default ([`GpuContext::attention_max_splits`]).
     pub attention_splits: Option<usize>,
+    /// Split lengths a multiple of this instead of the adapter's default
+    /// ([`GpuContext::attention_split_granule`]); tests run a GPU's 64 on a CPU adapter.
+    pub attention_split_granule: Option<usize>,
     /// Request `timestamp-query` where the adapter has it ([`GpuContext::enable_profiling`];
     /// on by default natively).
     pub timestamps: bool,
@@ -361,6 +364,7 @@ impl Default for GpuOptions {
             separate_projections: false,
             subgroups: true,
             attention_splits: None,
+            attention_split_granule: None,
             // Natively, where a bench may profile ([`GpuContext::enable_profiling`]).
             timestamps: cfg!(not(target_arch = "wasm32")),
         }
@@ -434,6 +438,8 @@ pub struct GpuContext {
     subgroup_reduce: bool,
     /// [`Self::attention_max_splits`].
     attention_max_splits: usize,
+    /// [`Self::attention_split_granule`].
+    attention_split_granule: usize,
     /// [`GpuOptions::separate_projections`].
     pub separate_projections: bool,
     pipelines: RefCell<HashMap<PipelineKey, (wgpu::ComputePipeline, wgpu::BindGroupLayout)>>,
@@ -658,6 +664,10 @@ impl GpuContext {
             // A CPU adapter runs a handful of workgroups at once; a GPU needs hundreds, and
             // a decode step's attention has one per kv head and split.
             attention_max_splits: options.attention_splits.unwrap_or(if info.device_type == wgpu::DeviceType::Cpu { 32 } else { 256 }).max(1),
+            attention_split_granule: options
+                .attention_split_granule
+                .unwrap_or(if info.device_type == wgpu::DeviceType::Cpu { 128 } else { 64 })
+                .next_multiple_of(64),
             separate_projections: options.separate_projections,
             device,
             queue,
@@ -734,6 +744,14 @@ impl GpuContext {
     /// context into: 32 on CPU adapters, 256 on GPUs (at 32k tokens, 128 splits of 256).
     pub fn attention_max_splits(&self) -> usize {
         self.attention_max_splits
+    }
+
+    /// Split lengths are multiples of this: 128 on CPU adapters, where attend_group_split's
+    /// 128-position steps (two positions per lane) would otherwise run half masked, which
+    /// costs a CPU as much as real work; 64 on GPUs, twice the splits (workgroups) for a
+    /// context, the masked half costing no memory traffic.
+    pub fn attention_split_granule(&self) -> usize {
+        self.attention_split_granule
     }
 
     /// Time every dispatch from now on (natively, where the device has `TIMESTAMP_QUERY`,
