@@ -613,12 +613,14 @@ mod cli {
     fn bench(a: BenchArgs) -> Result<(), EngineError> {
         // The backend alone: fixed synthetic ids, no tokenizer.
         let t0 = std::time::Instant::now();
-        let options = load_options(&a.model);
-        let mut backend = if a.model.model.is_dir() {
-            block_on(AnyBackend::new(loader::load_safetensors_dir(&a.model.model)?, &options))?
-        } else {
-            block_on(gguf_loader(&a.model, &options)?.finish_backend())?.0
+        let load = |options: &LoadOptions| -> Result<AnyBackend, EngineError> {
+            Ok(if a.model.model.is_dir() {
+                block_on(AnyBackend::new(loader::load_safetensors_dir(&a.model.model)?, options))?
+            } else {
+                block_on(gguf_loader(&a.model, options)?.finish_backend())?.0
+            })
         };
+        let mut backend = load(&load_options(&a.model))?;
         let load_s = t0.elapsed().as_secs_f64();
         if let AnyBackend::Gpu(m) = &mut backend {
             match a.run_ahead {
@@ -640,8 +642,7 @@ mod cli {
         // --context-fill cpu: the context's cache, computed once by the CPU backend.
         let context_kv = match (&backend, a.context_fill) {
             (AnyBackend::Gpu(_), ContextFillArg::Cpu) if !context.is_empty() => {
-                let options = LoadOptions { backend: BackendChoice::Cpu, ..load_options(&a.model) };
-                let mut cpu = block_on(gguf_loader(&a.model, &options)?.finish_backend())?.0;
+                let mut cpu = load(&LoadOptions { backend: BackendChoice::Cpu, ..load_options(&a.model) })?;
                 block_on(cpu.forward_greedy(&context, &[]))?;
                 match cpu {
                     AnyBackend::Cpu { model, .. } => Some(model.kv_rows()),
