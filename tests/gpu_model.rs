@@ -367,3 +367,32 @@ fn smollm2_cli_on_the_gpu_gives_the_cpu_greedy_tokens() {
     assert_eq!(gpu["tokens"], cpu["tokens"]);
     assert_eq!(auto["tokens"], cpu["tokens"]);
 }
+
+/// `pensive bench --context N --context-fill cpu` on the tiny Qwen3 (GGUF and safetensors):
+/// the context comes from the CPU backend, the measured steps run on the GPU, and the JSON
+/// says so.
+#[test]
+fn bench_fills_the_context_on_the_cpu() {
+    let Some(ctx) = context(false, None) else { return };
+    drop(ctx); // only proves there is an adapter
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/qwen3");
+    for model in [dir.join("model.gguf"), dir.clone()] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pensive"))
+            .args(["bench", "--backend", "gpu", "--context", "200", "--context-fill", "cpu"])
+            .args(["--prompt-tokens", "5", "--gen-tokens", "3", "--temperature", "0.6", "--top-p", "0.9"])
+            .arg("--model")
+            .arg(&model)
+            .output()
+            .expect("run pensive");
+        let what = model.display();
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let r: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("bench JSON");
+        assert!(r["backend"].as_str().is_some_and(|b| b.starts_with("webgpu")), "{what}: {}", r["backend"]);
+        assert_eq!(r["context"], 200, "{what}");
+        assert_eq!(r["context_fill"], "cpu", "{what}");
+        assert!(r["decode_tok_s"].as_f64().is_some_and(|v| v > 0.0), "{what}: {}", r["decode_tok_s"]);
+        let kv = r["kv_bytes_per_token"].as_f64().expect("kv bytes");
+        assert!(kv > 0.0, "{what}: {kv}");
+    }
+}

@@ -764,6 +764,8 @@ mod cli {
             },
             "load_s": load_s,
             "context": a.context,
+            // Who computed the context's cache: the measured backend, or the CPU's copied in.
+            "context_fill": if context_kv.is_some() { "cpu" } else { "self" },
             "prompt_tokens": a.prompt_tokens,
             "gen_tokens": a.gen_tokens,
             "repeats": a.repeats,
