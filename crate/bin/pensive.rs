@@ -130,7 +130,7 @@ mod cli {
         Cpu,
     }
 
-    #[derive(Clone, Copy, PartialEq, ValueEnum)]
+    #[derive(Clone, Copy, ValueEnum)]
     enum ContextFillArg {
         #[value(name = "self")]
         Itself,
